@@ -1,0 +1,82 @@
+"""The ``ba-perception`` command: one entry point with a subcommand for every job a user runs.
+
+Each subcommand lives in its own module, imported only when chosen so ``--help`` stays fast.
+A command module provides ``add_arguments(parser)`` and ``run(args) -> int``; a
+``CommandError`` raised from it ends the process with a one-line reason and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Keep sorted; benches are under `bench NAME`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "launch": ("ba_perception.launcher", "start the whole node graph from config/stack.yaml"),
+}
+
+BENCHES: dict[str, tuple[str, str]] = {
+    "transport": ("ba_perception.ros.bench_transport", "1280x720 images between two processes over DDS"),
+}
+
+
+class CommandError(RuntimeError):
+    """A user-facing failure: printed as one line, exit code 2."""
+
+
+def _load(module: str):
+    return importlib.import_module(module)
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ba-perception", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    bench = sub.add_parser("bench", help="benchmarks that print a table and write JSON", add_help=False)
+    bench.set_defaults(_benches=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name == "bench":
+        if not rest or rest[0] in ("-h", "--help") or rest[0] not in BENCHES:
+            print("usage: ba-perception bench {" + ",".join(BENCHES) + "} [options]")
+            for bname, (_, help_) in BENCHES.items():
+                print(f"  {bname:12s} {help_}")
+            if rest and rest[0] not in ("-h", "--help"):
+                print(f"ba-perception: error: unknown benchmark {rest[0]!r}", file=sys.stderr)
+                return 2
+            return 0 if rest else 2
+        module, help_ = BENCHES[rest[0]]
+        prog, rest = f"ba-perception bench {rest[0]}", rest[1:]
+    elif name in COMMANDS:
+        module, help_ = COMMANDS[name]
+        prog = f"ba-perception {name}"
+    else:
+        top.print_usage(sys.stderr)
+        print(f"ba-perception: error: unknown command {name!r}", file=sys.stderr)
+        return 2
+    mod = _load(module)
+    parser = argparse.ArgumentParser(prog=prog, description=help_)
+    mod.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(mod.run(args) or 0)
+    except CommandError as err:
+        print(f"ba-perception: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

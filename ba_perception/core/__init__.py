@@ -1,0 +1,1 @@
+"""Pure algorithms of the stack; nothing below this package imports ROS."""

@@ -1,0 +1,1 @@
+"""Evaluation: detection AP, depth error, MOT metrics, replay, reports."""

@@ -1,0 +1,1 @@
+"""Everything that touches rclpy: message conversion, QoS, synchronizer, node helpers."""
