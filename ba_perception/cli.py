@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 BENCHES: dict[str, tuple[str, str]] = {
-    "transport": ("ba_perception.ros.bench_transport", "1280x720 images between two processes over DDS"),
+    "transport": ("ba_perception.bench.transport", "1280x720 images between two processes over DDS"),
 }
 
 
