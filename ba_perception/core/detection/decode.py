@@ -1,0 +1,331 @@
+"""Decode detector output maps into 3D boxes with the message's intrinsics (and the exact inverse, encode).
+
+Cell convention at output stride ``s``: a network pixel coordinate ``c`` (pixel centres at integers)
+maps to the continuous output-grid coordinate ``g = (c + 0.5) / s - 0.5``; an object's projected 3D
+centre is assigned to cell ``round(g)`` (clamped into the grid) and the ``offset`` channel holds
+``g - cell``. Everything geometric goes through :mod:`ba_perception.core.geometry`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ba_perception.core import geometry as geo
+from ba_perception.core.detection.model import (
+    CLASS_MEAN_SIZE_LWH,
+    FEATURE_STRIDE,
+    OUTPUT_STRIDE,
+    REF_FOCAL_PX,
+    REG_CHANNELS,
+)
+from ba_perception.core.detection.preprocess import Preprocess
+
+
+class DecodeError(ValueError):
+    """Raised when output maps or intrinsics have inconsistent shapes or invalid values."""
+
+
+@dataclass
+class DecodeConfig:
+    """Decoding parameters.
+
+    Attributes:
+        score_threshold: minimum heatmap peak score kept.
+        max_detections: top-K peaks per image before thresholding.
+        samples_per_side: feature samples per box are a ``n x n`` grid (``n*n`` per object).
+        sample_margin: fraction of the 2D box width/height left out at each side of the grid.
+        yaw_std_rad: prior yaw standard deviation reported per object (the net has no yaw variance head).
+    """
+
+    score_threshold: float = 0.3
+    max_detections: int = 50
+    samples_per_side: int = 5
+    sample_margin: float = 0.15
+    yaw_std_rad: float = 0.2
+
+
+@dataclass
+class Detections:
+    """Decoded detections of one image; all tensors share the first dimension N.
+
+    Attributes:
+        scores: ``(N,)`` peak scores in [0, 1].
+        labels: ``(N,)`` int64 class indices into ``CLASSES``.
+        box_2d: ``(N, 4)`` (x1, y1, x2, y2), original image pixels.
+        center_uv: ``(N, 2)`` projected 3D centre, original pixels.
+        center_cam: ``(N, 3)`` box centre in the camera optical frame, metres.
+        size_lwh: ``(N, 3)`` (length, width, height), metres.
+        yaw: ``(N,)`` KITTI rotation_y, radians.
+        alpha: ``(N,)`` observation angle, radians.
+        depth_std: ``(N,)`` standard deviation of z, metres (from the log-variance head).
+        lateral_std: ``(N,)`` standard deviation across the ray, metres (half an output cell projected).
+        yaw_std: ``(N,)`` radians (configured prior).
+        embedding: ``(N, E)`` unit-norm appearance embeddings.
+        sample_uv: ``(N, S, 2)`` feature sample positions, original pixels.
+        descriptors: ``(N, S, D)`` unit-norm descriptors at ``sample_uv``.
+    """
+
+    scores: torch.Tensor
+    labels: torch.Tensor
+    box_2d: torch.Tensor
+    center_uv: torch.Tensor
+    center_cam: torch.Tensor
+    size_lwh: torch.Tensor
+    yaw: torch.Tensor
+    alpha: torch.Tensor
+    depth_std: torch.Tensor
+    lateral_std: torch.Tensor
+    yaw_std: torch.Tensor
+    embedding: torch.Tensor
+    sample_uv: torch.Tensor
+    descriptors: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def select(self, keep: torch.Tensor) -> Detections:
+        """Subset by boolean mask or index tensor."""
+        return Detections(**{k: v[keep] for k, v in self.__dict__.items()})
+
+
+def focal_net(K_net: torch.Tensor) -> torch.Tensor:
+    """Geometric-mean focal length ``sqrt(fx * fy)`` of ``(*, 3, 3)`` network intrinsics, pixels."""
+    return torch.sqrt(K_net[..., 0, 0] * K_net[..., 1, 1])
+
+
+def net_to_grid(c_net: torch.Tensor, stride: int) -> torch.Tensor:
+    """Network pixels -> continuous output-grid coordinates (same shape)."""
+    return (c_net + 0.5) / stride - 0.5
+
+
+def grid_to_net(g: torch.Tensor, stride: int) -> torch.Tensor:
+    """Continuous output-grid coordinates -> network pixels (inverse of :func:`net_to_grid`)."""
+    return (g + 0.5) * stride - 0.5
+
+
+@dataclass
+class EncodedObjects:
+    """Regression targets of N objects for one image (inverse of decoding).
+
+    Attributes:
+        cell_xy: ``(N, 2)`` int64 heatmap cell (column, row).
+        regression: ``(N, 13)`` targets in the ``REG_CHANNELS`` layout (``depth_logvar`` = 0).
+        center_grid: ``(N, 2)`` exact projected centre in grid coordinates (for heatmap rendering).
+        box_grid_wh: ``(N, 2)`` 2D box size in grid cells.
+        inside: ``(N,)`` bool, projected centre inside the network image and depth > 0.
+    """
+
+    cell_xy: torch.Tensor
+    regression: torch.Tensor
+    center_grid: torch.Tensor
+    box_grid_wh: torch.Tensor
+    inside: torch.Tensor
+
+
+def encode_objects(
+    labels: torch.Tensor,
+    center_cam: torch.Tensor,
+    size_lwh: torch.Tensor,
+    yaw: torch.Tensor,
+    box_2d: torch.Tensor,
+    K: torch.Tensor,
+    pre: Preprocess,
+    grid_hw: tuple[int, int],
+    stride: int = OUTPUT_STRIDE,
+) -> EncodedObjects:
+    """Encode ground-truth objects of one image into heatmap cells and regression targets.
+
+    Args:
+        labels: ``(N,)`` class indices.
+        center_cam: ``(N, 3)`` box centres, camera optical frame, metres.
+        size_lwh: ``(N, 3)`` metres.
+        yaw: ``(N,)`` KITTI rotation_y, radians.
+        box_2d: ``(N, 4)`` 2D boxes, original pixels.
+        K: ``(3, 3)`` original intrinsics.
+        pre: the preprocessing applied to the image.
+        grid_hw: heatmap (rows, cols).
+        stride: output stride in network pixels.
+    """
+    dt = center_cam.dtype
+    K = K.to(dt)
+    Kn = pre.K_net(K)
+    c_net = geo.project_points(center_cam[:, None, :], Kn)[:, 0]
+    g = net_to_grid(c_net, stride)
+    h, w = grid_hw
+    cell = torch.stack([g[:, 0].round().clamp(0, w - 1), g[:, 1].round().clamp(0, h - 1)], dim=-1)
+    off = g - cell
+    b_net = torch.cat([pre.to_net(box_2d[:, :2].to(dt)), pre.to_net(box_2d[:, 2:].to(dt))], dim=-1)
+    ltrb = torch.stack(
+        [c_net[:, 0] - b_net[:, 0], c_net[:, 1] - b_net[:, 1], b_net[:, 2] - c_net[:, 0], b_net[:, 3] - c_net[:, 1]], -1
+    )
+    ltrb_log = torch.log(ltrb.clamp(min=0.25) / stride)
+    z = center_cam[:, 2]
+    depth_code = torch.log(z.clamp(min=1e-3) * REF_FOCAL_PX / focal_net(Kn))
+    mean = torch.tensor(CLASS_MEAN_SIZE_LWH, dtype=dt, device=center_cam.device)[labels]
+    size_code = torch.log(size_lwh / mean)
+    alpha = geo.observation_angle(center_cam, yaw)
+    reg = torch.cat(
+        [off, ltrb_log, depth_code[:, None], torch.zeros_like(z)[:, None], size_code, torch.stack([alpha.sin(), alpha.cos()], -1)],
+        dim=-1,
+    )
+    nh, nw = pre.net_hw
+    inside = (z > 0) & (c_net[:, 0] >= -0.5) & (c_net[:, 0] < nw - 0.5) & (c_net[:, 1] >= -0.5) & (c_net[:, 1] < nh - 0.5)
+    wh = (b_net[:, 2:] - b_net[:, :2]) / stride
+    return EncodedObjects(cell.long(), reg, g, wh, inside)
+
+
+def _gather(maps: torch.Tensor, b: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """Values ``(K, C)`` of ``(B, C, H, W)`` maps at (batch, row, col) index tensors ``(K,)``."""
+    return maps[b, :, ys, xs]
+
+
+def decode(
+    outputs: dict[str, torch.Tensor],
+    K: torch.Tensor,
+    pre: Preprocess,
+    cfg: DecodeConfig | None = None,
+) -> list[Detections]:
+    """Decode network outputs of a batch into per-image detections in original pixels / camera frame.
+
+    Args:
+        outputs: ``heatmap`` (B, C, h, w), ``regression`` (B, 13, h, w), ``embedding`` (B, E, h, w) and
+            ``features`` (B, D, h', w') as produced by the network (any backend; torch tensors).
+        K: ``(B, 3, 3)`` or ``(3, 3)`` intrinsics of the ORIGINAL images (from the CameraInfo message).
+        pre: the preprocessing that produced the network input from the original images.
+        cfg: thresholds and sampling options.
+
+    Returns:
+        One :class:`Detections` per image, sorted by descending score.
+
+    Raises:
+        DecodeError: missing outputs, inconsistent shapes, or non-finite / non-positive intrinsics.
+    """
+    cfg = cfg or DecodeConfig()
+    try:
+        heat, reg, emb, feats = (outputs[k] for k in ("heatmap", "regression", "embedding", "features"))
+    except KeyError as err:
+        raise DecodeError(f"network outputs lack {err}") from err
+    if heat.ndim != 4 or reg.shape[0] != heat.shape[0] or reg.shape[-2:] != heat.shape[-2:] or reg.shape[1] < 13:
+        raise DecodeError(f"inconsistent output shapes heatmap {tuple(heat.shape)} regression {tuple(reg.shape)}")
+    B, C, h, w = heat.shape
+    nh, nw = pre.net_hw
+    stride = nw // w
+    if stride * w != nw or stride * h != nh:
+        raise DecodeError(f"heatmap {h}x{w} does not divide network input {nh}x{nw}")
+    dt, dev = torch.float32, heat.device
+    K = K.to(dev, dt)
+    if K.ndim == 2:
+        K = K.expand(B, 3, 3)
+    if K.shape != (B, 3, 3) or not torch.isfinite(K).all() or (K[:, 0, 0] <= 0).any() or (K[:, 1, 1] <= 0).any():
+        raise DecodeError(f"intrinsics must be finite (B, 3, 3) with positive focal lengths, got shape {tuple(K.shape)}")
+    heat, reg, emb, feats = heat.to(dt), reg.to(dt), emb.to(dt), feats.to(dt)
+
+    # Peak extraction: a cell is kept when it equals the max of its 3x3 neighbourhood (CenterNet NMS).
+    peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
+    k = min(cfg.max_detections, C * h * w)
+    scores, idx = peaks.reshape(B, -1).topk(k, dim=1)
+    labels = idx // (h * w)
+    ys, xs = (idx % (h * w)) // w, idx % w
+    bidx = torch.arange(B, device=dev)[:, None].expand(B, k)
+    keep = scores >= cfg.score_threshold
+    b, ys, xs, labels, scores = bidx[keep], ys[keep], xs[keep], labels[keep], scores[keep]
+
+    r = _gather(reg, b, ys, xs)  # (M, 13)
+    Kn = pre.K_net(K)[b]  # (M, 3, 3)
+    cell = torch.stack([xs, ys], -1).to(dt)
+    c_net = grid_to_net(cell + r[:, REG_CHANNELS["offset"]], stride)
+    ltrb = r[:, REG_CHANNELS["ltrb"]].clamp(max=10.0).exp() * stride
+    b_net = torch.cat([c_net - ltrb[:, :2], c_net + ltrb[:, 2:]], dim=-1)
+    box_2d = torch.cat([pre.to_src(b_net[:, :2]), pre.to_src(b_net[:, 2:])], dim=-1)
+    f = focal_net(Kn)
+    z = r[:, REG_CHANNELS["depth"]][:, 0].clamp(-10.0, 10.0).exp() * f / REF_FOCAL_PX
+    center_cam = geo.unproject_pixels(c_net[:, None, :], z[:, None], Kn)[:, 0]
+    sigma_log = (0.5 * r[:, REG_CHANNELS["depth_logvar"]][:, 0]).clamp(-10.0, 5.0).exp()
+    depth_std = z * sigma_log
+    lateral_std = z * (0.5 * stride) / f
+    mean = torch.tensor(CLASS_MEAN_SIZE_LWH, dtype=dt, device=dev)[labels.clamp(max=len(CLASS_MEAN_SIZE_LWH) - 1)]
+    size = mean * r[:, REG_CHANNELS["size"]].clamp(-3.0, 3.0).exp()
+    sc = r[:, REG_CHANNELS["alpha"]]
+    alpha = torch.atan2(sc[:, 0], sc[:, 1])
+    yaw = geo.yaw_from_observation_angle(alpha, center_cam)
+    e = F.normalize(_gather(emb, b, ys, xs), dim=-1, eps=1e-6)
+    uv_net, desc = sample_box_features(feats, b, b_net, cfg.samples_per_side, cfg.sample_margin, pre.net_hw)
+    sample_uv = pre.to_src(uv_net)
+    full = Detections(
+        scores, labels, box_2d, pre.to_src(c_net), center_cam, size, yaw, geo.wrap_angle(alpha),
+        depth_std, lateral_std, torch.full_like(z, cfg.yaw_std_rad), e, sample_uv, desc,
+    )
+    return [full.select(b == i) for i in range(B)]
+
+
+def sample_box_features(
+    feats: torch.Tensor,
+    batch_index: torch.Tensor,
+    boxes_net: torch.Tensor,
+    n: int,
+    margin: float,
+    net_hw: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinearly sample an ``n x n`` grid of descriptors inside each box.
+
+    Args:
+        feats: ``(B, D, H/s, W/s)`` unit-norm dense features.
+        batch_index: ``(M,)`` image index of each box.
+        boxes_net: ``(M, 4)`` boxes in network pixels.
+        n: grid points per side; margin: fraction of the box left out at each side.
+        net_hw: network input size (the features cover it exactly).
+
+    Returns:
+        ``(M, n*n, 2)`` sample positions in network pixels (clamped into the image) and
+        ``(M, n*n, D)`` unit-norm descriptors.
+    """
+    M = boxes_net.shape[0]
+    D = feats.shape[1]
+    if M == 0:
+        return boxes_net.new_zeros(0, n * n, 2), boxes_net.new_zeros(0, n * n, D)
+    t = torch.linspace(margin, 1.0 - margin, n, device=boxes_net.device, dtype=boxes_net.dtype) if n > 1 else (
+        torch.full((1,), 0.5, device=boxes_net.device, dtype=boxes_net.dtype))
+    ty, tx = torch.meshgrid(t, t, indexing="ij")
+    x1, y1, x2, y2 = boxes_net.unbind(-1)
+    u = x1[:, None] + (x2 - x1)[:, None] * tx.reshape(1, -1)
+    v = y1[:, None] + (y2 - y1)[:, None] * ty.reshape(1, -1)
+    nh, nw = net_hw
+    uv = torch.stack([u.clamp(0, nw - 1), v.clamp(0, nh - 1)], dim=-1)
+    desc = sample_descriptors(feats, batch_index, uv, net_hw)
+    return uv, desc
+
+
+def sample_descriptors(
+    feats: torch.Tensor, batch_index: torch.Tensor, uv_net: torch.Tensor, net_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Bilinear descriptors ``(M, S, D)`` at ``(M, S, 2)`` network pixels of image ``batch_index`` ``(M,)``.
+
+    The feature map covers the network image exactly (``align_corners=False`` geometry), so a
+    network pixel ``u`` sits at normalised coordinate ``(u + 0.5) / W * 2 - 1``.
+    """
+    nh, nw = net_hw
+    grid = torch.stack([(uv_net[..., 0] + 0.5) / nw * 2 - 1, (uv_net[..., 1] + 0.5) / nh * 2 - 1], dim=-1)
+    f = feats[batch_index]  # (M, D, h, w)
+    d = F.grid_sample(f, grid[:, :, None, :].to(f.dtype), mode="bilinear", align_corners=False, padding_mode="border")
+    return F.normalize(d[..., 0].transpose(1, 2), dim=-1, eps=1e-6)
+
+
+def gaussian_radius(wh: torch.Tensor, min_overlap: float = 0.7) -> torch.Tensor:
+    """CenterNet heatmap Gaussian radius ``(N,)`` in cells for boxes ``(N, 2)`` of (w, h) cells."""
+    w, h = wh[:, 0].clamp(min=0), wh[:, 1].clamp(min=0)
+    a1, b1, c1 = 1.0, h + w, w * h * (1 - min_overlap) / (1 + min_overlap)
+    r1 = (b1 + torch.sqrt(b1**2 - 4 * a1 * c1)) / 2
+    a2, b2, c2 = 4.0, 2 * (h + w), (1 - min_overlap) * w * h
+    r2 = (b2 + torch.sqrt(b2**2 - 4 * a2 * c2)) / 2
+    a3, b3, c3 = 4 * min_overlap, -2 * min_overlap * (h + w), (min_overlap - 1) * w * h
+    r3 = (b3 + torch.sqrt(b3**2 - 4 * a3 * c3)) / 2
+    return torch.minimum(torch.minimum(r1, r2), r3).clamp(min=0)
+
+
+def yaw_abs_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Absolute wrapped angle difference in [0, pi], radians."""
+    return geo.wrap_angle(a - b).abs().clamp(max=math.pi)

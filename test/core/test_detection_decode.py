@@ -1,0 +1,163 @@
+"""Detector preprocessing and decode geometry on synthetic heads with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ba_perception.core import geometry as geo
+from ba_perception.core.detection.decode import DecodeConfig, DecodeError, decode, encode_objects
+from ba_perception.core.detection.model import NUM_REG, REG_CHANNELS
+from ba_perception.core.detection.preprocess import Preprocess, PreprocessError, apply_preprocess
+
+K_SRC = torch.tensor([[721.5, 0.0, 609.6], [0.0, 707.0, 172.9], [0.0, 0.0, 1.0]], dtype=torch.float64)
+SRC_HW = (375, 1242)
+NET_HW = (192, 640)
+
+
+def _objects():
+    labels = torch.tensor([0, 1, 2])
+    centers = torch.tensor([[3.0, 1.2, 20.0], [-4.0, 0.9, 11.0], [6.5, 0.8, 30.0]], dtype=torch.float64)
+    sizes = torch.tensor([[4.1, 1.7, 1.5], [0.7, 0.6, 1.8], [1.7, 0.5, 1.6]], dtype=torch.float64)
+    yaw = torch.tensor([0.7, -2.5, 3.0], dtype=torch.float64)
+    corners = geo.box_corners_cam(centers, sizes, yaw)
+    box = geo.box2d_from_points(geo.project_points(corners, K_SRC))
+    return labels, centers, sizes, yaw, box
+
+
+def _heads(pre, labels, centers, sizes, yaw, box, depth_logvar=0.0):
+    h, w = NET_HW[0] // 8, NET_HW[1] // 8
+    enc = encode_objects(labels, centers, sizes, yaw, box, K_SRC, pre, (h, w))
+    heat = torch.zeros(1, 3, h, w)
+    reg = torch.zeros(1, NUM_REG, h, w)
+    for i in range(len(labels)):
+        x, y = enc.cell_xy[i].tolist()
+        heat[0, labels[i], y, x] = 0.9 - 0.1 * i
+        reg[0, :, y, x] = enc.regression[i].float()
+        reg[0, REG_CHANNELS["depth_logvar"], y, x] = depth_logvar
+    emb = torch.nn.functional.normalize(torch.randn(1, 16, h, w), dim=1)
+    feats = torch.nn.functional.normalize(torch.randn(1, 8, NET_HW[0] // 4, NET_HW[1] // 4), dim=1)
+    return enc, {"heatmap": heat, "regression": reg, "embedding": emb, "features": feats}
+
+
+def test_preprocess_maps_intrinsics_and_pixels_consistently():
+    pre = Preprocess.letterbox(SRC_HW, NET_HW)
+    assert pre.resized_hw[0] <= NET_HW[0] and pre.resized_hw[1] <= NET_HW[1]
+    pts = torch.tensor([[[2.0, -1.0, 15.0], [-7.0, 1.5, 40.0]]], dtype=torch.float64)
+    uv_src = geo.project_points(pts, K_SRC)
+    uv_net = geo.project_points(pts, pre.K_net(K_SRC))
+    assert torch.allclose(pre.to_net(uv_src), uv_net, atol=1e-9)
+    assert torch.allclose(pre.to_src(uv_net), uv_src, atol=1e-9)
+
+
+def test_preprocess_resize_follows_the_pixel_map():
+    # A horizontal ramp I(u, v) = u keeps its value under resampling centred where the pixel map says,
+    # so the resized value at a network pixel is the original coordinate it maps back to (the
+    # antialias filter's discrete weights shift the centroid by < 0.1 original pixel).
+    pre = Preprocess.letterbox((300, 1000), (192, 640))
+    img = torch.arange(1000, dtype=torch.float64).expand(1, 3, 300, 1000).clone()
+    out = apply_preprocess(img, pre)
+    assert out.shape == (1, 3, 192, 640)
+    u_net = torch.arange(pre.pad_x + 10, pre.pad_x + pre.resized_hw[1] - 10, dtype=torch.float64)
+    row = pre.pad_y + pre.resized_hw[0] // 2
+    expect = pre.to_src(torch.stack([u_net, torch.full_like(u_net, row)], -1))[:, 0]
+    assert (out[0, 0, row, u_net.long()] - expect).abs().max() < 0.1
+    with pytest.raises(PreprocessError):
+        apply_preprocess(torch.zeros(1, 3, 10, 10), pre)
+
+
+def test_decode_recovers_encoded_boxes_exactly():
+    pre = Preprocess.letterbox(SRC_HW, NET_HW)
+    labels, centers, sizes, yaw, box = _objects()
+    enc, outs = _heads(pre, labels, centers, sizes, yaw, box)
+    assert enc.inside.all()
+    (det,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.5))
+    assert len(det) == 3
+    assert det.labels.tolist() == [0, 1, 2]
+    assert torch.allclose(det.center_cam.double(), centers, atol=2e-3)
+    assert torch.allclose(det.size_lwh.double(), sizes, atol=1e-4)
+    assert geo.wrap_angle(det.yaw.double() - yaw).abs().max() < 1e-4
+    assert torch.allclose(det.box_2d.double(), box, atol=2e-2)
+    proj = geo.project_points(centers[:, None], K_SRC)[:, 0]
+    assert torch.allclose(det.center_uv.double(), proj, atol=2e-3)
+    # log-variance 0 -> sigma of log-depth 1 -> depth_std = z.
+    assert torch.allclose(det.depth_std.double(), centers[:, 2], rtol=1e-4)
+    assert torch.allclose(det.embedding.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+
+def test_decode_uses_the_message_intrinsics_not_fixed_ones():
+    # Same image content, but a camera with twice the focal length: the pinhole model says depth doubles.
+    pre = Preprocess.letterbox(SRC_HW, NET_HW)
+    labels, centers, sizes, yaw, box = _objects()
+    _, outs = _heads(pre, labels, centers, sizes, yaw, box)
+    K2 = K_SRC.clone()
+    K2[0, 0] *= 2
+    K2[1, 1] *= 2
+    (d1,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.5))
+    (d2,) = decode(outs, K2, pre, DecodeConfig(score_threshold=0.5))
+    assert torch.allclose(d2.center_cam[:, 2], 2 * d1.center_cam[:, 2], rtol=1e-5)
+    assert torch.allclose(d2.box_2d, d1.box_2d)
+
+
+def test_decode_other_resolution_and_samples_inside_boxes():
+    src_hw, net_hw = (720, 1280), (192, 640)
+    K = torch.tensor([[900.0, 0, 640.0], [0, 905.0, 355.0], [0, 0, 1]], dtype=torch.float64)
+    pre = Preprocess.letterbox(src_hw, net_hw)
+    assert pre.pad_x > 0 or pre.pad_y >= 0
+    center = torch.tensor([[1.0, 1.0, 15.0]], dtype=torch.float64)
+    size = torch.tensor([[4.0, 1.8, 1.5]], dtype=torch.float64)
+    yaw = torch.tensor([-1.2], dtype=torch.float64)
+    box = geo.box2d_from_points(geo.project_points(geo.box_corners_cam(center, size, yaw), K))
+    h, w = 24, 80
+    enc = encode_objects(torch.tensor([0]), center, size, yaw, box, K, pre, (h, w))
+    heat = torch.zeros(1, 3, h, w)
+    reg = torch.zeros(1, NUM_REG, h, w)
+    x, y = enc.cell_xy[0].tolist()
+    heat[0, 0, y, x] = 1.0
+    reg[0, :, y, x] = enc.regression[0].float()
+    feats = torch.nn.functional.normalize(torch.randn(1, 8, 48, 160), dim=1)
+    outs = {"heatmap": heat, "regression": reg, "embedding": torch.ones(1, 4, h, w), "features": feats}
+    (det,) = decode(outs, K, pre, DecodeConfig(score_threshold=0.5, samples_per_side=3))
+    assert torch.allclose(det.center_cam.double(), center, atol=2e-3)
+    assert geo.wrap_angle(det.yaw.double() - yaw).abs().max() < 1e-4
+    uv = det.sample_uv[0]
+    assert uv.shape == (9, 2) and det.descriptors.shape == (1, 9, 8)
+    b = det.box_2d[0]
+    assert ((uv[:, 0] >= b[0]) & (uv[:, 0] <= b[2]) & (uv[:, 1] >= b[1]) & (uv[:, 1] <= b[3])).all()
+    assert torch.allclose(det.descriptors.norm(dim=-1), torch.ones(1, 9), atol=1e-5)
+
+
+def test_decode_keeps_only_local_maxima_and_thresholds():
+    pre = Preprocess.letterbox(SRC_HW, NET_HW)
+    heat = torch.zeros(1, 3, 24, 80)
+    heat[0, 0, 10, 10] = 0.9
+    heat[0, 0, 10, 11] = 0.8  # neighbour of a higher peak: suppressed
+    heat[0, 1, 5, 40] = 0.2  # below threshold
+    outs = {
+        "heatmap": heat,
+        "regression": torch.zeros(1, NUM_REG, 24, 80),
+        "embedding": torch.ones(1, 4, 24, 80),
+        "features": torch.ones(1, 8, 48, 160),
+    }
+    (det,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.3))
+    assert len(det) == 1 and math.isclose(det.scores[0].item(), 0.9, rel_tol=1e-6)
+
+
+def test_decode_rejects_bad_intrinsics_and_shapes():
+    pre = Preprocess.letterbox(SRC_HW, NET_HW)
+    outs = {
+        "heatmap": torch.zeros(1, 3, 24, 80),
+        "regression": torch.zeros(1, NUM_REG, 24, 80),
+        "embedding": torch.ones(1, 4, 24, 80),
+        "features": torch.ones(1, 8, 48, 160),
+    }
+    bad = K_SRC.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(DecodeError):
+        decode(outs, bad, pre)
+    with pytest.raises(DecodeError):
+        decode({**outs, "regression": torch.zeros(1, NUM_REG, 12, 40)}, K_SRC, pre)
+    with pytest.raises(DecodeError):
+        decode({"heatmap": outs["heatmap"]}, K_SRC, pre)
