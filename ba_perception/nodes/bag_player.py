@@ -1,0 +1,232 @@
+"""bag_player: play a rosbag2 (MCAP or sqlite3, via rosbags) into the graph.
+
+Modes: recorded timing scaled by ``rate`` (optionally publishing ``/clock``), or **lockstep**:
+publish the next frame of ``lockstep_trigger_topic`` only after the pipeline output for the
+previous one arrived on ``lockstep_topic`` (matched by header stamp), for drop-free evaluation.
+Messages are published as the bag's serialized CDR bytes, so any standard-typed bag plays
+byte-identical; topics whose types are not installed here are skipped with one log line.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import rclpy
+import rclpy.duration
+from rclpy.qos import QoSProfile
+from rosbags.rosbag2 import Reader
+
+from ba_perception.ros.bag_types import BagTypeError, import_message_class
+from ba_perception.ros.node import PerceptionNode, StartupError, run_node, wall_ns
+from ba_perception.ros.params import ParamSpec, qos_profile
+
+_HEADER_STAMP = struct.Struct("<iI")  # CDR little endian: 4-byte encapsulation, then sec, nanosec
+
+
+def header_stamp_ns(cdr: bytes | memoryview) -> int | None:
+    """Capture stamp (ns) of a serialized message whose first field is a std_msgs/Header, else None."""
+    if len(cdr) < 12 or bytes(cdr[:2]) != b"\x00\x01":
+        return None
+    sec, nsec = _HEADER_STAMP.unpack_from(cdr, 4)
+    return sec * 1_000_000_000 + nsec
+
+
+def restamp(cdr: bytes, stamp_ns: int) -> bytes:
+    """Replace the header stamp of a header-first little-endian CDR message."""
+    return cdr[:4] + _HEADER_STAMP.pack(stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000) + cdr[12:]
+
+
+class BagPlayer(PerceptionNode):
+    """Publishes a bag's messages; see the module docstring."""
+
+    PARAMS = (
+        ParamSpec("bag", "", "path of the rosbag2 folder or .mcap/.db3 file to play"),
+        ParamSpec("rate", 1.0, "playback speed factor for recorded timing", min=0.01, max=100.0),
+        ParamSpec("loop", False, "restart from the beginning after the last message"),
+        ParamSpec("topics", [""], "topics to play; empty = every topic whose type is installed"),
+        ParamSpec("publish_clock", False, "publish /clock from the bag's timestamps (for use_sim_time)"),
+        ParamSpec("qos", "reliable", "QoS of the published topics", choices=("reliable", "sensor_data", "best_effort")),
+        ParamSpec("qos_depth", 10, "queue depth of the published topics", min=1),
+        ParamSpec("wait_for_subscribers", 0, "before playing, wait until every played topic has this many subscribers", min=0),
+        ParamSpec("wait_timeout_s", 30.0, "give up waiting for subscribers after this long", min=0.0),
+        ParamSpec("lockstep", False, "publish frame N+1 only when the output for frame N arrived"),
+        ParamSpec("lockstep_trigger_topic", "/camera/image_raw", "the frame topic that lockstep paces"),
+        ParamSpec("lockstep_topic", "/ba_perception/tracks", "pipeline output that acknowledges a frame (header stamp)"),
+        ParamSpec("lockstep_type", "ba_perception_msgs/msg/Track3DArray", "message type of lockstep_topic"),
+        ParamSpec("lockstep_timeout_s", 5.0, "count a frame as dropped if no output arrives within this", min=0.01),
+        ParamSpec("restamp", False, "rewrite header stamps to the wall-clock publish time (latency benchmarks)"),
+        ParamSpec("start_delay_s", 0.0, "sleep before the first message", min=0.0),
+        ParamSpec("exit_when_done", True, "shut down the node after the last message"),
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("bag_player", **kwargs)
+        path = Path(self.p["bag"])
+        if not self.p["bag"] or not path.exists():
+            raise StartupError(f"bag {str(path)!r} does not exist (set the 'bag' parameter)")
+        try:
+            self.reader = Reader(path)
+            self.reader.open()
+        except Exception as err:  # rosbags raises ReaderError and others for damaged bags
+            raise StartupError(f"cannot open bag {str(path)!r}: {err}") from err
+        wanted = {t for t in self.p["topics"] if t}
+        qos = qos_profile(self.p["qos"], self.p["qos_depth"])
+        self.publishers_by_topic: dict[str, Any] = {}
+        self.connections = []
+        for conn in self.reader.connections:
+            if wanted and conn.topic not in wanted:
+                continue
+            if conn.topic in self.publishers_by_topic:
+                self.connections.append(conn)
+                continue
+            try:
+                cls = import_message_class(conn.msgtype)
+            except BagTypeError as err:
+                self.get_logger().info(f"skipping {conn.topic}: {err}")
+                self.count("skipped_topics")
+                continue
+            self.publishers_by_topic[conn.topic] = self.create_publisher(cls, conn.topic, qos)
+            self.connections.append(conn)
+        missing = wanted - set(self.publishers_by_topic)
+        if missing:
+            self.get_logger().warning(f"topics not in the bag or not installable: {sorted(missing)}")
+        if not self.publishers_by_topic:
+            raise StartupError(f"nothing to play in {path}")
+        self.clock_pub = None
+        if self.p["publish_clock"]:
+            from rosgraph_msgs.msg import Clock
+
+            self.clock_pub = self.create_publisher(Clock, "/clock", QoSProfile(depth=10))
+        self._ack = threading.Condition()
+        self._acked: set[int] = set()
+        if self.p["lockstep"]:
+            cls = import_message_class(self.p["lockstep_type"])
+            self.create_subscription(cls, self.p["lockstep_topic"], self._on_ack, qos_profile("reliable", 100), raw=True)
+        self.stamp_map: dict[int, int] = {}  # restamped -> original capture stamp
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._play, name="bag_player", daemon=True)
+        self._thread.start()
+
+    def _on_ack(self, raw: bytes) -> None:
+        stamp = header_stamp_ns(raw)
+        if stamp is None:
+            return
+        with self._ack:
+            self._acked.add(stamp)
+            self._ack.notify_all()
+
+    def _wait_subscribers(self) -> None:
+        need = self.p["wait_for_subscribers"]
+        if need <= 0:
+            return
+        deadline = time.monotonic() + self.p["wait_timeout_s"]
+        while rclpy.ok() and time.monotonic() < deadline:
+            counts = {t: p.get_subscription_count() for t, p in self.publishers_by_topic.items()}
+            if min(counts.values()) >= need:
+                return
+            time.sleep(0.02)
+        self.get_logger().warning(f"playing although not every topic has {need} subscriber(s)")
+
+    def _play(self) -> None:
+        try:
+            self._wait_subscribers()
+            time.sleep(self.p["start_delay_s"])
+            while rclpy.ok():
+                self._play_once()
+                if not self.p["loop"]:
+                    break
+        except Exception as err:  # a truncated bag must not hang the process
+            self.get_logger().error(f"playback stopped: {err}")
+            self.count("errors")
+        finally:
+            self.get_logger().info(
+                f"played {self.counters['published']} messages, "
+                f"{self.counters['lockstep_timeouts']} lockstep timeouts")
+            self.done.set()
+            if self.p["exit_when_done"]:
+                self.publish_diagnostics()
+                rclpy.try_shutdown()
+
+    def _play_once(self) -> None:
+        rate, lockstep = self.p["rate"], self.p["lockstep"]
+        trigger = self.p["lockstep_trigger_topic"]
+        t0_bag = t0_wall = None
+        pending: int | None = None  # stamp of the last trigger frame awaiting its output
+        for conn, t_bag, raw in self.reader.messages(connections=self.connections):
+            if not rclpy.ok():
+                return
+            if lockstep:
+                if conn.topic == trigger and pending is not None:
+                    self._wait_ack(pending)
+                    pending = None
+            else:
+                if t0_bag is None:
+                    t0_bag, t0_wall = t_bag, time.monotonic()
+                delay = t0_wall + (t_bag - t0_bag) / 1e9 / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            if self.clock_pub is not None:
+                from rosgraph_msgs.msg import Clock
+
+                self.clock_pub.publish(Clock(clock=rclpy.time.Time(nanoseconds=t_bag).to_msg()))
+            data = bytes(raw)
+            stamp = header_stamp_ns(data)
+            if self.p["restamp"] and stamp is not None:
+                new = self._restamped(stamp)
+                data = restamp(data, new)
+                stamp = new
+            if lockstep and conn.topic == trigger:
+                pending = stamp
+            self._publish(conn.topic, data)
+        if lockstep and pending is not None:
+            self._wait_ack(pending)
+        for pub in self.publishers_by_topic.values():  # let reliable readers take the tail
+            pub.wait_for_all_acked(rclpy.duration.Duration(seconds=5.0))
+
+    def _restamped(self, original: int) -> int:
+        for new, orig in reversed(list(self.stamp_map.items())[-16:]):
+            if orig == original:
+                return new
+        new = wall_ns()
+        self.stamp_map[new] = original
+        return new
+
+    def _publish(self, topic: str, data: bytes) -> None:
+        for attempt in range(50):
+            try:
+                self.publishers_by_topic[topic].publish(data)
+                self.count("published")
+                return
+            except Exception:  # reliable writer history full: the reader fell behind
+                time.sleep(0.002 * (attempt + 1))
+        self.count("publish_failures")
+
+    def _wait_ack(self, stamp: int | None) -> None:
+        if stamp is None:
+            return
+        deadline = time.monotonic() + self.p["lockstep_timeout_s"]
+        with self._ack:
+            while stamp not in self._acked:
+                left = deadline - time.monotonic()
+                if left <= 0 or not rclpy.ok():
+                    self.count("lockstep_timeouts")
+                    return
+                self._ack.wait(min(left, 0.1))
+            self._acked.discard(stamp)
+            self.count("lockstep_acked")
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    return run_node(BagPlayer, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

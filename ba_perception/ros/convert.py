@@ -1,0 +1,104 @@
+"""Conversions between ROS messages and the numpy/torch records of core/ (poses, intrinsics, odometry)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from geometry_msgs.msg import Point, Pose, Quaternion
+from sensor_msgs.msg import CameraInfo
+
+from ba_perception.core import geometry
+
+
+class InputError(ValueError):
+    """A message whose content is unusable; ``reason`` is a counter key."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def pose_to_matrix(pose: Pose) -> np.ndarray:
+    """``geometry_msgs/Pose`` -> 4x4 float64 ``T_frame_child``."""
+    q = pose.orientation
+    R = geometry.matrix_from_quaternion(torch.tensor([q.x, q.y, q.z, q.w], dtype=torch.float64)).numpy()
+    T = np.eye(4)
+    T[:3, :3] = R
+    T[:3, 3] = (pose.position.x, pose.position.y, pose.position.z)
+    return T
+
+
+def matrix_to_pose(T: np.ndarray) -> Pose:
+    """4x4 ``T_frame_child`` -> ``geometry_msgs/Pose``."""
+    q = geometry.quaternion_from_matrix(torch.as_tensor(np.asarray(T, dtype=np.float64)[:3, :3])).tolist()
+    return Pose(
+        position=Point(x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
+        orientation=Quaternion(x=q[0], y=q[1], z=q[2], w=q[3]),
+    )
+
+
+def camera_info_to_k(info: CameraInfo) -> np.ndarray:
+    """The 3x3 intrinsics of a CameraInfo after validation.
+
+    Raises:
+        InputError: NaN/inf, zero focal lengths, or zero image size.
+    """
+    K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    if not np.all(np.isfinite(K)):
+        raise InputError("intrinsics", "camera_info K contains NaN/inf")
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise InputError("intrinsics", f"camera_info focal lengths must be > 0, got fx={K[0, 0]} fy={K[1, 1]}")
+    if info.width == 0 or info.height == 0:
+        raise InputError("intrinsics", f"camera_info image size is {info.width}x{info.height}")
+    return K
+
+
+def k_to_camera_info(K: np.ndarray, width: int, height: int, header: Any | None = None) -> CameraInfo:
+    """A plumb-bob CameraInfo without distortion for a pinhole ``K``."""
+    info = CameraInfo()
+    if header is not None:
+        info.header = header
+    info.width, info.height = int(width), int(height)
+    info.distortion_model = "plumb_bob"
+    info.d = [0.0] * 5
+    info.k = [float(v) for v in np.asarray(K, dtype=np.float64).reshape(9)]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    P = np.zeros((3, 4))
+    P[:3, :3] = K
+    info.p = [float(v) for v in P.reshape(12)]
+    return info
+
+
+def odometry_to_matrix(odom: Any) -> np.ndarray:
+    """``nav_msgs/Odometry`` -> 4x4 ``T_<frame_id>_<child_frame_id>`` after validation."""
+    T = pose_to_matrix(odom.pose.pose)
+    q = odom.pose.pose.orientation
+    if not np.all(np.isfinite(T)) or not math.isfinite(q.w):
+        raise InputError("ego_motion", "odometry pose contains NaN/inf")
+    n = math.sqrt(q.x**2 + q.y**2 + q.z**2 + q.w**2)
+    if abs(n - 1.0) > 1e-3:
+        raise InputError("ego_motion", f"odometry quaternion is not unit length (|q| = {n:.4f})")
+    return T
+
+
+def extrinsics_to_matrix(xyz_rpy: list[float]) -> np.ndarray:
+    """``[x, y, z, roll, pitch, yaw]`` of the camera *body* frame in base_link -> ``T_base_cam`` (optical).
+
+    The optical frame is the body frame rotated by :data:`geometry.R_BODY_OPTICAL`, as in REP-103.
+    """
+    if len(xyz_rpy) != 6:
+        raise InputError("extrinsics", f"camera extrinsics need 6 values [x, y, z, roll, pitch, yaw], got {len(xyz_rpy)}")
+    x, y, z, roll, pitch, yaw = map(float, xyz_rpy)
+    cr, sr, cp, sp, cy, sy = math.cos(roll), math.sin(roll), math.cos(pitch), math.sin(pitch), math.cos(yaw), math.sin(yaw)
+    R_body = np.array([
+        [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+        [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+        [-sp, cp * sr, cp * cr],
+    ])
+    T = np.eye(4)
+    T[:3, :3] = R_body @ geometry.R_BODY_OPTICAL.numpy()
+    T[:3, 3] = (x, y, z)
+    return T

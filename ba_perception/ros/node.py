@@ -1,0 +1,142 @@
+"""What every ba_perception node shares: parameters, bad-input counting, diagnostics, stage traces, main().
+
+A node subclasses :class:`PerceptionNode`, lists its ``PARAMS``, and in callbacks calls
+``self.reject(reason, detail)`` for bad input (counted, logged once per reason per
+``log_throttle_s``) and ``self.trace(...)`` to append its stage timing. Counters are published on
+``/diagnostics`` once per second, so tests and operators see them without reading logs.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import rclpy
+from builtin_interfaces.msg import Time as TimeMsg
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.utilities import remove_ros_args
+
+from ba_perception.ros.params import ParameterError, ParamSpec, declare_parameters, qos_profile
+
+if TYPE_CHECKING:
+    from ba_perception_msgs.msg import StageTiming
+
+COMMON_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("log_throttle_s", 5.0, "minimum seconds between two log lines for the same bad-input reason", min=0.0),
+    ParamSpec("diagnostics_period_s", 1.0, "period of the /diagnostics status with the node's counters", min=0.05),
+)
+
+
+class StartupError(RuntimeError):
+    """A node cannot start (missing file, nothing to do): one line on stderr, exit code 2."""
+
+
+def wall_ns() -> int:
+    """System (wall) clock in nanoseconds; stage traces use it whatever use_sim_time says."""
+    return time.time_ns()
+
+
+def ns_to_time(ns: int) -> TimeMsg:
+    """builtin_interfaces/Time from integer nanoseconds."""
+    return TimeMsg(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def time_to_ns(t: Any) -> int:
+    """Integer nanoseconds from a builtin_interfaces/Time."""
+    return int(t.sec) * 1_000_000_000 + int(t.nanosec)
+
+
+def make_stage(stage: str, received_ns: int, start_ns: int, end_ns: int | None = None) -> StageTiming:
+    """A StageTiming entry; ``end`` defaults to now (call right before publish)."""
+    from ba_perception_msgs.msg import StageTiming
+
+    return StageTiming(
+        stage=stage,
+        received=ns_to_time(received_ns),
+        start=ns_to_time(start_ns),
+        end=ns_to_time(wall_ns() if end_ns is None else end_ns),
+    )
+
+
+class PerceptionNode(Node):
+    """Base node: declares ``COMMON_PARAMS + PARAMS``, counts rejects, publishes diagnostics."""
+
+    PARAMS: ClassVar[Sequence[ParamSpec]] = ()
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.p = declare_parameters(self, tuple(COMMON_PARAMS) + tuple(self.PARAMS))
+        self.counters: Counter[str] = Counter()
+        self._last_log: dict[str, float] = {}
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile("reliable", 10))
+        self.create_timer(self.p["diagnostics_period_s"], self.publish_diagnostics)
+
+    def qos(self, prefix: str) -> Any:
+        """QoS from the parameters ``<prefix>_qos`` (kind) and ``<prefix>_qos_depth``."""
+        return qos_profile(self.p[f"{prefix}_qos"], self.p.get(f"{prefix}_qos_depth", 5))
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Increment a diagnostics counter (frames in/out, drops, ...)."""
+        self.counters[key] += n
+
+    def reject(self, reason: str, detail: str) -> None:
+        """Count a bad input under ``rejected.<reason>`` and log it at most once per throttle period."""
+        self.counters[f"rejected.{reason}"] += 1
+        now = time.monotonic()
+        if now - self._last_log.get(reason, -1e18) >= self.p["log_throttle_s"]:
+            self._last_log[reason] = now
+            n = self.counters[f"rejected.{reason}"]
+            self.get_logger().warning(f"rejected input ({reason}, {n} so far): {detail}")
+
+    def diagnostic_level(self) -> bytes:
+        """OK unless a subclass says otherwise (e.g. latency over threshold)."""
+        return DiagnosticStatus.OK
+
+    def publish_diagnostics(self) -> None:
+        status = DiagnosticStatus(
+            level=self.diagnostic_level(),
+            name=f"ba_perception: {self.get_fully_qualified_name()}",
+            message="rejected inputs" if any(k.startswith("rejected.") for k in self.counters) else "ok",
+            hardware_id=self.get_name(),
+            values=[KeyValue(key=k, value=str(v)) for k, v in sorted(self.counters.items())],
+        )
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
+
+
+def run_node(node_cls: type[Node], argv: Sequence[str] | None = None, **kwargs: Any) -> int:
+    """``main()`` body shared by all nodes: init rclpy, spin, clean exit on Ctrl-C / shutdown.
+
+    Returns the process exit code: 0 on a clean shutdown, 2 on an invalid parameter.
+    """
+    args = list(sys.argv if argv is None else argv)
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = node_cls(cli_args=remove_ros_args(args)[1:], **kwargs) if _takes_cli(node_cls) else node_cls(**kwargs)
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ParameterError, StartupError, FileNotFoundError) as err:
+        print(f"{node_cls.__name__}: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.try_shutdown()
+    return 0
+
+
+def _takes_cli(node_cls: type[Node]) -> bool:
+    import inspect
+
+    return "cli_args" in inspect.signature(node_cls.__init__).parameters
