@@ -1,0 +1,645 @@
+"""The 3D multi-object tracker: prediction, gated association (graph matching or Hungarian), management.
+
+One public entry: ``Tracker(config).step(stamp_ns, detections) -> list[TrackOutput]``. Tracks
+live in ``odom`` and are stored as arrays over tracks (struct of arrays) so prediction, gating,
+affinities and updates run batched. Bad input (empty frames, NaN boxes, duplicates, missing
+embeddings, time going backwards) is repaired or dropped and counted in ``Tracker.counters``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from ba_perception.core.tracking import kalman
+from ba_perception.core.tracking.affinity import (
+    cosine_matrix,
+    edge_affinity_batch,
+    gate_3d,
+    iou_2d_np,
+    node_affinity,
+    pair_iou_2d,
+)
+from ba_perception.core.tracking.matching import QAP_SOLVERS, hungarian, solve_qap
+from ba_perception.core.tracking.types import (
+    STATUS_COASTING,
+    STATUS_CONFIRMED,
+    STATUS_TENTATIVE,
+    Detections,
+    TrackOutput,
+)
+
+METHODS = ("graph", "hungarian_3d", "hungarian_iou", "hungarian_node")
+
+
+class TrackerConfigError(ValueError):
+    """Raised for an invalid tracker configuration."""
+
+
+@dataclass(frozen=True)
+class ClassParams:
+    """Per-class motion and measurement noise.
+
+    Attributes:
+        accel_std_xy, accel_std_z: white-acceleration process noise, m/s^2.
+        meas_std_xy, meas_std_z: centre measurement noise used when a detection has no covariance, m.
+        init_vel_std: prior velocity standard deviation of a new track, m/s.
+    """
+
+    accel_std_xy: float
+    accel_std_z: float
+    meas_std_xy: float
+    meas_std_z: float
+    init_vel_std: float
+
+
+DEFAULT_CLASS_PARAMS: dict[str, ClassParams] = {
+    "car": ClassParams(3.0, 0.3, 0.5, 0.2, 6.0),
+    "pedestrian": ClassParams(1.5, 0.2, 0.3, 0.15, 1.5),
+    "cyclist": ClassParams(2.0, 0.2, 0.4, 0.15, 4.0),
+    "default": ClassParams(2.5, 0.3, 0.5, 0.2, 4.0),
+}
+
+
+@dataclass
+class TrackerConfig:
+    """Tracker parameters (defaults suit 10 Hz driving scenes).
+
+    Attributes:
+        method: ``graph`` (3D + appearance + IoU nodes, relative-position edges, QAP),
+            ``hungarian_3d`` (Mahalanobis only), ``hungarian_iou`` (2D IoU only, no motion gate),
+            ``hungarian_node`` (the graph method's node affinity, linear assignment).
+        solver: graph-matching solver, one of ``matching.QAP_SOLVERS``.
+        chi2_gate: gate on squared Mahalanobis distance (3 dof, 11.34 = 99 %).
+        max_gate_m: hard cap on centre distance for any match, metres.
+        iou_gate: minimum 2D IoU for ``hungarian_iou``.
+        w_3d, w_app, w_iou: node affinity weights. app_gate: pairs whose embeddings both exist and
+            have cosine below this never match.
+        w_edge, edge_sigma_m: edge affinity weight and relative-position tolerance, metres.
+        max_qap_size: components with more tracks or detections than this use linear assignment.
+        min_affinity: minimum node affinity of an accepted match.
+        n_init: hits to confirm a track. max_age: misses before a confirmed track is deleted.
+        tentative_max_age: misses before a tentative track is deleted.
+        reid: re-identify lost / far-coasting tracks on appearance + 3D after the main stage.
+        reid_window_s: how long deleted confirmed tracks stay re-identifiable, seconds.
+        reid_min_cos: minimum embedding cosine for re-identification.
+        reid_radius_m, reid_speed_tol_mps: re-id gate radius around the constant-velocity
+            extrapolation: ``radius_m + speed_tol * time_since_seen``.
+        dup_dist_m: same-class detections closer than this are duplicates (lower score dropped).
+        time_reset_gap_s: a forward stamp jump larger than this resets like a backward jump.
+        yaw_gain: blend factor of a new yaw measurement. size_window, emb_window: running-mean
+            lengths of size and appearance embedding.
+        min_score_new: minimum detection score to start a track.
+        class_params: per-class noise; unknown classes use ``"default"``.
+    """
+
+    method: str = "graph"
+    solver: str = "rrwm"
+    chi2_gate: float = 11.34
+    max_gate_m: float = 8.0
+    iou_gate: float = 0.1
+    w_3d: float = 1.0
+    w_app: float = 1.0
+    w_iou: float = 0.5
+    app_gate: float = -1.0
+    w_edge: float = 0.5
+    edge_sigma_m: float = 1.0
+    max_qap_size: int = 12
+    min_affinity: float = 0.05
+    n_init: int = 3
+    max_age: int = 10
+    tentative_max_age: int = 1
+    reid: bool = True
+    reid_window_s: float = 5.0
+    reid_min_cos: float = 0.7
+    reid_radius_m: float = 2.0
+    reid_speed_tol_mps: float = 2.0
+    dup_dist_m: float = 0.25
+    time_reset_gap_s: float = 10.0
+    yaw_gain: float = 0.5
+    size_window: int = 20
+    emb_window: int = 30
+    min_score_new: float = 0.0
+    class_params: dict[str, ClassParams] = field(default_factory=lambda: dict(DEFAULT_CLASS_PARAMS))
+
+    def validate(self) -> None:
+        """Raise ``TrackerConfigError`` naming the first invalid field."""
+        if self.method not in METHODS:
+            raise TrackerConfigError(f"method {self.method!r} unknown; choose one of {METHODS}")
+        if self.solver not in QAP_SOLVERS:
+            raise TrackerConfigError(f"solver {self.solver!r} unknown; choose one of {QAP_SOLVERS}")
+        if self.n_init < 1 or self.max_age < 0 or self.tentative_max_age < 0:
+            raise TrackerConfigError("n_init must be >= 1 and max ages >= 0")
+        if self.chi2_gate <= 0 or self.max_gate_m <= 0 or self.edge_sigma_m <= 0:
+            raise TrackerConfigError("chi2_gate, max_gate_m and edge_sigma_m must be > 0")
+        if "default" not in self.class_params:
+            raise TrackerConfigError("class_params needs a 'default' entry")
+
+
+COUNTER_NAMES = (
+    "frames",
+    "detections_in",
+    "empty_frames",
+    "invalid_detections",  # non-finite or non-positive centre / size / yaw: dropped
+    "duplicate_detections",
+    "missing_embedding",  # detections without a usable embedding (still tracked on geometry)
+    "embedding_dim_mismatch",
+    "missing_box_2d",
+    "bad_covariance",  # replaced by the class default
+    "time_backwards_resets",
+    "time_gap_resets",
+    "matched",
+    "reidentified",
+    "tracks_created",
+    "tracks_confirmed",
+    "tracks_deleted",
+    "qap_problems",
+    "qap_too_large",
+    "qap_solver_failures",
+)
+
+
+@dataclass
+class _Tracks:
+    """Struct of arrays over T tracks (internal)."""
+
+    ids: np.ndarray  # (T,) int64
+    cls: np.ndarray  # (T,) int64 class code
+    x: np.ndarray  # (T, 6) centre and velocity, odom
+    P: np.ndarray  # (T, 6, 6)
+    yaw: np.ndarray  # (T,)
+    size: np.ndarray  # (T, 3)
+    emb: np.ndarray  # (T, D)
+    has_emb: np.ndarray  # (T,) bool
+    n_emb: np.ndarray  # (T,) int
+    box: np.ndarray  # (T, 4)
+    has_box: np.ndarray  # (T,) bool
+    score: np.ndarray  # (T,)
+    hits: np.ndarray  # (T,) int
+    age: np.ndarray  # (T,) int
+    misses: np.ndarray  # (T,) int, frames since update
+    confirmed: np.ndarray  # (T,) bool
+    last_seen_ns: np.ndarray  # (T,) int64
+    last_pos: np.ndarray  # (T, 3) centre at the last update
+    det_idx: np.ndarray  # (T,) int, matched input index this frame or -1
+
+    @classmethod
+    def empty(cls, dim: int) -> _Tracks:
+        z = np.zeros
+        return cls(
+            z(0, np.int64), z(0, np.int64), z((0, 6)), z((0, 6, 6)), z(0), z((0, 3)), z((0, dim)),
+            z(0, bool), z(0, np.int64), z((0, 4)), z(0, bool), z(0), z(0, np.int64), z(0, np.int64),
+            z(0, np.int64), z(0, bool), z(0, np.int64), z((0, 3)), z(0, np.int64),
+        )
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def take(self, idx: np.ndarray) -> _Tracks:
+        return _Tracks(*(getattr(self, f.name)[idx] for f in fields(self)))
+
+    def concat(self, other: _Tracks) -> _Tracks:
+        return _Tracks(*(np.concatenate([getattr(self, f.name), getattr(other, f.name)]) for f in fields(self)))
+
+
+@dataclass
+class _Frame:
+    """Sanitised detections of one frame (internal)."""
+
+    pos: np.ndarray
+    yaw: np.ndarray
+    size: np.ndarray
+    cls: np.ndarray
+    score: np.ndarray
+    box: np.ndarray
+    has_box: np.ndarray
+    emb: np.ndarray
+    has_emb: np.ndarray
+    R: np.ndarray
+    orig: np.ndarray  # index into the caller's detections
+
+    def __len__(self) -> int:
+        return self.pos.shape[0]
+
+
+def _wrap(a: np.ndarray) -> np.ndarray:
+    return np.remainder(a + math.pi, 2 * math.pi) - math.pi
+
+
+class Tracker:
+    """3D multi-object tracker in ``odom`` with graph-matching or Hungarian association.
+
+    Args:
+        config: parameters; validated here.
+
+    Raises:
+        TrackerConfigError: invalid configuration.
+    """
+
+    def __init__(self, config: TrackerConfig | None = None) -> None:
+        self.config = replace(config) if config is not None else TrackerConfig()
+        self.config.validate()
+        self.counters: dict[str, int] = {name: 0 for name in COUNTER_NAMES}
+        self._class_names: list[str] = []
+        self._class_codes: dict[str, int] = {}
+        self._cp = np.zeros((0, 5))  # per class code: accel_xy, accel_z, meas_xy, meas_z, init_vel
+        self._emb_dim = 0
+        self._next_id = 1
+        self._last_ns: int | None = None
+        self.tracks = _Tracks.empty(0)
+        self.lost = _Tracks.empty(0)
+
+    # ------------------------------------------------------------------ public
+    def reset(self) -> None:
+        """Drop all tracks and the re-identification pool; ids keep increasing."""
+        self.tracks = _Tracks.empty(self._emb_dim)
+        self.lost = _Tracks.empty(self._emb_dim)
+        self._last_ns = None
+
+    def step(self, stamp_ns: int, detections: Detections) -> list[TrackOutput]:
+        """Advance to ``stamp_ns`` and associate this frame's detections.
+
+        Args:
+            stamp_ns: capture stamp, nanoseconds. Going backwards (a looped bag) resets the tracker.
+            detections: this frame's detections in odom (may be empty).
+
+        Returns:
+            All live tracks (tentative, confirmed, coasting) after the update.
+        """
+        self._step(int(stamp_ns), detections)
+        return self.outputs()
+
+    def outputs(self) -> list[TrackOutput]:
+        """The live tracks as records (what :meth:`step` returned last)."""
+        t = self.tracks
+        status = np.where(~t.confirmed, STATUS_TENTATIVE, np.where(t.misses == 0, STATUS_CONFIRMED, STATUS_COASTING))
+        names = self._class_names
+        return [
+            TrackOutput(
+                track_id=int(t.ids[k]),
+                class_label=names[t.cls[k]],
+                status=int(status[k]),
+                score=float(t.score[k]),
+                center=t.x[k, :3],
+                velocity=t.x[k, 3:],
+                yaw=float(t.yaw[k]),
+                size=t.size[k],
+                position_cov=t.P[k, :3, :3],
+                velocity_cov=t.P[k, 3:, 3:],
+                age=int(t.age[k]),
+                hits=int(t.hits[k]),
+                frames_since_update=int(t.misses[k]),
+                box_2d=t.box[k] if t.has_box[k] else np.full(4, np.nan),
+                detection_index=int(t.det_idx[k]),
+            )
+            for k in range(len(t))
+        ]
+
+    # ------------------------------------------------------------------ internals
+    def _class_code(self, labels: np.ndarray) -> np.ndarray:
+        out = np.empty(labels.shape[0], dtype=np.int64)
+        for i, lab in enumerate(labels):
+            code = self._class_codes.get(lab)
+            if code is None:
+                lab = str(lab)
+                code = len(self._class_names)
+                self._class_codes[lab] = code
+                self._class_names.append(lab)
+                p = self.config.class_params.get(lab, self.config.class_params["default"])
+                row = [p.accel_std_xy, p.accel_std_z, p.meas_std_xy, p.meas_std_z, p.init_vel_std]
+                self._cp = np.vstack([self._cp, np.asarray(row)[None]])
+            out[i] = code
+        return out
+
+    def _set_emb_dim(self, dim: int) -> None:
+        self._emb_dim = dim
+        for name in ("tracks", "lost"):
+            t = getattr(self, name)
+            t.emb = np.zeros((len(t), dim))
+            t.has_emb = np.zeros(len(t), dtype=bool)
+            t.n_emb = np.zeros(len(t), dtype=np.int64)
+
+    def _sanitise(self, d: Detections) -> _Frame:
+        c = self.counters
+        n = len(d)
+        c["detections_in"] += n
+        valid = (
+            np.isfinite(d.centers).all(1)
+            & np.isfinite(d.sizes).all(1)
+            & (d.sizes > 0).all(1)
+            & np.isfinite(d.yaws)
+        )
+        c["invalid_detections"] += int(n - valid.sum())
+        idx = np.nonzero(valid)[0]
+        pos, yaw, size = d.centers[idx], _wrap(d.yaws[idx]), d.sizes[idx]
+        score = np.nan_to_num(d.scores[idx], nan=0.0)
+        cls = self._class_code(d.labels[idx])
+        m = idx.shape[0]
+        # 2D boxes: optional, NaN / degenerate rows are "unknown".
+        if d.boxes_2d is not None:
+            box = d.boxes_2d[idx]
+            has_box = np.isfinite(box).all(1) & (box[:, 2] > box[:, 0]) & (box[:, 3] > box[:, 1])
+        else:
+            box, has_box = np.full((m, 4), np.nan), np.zeros(m, dtype=bool)
+        c["missing_box_2d"] += int(m - has_box.sum())
+        # Embeddings: optional, L2-normalised here; NaN / zero rows are "unknown".
+        if d.embeddings is not None and d.embeddings.shape[1] > 0:
+            if self._emb_dim == 0:
+                self._set_emb_dim(d.embeddings.shape[1])
+            if d.embeddings.shape[1] != self._emb_dim:
+                c["embedding_dim_mismatch"] += m
+                emb, has_emb = np.zeros((m, self._emb_dim)), np.zeros(m, dtype=bool)
+            else:
+                emb = d.embeddings[idx]
+                norm = np.linalg.norm(emb, axis=1)
+                has_emb = np.isfinite(norm) & (norm > 1e-6)
+                emb = np.where(has_emb[:, None], emb / np.where(has_emb, norm, 1.0)[:, None], 0.0)
+        else:
+            emb, has_emb = np.zeros((m, self._emb_dim)), np.zeros(m, dtype=bool)
+        c["missing_embedding"] += int(m - has_emb.sum())
+        # Measurement covariance: the detection's when finite with a positive diagonal, else the class default.
+        cp = self._cp[cls]
+        R = np.zeros((m, 3, 3))
+        R[:, 0, 0] = R[:, 1, 1] = cp[:, 2] ** 2
+        R[:, 2, 2] = cp[:, 3] ** 2
+        if d.covariances is not None and m:
+            Rd = d.covariances[idx]
+            Rd = 0.5 * (Rd + Rd.transpose(0, 2, 1))
+            good = np.isfinite(Rd).all((1, 2)) & (np.diagonal(Rd, axis1=1, axis2=2) > 0).all(1)
+            c["bad_covariance"] += int(m - good.sum())
+            R = np.where(good[:, None, None], Rd, R)
+        # Duplicates: a detection with a higher-scored same-class neighbour closer than dup_dist_m.
+        if m > 1:
+            diff = pos[:, None, :] - pos[None, :, :]
+            close = (np.einsum("ijk,ijk->ij", diff, diff) < self.config.dup_dist_m**2) & (cls[:, None] == cls[None, :])
+            order = np.arange(m)
+            better = (score[None, :] > score[:, None]) | ((score[None, :] == score[:, None]) & (order[None, :] < order[:, None]))
+            dup = (close & better).any(1)
+            if dup.any():
+                c["duplicate_detections"] += int(dup.sum())
+                k = ~dup
+                return _Frame(pos[k], yaw[k], size[k], cls[k], score[k], box[k], has_box[k], emb[k], has_emb[k], R[k], idx[k])
+        return _Frame(pos, yaw, size, cls, score, box, has_box, emb, has_emb, R, idx)
+
+    def _advance_time(self, stamp_ns: int) -> float:
+        c = self.counters
+        if self._last_ns is None:
+            self._last_ns = stamp_ns
+            return 0.0
+        dt = (stamp_ns - self._last_ns) * 1e-9
+        if dt < 0:
+            c["time_backwards_resets"] += 1
+            self.reset()
+            dt = 0.0
+        elif dt > self.config.time_reset_gap_s:
+            c["time_gap_resets"] += 1
+            self.reset()
+            dt = 0.0
+        self._last_ns = stamp_ns
+        return dt
+
+    def _step(self, stamp_ns: int, detections: Detections) -> None:
+        c = self.counters
+        c["frames"] += 1
+        dt = self._advance_time(stamp_ns)
+        if len(detections) == 0:
+            c["empty_frames"] += 1
+        f = self._sanitise(detections)
+        t = self.tracks
+        t.det_idx = np.full(len(t), -1, dtype=np.int64)
+        if len(t):
+            cp = self._cp[t.cls]
+            t.x, t.P = kalman.predict(t.x, t.P, dt, cp[:, 0], cp[:, 1])
+            t.age = t.age + 1
+        rows, cols = self._associate(t, f)
+        c["matched"] += int(rows.size)
+        matched_t = np.zeros(len(t), dtype=bool)
+        matched_t[rows] = True
+        if rows.size:
+            xs, Ps = kalman.update(t.x[rows], t.P[rows], f.pos[cols], f.R[cols])
+            t.x[rows], t.P[rows] = xs, Ps
+            self._absorb(t, rows, f, cols, stamp_ns)
+        t.misses = np.where(matched_t, 0, t.misses + 1)
+        free = np.ones(len(f), dtype=bool)
+        free[cols] = False
+        if self.config.reid and free.any():
+            free = self._reidentify(f, free, matched_t, stamp_ns)
+        self._birth(f, free, stamp_ns)
+        self._prune(stamp_ns)
+
+    def _associate(self, t: _Tracks, f: _Frame) -> tuple[np.ndarray, np.ndarray]:
+        cfg = self.config
+        T, N = len(t), len(f)
+        none = (np.zeros(0, dtype=int), np.zeros(0, dtype=int))
+        if T == 0 or N == 0:
+            return none
+        same = t.cls[:, None] == f.cls[None, :]
+        if cfg.method == "hungarian_iou":
+            iou = iou_2d_np(t.box, f.box)
+            valid = same & t.has_box[:, None] & f.has_box[None, :] & (iou >= cfg.iou_gate)
+            return hungarian(iou, valid)
+        use_app = cfg.method in ("graph", "hungarian_node") and self._emb_dim > 0
+        if use_app:
+            cos, has_cos = cosine_matrix(t.emb, t.has_emb, f.emb, f.has_emb)
+            if cfg.app_gate > -1.0:
+                same = same & ~(has_cos & (cos < cfg.app_gate))
+        ti, di, d2 = gate_3d(t.x[:, :3], t.P[:, :3, :3], f.pos, f.R, same, cfg.chi2_gate, cfg.max_gate_m)
+        if ti.size == 0:
+            return none
+        if cfg.method == "hungarian_3d":
+            score = np.zeros((T, N))
+            valid = np.zeros((T, N), dtype=bool)
+            score[ti, di] = 1.0 - d2 / cfg.chi2_gate
+            valid[ti, di] = True
+            return hungarian(score, valid)
+        # Node affinity on candidates: 3D + appearance + IoU (IoU only for tracks seen last frame).
+        iou_c = has_iou_c = cos_c = has_cos_c = None
+        if cfg.w_iou > 0:
+            fresh = t.has_box & (t.misses == 0)
+            iou_c = pair_iou_2d(t.box[ti], f.box[di])
+            has_iou_c = fresh[ti] & f.has_box[di]
+        if use_app:
+            cos_c, has_cos_c = cos[ti, di], has_cos[ti, di]
+        aff = node_affinity(d2, cfg.chi2_gate, cos_c, has_cos_c, iou_c, has_iou_c, cfg.w_3d, cfg.w_app, cfg.w_iou)
+        keep = aff >= cfg.min_affinity
+        ti, di, aff = ti[keep], di[keep], aff[keep]
+        node = np.zeros((T, N))
+        gate = np.zeros((T, N), dtype=bool)
+        node[ti, di] = aff
+        gate[ti, di] = True
+        if cfg.method == "hungarian_node" or ti.size == 0:
+            return hungarian(node, gate)
+        score = self._graph_scores(t, f, ti, di, node, gate)
+        return hungarian(score, gate)
+
+    def _graph_scores(
+        self, t: _Tracks, f: _Frame, ti: np.ndarray, di: np.ndarray, node: np.ndarray, gate: np.ndarray
+    ) -> np.ndarray:
+        """Scores for the final projection: node affinity, replaced by the QAP's soft assignment
+        inside every connected component of the gated graph with >= 2 tracks and >= 2 detections."""
+        cfg = self.config
+        T, N = node.shape
+        g = coo_matrix((np.ones(ti.size), (ti, T + di)), shape=(T + N, T + N))
+        ncomp, lab = connected_components(g, directed=False)
+        lt, ld = lab[:T], lab[T:]
+        n1 = np.bincount(lt, minlength=ncomp)
+        n2 = np.bincount(ld, minlength=ncomp)
+        hard = np.nonzero((n1 >= 2) & (n2 >= 2))[0]
+        if hard.size == 0:
+            return node
+        big = (n1[hard] > cfg.max_qap_size) | (n2[hard] > cfg.max_qap_size)
+        self.counters["qap_too_large"] += int(big.sum())
+        hard = hard[~big]
+        if hard.size == 0:
+            return node
+        self.counters["qap_problems"] += int(hard.size)
+        rows_l = [np.nonzero(lt == k)[0] for k in hard]
+        cols_l = [np.nonzero(ld == k)[0] for k in hard]
+        B = hard.size
+        s1 = np.array([r.size for r in rows_l])
+        s2 = np.array([c.size for c in cols_l])
+        m1, m2 = int(s1.max()), int(s2.max())
+        pt = np.zeros((B, m1, 3))
+        pd = np.zeros((B, m2, 3))
+        nb = np.zeros((B, m1, m2))
+        gb = np.zeros((B, m1, m2), dtype=bool)
+        for b, (r, cidx) in enumerate(zip(rows_l, cols_l)):
+            pt[b, : r.size] = t.x[r, :3]
+            pd[b, : cidx.size] = f.pos[cidx]
+            nb[b, : r.size, : cidx.size] = node[np.ix_(r, cidx)]
+            gb[b, : r.size, : cidx.size] = gate[np.ix_(r, cidx)]
+        rel_t = pt[:, :, None, :] - pt[:, None, :, :]
+        rel_d = pd[:, :, None, :] - pd[:, None, :, :]
+        K = edge_affinity_batch(rel_t, rel_d, nb, gb, cfg.edge_sigma_m, cfg.w_edge)
+        try:
+            X = solve_qap(K, s1, s2, cfg.solver)
+            if not np.isfinite(X).all():
+                raise FloatingPointError("non-finite soft assignment")
+        except (FloatingPointError, ValueError, np.linalg.LinAlgError):
+            self.counters["qap_solver_failures"] += 1
+            return node
+        score = node.copy()
+        for b, (r, cidx) in enumerate(zip(rows_l, cols_l)):
+            score[np.ix_(r, cidx)] = X[b, : r.size, : cidx.size]
+        return score
+
+    def _absorb(self, t: _Tracks, rows: np.ndarray, f: _Frame, cols: np.ndarray, stamp_ns: int) -> None:
+        """Fold matched detections into yaw, size, appearance, box and bookkeeping (batched)."""
+        cfg = self.config
+        dyaw = _wrap(f.yaw[cols] - t.yaw[rows])
+        dyaw = np.where(np.abs(dyaw) > math.pi / 2, _wrap(dyaw + math.pi), dyaw)  # front/back flip
+        t.yaw[rows] = _wrap(t.yaw[rows] + cfg.yaw_gain * dyaw)
+        n = np.minimum(t.hits[rows], cfg.size_window)[:, None]
+        t.size[rows] = t.size[rows] + (f.size[cols] - t.size[rows]) / (n + 1)
+        if self._emb_dim:
+            he = f.has_emb[cols]
+            r, cc = rows[he], cols[he]
+            old = t.has_emb[r][:, None]
+            k = np.minimum(t.n_emb[r], cfg.emb_window)[:, None]
+            e = np.where(old, t.emb[r] + (f.emb[cc] - t.emb[r]) / (k + 1), f.emb[cc])
+            t.emb[r] = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+            t.has_emb[r] = True
+            t.n_emb[r] += 1
+        t.box[rows] = f.box[cols]
+        t.has_box[rows] = f.has_box[cols]
+        t.score[rows] = f.score[cols]
+        t.hits[rows] += 1
+        t.misses[rows] = 0
+        t.last_seen_ns[rows] = stamp_ns
+        t.last_pos[rows] = f.pos[cols]
+        t.det_idx[rows] = f.orig[cols]
+        newly = ~t.confirmed[rows] & (t.hits[rows] >= cfg.n_init)
+        self.counters["tracks_confirmed"] += int(newly.sum())
+        t.confirmed[rows] |= newly
+
+    def _reidentify(self, f: _Frame, free: np.ndarray, matched_t: np.ndarray, stamp_ns: int) -> np.ndarray:
+        """Match leftover detections to coasting or recently deleted tracks on appearance + 3D."""
+        cfg = self.config
+        if self._emb_dim == 0:
+            return free
+        dets = np.nonzero(free & f.has_emb)[0]
+        t = self.tracks
+        act = np.nonzero(t.confirmed & ~matched_t & t.has_emb)[0]
+        lost_ok = np.nonzero(self.lost.has_emb)[0]
+        if dets.size == 0 or act.size + lost_ok.size == 0:
+            return free
+        cand = t.take(act).concat(self.lost.take(lost_ok))
+        dt_seen = (stamp_ns - cand.last_seen_ns) * 1e-9
+        pred = cand.last_pos + cand.x[:, 3:] * dt_seen[:, None]
+        dist = np.linalg.norm(f.pos[dets][None, :, :] - pred[:, None, :], axis=2)
+        cos = cand.emb @ f.emb[dets].T
+        radius = cfg.reid_radius_m + cfg.reid_speed_tol_mps * dt_seen
+        valid = (cand.cls[:, None] == f.cls[dets][None, :]) & (cos >= cfg.reid_min_cos) & (dist <= radius[:, None])
+        r, cidx = hungarian(cos, valid)
+        if r.size == 0:
+            return free
+        self.counters["reidentified"] += int(r.size)
+        cols = dets[cidx]
+        # Restart the filter at the detection, keeping the track's velocity estimate.
+        init = kalman.initial_covariance(f.R[cols], self._cp[cand.cls[r], 4])
+        is_act = r < act.size
+        ra = act[r[is_act]]
+        t.x[ra, :3] = f.pos[cols[is_act]]
+        t.P[ra] = init[is_act]
+        matched_t[ra] = True
+        self._absorb(t, ra, f, cols[is_act], stamp_ns)
+        if (~is_act).any():
+            li = lost_ok[r[~is_act] - act.size]
+            back = self.lost.take(li)
+            back.x[:, :3] = f.pos[cols[~is_act]]
+            back.P = init[~is_act]
+            back.det_idx = np.full(li.size, -1, dtype=np.int64)
+            back.age = back.age + 1
+            self._absorb(back, np.arange(li.size), f, cols[~is_act], stamp_ns)
+            keep = np.ones(len(self.lost), dtype=bool)
+            keep[li] = False
+            self.lost = self.lost.take(keep)
+            self.tracks = t.concat(back)
+        free = free.copy()
+        free[cols] = False
+        return free
+
+    def _birth(self, f: _Frame, free: np.ndarray, stamp_ns: int) -> None:
+        cfg = self.config
+        new = np.nonzero(free & (f.score >= cfg.min_score_new))[0]
+        if new.size == 0:
+            return
+        k = new.size
+        cls = f.cls[new]
+        x = np.zeros((k, 6))
+        x[:, :3] = f.pos[new]
+        ids = np.arange(self._next_id, self._next_id + k, dtype=np.int64)
+        self._next_id += k
+        hits = np.ones(k, dtype=np.int64)
+        born = _Tracks(
+            ids=ids, cls=cls, x=x, P=kalman.initial_covariance(f.R[new], self._cp[cls, 4]),
+            yaw=f.yaw[new].copy(), size=f.size[new].copy(), emb=f.emb[new].copy(), has_emb=f.has_emb[new].copy(),
+            n_emb=f.has_emb[new].astype(np.int64), box=f.box[new].copy(), has_box=f.has_box[new].copy(),
+            score=f.score[new].copy(), hits=hits, age=np.zeros(k, dtype=np.int64), misses=np.zeros(k, dtype=np.int64),
+            confirmed=hits >= cfg.n_init, last_seen_ns=np.full(k, stamp_ns, dtype=np.int64),
+            last_pos=f.pos[new].copy(), det_idx=f.orig[new].copy(),
+        )
+        self.counters["tracks_created"] += k
+        self.counters["tracks_confirmed"] += int(born.confirmed.sum())
+        self.tracks = self.tracks.concat(born)
+
+    def _prune(self, stamp_ns: int) -> None:
+        cfg = self.config
+        t = self.tracks
+        dead_tent = ~t.confirmed & (t.misses > cfg.tentative_max_age)
+        dead_conf = t.confirmed & (t.misses > cfg.max_age)
+        dead = dead_tent | dead_conf
+        if dead.any():
+            self.counters["tracks_deleted"] += int(dead.sum())
+            if cfg.reid and dead_conf.any():
+                self.lost = self.lost.concat(t.take(np.nonzero(dead_conf)[0]))
+            self.tracks = t.take(np.nonzero(~dead)[0])
+        if len(self.lost):
+            fresh = (stamp_ns - self.lost.last_seen_ns) * 1e-9 <= cfg.reid_window_s
+            if not fresh.all():
+                self.lost = self.lost.take(np.nonzero(fresh)[0])
+

@@ -1,0 +1,112 @@
+"""Plain records the tracker takes and returns: per-frame detections and per-track outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+STATUS_TENTATIVE = 0  # fewer than n_init hits (Track3D.STATUS_TENTATIVE)
+STATUS_CONFIRMED = 1  # confirmed and matched this frame
+STATUS_COASTING = 2  # confirmed, unmatched, predicted by the motion model
+
+
+class TrackingInputError(ValueError):
+    """Raised when a detection batch has inconsistent array shapes (a caller bug, not bad data)."""
+
+
+def _as_float(a, name: str, shape: tuple[int | None, ...]) -> np.ndarray:
+    arr = np.asarray(a, dtype=np.float64)
+    ok = arr.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, arr.shape))
+    if not ok:
+        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        raise TrackingInputError(f"{name} must have shape {want}, got {arr.shape}")
+    return arr
+
+
+@dataclass
+class Detections:
+    """One frame of 3D detections in ``odom``, as arrays over ``N`` objects.
+
+    Attributes:
+        centers: ``(N, 3)`` box centres in odom, metres.
+        yaws: ``(N,)`` yaw about odom +z of the object's forward axis, radians.
+        sizes: ``(N, 3)`` ``(l, w, h)`` metres.
+        labels: ``N`` class labels (``"car"``, ``"pedestrian"``, ...).
+        scores: ``(N,)`` confidences in ``[0, 1]``.
+        boxes_2d: ``(N, 4)`` image boxes ``(x1, y1, x2, y2)`` pixels, or None (NaN rows = unknown).
+        embeddings: ``(N, D)`` appearance embeddings, or None (NaN / zero rows = unknown).
+        covariances: ``(N, 3, 3)`` centre covariance in odom, m^2, or None (class default).
+
+    Raises:
+        TrackingInputError: when array lengths or shapes disagree. Non-finite *values* are not an
+        error here: the tracker drops or repairs them and counts them.
+    """
+
+    centers: np.ndarray
+    yaws: np.ndarray
+    sizes: np.ndarray
+    labels: list[str] | np.ndarray
+    scores: np.ndarray | None = None
+    boxes_2d: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
+    covariances: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.centers = _as_float(self.centers, "centers", (None, 3))
+        n = self.centers.shape[0]
+        self.yaws = _as_float(self.yaws, "yaws", (n,))
+        self.sizes = _as_float(self.sizes, "sizes", (n, 3))
+        self.labels = np.asarray(self.labels, dtype=object).reshape(-1) if n else np.zeros(0, dtype=object)
+        if self.labels.shape != (n,):
+            raise TrackingInputError(f"labels must have {n} entries, got {self.labels.shape[0]}")
+        self.scores = np.ones(n) if self.scores is None else _as_float(self.scores, "scores", (n,))
+        if self.boxes_2d is not None:
+            self.boxes_2d = _as_float(self.boxes_2d, "boxes_2d", (n, 4))
+        if self.embeddings is not None:
+            self.embeddings = _as_float(self.embeddings, "embeddings", (n, None))
+        if self.covariances is not None:
+            self.covariances = _as_float(self.covariances, "covariances", (n, 3, 3))
+
+    def __len__(self) -> int:
+        return self.centers.shape[0]
+
+    @classmethod
+    def empty(cls) -> Detections:
+        """A frame with no detections."""
+        return cls(np.zeros((0, 3)), np.zeros(0), np.zeros((0, 3)), [])
+
+
+@dataclass
+class TrackOutput:
+    """One live track after a frame, in ``odom``.
+
+    Attributes:
+        track_id: persistent id, never reused within a tracker's life (also across resets).
+        class_label: class of the track.
+        status: ``STATUS_TENTATIVE``, ``STATUS_CONFIRMED`` or ``STATUS_COASTING``.
+        score: score of the last matched detection.
+        center: ``(3,)`` filtered centre, metres. velocity: ``(3,)`` m/s.
+        yaw: radians about +z. size: ``(3,)`` ``(l, w, h)`` metres.
+        position_cov: ``(3, 3)`` centre covariance, m^2. velocity_cov: ``(3, 3)`` (m/s)^2.
+        age: frames since birth. hits: frames with a matched detection.
+        frames_since_update: 0 when matched this frame.
+        box_2d: ``(4,)`` last matched image box, pixels (NaN when unknown).
+        detection_index: index into this frame's input detections, -1 when unmatched.
+    """
+
+    track_id: int
+    class_label: str
+    status: int
+    score: float
+    center: np.ndarray
+    velocity: np.ndarray
+    yaw: float
+    size: np.ndarray
+    position_cov: np.ndarray
+    velocity_cov: np.ndarray
+    age: int
+    hits: int
+    frames_since_update: int
+    box_2d: np.ndarray
+    detection_index: int = -1
