@@ -13,6 +13,8 @@ import sys
 
 # name -> (module, one-line help). Keep sorted; benches are under `bench NAME`.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "build-engine": ("ba_perception.train.build_engine", "build and cache the TensorRT engine of the detector"),
+    "export": ("ba_perception.train.export", "export a detector checkpoint to ONNX (opset 17) with parity check"),
     "launch": ("ba_perception.launcher", "start the whole node graph from config/stack.yaml"),
 }
 
