@@ -1,0 +1,48 @@
+"""Synthetic driving world: procedural scenes rendered offscreen (moderngl/EGL) with exact ground truth.
+
+Usage::
+
+    from ba_perception.data.world import WorldConfig, render_sequence, correspondences
+
+    cfg = WorldConfig(preset="urban", seed=3, width=1242, height=375, rate_hz=10, n_frames=50)
+    for frame in render_sequence(cfg):          # Iterator[WorldFrame], rendered in memory
+        frame.image        # (H, W, 3) uint8 RGB
+        frame.K            # 3x3 intrinsics (KITTI camera 02 by default, scaled to the size)
+        frame.T_odom_cam   # 4x4 camera *optical* frame in odom; T_odom_base, T_base_cam too
+        frame.depth        # (H, W) float32 camera z, metres, inf for sky
+        frame.instance     # (H, W) int32, 0 background, else the object's track id
+        gt = frame.objects # GroundTruth: track_id, class_label ('car'|'pedestrian'|'cyclist'),
+                           # size_lwh, T_cam_obj, center_cam, rotation_y (KITTI), T_odom_obj,
+                           # center_odom, yaw_odom, velocity_odom, box_amodal (projected 3D box),
+                           # box_full (complete silhouette), box_visible, truncation, occlusion
+    pts_obj, uv_a, uv_b = correspondences(frame_a, frame_b, track_id)   # GT 2D-2D matches
+
+``World(cfg)`` renders frames in any order (``world.render(i)``); ``scene.generate(cfg)`` gives
+the scenario (road, ego, agents) without rendering. Presets: highway, urban, parking_lot,
+occlusion_stress. Same config -> bit-identical output. Conventions are those of
+``ba_perception.core.geometry`` (object frame x fwd / y left / z up, box centre = geometric centre).
+Cars are the textured trigger-rally meshes (Debian ``trigger-rally-data``) with random paint;
+pedestrians and cyclists are articulated boxes.
+"""
+
+from __future__ import annotations
+
+from ba_perception.data.world.config import PRESETS, WorldConfig, WorldConfigError
+from ba_perception.data.world.meshes import MeshError, check_meshes
+from ba_perception.data.world.render import RenderError
+from ba_perception.data.world.sequence import (
+    CLASSES,
+    GroundTruth,
+    World,
+    WorldError,
+    WorldFrame,
+    base_to_camera,
+    correspondences,
+    render_sequence,
+)
+
+__all__ = [
+    "CLASSES", "PRESETS", "GroundTruth", "MeshError", "RenderError", "World", "WorldConfig",
+    "WorldConfigError", "WorldError", "WorldFrame", "base_to_camera", "check_meshes",
+    "correspondences", "render_sequence",
+]

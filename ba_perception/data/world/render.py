@@ -1,0 +1,291 @@
+"""Offscreen OpenGL renderer (moderngl over EGL) giving colour, camera-z depth and instance ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ba_perception.data.world.meshes import Mesh
+
+_VS = """
+#version 330
+uniform mat4 P;
+uniform mat4 MV;
+uniform mat3 NM;
+in vec3 in_pos;
+in vec3 in_nrm;
+in vec2 in_uv;
+in vec3 in_col;
+in float in_paint;
+out vec3 v_pos;
+out vec3 v_nrm;
+out vec2 v_uv;
+out vec3 v_col;
+out float v_paint;
+void main() {
+    vec4 pc = MV * vec4(in_pos, 1.0);
+    v_pos = pc.xyz;
+    v_nrm = NM * in_nrm;
+    v_uv = in_uv;
+    v_col = in_col;
+    v_paint = in_paint;
+    gl_Position = P * pc;
+}
+"""
+
+_FS = """
+#version 330
+uniform sampler2D tex;
+uniform bool use_tex;
+uniform vec3 paint;
+uniform vec3 tint;
+uniform int inst;
+uniform vec3 light;      // towards the sun, camera frame
+uniform float ambient;
+uniform vec3 fog_color;
+uniform float fog_density;
+in vec3 v_pos;
+in vec3 v_nrm;
+in vec2 v_uv;
+in vec3 v_col;
+in float v_paint;
+layout(location = 0) out vec4 f_color;
+layout(location = 1) out float f_depth;
+layout(location = 2) out int f_inst;
+void main() {
+    vec3 base = v_col * tint;
+    if (use_tex) {
+        vec3 t = texture(tex, v_uv).rgb;
+        float mx = max(t.r, max(t.g, t.b));
+        float mn = min(t.r, min(t.g, t.b));
+        float lum = dot(t, vec3(0.299, 0.587, 0.114));
+        if (v_paint > 0.5 && (mx - mn) < 0.16 && lum > 0.16 && lum < 0.62) {
+            t = paint * (lum / 0.36);   // body paint replaced by the car's colour, keeping shading
+        }
+        base *= t;
+    }
+    vec3 n = normalize(v_nrm);
+    if (dot(n, v_pos) > 0.0) n = -n;   // two-sided: normal towards the camera
+    float diff = max(dot(n, light), 0.0);
+    vec3 c = base * (ambient + (1.0 - ambient) * diff);
+    float fog = 1.0 - exp(-fog_density * length(v_pos));
+    f_color = vec4(mix(c, fog_color, fog), 1.0);
+    f_depth = v_pos.z;
+    f_inst = inst;
+}
+"""
+
+_SKY_VS = """
+#version 330
+in vec2 in_xy;
+out float v_y;
+void main() { v_y = in_xy.y; gl_Position = vec4(in_xy, 1.0, 1.0); }
+"""
+
+_SKY_FS = """
+#version 330
+uniform vec3 top;
+uniform vec3 horizon;
+uniform float v_horizon;   // NDC y of the horizon row (approximate, from the camera pitch)
+in float v_y;
+layout(location = 0) out vec4 f_color;
+layout(location = 1) out float f_depth;
+layout(location = 2) out int f_inst;
+void main() {
+    float a = clamp((v_horizon - v_y) * 1.5, 0.0, 1.0);
+    f_color = vec4(mix(horizon, top, a), 1.0);
+    f_depth = uintBitsToFloat(0x7F800000u);   // +inf: nothing there
+    f_inst = 0;
+}
+"""
+
+_SIL_FS = """
+#version 330
+layout(location = 0) out float f_mask;
+void main() { f_mask = 1.0; }
+"""
+
+
+class RenderError(RuntimeError):
+    """Raised when no OpenGL context can be created or a draw is invalid."""
+
+
+@dataclass
+class Draw:
+    """One mesh drawn with a pose.
+
+    Attributes:
+        mesh_key: key given to :meth:`Renderer.add_mesh`.
+        T_cam_model: 4x4 model-to-camera transform (may include scale), float.
+        inst: instance id written to the id buffer (0 = background).
+        tint: RGB multiplier of the vertex colours.
+        paint: RGB body paint for textured cars.
+    """
+
+    mesh_key: str
+    T_cam_model: np.ndarray
+    inst: int = 0
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    paint: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+def projection_matrix(K: np.ndarray, width: int, height: int, near: float, far: float) -> np.ndarray:
+    """OpenGL clip matrix for the optical frame that puts image row 0 in GL row 0.
+
+    Pixel (u, v) = (fx x/z + cx, fy y/z + cy) has its centre at GL window (u + 0.5, v + 0.5), so
+    the framebuffer read back needs no flip and integer pixels are pixel centres, as in
+    ``core/geometry.py``.
+    """
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    P = np.zeros((4, 4))
+    # x_ndc = 2 (u + 0.5) / W - 1 with u = fx x/z + cx  ->  x_clip = 2 fx / W x + (2 (cx + .5) / W - 1) z
+    P[0, 0] = 2 * fx / width
+    P[0, 2] = 2 * (cx + 0.5) / width - 1
+    P[1, 1] = 2 * fy / height
+    P[1, 2] = 2 * (cy + 0.5) / height - 1
+    P[2, 2] = (far + near) / (far - near)
+    P[2, 3] = -2 * far * near / (far - near)
+    P[3, 2] = 1.0
+    return P
+
+
+class Renderer:
+    """Renders meshes with per-draw poses into colour (RGB8), depth (camera z, float32) and ids.
+
+    Args:
+        width, height: image size, pixels.
+        K: 3x3 intrinsics.
+        near, far: clip distances, metres.
+
+    Raises:
+        RenderError: no EGL/OpenGL context is available.
+    """
+
+    def __init__(self, width: int, height: int, K: np.ndarray, near: float = 0.1, far: float = 600.0) -> None:
+        import moderngl
+
+        try:
+            self.ctx = moderngl.create_standalone_context(backend="egl")
+        except Exception as err:  # noqa: BLE001 - any context failure is the same user problem
+            raise RenderError(
+                f"cannot create an EGL OpenGL context ({err}); install libegl1 libegl-mesa0 libgl1-mesa-dri "
+                "(bash scripts/setup.sh)"
+            ) from err
+        self.width, self.height = width, height
+        self.K = np.asarray(K, np.float64)
+        self.near = near
+        self.P = projection_matrix(self.K, width, height, near, far)
+        ctx = self.ctx
+        self.prog = ctx.program(vertex_shader=_VS, fragment_shader=_FS)
+        self.sky = ctx.program(vertex_shader=_SKY_VS, fragment_shader=_SKY_FS)
+        self.sil = ctx.program(vertex_shader=_VS, fragment_shader=_SIL_FS)
+        self.prog["P"].write(self.P.T.astype("f4").tobytes())
+        self.sil["P"].write(self.P.T.astype("f4").tobytes())
+        self.color_rb = ctx.renderbuffer((width, height), 4)
+        self.depth_rb = ctx.renderbuffer((width, height), 1, dtype="f4")
+        self.inst_rb = ctx.renderbuffer((width, height), 1, dtype="i4")
+        self.fbo = ctx.framebuffer([self.color_rb, self.depth_rb, self.inst_rb], ctx.depth_renderbuffer((width, height)))
+        self.sil_fbo = ctx.framebuffer([ctx.renderbuffer((width, height), 1, dtype="f1")])
+        sky_vbo = ctx.buffer(np.array([-1, -1, 3, -1, -1, 3], "f4").tobytes())
+        self.sky_vao = ctx.vertex_array(self.sky, [(sky_vbo, "2f", "in_xy")])
+        self._vaos: dict[str, tuple] = {}
+        self._textures: dict[str, object] = {}
+
+    def release(self) -> None:
+        """Free the GL context."""
+        self.ctx.release()
+
+    def has_mesh(self, key: str) -> bool:
+        return key in self._vaos
+
+    def add_mesh(self, key: str, mesh: Mesh) -> None:
+        """Upload a mesh under ``key`` (idempotent)."""
+        if key in self._vaos:
+            return
+        n = len(mesh.positions)
+        paint = mesh.paintable if mesh.paintable is not None else np.zeros(n, np.float32)
+        data = np.concatenate([mesh.positions, mesh.normals, mesh.uvs, mesh.colors, paint[:, None]], axis=1)
+        vbo = self.ctx.buffer(np.ascontiguousarray(data, dtype="f4").tobytes())
+        fmt = "3f 3f 2f 3f 1f"
+        names = ["in_pos", "in_nrm", "in_uv", "in_col", "in_paint"]
+        vao = self.ctx.vertex_array(self.prog, [(vbo, fmt, *names)])
+        sil_vao = self.ctx.vertex_array(self.sil, [(vbo, "3f 44x", "in_pos")])
+        tex = None
+        if mesh.texture is not None:
+            img = np.ascontiguousarray(np.flipud(mesh.texture))  # OBJ v = 0 is the bottom row
+            tex = self.ctx.texture((img.shape[1], img.shape[0]), 3, img.tobytes())
+            tex.build_mipmaps()
+            import moderngl
+
+            tex.filter = (moderngl.LINEAR_MIPMAP_LINEAR, moderngl.LINEAR)
+        self._vaos[key] = (vao, sil_vao, tex)
+
+    def _set_pose(self, prog, T: np.ndarray) -> None:
+        prog["MV"].write(np.asarray(T, "f4").T.tobytes())
+        if prog is self.prog:
+            A = np.asarray(T[:3, :3], np.float64)
+            nm = np.linalg.inv(A).T
+            prog["NM"].write(nm.astype("f4").T.tobytes())
+
+    def render(self, draws: list[Draw], light_cam: np.ndarray, ambient: float, sky_top, sky_horizon,
+               fog_color=(0.75, 0.8, 0.85), fog_density: float = 0.002) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Render draws; returns ``image (H, W, 3) uint8``, ``depth (H, W) float32`` camera z in
+        metres (inf where only sky), ``instance (H, W) int32``."""
+        import moderngl
+
+        ctx = self.ctx
+        self.fbo.use()
+        ctx.enable(moderngl.DEPTH_TEST)
+        ctx.disable(moderngl.CULL_FACE | moderngl.BLEND)
+        ctx.depth_func = "<="
+        self.fbo.clear(0.0, 0.0, 0.0, 1.0, depth=1.0)
+        prog = self.prog
+        prog["light"].value = tuple(float(v) for v in light_cam)
+        prog["ambient"].value = float(ambient)
+        prog["fog_color"].value = tuple(float(v) for v in fog_color)
+        prog["fog_density"].value = float(fog_density)
+        for d in draws:
+            vao, _, tex = self._vaos[d.mesh_key]
+            self._set_pose(prog, d.T_cam_model)
+            prog["inst"].value = int(d.inst)
+            prog["tint"].value = tuple(float(v) for v in d.tint)
+            prog["paint"].value = tuple(float(v) for v in d.paint)
+            prog["use_tex"].value = tex is not None
+            if tex is not None:
+                tex.use(0)
+                prog["tex"].value = 0
+            vao.render(moderngl.TRIANGLES)
+        self.sky["top"].value = tuple(float(v) for v in sky_top)
+        self.sky["horizon"].value = tuple(float(v) for v in sky_horizon)
+        self.sky["v_horizon"].value = float(2 * (self.K[1, 2] + 0.5) / self.height - 1)
+        self.sky_vao.render(moderngl.TRIANGLES)
+        W, H = self.width, self.height
+        img = np.frombuffer(self.fbo.read(components=3, attachment=0), np.uint8).reshape(H, W, 3)
+        depth = np.frombuffer(self.fbo.read(components=1, attachment=1, dtype="f4"), np.float32).reshape(H, W)
+        inst = np.frombuffer(self.fbo.read(components=1, attachment=2, dtype="i4"), np.int32).reshape(H, W)
+        return img, depth, inst
+
+    def silhouettes(self, groups: list[list[Draw]], rects: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
+        """Full (unoccluded) masks of each group of draws inside its pixel rect ``(x0, y0, x1, y1)``
+        (exclusive end); returns one bool array ``(y1 - y0, x1 - x0)`` per group."""
+        import moderngl
+
+        ctx = self.ctx
+        self.sil_fbo.use()
+        ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE | moderngl.BLEND)
+        out = []
+        for draws, (x0, y0, x1, y1) in zip(groups, rects):
+            if x1 <= x0 or y1 <= y0:
+                out.append(np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), bool))
+                continue
+            ctx.scissor = (x0, y0, x1 - x0, y1 - y0)
+            self.sil_fbo.clear(0.0)
+            for d in draws:
+                _, sil_vao, _ = self._vaos[d.mesh_key]
+                self._set_pose(self.sil, d.T_cam_model)
+                sil_vao.render(moderngl.TRIANGLES)
+            buf = self.sil_fbo.read(viewport=(x0, y0, x1 - x0, y1 - y0), components=1, dtype="f1")
+            out.append(np.frombuffer(buf, np.uint8).reshape(y1 - y0, x1 - x0) > 0)
+        ctx.scissor = None
+        return out
