@@ -75,9 +75,10 @@ class PerceptionNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile("reliable", 10))
         self.create_timer(self.p["diagnostics_period_s"], self.publish_diagnostics)
 
-    def qos(self, prefix: str) -> Any:
-        """QoS from the parameters ``<prefix>_qos`` (kind) and ``<prefix>_qos_depth``."""
-        return qos_profile(self.p[f"{prefix}_qos"], self.p.get(f"{prefix}_qos_depth", 5))
+    def qos(self, prefix: str = "") -> Any:
+        """QoS from the parameters ``[<prefix>_]qos`` (kind) and ``[<prefix>_]qos_depth``."""
+        key = f"{prefix}_qos" if prefix else "qos"
+        return qos_profile(self.p[key], self.p.get(f"{key}_depth", 5))
 
     def count(self, key: str, n: int = 1) -> None:
         """Increment a diagnostics counter (frames in/out, drops, ...)."""

@@ -1,0 +1,67 @@
+"""The node graph of the stack, in one place: read by launch/stack.launch.py and `ba-perception launch`.
+
+Each :class:`NodeSpec` names an executable of this package, the launch argument values that
+enable it, and its topic remappings. Parameters of every node come from one file,
+``config/stack.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACKAGE = "ba_perception"
+
+# Launch arguments shared by both launchers: name -> (default, description).
+LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
+    "source": ("bag", "input: 'bag' (bag_player), 'camera' (camera_node) or 'none' (external driver)"),
+    "bag": ("", "rosbag2 to play when source:=bag"),
+    "lockstep": ("false", "bag_player waits for each frame's output before the next (drop-free evaluation)"),
+    "backend": ("auto", "detector engine: auto, tensorrt, onnxruntime or torch"),
+    "record": ("", "record the outputs to this new rosbag2 folder; '' = off"),
+    "rviz": ("false", "start rviz2 with config/stack.rviz (vehicles only)"),
+    "params_file": ("", "parameter file; '' = the package's config/stack.yaml"),
+}
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the graph."""
+
+    name: str
+    executable: str
+    enabled_if: dict[str, tuple[str, ...]] = field(default_factory=dict)  # launch arg -> accepted values
+    enabled_unless_empty: str = ""  # launch arg that must be non-empty
+    respawn: bool = True
+    shutdown_on_exit: bool = False  # when it exits cleanly, the whole graph stops (a finished bag)
+    arg_params: dict[str, str] = field(default_factory=dict)  # node parameter <- launch argument
+
+    def enabled(self, args: dict[str, str]) -> bool:
+        for key, accepted in self.enabled_if.items():
+            if args.get(key, LAUNCH_ARGUMENTS[key][0]) not in accepted:
+                return False
+        return not self.enabled_unless_empty or bool(args.get(self.enabled_unless_empty))
+
+
+NODES: tuple[NodeSpec, ...] = (
+    NodeSpec("bag_player", "bag_player", enabled_if={"source": ("bag",)}, respawn=False, shutdown_on_exit=True,
+             arg_params={"bag": "bag", "lockstep": "lockstep"}),
+    NodeSpec("camera_node", "camera_node", enabled_if={"source": ("camera",)}),
+    NodeSpec("visualizer_node", "visualizer_node"),
+    NodeSpec("latency_monitor", "latency_monitor"),
+    NodeSpec("bag_recorder", "bag_recorder", enabled_unless_empty="record", respawn=False,
+             arg_params={"output": "record"}),
+)
+
+
+def package_root() -> Path:
+    """The source tree or install share folder holding config/ and launch/."""
+    return Path(__file__).resolve().parents[1]
+
+
+def default_params_file() -> Path:
+    return package_root() / "config" / "stack.yaml"
+
+
+def fastdds_profile() -> Path:
+    return package_root() / "config" / "fastdds_profile.xml"
