@@ -220,6 +220,48 @@ def _speed_profile(rng: np.random.Generator, t: np.ndarray, v_range: tuple[float
     return v
 
 
+def _follow(t: np.ndarray, members: list[tuple[Agent, np.ndarray, int]], lane_width: float, dt_sim: float = 0.05) -> None:
+    """Car following (IDM) along the road: rewrites ``s_t`` of same-direction movers so nobody
+    drives through the vehicle ahead in its lane (lane changers count in both lanes).
+
+    Args:
+        t: time grid, seconds.
+        members: (agent, desired speed on the grid in m/s, direction +1/-1); ``agent.s_t[0]`` is
+            the start position.
+        lane_width: metres; two movers share a lane when their offsets differ by < 0.75 of it.
+    """
+    for direction in (1, -1):
+        group = [(a, v) for a, v, dr in members if dr == direction]
+        if not group:
+            continue
+        ts = np.arange(0.0, t[-1] + dt_sim, dt_sim)
+        x = np.array([direction * a.s_t[0] for a, _ in group])
+        v = np.zeros(len(group))
+        length = np.array([a.size[0] for a, _ in group])
+        v0 = np.stack([np.interp(ts, t, vd) for _, vd in group], 1)
+        dlat = np.stack([a.d(ts) for a, _ in group], 1)
+        v[:] = v0[0]
+        xs = np.empty((len(ts), len(group)))
+        amax, bcomf = 1.5, 2.5
+        for k in range(len(ts)):
+            xs[k] = x
+            same = np.abs(dlat[k][:, None] - dlat[k][None, :]) < 0.75 * lane_width
+            gap = x[None, :] - x[:, None] - (length[:, None] + length[None, :]) / 2
+            ahead = same & (x[None, :] > x[:, None])
+            gap = np.where(ahead, gap, np.inf)
+            j = np.argmin(gap, axis=1)
+            g = gap[np.arange(len(x)), j]
+            dv = v - v[j]
+            s_star = 2.0 + 1.5 * v + v * dv / (2 * np.sqrt(amax * bcomf))
+            free = 1 - (v / np.maximum(v0[k], 0.1)) ** 4
+            inter = np.where(np.isfinite(g), (np.maximum(s_star, 0) / np.maximum(g, 0.1)) ** 2, 0.0)
+            acc = np.clip(amax * (free - inter), -9.0, amax)
+            v = np.maximum(v + acc * dt_sim, 0.0)
+            x = x + v * dt_sim
+        for i, (a, _) in enumerate(group):
+            a.s_t = direction * np.interp(t, ts, xs[:, i])
+
+
 def _integrate(s0: float, v: np.ndarray, dt: float) -> np.ndarray:
     return s0 + np.concatenate([[0.0], np.cumsum(0.5 * (v[1:] + v[:-1]) * dt)])
 
@@ -385,6 +427,7 @@ def generate(cfg: WorldConfig) -> Scene:
     lo, hi = -120.0, travel + 250.0
     road = _road(rng, hi - lo, p, lo)
     ego = Agent(0, "car", "ego", np.array([4.5, 1.8, 1.5]), np.ones(3), np.ones(3), s_ego, ego_d)
+    movers: list[tuple[Agent, np.ndarray, int]] = [(ego, v_ego, 1)]
     if p.lanes > 1 and rng.random() < 0.5 and duration > 8:
         ego.d1 = ego_d + p.lane_width * (1 if ego_d < -p.lane_width else -1)
         ego.t_change = rng.uniform(2, duration - 4)
@@ -404,8 +447,9 @@ def generate(cfg: WorldConfig) -> Scene:
                 if not (direction > 0 and abs(d - ego_d) < 0.1 and abs(pos) < 12):
                     model, size, scale, color = _car_look(rng)
                     v = _speed_profile(rng, t, p.traffic_speed, 1 if (p.stops and rng.random() < 0.3) else 0)
-                    a = Agent(new_id(), "car", model, size, scale, color, _integrate(pos, direction * v, dt), d,
+                    a = Agent(new_id(), "car", model, size, scale, color, np.full_like(t, pos), d,
                               yaw_offset=0.0 if direction > 0 else math.pi, phase0=0.0)
+                    movers.append((a, v, direction))
                     if p.lanes > 1 and rng.random() < p.cut_in_prob:
                         k2 = lane + 1 if lane == 0 else (lane - 1 if lane == p.lanes - 1 else lane + int(rng.choice([-1, 1])))
                         a.d1 = -direction * (k2 + 0.5) * p.lane_width
@@ -459,8 +503,23 @@ def generate(cfg: WorldConfig) -> Scene:
         d = -direction * (p.lanes * p.lane_width - 0.8)
         v = _speed_profile(rng, t, (3.0, 7.0), 0)
         agents.append(Agent(new_id(), "cyclist", "cyclist", CYC_SIZE * rng.uniform(0.95, 1.05), np.ones(3),
-                            rng.uniform(0.05, 0.9, 3), _integrate(rng.uniform(lo, hi), direction * v, dt), d,
+                            rng.uniform(0.05, 0.9, 3), np.full_like(t, rng.uniform(lo, hi)), d,
                             yaw_offset=0.0 if direction > 0 else math.pi, phase0=rng.uniform(0, 2 * math.pi)))
+        movers.append((agents[-1], v, direction))
+    # Drop movers that start overlapping another mover in their lane, then simulate following.
+    kept: list[tuple[Agent, np.ndarray, int]] = []
+    for m in movers:
+        a = m[0]
+        clash = any(
+            k[2] == m[2] and abs(k[0].d0 - a.d0) < 0.75 * p.lane_width
+            and abs(k[0].s_t[0] - a.s_t[0]) < (k[0].size[0] + a.size[0]) / 2 + 2.0
+            for k in kept
+        )
+        if clash:
+            agents = [x for x in agents if x is not a]
+        else:
+            kept.append(m)
+    _follow(t, kept, p.lane_width)
     sun_az, sun_el = rng.uniform(0, 2 * math.pi), rng.uniform(0.25, 1.2)
     light = np.array([math.cos(sun_el) * math.cos(sun_az), math.cos(sun_el) * math.sin(sun_az), math.sin(sun_el)])
     sky_top = np.array([0.35, 0.55, 0.85]) * rng.uniform(0.8, 1.1)
