@@ -210,7 +210,7 @@ class Renderer:
         fmt = "3f 3f 2f 3f 1f"
         names = ["in_pos", "in_nrm", "in_uv", "in_col", "in_paint"]
         vao = self.ctx.vertex_array(self.prog, [(vbo, fmt, *names)])
-        sil_vao = self.ctx.vertex_array(self.sil, [(vbo, "3f 44x", "in_pos")])
+        sil_vao = self.ctx.vertex_array(self.sil, [(vbo, "3f 36x", "in_pos")])
         tex = None
         if mesh.texture is not None:
             img = np.ascontiguousarray(np.flipud(mesh.texture))  # OBJ v = 0 is the bottom row
