@@ -226,3 +226,39 @@ def skew(v: torch.Tensor) -> torch.Tensor:
     x, y, z = v.unbind(-1)
     o = torch.zeros_like(x)
     return torch.stack([o, -z, y, z, o, -x, -y, x, o], dim=-1).reshape(v.shape[:-1] + (3, 3))
+
+
+def so3_log(R: torch.Tensor) -> torch.Tensor:
+    """Axis-angle vectors ``(*, 3)`` (radians, |w| <= pi) of rotations ``(*, 3, 3)``; inverse of :func:`so3_exp`."""
+    cos = ((R[..., 0, 0] + R[..., 1, 1] + R[..., 2, 2] - 1) / 2).clamp(-1.0, 1.0)
+    # vee((R - R^T) / 2) = sin(theta) * axis
+    w = 0.5 * torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1)
+    sin = w.norm(dim=-1, keepdim=True)
+    theta = torch.atan2(sin, cos[..., None])
+    small = theta < 1e-4
+    scale = torch.where(small, 1 + theta**2 / 6, theta / torch.where(small, torch.ones_like(sin), sin))
+    out = w * scale
+    # Near pi, sin(theta) -> 0: take the axis from (R + I) / 2 ~ a a^T, sign from w.
+    near_pi = theta[..., 0] > math.pi - 1e-3
+    B = 0.5 * (R + torch.eye(3, dtype=R.dtype, device=R.device))
+    col = torch.diagonal(B, dim1=-2, dim2=-1).argmax(-1)
+    axis = torch.gather(B, -1, col[..., None, None].expand(B.shape[:-1] + (1,)))[..., 0]
+    axis = axis / axis.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    sign = torch.where((axis * w).sum(-1, keepdim=True) < 0, -1.0, 1.0).to(R.dtype)
+    return torch.where(near_pi[..., None], sign * axis * theta, out)
+
+
+def so3_right_jacobian_inv(omega: torch.Tensor) -> torch.Tensor:
+    """Inverse right Jacobians ``(*, 3, 3)`` of SO(3) at ``omega`` ``(*, 3)``.
+
+    ``log(exp(omega) exp(d)) ~= omega + Jr^-1(omega) d`` for small ``d``:
+    ``Jr^-1 = I + W/2 + (1/theta^2 - (1 + cos theta) / (2 theta sin theta)) W^2`` with ``W = skew(omega)``.
+    """
+    _check_last(omega, 3, "omega")
+    theta = omega.norm(dim=-1, keepdim=True)[..., None]
+    small = theta < 1e-4
+    ts = torch.where(small, torch.ones_like(theta), theta)
+    c = torch.where(small, 1.0 / 12 + theta**2 / 720, 1 / ts**2 - (1 + torch.cos(ts)) / (2 * ts * torch.sin(ts)))
+    W = skew(omega)
+    eye = torch.eye(3, dtype=omega.dtype, device=omega.device).expand(W.shape)
+    return eye + 0.5 * W + c * (W @ W)

@@ -1,0 +1,1 @@
+"""Object-centric bundle adjustment (BA-Det second stage): tracklets, correspondences, batched LM."""
