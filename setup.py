@@ -15,6 +15,7 @@ NODE_EXECUTABLES: dict[str, str] = {
     "bag_recorder": "ba_perception.nodes.bag_recorder:main",
     "latency_monitor": "ba_perception.nodes.latency_monitor:main",
     "visualizer_node": "ba_perception.nodes.visualizer_node:main",
+    "detector_node": "ba_perception.nodes.detector_node:main",
 }
 
 if __name__ == "__main__":

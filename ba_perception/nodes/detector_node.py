@@ -1,0 +1,90 @@
+"""detector_node: camera image + camera_info -> single-frame 3D observations (BA-Det first stage).
+
+Runs the detector engine (TensorRT | ONNX Runtime | torch, chosen by ``backend``) on a worker
+thread fed by a keep-latest slot (stale frames are dropped and counted, never queued), decodes
+with the intrinsics of each frame's camera_info, and publishes an ObjectObservationArray with the
+capture stamp and this stage's timing appended to the trace.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ba_perception.graph import package_root
+from ba_perception.ros.inputs import CAMERA_INPUT_PARAMS, CameraFrame, CameraInput
+from ba_perception.ros.node import PerceptionNode, StartupError, make_stage, run_node, wall_ns
+from ba_perception.ros.observations import detections_to_msg
+from ba_perception.ros.params import ParamSpec
+
+DEFAULT_MODEL = "models/ba_detector.onnx"
+
+
+class DetectorNode(PerceptionNode):
+    """See the module docstring."""
+
+    PARAMS = CAMERA_INPUT_PARAMS + (
+        ParamSpec("backend", "auto", "inference engine", choices=("auto", "tensorrt", "onnxruntime", "torch")),
+        ParamSpec("model", DEFAULT_MODEL, "ONNX model (relative paths are relative to the package)"),
+        ParamSpec("checkpoint", "", "torch checkpoint for backend torch (else the ONNX is used via ONNX Runtime)"),
+        ParamSpec("device", "auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda")),
+        ParamSpec("precision", "fp16", "GPU precision (CPU always runs fp32)", choices=("fp16", "fp32")),
+        ParamSpec("threads", 0, "CPU threads for the engine; 0 = library default", min=0),
+        ParamSpec("engine_cache_dir", "", "TensorRT engine cache; '' = the default cache folder"),
+        ParamSpec("score_threshold", 0.3, "minimum detection score", min=0.0, max=1.0),
+        ParamSpec("max_detections", 50, "detections kept per image", min=1),
+        ParamSpec("samples_per_side", 5, "feature samples per object are an n x n grid in the box", min=1),
+        ParamSpec("output_topic", "/ba_perception/observations", "ObjectObservationArray output"),
+        ParamSpec("output_qos", "reliable", "output QoS", choices=("reliable", "sensor_data", "best_effort")),
+        ParamSpec("output_qos_depth", 10, "output queue depth", min=1),
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("detector_node", **kwargs)
+        from ba_perception.core.detection.backends import BackendError, create_backend
+        from ba_perception.core.detection.decode import DecodeConfig
+        from ba_perception.core.detection.detector import Detector
+        from ba_perception_msgs.msg import ObjectObservationArray
+
+        model = Path(self.p["model"])
+        if not model.is_absolute():
+            model = package_root() / model
+        kw: dict[str, Any] = dict(device=self.p["device"], precision=self.p["precision"], threads=self.p["threads"])
+        if self.p["engine_cache_dir"]:
+            kw["engine_cache_dir"] = self.p["engine_cache_dir"]
+        try:
+            if self.p["checkpoint"]:
+                backend = create_backend("torch", checkpoint=self.p["checkpoint"], **kw)
+            else:
+                backend = create_backend(self.p["backend"], onnx_path=model, **kw)
+        except BackendError as err:
+            raise StartupError(str(err)) from err
+        self.get_logger().info(f"detector backend: {type(backend).__name__} on {backend.device}, "
+                               f"input {backend.input_hw[1]}x{backend.input_hw[0]}")
+        self.detector = Detector(backend, DecodeConfig(score_threshold=self.p["score_threshold"],
+                                                       max_detections=self.p["max_detections"],
+                                                       samples_per_side=self.p["samples_per_side"]))
+        self.pub = self.create_publisher(ObjectObservationArray, self.p["output_topic"], self.qos("output"))
+        self.input = CameraInput(self, self.on_frame)
+
+    def on_frame(self, frame: CameraFrame) -> None:
+        start = wall_ns()
+        result = self.detector.detect(frame.rgb, frame.K)
+        h, w = frame.rgb.shape[:2]
+        msg = detections_to_msg(result.detections, result.class_names, frame.header, frame.K, (w, h))
+        msg.trace.append(make_stage("detector", frame.received_ns, start))
+        self.pub.publish(msg)
+        self.count("frames_out")
+        self.count("objects_out", len(msg.observations))
+
+    def close(self) -> None:
+        self.input.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    return run_node(DetectorNode, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
