@@ -94,6 +94,8 @@ class WorldFrame:
         objects: :class:`GroundTruth` of the objects in view (within the GT range).
         surface_points: track id -> ``(P, 3)`` object-frame surface points (rigid parts) used
             by :func:`correspondences`; shared between frames, do not modify.
+        velocity_base: ``(3,)`` ego linear velocity in base_link, m/s.
+        yaw_rate: ego angular velocity about base_link +z, rad/s.
     """
 
     index: int
@@ -107,6 +109,8 @@ class WorldFrame:
     instance: np.ndarray
     objects: GroundTruth
     surface_points: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    velocity_base: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    yaw_rate: float = 0.0
 
 
 def base_to_camera(cfg: WorldConfig) -> np.ndarray:
@@ -241,8 +245,12 @@ class World:
                                                   fog_color=sc.sky_horizon)
         image = self._postprocess(image, index)
         gt = self._ground_truth(cand, inst, t)
+        Ta, Tb = sc.ego_pose_odom(t - 0.005), sc.ego_pose_odom(t + 0.005)
+        vel_base = T_odom_base[:3, :3].T @ ((Tb[:3, 3] - Ta[:3, 3]) / 0.01)
+        dyaw = math.atan2(Tb[1, 0], Tb[0, 0]) - math.atan2(Ta[1, 0], Ta[0, 0])
+        yaw_rate = math.remainder(dyaw, 2 * math.pi) / 0.01
         return WorldFrame(index, cfg.stamp_ns(index), image, self.K.copy(), T_odom_base, T_odom_cam,
-                          self.T_base_cam.copy(), depth.copy(), inst.copy(), gt, self.surface)
+                          self.T_base_cam.copy(), depth.copy(), inst.copy(), gt, self.surface, vel_base, yaw_rate)
 
     def _ground_truth(self, cand: list, inst: np.ndarray, t: float) -> GroundTruth:
         if not cand:
