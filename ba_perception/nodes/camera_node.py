@@ -8,6 +8,7 @@ unless ``allow_uncalibrated`` is set (then fx = fy = width, centre at the image 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,9 @@ class CameraNode(PerceptionNode):
         ParamSpec("frame_id", "camera_optical", "frame_id of the published headers"),
         ParamSpec("qos", "reliable", "QoS of image and camera_info", choices=("reliable", "sensor_data", "best_effort")),
         ParamSpec("qos_depth", 2, "queue depth", min=1),
+        ParamSpec("wait_for_subscribers", 0, "hold the first frame until the image topic has this many subscribers",
+                  min=0),
+        ParamSpec("wait_timeout_s", 30.0, "stop waiting for subscribers after this long", min=0.0),
         ParamSpec("exit_when_done", True, "shut down after the last frame of a file or folder"),
     )
 
@@ -105,9 +109,13 @@ class CameraNode(PerceptionNode):
         qos = self.qos()
         self.image_pub = self.create_publisher(Image, "/camera/image_raw", qos)
         self.info_pub = self.create_publisher(CameraInfo, "/camera/camera_info", qos)
+        self._waiting_until = time.monotonic() + self.p["wait_timeout_s"]
         self.create_timer(1.0 / self.p["rate_hz"], self.tick)
 
     def tick(self) -> None:
+        if (self.counters["published"] == 0 and time.monotonic() < self._waiting_until
+                and self.image_pub.get_subscription_count() < self.p["wait_for_subscribers"]):
+            return
         rgb = self.source.read()
         if rgb is None:
             self.get_logger().info(f"end of source after {self.counters['published']} frames")
