@@ -41,7 +41,10 @@ class SimParams:
         occlusion_iou: fraction of a box covered by nearer boxes above which it is not detected.
         emb_dim: embedding size. emb_noise: per-frame embedding noise. emb_shared: weight of the
             component shared by all objects of a class (0 = unrelated looks, 1 = identical).
-        accel_std: random acceleration of the objects, m/s^2.
+        accel_std: random acceleration of the objects, m/s^2. turn_accel: acceleration that
+            brings objects leaving the scene's area back, m/s^2.
+        ego_jitter_m: std of a per-frame offset shared by all detections of a frame (ego-motion /
+            camera pose error), metres in x and y; not included in the detection covariance.
     """
 
     fps: float = 10.0
@@ -60,6 +63,8 @@ class SimParams:
     emb_noise: float = 0.4
     emb_shared: float = 0.6
     accel_std: float = 0.3
+    turn_accel: float = 1.5
+    ego_jitter_m: float = 0.0
 
 
 @dataclass
@@ -178,9 +183,10 @@ def simulate(
         if k:
             if preset != "crossing":
                 vel[:, :2] += rng.normal(0, p.accel_std * dt, (m, 2))
-                # Bounce off the scene's bounding area so the density stays constant.
-                out_lo, out_hi = pos[:, :2] < lo, pos[:, :2] > hi
-                vel[:, :2] = np.where(out_lo, np.abs(vel[:, :2]), np.where(out_hi, -np.abs(vel[:, :2]), vel[:, :2]))
+                # Objects outside the scene's area turn back (steady acceleration towards it), so
+                # the density stays constant without unphysical instant reversals.
+                back = np.where(pos[:, :2] < lo, 1.0, np.where(pos[:, :2] > hi, -1.0, 0.0))
+                vel[:, :2] += back * p.turn_accel * dt
             pos = pos + vel * dt
         yaws = np.arctan2(vel[:, 1], vel[:, 0])
         box, inside = _project_boxes(pos, yaws, sizes, p)
@@ -194,6 +200,7 @@ def simulate(
         ray /= np.linalg.norm(ray, axis=1, keepdims=True)
         sd = p.depth_noise_frac * depth[di] + 0.05
         centers = pos[di] + ray * rng.normal(0, 1, (di.size, 1)) * sd[:, None] + rng.normal(0, p.lateral_noise_m, (di.size, 3)) * (1 - np.abs(ray))
+        centers[:, :2] += rng.normal(0, p.ego_jitter_m, 2) if p.ego_jitter_m > 0 else 0.0
         cov = np.einsum("ni,nj->nij", ray, ray) * (sd**2)[:, None, None] + np.eye(3) * p.lateral_noise_m**2
         emb = base[di] + rng.normal(0, p.emb_noise / math.sqrt(p.emb_dim), (di.size, p.emb_dim))  # |noise| ~ emb_noise
         dyaw = rng.normal(0, 0.1, di.size)

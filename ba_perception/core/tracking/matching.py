@@ -92,7 +92,8 @@ def solve_qap(K: np.ndarray, n1: np.ndarray, n2: np.ndarray, solver: str = "rrwm
 
     n1max, n2max = int(n1.max()), int(n2.max())
     fn = {"pygm_rrwm": pygm.rrwm, "pygm_ipfp": pygm.ipfp, "pygm_sm": pygm.sm}[solver]
-    X = fn(K, n1.astype(int), n2.astype(int), n1max, n2max, backend="numpy")
+    with np.errstate(invalid="ignore", divide="ignore"):  # IPFP divides 0/0 on exact optima
+        X = fn(K, n1.astype(int), n2.astype(int), n1max, n2max, backend="numpy")
     return np.asarray(X, dtype=float).reshape(K.shape[0], n1max, n2max)
 
 

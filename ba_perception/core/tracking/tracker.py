@@ -74,7 +74,7 @@ class TrackerConfig:
             ``hungarian_3d`` (Mahalanobis only), ``hungarian_iou`` (2D IoU only, no motion gate),
             ``hungarian_node`` (the graph method's node affinity, linear assignment).
         solver: graph-matching solver, one of ``matching.QAP_SOLVERS``.
-        chi2_gate: gate on squared Mahalanobis distance (3 dof, 11.34 = 99 %).
+        chi2_gate: gate on squared Mahalanobis distance (3 dof, 16.27 = 99.9 %).
         max_gate_m: hard cap on centre distance for any match, metres.
         iou_gate: minimum 2D IoU for ``hungarian_iou``.
         w_3d, w_app, w_iou: node affinity weights. app_gate: pairs whose embeddings both exist and
@@ -99,7 +99,7 @@ class TrackerConfig:
 
     method: str = "graph"
     solver: str = "rrwm"
-    chi2_gate: float = 11.34
+    chi2_gate: float = 16.27
     max_gate_m: float = 8.0
     iou_gate: float = 0.1
     w_3d: float = 1.0
