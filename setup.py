@@ -16,6 +16,7 @@ NODE_EXECUTABLES: dict[str, str] = {
     "latency_monitor": "ba_perception.nodes.latency_monitor:main",
     "visualizer_node": "ba_perception.nodes.visualizer_node:main",
     "detector_node": "ba_perception.nodes.detector_node:main",
+    "tracker_node": "ba_perception.nodes.tracker_node:main",
 }
 
 if __name__ == "__main__":

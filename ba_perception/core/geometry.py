@@ -262,3 +262,24 @@ def so3_right_jacobian_inv(omega: torch.Tensor) -> torch.Tensor:
     W = skew(omega)
     eye = torch.eye(3, dtype=omega.dtype, device=omega.device).expand(W.shape)
     return eye + 0.5 * W + c * (W @ W)
+
+
+def boxes_cam_to_frame(T_a_cam: torch.Tensor, center_cam: torch.Tensor, ry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upright camera-frame boxes (centre ``(N, 3)``, KITTI yaw ``(N,)``) -> centre and yaw in a z-up frame a.
+
+    ``T_a_cam`` is ``(4, 4)``; the returned yaw is the rotation about a's +z of the object's
+    forward axis (exact when the camera is level; otherwise the forward axis is projected).
+    """
+    center_a = transform_points(T_a_cam, center_cam[None])[0] if center_cam.ndim == 2 else transform_points(T_a_cam, center_cam)
+    fwd_a = rotation_cam_from_yaw(ry)[..., :, 0] @ T_a_cam[:3, :3].transpose(-1, -2)
+    return center_a, torch.atan2(fwd_a[..., 1], fwd_a[..., 0])
+
+
+def ray_covariance(center_cam: torch.Tensor, depth_std: torch.Tensor, lateral_std: torch.Tensor) -> torch.Tensor:
+    """Camera-frame covariance ``(N, 3, 3)`` of box centres: ``depth_std`` along the viewing ray,
+    ``lateral_std`` across it (m). ``Sigma = lat^2 I + (depth^2 - lat^2) r r^T`` with r the unit ray."""
+    r = center_cam / center_cam.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+    lat2 = (lateral_std**2)[..., None, None]
+    dep2 = (depth_std**2)[..., None, None]
+    eye = torch.eye(3, dtype=center_cam.dtype, device=center_cam.device)
+    return lat2 * eye + (dep2 - lat2) * (r[..., :, None] * r[..., None, :])

@@ -86,6 +86,42 @@ class LatestSlot:
             self._cv.notify_all()
 
 
+class FrameWorker:
+    """Runs ``process(item)`` on its own thread for the latest item put; older waiting items are dropped.
+
+    Processing off the executor thread keeps subscriptions (odometry, acknowledgements) flowing
+    while a frame is being worked on. Exceptions are counted as ``rejected.processing_error``.
+    """
+
+    def __init__(self, node: PerceptionNode, process: Callable[[Any], None], drop_counter: str) -> None:
+        self.node = node
+        self.process = process
+        self.drop_counter = drop_counter
+        self.slot = LatestSlot()
+        self._running = True
+        self._thread = threading.Thread(target=self._work, name=f"{node.get_name()}_worker", daemon=True)
+        self._thread.start()
+
+    def put(self, item: Any) -> None:
+        if self.slot.put(item):
+            self.node.count(self.drop_counter)
+
+    def _work(self) -> None:
+        while self._running:
+            item = self.slot.get(timeout=0.2)
+            if item is None:
+                continue
+            try:
+                self.process(item)
+            except Exception as err:  # never let one frame kill the worker
+                self.node.reject("processing_error", f"{type(err).__name__}: {err}")
+
+    def close(self) -> None:
+        self._running = False
+        self.slot.close()
+        self._thread.join(timeout=2.0)
+
+
 class CameraInput:
     """Wire the camera subscriptions of ``node`` and call ``process(frame)`` on a worker thread.
 
@@ -102,7 +138,7 @@ class CameraInput:
         self.node = node
         self.process = process
         self.on_reset = on_reset
-        self.slot = LatestSlot()
+        self.worker = FrameWorker(node, process, "frames_dropped_stale")
         self._arrival: dict[int, int] = {}
         self._last_stamp: int | None = None
         p = node.p
@@ -112,9 +148,6 @@ class CameraInput:
         self.sync = subscribe_synchronized(
             node, [(image_cls, image_topic, qos), (CameraInfo, p["camera_info_topic"], qos)],
             self._on_pair, queue_size=p["sync_queue_size"], slop_s=p["sync_slop_s"], on_receive=self._on_receive)
-        self._running = True
-        self._worker = threading.Thread(target=self._work, name=f"{node.get_name()}_worker", daemon=True)
-        self._worker.start()
 
     def _on_receive(self, index: int, msg: Any) -> bool:
         if index == 0:
@@ -150,21 +183,7 @@ class CameraInput:
             self.node.reject("calibration_size", f"image is {w}x{h} but camera_info says {info.width}x{info.height}")
             return
         t = stamp_ns(image)
-        frame = CameraFrame(rgb, K, image.header, t, self._arrival.pop(t, wall_ns()))
-        if self.slot.put(frame):
-            self.node.count("frames_dropped_stale")
-
-    def _work(self) -> None:
-        while self._running:
-            frame = self.slot.get(timeout=0.2)
-            if frame is None:
-                continue
-            try:
-                self.process(frame)
-            except Exception as err:  # never let one frame kill the worker
-                self.node.reject("processing_error", f"{type(err).__name__}: {err}")
+        self.worker.put(CameraFrame(rgb, K, image.header, t, self._arrival.pop(t, wall_ns())))
 
     def close(self) -> None:
-        self._running = False
-        self.slot.close()
-        self._worker.join(timeout=2.0)
+        self.worker.close()

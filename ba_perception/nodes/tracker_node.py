@@ -1,0 +1,167 @@
+"""tracker_node: refined 3D detections (or raw observations) -> persistent 3D tracks in odom (BA2-Track).
+
+Association is graph matching over gated track/detection graphs (3D Mahalanobis + appearance +
+2D IoU nodes, relative-position edges), with Hungarian baselines selectable by ``method``.
+With ``input_type: observations`` the detector's camera-frame boxes are moved to odom with the
+ego-motion; with ``detections`` (the track buffer's output) they already are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from ba_perception.core import geometry
+from ba_perception.core.ego_motion import EgoMotionError
+from ba_perception.core.tracking import METHODS, QAP_SOLVERS, Detections, Tracker, TrackerConfig, TrackingInputError
+from ba_perception.ros.convert import matrix_to_pose, pose_to_matrix
+from ba_perception.ros.ego_motion import EGO_MOTION_PARAMS, EgoMotionInput
+from ba_perception.ros.inputs import FrameWorker
+from ba_perception.ros.node import PerceptionNode, StartupError, make_stage, run_node, wall_ns
+from ba_perception.ros.observations import msg_to_observations
+from ba_perception.ros.params import ParamSpec
+from ba_perception.ros.sync import stamp_ns
+
+_DEFAULTS = TrackerConfig()
+TRACKER_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("method", _DEFAULTS.method, "association method", choices=tuple(METHODS)),
+    ParamSpec("solver", _DEFAULTS.solver, "graph-matching solver", choices=tuple(QAP_SOLVERS)),
+    ParamSpec("chi2_gate", _DEFAULTS.chi2_gate, "gate on squared Mahalanobis distance (3 dof)", min=0.0),
+    ParamSpec("max_gate_m", _DEFAULTS.max_gate_m, "largest centre distance of any match, metres", min=0.0),
+    ParamSpec("w_3d", _DEFAULTS.w_3d, "node affinity weight of 3D distance", min=0.0),
+    ParamSpec("w_app", _DEFAULTS.w_app, "node affinity weight of appearance cosine", min=0.0),
+    ParamSpec("w_iou", _DEFAULTS.w_iou, "node affinity weight of 2D IoU", min=0.0),
+    ParamSpec("w_edge", _DEFAULTS.w_edge, "edge affinity weight (relative-position consistency)", min=0.0),
+    ParamSpec("edge_sigma_m", _DEFAULTS.edge_sigma_m, "relative-position tolerance of edges, metres", min=1e-6),
+    ParamSpec("min_affinity", _DEFAULTS.min_affinity, "minimum node affinity of an accepted match", min=0.0),
+    ParamSpec("n_init", _DEFAULTS.n_init, "hits to confirm a track", min=1),
+    ParamSpec("max_age", _DEFAULTS.max_age, "missed frames before a confirmed track is deleted", min=0),
+    ParamSpec("reid", _DEFAULTS.reid, "re-identify recently lost tracks on appearance + 3D"),
+    ParamSpec("reid_window_s", _DEFAULTS.reid_window_s, "how long lost tracks stay re-identifiable, seconds", min=0.0),
+    ParamSpec("min_score_new", _DEFAULTS.min_score_new, "minimum detection score to start a track", min=0.0),
+)
+
+
+def _tracker_config(p: dict[str, Any]) -> TrackerConfig:
+    names = {f.name for f in dataclasses.fields(TrackerConfig)}
+    return TrackerConfig(**{k: v for k, v in p.items() if k in names})
+
+
+class TrackerNode(PerceptionNode):
+    """See the module docstring."""
+
+    PARAMS = TRACKER_PARAMS + EGO_MOTION_PARAMS + (
+        ParamSpec("input_type", "detections", "Detection3DArray from the track buffer or raw ObjectObservationArray",
+                  choices=("detections", "observations")),
+        ParamSpec("input_topic", "/ba_perception/detections", "input topic"),
+        ParamSpec("output_topic", "/ba_perception/tracks", "Track3DArray output"),
+        ParamSpec("publish_tentative", False, "also publish tracks that are not confirmed yet"),
+        ParamSpec("odom_frame", "odom", "frame_id of the output"),
+        ParamSpec("qos", "reliable", "input/output QoS", choices=("reliable", "sensor_data", "best_effort")),
+        ParamSpec("qos_depth", 10, "queue depth", min=1),
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("tracker_node", **kwargs)
+        from ba_perception_msgs.msg import Detection3DArray, ObjectObservationArray, Track3DArray
+
+        try:
+            self.tracker = Tracker(_tracker_config(self.p))
+        except ValueError as err:
+            raise StartupError(f"tracker configuration: {err}") from err
+        self.ego = EgoMotionInput(self) if self.p["input_type"] == "observations" else None
+        cls = Detection3DArray if self.p["input_type"] == "detections" else ObjectObservationArray
+        self.pub = self.create_publisher(Track3DArray, self.p["output_topic"], self.qos())
+        self.worker = FrameWorker(self, self.on_input, "frames_dropped_stale")
+        self.create_subscription(cls, self.p["input_topic"], lambda m: self.worker.put((wall_ns(), m)), self.qos())
+        self.last_stamp: int | None = None
+
+    def on_input(self, item: tuple[int, Any]) -> None:
+        received, msg = item
+        start = wall_ns()
+        stamp = stamp_ns(msg)
+        if self.last_stamp is not None and stamp < self.last_stamp:
+            self.reject("stamp_backwards", "input stamp went backwards; tracks reset (bag looped?)")
+            if self.ego is not None:
+                self.ego.reset()
+        self.last_stamp = stamp
+        try:
+            dets, T_odom_cam = self.to_detections(msg, stamp)
+        except EgoMotionError as err:
+            self.reject("missing_ego_motion", str(err))
+            return
+        except TrackingInputError as err:
+            self.reject("malformed", str(err))
+            return
+        tracks = self.tracker.step(stamp, dets)
+        self.counters.update({f"tracker.{k}": v for k, v in self.tracker.counters.items() if v})
+        self.pub.publish(self.to_msg(msg, tracks, T_odom_cam, received, start))
+        self.count("frames_out")
+
+    def to_detections(self, msg: Any, stamp: int) -> tuple[Detections, np.ndarray]:
+        if self.p["input_type"] == "detections":
+            items = list(msg.detections)
+            T = np.stack([pose_to_matrix(d.pose) for d in items]) if items else np.zeros((0, 4, 4))
+            cov = np.array([np.reshape(d.pose_covariance, (6, 6))[:3, :3] for d in items]).reshape(-1, 3, 3)
+            cov[~(np.diagonal(cov, axis1=1, axis2=2) > 0).all(axis=1)] = np.nan
+            emb = [list(d.embedding) for d in items]
+            dim = {len(e) for e in emb}
+            return Detections(
+                centers=T[:, :3, 3], yaws=np.arctan2(T[:, 1, 0], T[:, 0, 0]),
+                sizes=np.array([[d.size.x, d.size.y, d.size.z] for d in items]).reshape(-1, 3),
+                labels=[d.class_label for d in items], scores=np.array([d.score for d in items]),
+                boxes_2d=np.array([list(d.box_2d) for d in items], dtype=np.float64).reshape(-1, 4),
+                embeddings=np.array(emb, dtype=np.float64) if len(dim) == 1 and 0 not in dim else None,
+                covariances=cov), pose_to_matrix(msg.camera_pose)
+        obs = msg_to_observations(msg)
+        T_odom_cam = self.ego.camera_pose(stamp)
+        Tt = torch.as_tensor(T_odom_cam)
+        c, yaw = geometry.boxes_cam_to_frame(Tt, torch.as_tensor(obs.center_cam), torch.as_tensor(obs.yaw, dtype=torch.float64))
+        cov_cam = geometry.ray_covariance(torch.as_tensor(obs.center_cam), torch.as_tensor(obs.depth_std, dtype=torch.float64),
+                                          torch.as_tensor(obs.lateral_std, dtype=torch.float64))
+        R = Tt[:3, :3]
+        cov = (R @ cov_cam @ R.T).numpy()
+        return Detections(centers=c.numpy(), yaws=yaw.numpy(), sizes=obs.size_lwh, labels=obs.labels, scores=obs.scores,
+                          boxes_2d=obs.box_2d, embeddings=obs.embedding if obs.embedding.shape[1] else None,
+                          covariances=cov), T_odom_cam
+
+    def to_msg(self, msg: Any, tracks: list, T_odom_cam: np.ndarray, received: int, start: int) -> Any:
+        from ba_perception_msgs.msg import Track3D, Track3DArray
+
+        out = Track3DArray(camera_pose=matrix_to_pose(T_odom_cam), image_width=msg.image_width,
+                           image_height=msg.image_height, k=list(msg.k))
+        out.header.stamp = msg.header.stamp
+        out.header.frame_id = self.p["odom_frame"]
+        for t in tracks:
+            if t.status == 0 and not self.p["publish_tentative"]:
+                continue
+            T = np.eye(4)
+            T[:3, :3] = geometry.rot_z(torch.tensor(float(t.yaw), dtype=torch.float64)).numpy()
+            T[:3, 3] = t.center
+            cov = np.full((6, 6), 0.0)
+            cov[:3, :3] = t.position_cov
+            cov[3:, 3:] = np.diag([-1.0, -1.0, -1.0])  # orientation covariance unknown
+            tr = Track3D(track_id=int(t.track_id), class_label=str(t.class_label), score=float(t.score),
+                         status=int(t.status), pose=matrix_to_pose(T), pose_covariance=cov.ravel().tolist(),
+                         age=int(t.age), hits=int(t.hits), frames_since_update=int(t.frames_since_update),
+                         box_2d=[float(v) if np.isfinite(v) else -1.0 for v in t.box_2d])
+            tr.size.x, tr.size.y, tr.size.z = (float(v) for v in t.size)
+            tr.velocity.x, tr.velocity.y, tr.velocity.z = (float(v) for v in t.velocity)
+            out.tracks.append(tr)
+        out.trace = list(msg.trace) + [make_stage("tracker", received, start)]
+        return out
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    return run_node(TrackerNode, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
