@@ -14,11 +14,14 @@ import sys
 # name -> (module, one-line help). Keep sorted; benches are under `bench NAME`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "build-engine": ("ba_perception.train.build_engine", "build and cache the TensorRT engine of the detector"),
+    "eval-det": ("ba_perception.eval.detection_eval", "detector AP|R40 (3D/BEV/2D), depth and yaw errors on a world split"),
     "export": ("ba_perception.train.export", "export a detector checkpoint to ONNX (opset 17) with parity check"),
     "launch": ("ba_perception.launcher", "start the whole node graph from config/stack.yaml"),
+    "train": ("ba_perception.train.trainer", "train the monocular 3D detector on the synthetic world"),
 }
 
 BENCHES: dict[str, tuple[str, str]] = {
+    "tracker": ("ba_perception.bench.tracker", "Tracker.step latency, 50 tracks x 50 detections, CPU"),
     "transport": ("ba_perception.bench.transport", "1280x720 images between two processes over DDS"),
 }
 

@@ -248,6 +248,9 @@ class MonoDetector(nn.Module):
         nn.init.constant_(self.hm_head[-1].bias, -2.19)
         nn.init.normal_(self.reg_head[-1].weight, std=1e-3)
         nn.init.zeros_(self.reg_head[-1].bias)
+        with torch.no_grad():  # start near typical values: boxes ~3 cells, depth ~20 m
+            self.reg_head[-1].bias[REG_CHANNELS["ltrb"]] = 1.0
+            self.reg_head[-1].bias[REG_CHANNELS["depth"]] = 3.0
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the network.
