@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-det": ("ba_perception.eval.detection_eval", "detector AP|R40 (3D/BEV/2D), depth and yaw errors on a world split"),
     "export": ("ba_perception.train.export", "export a detector checkpoint to ONNX (opset 17) with parity check"),
     "launch": ("ba_perception.launcher", "start the whole node graph from config/stack.yaml"),
+    "params-doc": ("ba_perception.params_doc", "print or update the README's node parameter reference"),
     "train": ("ba_perception.train.trainer", "train the monocular 3D detector on the synthetic world"),
 }
 

@@ -47,6 +47,8 @@ NODES: tuple[NodeSpec, ...] = (
     NodeSpec("bag_player", "bag_player", enabled_if={"source": ("bag",)}, respawn=False, shutdown_on_exit=True,
              arg_params={"bag": "bag", "lockstep": "lockstep"}),
     NodeSpec("camera_node", "camera_node", enabled_if={"source": ("camera",)}),
+    NodeSpec("detector_node", "detector_node", arg_params={"backend": "backend"}),
+    NodeSpec("tracker_node", "tracker_node"),
     NodeSpec("visualizer_node", "visualizer_node"),
     NodeSpec("latency_monitor", "latency_monitor"),
     NodeSpec("bag_recorder", "bag_recorder", enabled_unless_empty="record", respawn=False,

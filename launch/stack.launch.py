@@ -39,8 +39,6 @@ def _nodes(context, *args, **kwargs):
         if not spec.enabled(values):
             continue
         overrides = {param: values[arg] for param, arg in spec.arg_params.items() if values[arg] != ""}
-        if spec.name == "detector_node":
-            overrides["backend"] = values["backend"]
         node = Node(
             package=PACKAGE, executable=spec.executable, name=spec.name, output="screen",
             parameters=[params_file, overrides] if overrides else [params_file],
