@@ -1,0 +1,113 @@
+"""tracker_node, latency_monitor and visualizer_node together over real DDS, fed by the test."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import wait_for
+
+pytestmark = [pytest.mark.dds, pytest.mark.slow]
+
+T0 = 1_000 * 10**9
+DT = 100_000_000
+
+
+def _observations(k: int, K: np.ndarray, T_odom_cam: np.ndarray):
+    """Two parked cars seen from a camera driving forward: camera-frame boxes at frame k."""
+    from ba_perception.core import geometry
+    from ba_perception.ros.convert import matrix_to_pose
+    from ba_perception.ros.node import make_stage, ns_to_time, wall_ns
+    from ba_perception_msgs.msg import ObjectObservation, ObjectObservationArray
+
+    msg = ObjectObservationArray(image_width=640, image_height=192, k=K.ravel().tolist())
+    msg.header.stamp, msg.header.frame_id = ns_to_time(T0 + k * DT), "camera_optical"
+    T_cam_odom = np.linalg.inv(T_odom_cam)
+    for x, y in ((25.0, 3.0), (32.0, -3.5)):  # odom positions, base_link at origin at k=0
+        c = T_cam_odom[:3, :3] @ np.array([x, y, 0.8]) + T_cam_odom[:3, 3]
+        R = T_cam_odom[:3, :3] @ np.eye(3)  # cars aligned with odom x
+        uv = geometry.project_points(torch.tensor(c[None]), torch.tensor(K))[0].numpy()
+        o = ObjectObservation(class_label="car", score=0.9, box_2d=[uv[0] - 20, uv[1] - 10, uv[0] + 20, uv[1] + 10],
+                              pose=matrix_to_pose(np.block([[R, c[:, None]], [np.zeros((1, 3)), np.ones((1, 1))]])),
+                              depth_std=0.5, lateral_std=0.1, yaw_std=0.1, embedding=[1.0, 0.0] if y > 0 else [0.0, 1.0])
+        o.size.x, o.size.y, o.size.z = 4.2, 1.8, 1.6
+        msg.observations.append(o)
+    now = wall_ns()
+    msg.trace.append(make_stage("detector", now - 3_000_000, now - 2_000_000, now))
+    return msg
+
+
+def test_tracks_latency_and_markers(ros_env):
+    from nav_msgs.msg import Odometry
+    from sensor_msgs.msg import Image
+    from visualization_msgs.msg import MarkerArray
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from ba_perception.ros.convert import extrinsics_to_matrix
+    from ba_perception.ros.image import numpy_to_image
+    from ba_perception.ros.node import ns_to_time
+    from ba_perception_msgs.msg import LatencyReport, ObjectObservationArray, Track3DArray
+
+    node = ros_env.node("feeder")
+    obs_pub = node.create_publisher(ObjectObservationArray, "/ba_perception/observations", 10)
+    odom_pub = node.create_publisher(Odometry, "/odom", 50)
+    img_pub = node.create_publisher(Image, "/camera/image_raw", 10)
+    tracks, reports, markers, overlays, counters = [], [], [], [], {}
+    node.create_subscription(Track3DArray, "/ba_perception/tracks", tracks.append, 50)
+    node.create_subscription(LatencyReport, "/ba_perception/latency", reports.append, 10)
+    node.create_subscription(MarkerArray, "/ba_perception/markers", markers.append, 50)
+    node.create_subscription(Image, "/ba_perception/overlay", overlays.append, 10)
+
+    def on_diag(msg):
+        for st in msg.status:
+            if st.hardware_id == "tracker_node":
+                counters.update({kv.key: int(kv.value) for kv in st.values})
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
+    spin = ros_env.spinner()
+    procs = [
+        ros_env.start("tracker_node", {"input_type": "observations", "input_topic": "/ba_perception/observations",
+                                       "n_init": 2, "diagnostics_period_s": 0.1, "ego_wait_s": 0.05}),
+        ros_env.start("latency_monitor", {"report_period_s": 0.2, "input_topic": ""}),
+        ros_env.start("visualizer_node", {"image_topic": "/camera/image_raw", "qos": "reliable"}),
+    ]
+    wait_for(lambda: obs_pub.get_subscription_count() >= 1 and odom_pub.get_subscription_count() >= 1
+             and img_pub.get_subscription_count() >= 1, 30, spin, "nodes to subscribe")
+    K = np.array([[500.0, 0, 320], [0, 500.0, 96], [0, 0, 1]])
+    T_base_cam = extrinsics_to_matrix([1.2, 0.0, 1.65, 0.0, 0.0, 0.0])
+    for k in range(12):
+        T_odom_base = np.eye(4)
+        T_odom_base[0, 3] = 1.0 * k  # 10 m/s
+        odom = Odometry()
+        odom.header.stamp, odom.header.frame_id, odom.child_frame_id = ns_to_time(T0 + k * DT), "odom", "base_link"
+        odom.pose.pose.position.x = T_odom_base[0, 3]
+        odom.pose.pose.orientation.w = 1.0
+        odom_pub.publish(odom)
+        img = numpy_to_image(np.zeros((192, 640, 3), np.uint8), "rgb8")
+        img.header.stamp = odom.header.stamp
+        img_pub.publish(img)
+        obs_pub.publish(_observations(k, K, T_odom_base @ T_base_cam))
+        n = len(tracks)
+        wait_for(lambda: len(tracks) > n, 20, spin, f"tracks of frame {k}")
+    last = tracks[-1]
+    assert last.header.frame_id == "odom" and len(last.tracks) == 2
+    ids = {t.track_id for t in last.tracks}
+    for t in last.tracks:  # parked cars stay where they are in odom, ids stable
+        assert min(math.hypot(t.pose.position.x - x, t.pose.position.y - y) for x, y in ((25, 3), (32, -3.5))) < 0.3
+        assert math.hypot(t.velocity.x, t.velocity.y) < 0.5
+    assert all({t.track_id for t in m.tracks} == ids for m in tracks[3:])
+    assert [s.stage for s in last.trace] == ["detector", "tracker"]
+    wait_for(lambda: any(any(s.stage == "tracker" for s in r.stages) for r in reports), 10, spin, "latency report")
+    stages = {s.stage: s for s in reports[-1].stages}
+    assert {"detector", "tracker", "transport.tracker", "end_to_end"} <= set(stages)
+    assert stages["detector"].p50_ms == pytest.approx(2.0, abs=0.01)
+    wait_for(lambda: len(markers) >= 5 and len(overlays) >= 1, 10, spin, "markers and overlay")
+    boxes = [m for m in markers[-1].markers if m.ns == "boxes"]
+    assert {m.id for m in boxes} == ids and markers[-1].markers[0].action == 3  # DELETEALL first
+    # Missing ego-motion: observations with no odometry near their stamp are rejected and counted.
+    obs_pub.publish(_observations(40, K, np.eye(4)))
+    wait_for(lambda: counters.get("rejected.missing_ego_motion", 0) >= 1, 10, spin, "missing ego-motion counted")
+    assert all(p.poll() is None for p in procs)
