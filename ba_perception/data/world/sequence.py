@@ -221,7 +221,7 @@ class World:
                 continue
             T_odom_obj = sc.agent_pose_odom(a, t)
             T_cam_obj = T_cam_odom @ T_odom_obj
-            corners = _box_corners(a.size) @ T_cam_obj[:3, :3].T + T_cam_obj[:3, 3]
+            corners = local_box_corners(a.size) @ T_cam_obj[:3, :3].T + T_cam_obj[:3, 3]
             if (corners[:, 2] <= near).all():
                 continue
             behind = (corners[:, 2] <= near).any()
@@ -314,7 +314,7 @@ class World:
         return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
-def _box_corners(size: np.ndarray) -> np.ndarray:
+def local_box_corners(size: np.ndarray) -> np.ndarray:
     """Eight corners ``(8, 3)`` of a box of ``size`` centred at the origin (core.geometry order)."""
     signs = np.array([[1, 1, -1], [-1, 1, -1], [-1, -1, -1], [1, -1, -1],
                       [1, 1, 1], [-1, 1, 1], [-1, -1, 1], [1, -1, 1]], np.float64)
