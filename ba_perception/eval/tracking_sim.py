@@ -45,6 +45,7 @@ class SimParams:
             brings objects leaving the scene's area back, m/s^2.
         ego_jitter_m: std of a per-frame offset shared by all detections of a frame (ego-motion /
             camera pose error), metres in x and y; not included in the detection covariance.
+        all_visible: detect every object, in view or not (constant load for benchmarks).
     """
 
     fps: float = 10.0
@@ -65,6 +66,7 @@ class SimParams:
     accel_std: float = 0.3
     turn_accel: float = 1.5
     ego_jitter_m: float = 0.0
+    all_visible: bool = False
 
 
 @dataclass
@@ -192,7 +194,7 @@ def simulate(
         box, inside = _project_boxes(pos, yaws, sizes, p)
         depth = pos[:, 0]
         occl = _occluded(box, depth, inside, p.occlusion_iou)
-        visible = inside & ~occl
+        visible = np.ones(m, dtype=bool) if p.all_visible else inside & ~occl
         detected = visible & (rng.random(m) >= p.miss_prob)
         di = np.nonzero(detected)[0]
         # Noise: along the viewing ray (depth) and across it.

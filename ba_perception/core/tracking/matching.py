@@ -24,9 +24,9 @@ def _sinkhorn(s: np.ndarray, mask: np.ndarray, iters: int) -> np.ndarray:
     """Alternate row/column normalisation of positive ``(B, n2, n1)`` matrices; padding stays 0."""
     s = s * mask
     for _ in range(iters):
-        s = s / np.maximum(s.sum(axis=2, keepdims=True), 1e-30)
-        s = s / np.maximum(s.sum(axis=1, keepdims=True), 1e-30)
-    return s * mask
+        s /= s.sum(axis=2, keepdims=True) + 1e-30
+        s /= s.sum(axis=1, keepdims=True) + 1e-30
+    return s
 
 
 def rrwm(
@@ -73,19 +73,22 @@ def rrwm(
     return v.reshape(B, n2max, n1max).transpose(0, 2, 1)
 
 
-def solve_qap(K: np.ndarray, n1: np.ndarray, n2: np.ndarray, solver: str = "rrwm") -> np.ndarray:
+def solve_qap(
+    K: np.ndarray, n1: np.ndarray, n2: np.ndarray, solver: str = "rrwm", max_iter: int = 50, sk_iter: int = 20
+) -> np.ndarray:
     """Soft (or discrete, for IPFP) assignment ``(B, n1max, n2max)`` of a batch of QAPs.
 
     Args:
         K: ``(B, n1max*n2max, n1max*n2max)`` affinities (see :func:`rrwm` for the index order).
         n1, n2: ``(B,)`` real problem sizes.
         solver: one of ``QAP_SOLVERS``.
+        max_iter, sk_iter: outer and Sinkhorn iterations of ``rrwm`` (pygmtools solvers use their defaults).
 
     Raises:
         MatchingError: unknown solver.
     """
     if solver == "rrwm":
-        return rrwm(K, n1, n2)
+        return rrwm(K, n1, n2, max_iter=max_iter, sk_iter=sk_iter)
     if solver not in QAP_SOLVERS:
         raise MatchingError(f"unknown graph-matching solver {solver!r}; choose one of {QAP_SOLVERS}")
     import pygmtools as pygm  # imported lazily: it prints a warning and costs ~1 s at import

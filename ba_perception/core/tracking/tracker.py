@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
-from scipy.sparse import coo_matrix
+from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ba_perception.core.tracking import kalman
@@ -81,6 +81,7 @@ class TrackerConfig:
             have cosine below this never match.
         w_edge, edge_sigma_m: edge affinity weight and relative-position tolerance, metres.
         max_qap_size: components with more tracks or detections than this use linear assignment.
+        rrwm_iters, rrwm_sk_iters: outer and Sinkhorn iteration caps of the ``rrwm`` solver.
         min_affinity: minimum node affinity of an accepted match.
         n_init: hits to confirm a track. max_age: misses before a confirmed track is deleted.
         tentative_max_age: misses before a tentative track is deleted.
@@ -106,9 +107,11 @@ class TrackerConfig:
     w_app: float = 1.0
     w_iou: float = 0.5
     app_gate: float = -1.0
-    w_edge: float = 0.5
+    w_edge: float = 0.25
     edge_sigma_m: float = 1.0
     max_qap_size: int = 12
+    rrwm_iters: int = 15
+    rrwm_sk_iters: int = 5
     min_affinity: float = 0.05
     n_init: int = 3
     max_age: int = 10
@@ -483,48 +486,43 @@ class Tracker:
         inside every connected component of the gated graph with >= 2 tracks and >= 2 detections."""
         cfg = self.config
         T, N = node.shape
-        g = coo_matrix((np.ones(ti.size), (ti, T + di)), shape=(T + N, T + N))
-        ncomp, lab = connected_components(g, directed=False)
-        lt, ld = lab[:T], lab[T:]
+        lt, ld = _bipartite_components(ti, di, T, N)
+        ncomp = int(max(lt.max(initial=-1), ld.max(initial=-1))) + 1
         n1 = np.bincount(lt, minlength=ncomp)
         n2 = np.bincount(ld, minlength=ncomp)
-        hard = np.nonzero((n1 >= 2) & (n2 >= 2))[0]
-        if hard.size == 0:
-            return node
-        big = (n1[hard] > cfg.max_qap_size) | (n2[hard] > cfg.max_qap_size)
+        hard = (n1 >= 2) & (n2 >= 2)
+        big = hard & ((n1 > cfg.max_qap_size) | (n2 > cfg.max_qap_size))
         self.counters["qap_too_large"] += int(big.sum())
-        hard = hard[~big]
-        if hard.size == 0:
+        hard &= ~big
+        B = int(hard.sum())
+        if B == 0:
             return node
-        self.counters["qap_problems"] += int(hard.size)
-        rows_l = [np.nonzero(lt == k)[0] for k in hard]
-        cols_l = [np.nonzero(ld == k)[0] for k in hard]
-        B = hard.size
-        s1 = np.array([r.size for r in rows_l])
-        s2 = np.array([c.size for c in cols_l])
-        m1, m2 = int(s1.max()), int(s2.max())
-        pt = np.zeros((B, m1, 3))
-        pd = np.zeros((B, m2, 3))
-        nb = np.zeros((B, m1, m2))
-        gb = np.zeros((B, m1, m2), dtype=bool)
-        for b, (r, cidx) in enumerate(zip(rows_l, cols_l)):
-            pt[b, : r.size] = t.x[r, :3]
-            pd[b, : cidx.size] = f.pos[cidx]
-            nb[b, : r.size, : cidx.size] = node[np.ix_(r, cidx)]
-            gb[b, : r.size, : cidx.size] = gate[np.ix_(r, cidx)]
+        self.counters["qap_problems"] += B
+        # Batch slot of every component (-1: not a graph-matching problem); padded index tables.
+        slot = np.full(ncomp, -1)
+        slot[hard] = np.arange(B)
+        rows_pad, s1 = _pad_members(slot[lt], B)
+        cols_pad, s2 = _pad_members(slot[ld], B)
+        vr, vc = rows_pad >= 0, cols_pad >= 0
+        rp, cpd = np.where(vr, rows_pad, 0), np.where(vc, cols_pad, 0)
+        valid = vr[:, :, None] & vc[:, None, :]
+        pt = np.where(vr[:, :, None], t.x[rp, :3], 0.0)
+        pd = np.where(vc[:, :, None], f.pos[cpd], 0.0)
+        nb = np.where(valid, node[rp[:, :, None], cpd[:, None, :]], 0.0)
+        gb = valid & gate[rp[:, :, None], cpd[:, None, :]]
         rel_t = pt[:, :, None, :] - pt[:, None, :, :]
         rel_d = pd[:, :, None, :] - pd[:, None, :, :]
         K = edge_affinity_batch(rel_t, rel_d, nb, gb, cfg.edge_sigma_m, cfg.w_edge)
         try:
-            X = solve_qap(K, s1, s2, cfg.solver)
+            X = solve_qap(K, s1, s2, cfg.solver, cfg.rrwm_iters, cfg.rrwm_sk_iters)
             if not np.isfinite(X).all():
                 raise FloatingPointError("non-finite soft assignment")
         except (FloatingPointError, ValueError, np.linalg.LinAlgError):
             self.counters["qap_solver_failures"] += 1
             return node
         score = node.copy()
-        for b, (r, cidx) in enumerate(zip(rows_l, cols_l)):
-            score[np.ix_(r, cidx)] = X[b, : r.size, : cidx.size]
+        b, i, a = np.nonzero(valid)
+        score[rows_pad[b, i], cols_pad[b, a]] = X[b, i, a]
         return score
 
     def _absorb(self, t: _Tracks, rows: np.ndarray, f: _Frame, cols: np.ndarray, stamp_ns: int) -> None:
@@ -643,3 +641,34 @@ class Tracker:
             if not fresh.all():
                 self.lost = self.lost.take(np.nonzero(fresh)[0])
 
+
+
+def _bipartite_components(ti: np.ndarray, di: np.ndarray, T: int, N: int) -> tuple[np.ndarray, np.ndarray]:
+    """Connected-component labels ``(T,)``, ``(N,)`` of the bipartite graph with edges (ti, di)."""
+    order = np.argsort(ti, kind="stable")
+    indptr = np.zeros(T + N + 1, dtype=np.int32)
+    indptr[1 : T + 1] = np.cumsum(np.bincount(ti, minlength=T))
+    indptr[T + 1 :] = indptr[T]
+    g = csr_matrix((np.ones(ti.size), (T + di[order]).astype(np.int32), indptr), shape=(T + N, T + N))
+    _, lab = connected_components(g, directed=False)
+    return lab[:T], lab[T:]
+
+
+def _pad_members(slot_of: np.ndarray, B: int) -> tuple[np.ndarray, np.ndarray]:
+    """Members of each of ``B`` slots as a padded ``(B, max_size)`` index table (-1 = padding).
+
+    Args:
+        slot_of: ``(M,)`` slot of every element, -1 for none.
+
+    Returns:
+        ``(table, sizes)``.
+    """
+    idx = np.nonzero(slot_of >= 0)[0]
+    idx = idx[np.argsort(slot_of[idx], kind="stable")]
+    sl = slot_of[idx]
+    sizes = np.bincount(sl, minlength=B)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    pos = np.arange(idx.size) - starts[sl]
+    table = np.full((B, int(sizes.max())), -1)
+    table[sl, pos] = idx
+    return table, sizes
