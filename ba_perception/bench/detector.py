@@ -1,0 +1,155 @@
+"""`ba-perception bench detector`: detector latency per backend at the shipped input size.
+
+CPU numbers are wall-clock (``time.perf_counter``) around one call; CUDA numbers use CUDA events.
+Rows: network only per backend (ONNX Runtime CPU, torch CPU; on a GPU also torch CUDA fp16 with
+and without a CUDA graph, ONNX Runtime GPU providers and TensorRT when importable), plus the full
+single-image pipeline (letterbox of a 1242x375 image + network + decode) on the default backend.
+Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """CLI options."""
+    parser.add_argument("--onnx", default="models/detector.onnx", help="exported detector (random weights if missing)")
+    parser.add_argument("--checkpoint", default="models/detector.pt", help="checkpoint for the torch backend")
+    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for ONNX Runtime and torch")
+    parser.add_argument("--out", default="out/bench/detector.json")
+
+
+def _stats(ms: list[float]) -> dict:
+    a = np.asarray(ms)
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "mean_ms": float(a.mean()), "min_ms": float(a.min()), "n": int(len(a))}
+
+
+def _time_cpu(fn, x, iters: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn(x)
+    out = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn(x)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def _time_cuda(fn, x, iters: int, warmup: int) -> list[float]:
+    x = x.cuda()
+    for _ in range(warmup):
+        fn(x)
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn(x)
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark."""
+    from ba_perception.cli import CommandError
+    from ba_perception.core.detection.backends import (
+        BackendError,
+        OnnxRuntimeBackend,
+        TorchBackend,
+        create_backend,
+        tensorrt_available,
+    )
+    from ba_perception.core.detection.decode import DecodeConfig
+    from ba_perception.core.detection.detector import Detector
+    from ba_perception.core.detection.model import MonoDetector, save_checkpoint
+    from ba_perception.train.export import export_onnx
+
+    torch.set_num_threads(max(1, args.threads))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_det_"))
+    onnx_path, ck_path = Path(args.onnx), Path(args.checkpoint)
+    weights = "shipped"
+    if not onnx_path.is_file() or not ck_path.is_file():
+        weights = "random (no shipped model found; latency does not depend on weight values)"
+        model = MonoDetector().eval()
+        ck_path = tmp / "det.pt"
+        save_checkpoint(ck_path, model)
+        onnx_path = export_onnx(model, tmp / "det.onnx")
+    ort_cpu = OnnxRuntimeBackend(onnx_path, device="cpu", threads=args.threads)
+    h, w = ort_cpu.input_hw
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    rows: list[dict] = []
+
+    def add(name, device, ms):
+        rows.append({"backend": name, "device": device, **_stats(ms)})
+
+    add(ort_cpu.name, "cpu", _time_cpu(ort_cpu, x, args.iters, args.warmup))
+    tb = TorchBackend(ck_path, device="cpu", threads=args.threads)
+    add(tb.name, "cpu", _time_cpu(tb, x, max(10, args.iters // 2), args.warmup))
+    if torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name()
+        for fp16, graph in ((True, True), (True, False), (False, False)):
+            be = TorchBackend(ck_path, device="cuda", fp16=fp16, cuda_graph=graph)
+            add(be.name, gpu, _time_cuda(be, x, args.iters * 4, args.warmup * 4))
+        try:
+            be = OnnxRuntimeBackend(onnx_path, device="cuda")
+            add(be.name, gpu, _time_cuda(be, x, args.iters, args.warmup))
+        except BackendError as err:
+            print(f"skip onnxruntime GPU: {err}")
+        if tensorrt_available():
+            for prec in ("fp16", "fp32"):
+                try:
+                    be = create_backend("tensorrt", onnx_path=onnx_path, precision=prec, engine_cache_dir=tmp / "engines")
+                    add(be.name, gpu, _time_cuda(be, x, args.iters * 4, args.warmup * 4))
+                except BackendError as err:
+                    print(f"skip tensorrt {prec}: {err}")
+    # full pipeline on a KITTI-size image with the default backend
+    be = create_backend("auto", onnx_path=onnx_path, checkpoint=ck_path, threads=args.threads)
+    det = Detector(be, DecodeConfig(score_threshold=0.3))
+    img = np.random.default_rng(0).integers(0, 255, (375, 1242, 3), dtype=np.uint8)
+    K = np.array([[721.5, 0, 609.6], [0, 721.5, 172.9], [0, 0, 1.0]])
+    stages: dict[str, list[float]] = {"preprocess": [], "inference": [], "decode": [], "total": []}
+    for i in range(args.iters + args.warmup):
+        t0 = time.perf_counter()
+        r = det.detect(img, K)
+        tot = (time.perf_counter() - t0) * 1e3
+        if i >= args.warmup:
+            for k, v in r.timings_ms.items():
+                stages[k].append(v)
+            stages["total"].append(tot)
+    pipeline = {k: _stats(v) for k, v in stages.items()}
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    res = {
+        "input_hw": [h, w], "weights": weights, "threads": args.threads,
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "loadavg_after": load,
+                    "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "network": rows, "pipeline_1242x375": {"backend": be.name, **pipeline},
+        "method": "CPU: wall clock per call; CUDA: CUDA events per call; batch 1",
+    }
+    print(f"detector latency, input 1x3x{h}x{w}, {args.threads} CPU threads, weights: {weights}")
+    print(f"{'backend':42s} {'device':22s} {'p50 ms':>8s} {'p95 ms':>8s} {'mean ms':>8s} {'n':>5s}")
+    for r_ in rows:
+        print(f"{r_['backend']:42s} {str(r_['device'])[:22]:22s} {r_['p50_ms']:8.2f} {r_['p95_ms']:8.2f} {r_['mean_ms']:8.2f} {r_['n']:5d}")
+    for k, v in pipeline.items():
+        print(f"{'pipeline ' + k + ' (' + be.name + ')':42s} {'1242x375 image':22s} {v['p50_ms']:8.2f} {v['p95_ms']:8.2f} {v['mean_ms']:8.2f} {v['n']:5d}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print(f"wrote {out} (load average after: {load})")
+    if not rows:
+        raise CommandError("no backend could be benchmarked")
+    return 0
