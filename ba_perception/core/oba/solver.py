@@ -673,7 +673,9 @@ def _pose_covariance(ne: _Normal, prep: _Prep, options: SolverOptions) -> torch.
     B, P = ne.g.shape[:2]
     tiny = torch.full((B,), 1e-9, dtype=ne.g.dtype, device=ne.g.device)
     _, _, ok, _, L = _solve_damped(ne, prep, tiny, options)
-    cov = torch.cholesky_inverse(L)
+    eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand_as(L)
+    Linv = torch.linalg.solve_triangular(L, eye, upper=False)
+    cov = Linv.transpose(-1, -2) @ Linv  # S^-1 = L^-T L^-1
     f = prep.free.reshape(B, 6 * P)
     cov = cov * f[:, :, None] * f[:, None, :]
     cov = torch.where(ok[:, None, None], cov, torch.full_like(cov, float("nan")))

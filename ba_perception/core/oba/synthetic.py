@@ -155,3 +155,48 @@ def make_batch(
         fixed_frames=ff if ff.any() else None,
     )
     return SyntheticBatch(problem=problem, truth=truth, init=OBAState(R_init, t_init, p_init), speed_mps=speed, size_lwh=size)
+
+
+def make_tracklets(batch: SyntheticBatch, descriptor_dim: int = 32, descriptor_noise: float = 0.05, seed: int = 0, start_id: int = 1):
+    """One :class:`~ba_perception.core.oba.tracklets.ObjectTrack` per problem of a batch made with
+    ``with_prior=True``: detector boxes from the (noisy) prior, feature samples at the observed
+    pixels with per-point descriptors (a fixed random unit vector per surface point plus noise),
+    shuffled per frame, and the true point ids for the oracle path.
+    """
+    from collections import deque
+
+    import numpy as np
+
+    from ba_perception.core.geometry import box_corners, project_points
+    from ba_perception.core.oba.tracklets import ObjectTrack, Observation, TrackletFrame
+
+    p = batch.problem
+    if p.prior_T_odom_obj is None:
+        raise ValueError("make_tracklets needs a batch made with with_prior=True")
+    B, F, K = p.shape
+    g = torch.Generator().manual_seed(seed)
+    base = torch.nn.functional.normalize(torch.randn(B, K, descriptor_dim, generator=g, dtype=torch.float64), dim=-1)
+    T_odom_cam = invert_pose(p.T_cam_odom)
+    T_cam_obj = p.T_cam_odom @ p.prior_T_odom_obj
+    ray_depth = T_cam_obj[..., :3, 3].norm(dim=-1)
+    tracks = []
+    for b in range(B):
+        frames = deque(maxlen=F)
+        emb = torch.nn.functional.normalize(torch.randn(16, generator=g, dtype=torch.float64), dim=0).numpy()
+        for f in range(F):
+            m = p.obs_mask[b, f]
+            ks = torch.nonzero(m)[:, 0]
+            ks = ks[torch.randperm(len(ks), generator=g)]
+            d = torch.nn.functional.normalize(base[b, ks] + descriptor_noise * torch.randn(len(ks), descriptor_dim, generator=g, dtype=torch.float64), dim=-1)
+            Rc, c = T_cam_obj[b, f, :3, :3], T_cam_obj[b, f, :3, 3]
+            uv_c = project_points(box_corners(Rc, c, batch.size_lwh[b]), p.K[b])
+            box = torch.cat([uv_c.amin(0), uv_c.amax(0)]).numpy()
+            obs = Observation(
+                box_2d=box, center_cam=c.numpy(), R_cam_obj=Rc.numpy(), size_lwh=batch.size_lwh[b].numpy(),
+                depth_std=0.1 * float(ray_depth[b, f]), lateral_std=0.15, yaw_std=0.1, score=0.9, class_label="car",
+                embedding=emb, sample_uv=p.obs_uv[b, f, ks].numpy(), descriptors=d.numpy().astype(np.float32),
+                sample_point_ids=ks.numpy(),
+            )
+            frames.append(TrackletFrame(int(round(float(p.stamps_s[b, f]) * 1e9)), obs, T_odom_cam[b, f].numpy(), p.K[b].numpy()))
+        tracks.append(ObjectTrack(start_id + b, "car", frames, emb))
+    return tracks

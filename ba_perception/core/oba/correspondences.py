@@ -1,0 +1,239 @@
+"""Point tracks inside a tracklet's boxes: descriptor mutual-NN, ORB/KLT (OpenCV), or oracle ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+class CorrespondenceError(ValueError):
+    """Raised on inputs with inconsistent shapes or an unknown method."""
+
+
+@dataclass
+class PointTracks:
+    """Observations of ``K`` tracked points over ``F`` frames for ``B`` tracklets.
+
+    Attributes:
+        uv: ``(B, F, K, 2)`` pixels (zeros where absent).
+        mask: ``(B, F, K)`` bool, point k observed in frame f.
+    """
+
+    uv: torch.Tensor
+    mask: torch.Tensor
+
+
+def mutual_nn_matches(
+    desc_a: torch.Tensor,
+    desc_b: torch.Tensor,
+    valid_a: torch.Tensor,
+    valid_b: torch.Tensor,
+    ratio: float = 0.9,
+    min_similarity: float = 0.5,
+) -> torch.Tensor:
+    """Batched mutual nearest neighbours on cosine similarity with a ratio check.
+
+    Args:
+        desc_a: ``(*, N, D)`` L2-normalised descriptors of frame a.
+        desc_b: ``(*, M, D)`` of frame b.
+        valid_a: ``(*, N)`` bool; valid_b: ``(*, M)`` bool.
+        ratio: Lowe's ratio on cosine *distance* ``1 - s``: best < ratio * second best.
+        min_similarity: cosine similarity floor.
+
+    Returns:
+        ``(*, N)`` long: index in b matched to each a, -1 when none.
+    """
+    sim = desc_a @ desc_b.transpose(-1, -2)
+    neg = torch.finfo(sim.dtype).min / 4
+    sim = torch.where(valid_a[..., :, None] & valid_b[..., None, :], sim, torch.full_like(sim, neg))
+    M = sim.shape[-1]
+    k = min(2, M)
+    top, idx = sim.topk(k, dim=-1)
+    best, j = top[..., 0], idx[..., 0]
+    second = top[..., 1] if k == 2 else torch.full_like(best, neg)
+    ratio_ok = (1 - best) < ratio * (1 - second)
+    back = sim.argmax(dim=-2)  # (*, M): best a for each b
+    mutual = torch.gather(back, -1, j) == torch.arange(sim.shape[-2], device=sim.device)
+    ok = mutual & ratio_ok & (best >= min_similarity) & valid_a
+    return torch.where(ok, j, torch.full_like(j, -1))
+
+
+def chain_ids(next_idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Turn frame-to-frame matches into track ids.
+
+    Args:
+        next_idx: ``(B, F-1, N)`` long, sample in frame f+1 matched to sample n of frame f, -1 none.
+        valid: ``(B, F, N)`` bool.
+
+    Returns:
+        ``(B, F, N)`` long track ids (``f * N + n`` of the sample that started the track), -1 invalid.
+    """
+    B, F, N = valid.shape
+    dev = valid.device
+    ids = torch.full((B, F, N), -1, dtype=torch.long, device=dev)
+    ar = torch.arange(N, device=dev)
+    ids[:, 0] = torch.where(valid[:, 0], ar, -1)
+    for f in range(1, F):  # over frames (fixed, small), batched over tracklets and samples
+        src = next_idx[:, f - 1]
+        ok = (src >= 0) & (ids[:, f - 1] >= 0)
+        inherited = torch.full((B, N + 1), -1, dtype=torch.long, device=dev)
+        inherited.scatter_(1, torch.where(ok, src, N), torch.where(ok, ids[:, f - 1], -1))
+        inh = inherited[:, :N]
+        ids[:, f] = torch.where(valid[:, f], torch.where(inh >= 0, inh, f * N + ar), -1)
+    return ids
+
+
+def tracks_from_ids(sample_uv: torch.Tensor, ids: torch.Tensor, num_points: int, min_length: int = 2) -> PointTracks:
+    """Keep the ``num_points`` longest tracks per tracklet (ties: earliest id) as padded tensors.
+
+    Args:
+        sample_uv: ``(B, F, N, 2)`` sample pixels.
+        ids: ``(B, F, N)`` long track ids (any non-negative integers), -1 for none. A track with
+            two samples in one frame keeps the first.
+        num_points: K.
+        min_length: tracks seen in fewer frames are dropped.
+    """
+    B, F, N = ids.shape
+    dev = ids.device
+    valid = ids >= 0
+    b, f, _ = torch.nonzero(valid, as_tuple=True)
+    chosen = torch.full((B, num_points), -1, dtype=torch.long, device=dev)
+    if b.numel():
+        tid = ids[valid]
+        # one vote per (problem, track, frame), then track lengths per (problem, track)
+        bif = torch.unique(torch.stack([b, tid, f], 1), dim=0)
+        bi, length = torch.unique(bif[:, :2], dim=0, return_counts=True)
+        keep = length >= min_length
+        bi, length = bi[keep], length[keep]
+        # order: problem asc, length desc, id asc (stable sorts, least significant key first)
+        o = torch.argsort(bi[:, 1], stable=True)
+        o = o[torch.argsort(-length[o], stable=True)]
+        o = o[torch.argsort(bi[o, 0], stable=True)]
+        bi = bi[o]
+        start = torch.searchsorted(bi[:, 0].contiguous(), bi[:, 0].contiguous(), right=False)
+        rank = torch.arange(len(bi), device=dev) - start
+        sel = rank < num_points
+        chosen[bi[sel, 0], rank[sel]] = bi[sel, 1]
+    hit = (ids[..., None] == chosen[:, None, None, :]) & valid[..., None] & (chosen[:, None, None, :] >= 0)  # (B,F,N,K)
+    first = hit & (hit.long().cumsum(2) == 1)
+    mask = first.any(2)  # (B,F,K)
+    uv = torch.einsum("bfnk,bfnc->bfkc", first.to(sample_uv.dtype), torch.nan_to_num(sample_uv))
+    return PointTracks(uv=uv, mask=mask)
+
+
+def descriptor_tracks(
+    sample_uv: torch.Tensor,
+    descriptors: torch.Tensor,
+    valid: torch.Tensor,
+    num_points: int,
+    ratio: float = 0.9,
+    min_similarity: float = 0.5,
+) -> PointTracks:
+    """Point tracks from consecutive-frame mutual-NN matches of learned descriptors (batched).
+
+    Args:
+        sample_uv: ``(B, F, N, 2)`` sample pixels per frame.
+        descriptors: ``(B, F, N, D)`` L2-normalised descriptors.
+        valid: ``(B, F, N)`` bool.
+        num_points: K tracks kept per tracklet (longest first).
+    """
+    if descriptors.shape[:3] != valid.shape or sample_uv.shape[:3] != valid.shape:
+        raise CorrespondenceError("sample_uv, descriptors and valid must share (B, F, N)")
+    valid = valid & torch.isfinite(sample_uv).all(-1) & torch.isfinite(descriptors).all(-1)
+    d = torch.nan_to_num(descriptors)
+    nxt = mutual_nn_matches(d[:, :-1], d[:, 1:], valid[:, :-1], valid[:, 1:], ratio, min_similarity)
+    return tracks_from_ids(sample_uv, chain_ids(nxt, valid), num_points)
+
+
+def oracle_tracks(sample_uv: torch.Tensor, point_ids: torch.Tensor, num_points: int) -> PointTracks:
+    """Point tracks from ground-truth surface point ids (evaluation only); -1 ids are ignored."""
+    ids = torch.where(torch.isfinite(sample_uv).all(-1), point_ids.long(), -1)
+    return tracks_from_ids(sample_uv, ids, num_points)
+
+
+def klt_tracks(
+    images: list[np.ndarray], boxes: np.ndarray, num_points: int, fb_max_px: float = 1.0, min_distance_px: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shi-Tomasi corners in the first box tracked with pyramidal Lucas-Kanade (OpenCV), one tracklet.
+
+    Args:
+        images: ``F`` grayscale ``uint8`` images (H, W).
+        boxes: ``(F, 4)`` the tracklet's 2D boxes; tracks leaving the box are dropped.
+        num_points: K corners seeded in the first frame.
+        fb_max_px: forward-backward consistency threshold.
+
+    Returns:
+        ``(uv (F, K, 2), mask (F, K))`` numpy arrays.
+    """
+    import cv2
+
+    F = len(images)
+    uv = np.zeros((F, num_points, 2), np.float32)
+    mask = np.zeros((F, num_points), bool)
+    if F == 0:
+        return uv, mask
+    x1, y1, x2, y2 = (int(round(v)) for v in boxes[0])
+    roi = np.zeros_like(images[0], np.uint8)
+    roi[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] = 255
+    pts = cv2.goodFeaturesToTrack(images[0], num_points, 0.01, min_distance_px, mask=roi)
+    if pts is None:
+        return uv, mask
+    n = len(pts)
+    uv[0, :n], mask[0, :n] = pts[:, 0], True
+    cur = pts.astype(np.float32)
+    alive = np.ones(n, bool)
+    for f in range(1, F):
+        nxt, st, _ = cv2.calcOpticalFlowPyrLK(images[f - 1], images[f], cur, None)
+        back, st2, _ = cv2.calcOpticalFlowPyrLK(images[f], images[f - 1], nxt, None)
+        fb = np.linalg.norm(back - cur, axis=-1)[:, 0]
+        x, y = nxt[:, 0, 0], nxt[:, 0, 1]
+        b = boxes[f]
+        inside = (x >= b[0]) & (x <= b[2]) & (y >= b[1]) & (y <= b[3])
+        alive &= (st[:, 0] == 1) & (st2[:, 0] == 1) & (fb < fb_max_px) & inside
+        uv[f, :n], mask[f, :n] = nxt[:, 0], alive
+        cur = nxt
+    return uv, mask
+
+
+def orb_features(image: np.ndarray, box: np.ndarray, max_features: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """ORB keypoints ``(N, 2)`` and binary descriptors ``(N, 32)`` inside a box (OpenCV)."""
+    import cv2
+
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    roi = np.zeros_like(image, np.uint8)
+    roi[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] = 255
+    orb = cv2.ORB_create(nfeatures=max_features, edgeThreshold=8, patchSize=15)
+    kps, desc = orb.detectAndCompute(image, roi)
+    if desc is None:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
+    return np.array([k.pt for k in kps], np.float32), desc
+
+
+def orb_tracks(images: list[np.ndarray], boxes: np.ndarray, num_points: int, max_hamming: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """ORB features in each box matched frame to frame (Hamming, cross-check), chained to tracks.
+
+    Returns:
+        ``(uv (F, K, 2), mask (F, K))`` numpy arrays for one tracklet.
+    """
+    import cv2
+
+    F = len(images)
+    feats = [orb_features(im, b, max(2 * num_points, 32)) for im, b in zip(images, boxes)]
+    N = max([len(k) for k, _ in feats] + [1])
+    suv = np.zeros((1, F, N, 2), np.float32)
+    valid = np.zeros((1, F, N), bool)
+    for f, (k, _) in enumerate(feats):
+        suv[0, f, : len(k)], valid[0, f, : len(k)] = k, True
+    nxt = np.full((1, max(F - 1, 0), N), -1, np.int64)
+    bf = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    for f in range(F - 1):
+        da, db = feats[f][1], feats[f + 1][1]
+        if len(da) and len(db):
+            for m in bf.match(da, db):
+                if m.distance <= max_hamming:
+                    nxt[0, f, m.queryIdx] = m.trainIdx
+    ids = chain_ids(torch.from_numpy(nxt), torch.from_numpy(valid))
+    tr = tracks_from_ids(torch.from_numpy(suv), ids, num_points)
+    return tr.uv[0].numpy(), tr.mask[0].numpy()

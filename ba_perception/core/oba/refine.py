@@ -1,0 +1,472 @@
+"""Tracklets -> one batched object-BA problem -> refined 3D boxes with velocity, covariance and motion state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ba_perception.core.geometry import unproject_pixels
+from ba_perception.core.oba.correspondences import PointTracks, descriptor_tracks, oracle_tracks
+from ba_perception.core.oba.solver import OBAProblem, OBAResult, OBAState, SolverOptions, problem_cost, solve
+from ba_perception.core.oba.tracklets import ObjectTrack
+
+CORRESPONDENCES = ("descriptor", "oracle", "none")
+
+
+class RefineError(ValueError):
+    """Raised on an invalid refinement configuration."""
+
+
+@dataclass
+class RefineConfig:
+    """Settings of the window refinement.
+
+    Attributes:
+        num_points: K point tracks per tracklet.
+        correspondences: ``descriptor`` (mutual NN of learned descriptors), ``oracle`` (ground
+            truth sample ids), ``none`` (priors and motion only); KLT/ORB tracks are passed in.
+        match_ratio: Lowe ratio on cosine distance; match_min_similarity: cosine floor.
+        pixel_std: assumed reprojection noise, pixels (sets the residual weights and hence the
+            covariance scale; the robust loss scale is in these whitened units).
+        roll_pitch_std: prior std of roll and pitch about the detector's upright box, radians.
+        accel_std: constant-velocity prior, m/s^2 (translation) and angular_accel_std rad/s^2.
+        static_speed_mps: without enough point tracks, objects slower than this are static.
+        static_resolve: re-solve candidates (speed below ``static_candidate_mps``) with one pose
+            for all frames; static when that raises the whitened reprojection cost by less than
+            ``static_cost_per_obs`` per observation (needs ``min_points_for_selection`` tracks),
+            and then the one-pose solution is reported.
+        min_baseline_m: camera travel below which the window is degenerate (zero baseline).
+        min_depth_m: detections nearer than this (or behind the camera) are dropped.
+        solver: LM options (iterations, loss, yaw-only, ...).
+        device, dtype: where the batch is solved.
+    """
+
+    num_points: int = 32
+    correspondences: str = "descriptor"
+    match_ratio: float = 0.9
+    match_min_similarity: float = 0.5
+    pixel_std: float = 1.0
+    roll_pitch_std: float = 0.05
+    accel_std: float = 3.0
+    angular_accel_std: float = 1.0
+    static_speed_mps: float = 0.5
+    static_resolve: bool = True
+    static_candidate_mps: float = 5.0
+    static_cost_per_obs: float = 0.5
+    min_points_for_selection: int = 4
+    min_baseline_m: float = 0.05
+    min_depth_m: float = 0.5
+    solver: SolverOptions = field(default_factory=lambda: SolverOptions(loss="cauchy", loss_scale_px=2.0, max_iterations=10))
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float64
+
+
+@dataclass
+class RefinedBox:
+    """One tracklet's refined box at its newest frame.
+
+    Attributes:
+        tracklet_id, class_label, score, box_2d, embedding: carried from the newest detection.
+        stamp_ns: capture time of the newest frame.
+        refined: False when the tracklet was excluded (then ``reason`` says why and the box is
+            the newest single-frame detection).
+        reason: empty when refined.
+        center_odom: ``(3,)`` box centre in odom, metres (NaN when ego-motion is unknown).
+        R_odom_obj: ``(3, 3)`` orientation in odom; yaw_odom its yaw about +z, radians.
+        center_cam: ``(3,)`` centre in the newest camera frame, metres.
+        size_lwh: ``(3,)`` metres (median of the window's detections).
+        velocity_odom: ``(3,)`` m/s (least-squares slope of the refined centres over the window).
+        pose_covariance: ``(6, 6)`` of ``(x, y, z, rot_x, rot_y, rot_z)`` in odom (m^2, rad^2; small
+            rotation vector in odom, i.e. roll/pitch/yaw perturbations), -1 diagonal if unknown.
+        velocity_covariance: ``(3, 3)`` (m/s)^2, -1 diagonal if unknown.
+        is_static: speed below ``static_speed_mps``.
+        num_frames, num_points: frames in the window and point tracks used.
+        cost, iterations: solver's final cost and LM iterations.
+    """
+
+    tracklet_id: int
+    class_label: str
+    score: float
+    stamp_ns: int
+    box_2d: np.ndarray
+    embedding: np.ndarray
+    refined: bool
+    reason: str
+    center_odom: np.ndarray
+    R_odom_obj: np.ndarray
+    yaw_odom: float
+    center_cam: np.ndarray
+    size_lwh: np.ndarray
+    velocity_odom: np.ndarray
+    pose_covariance: np.ndarray
+    velocity_covariance: np.ndarray
+    is_static: bool
+    num_frames: int
+    num_points: int = 0
+    cost: float = float("nan")
+    iterations: int = 0
+
+
+@dataclass
+class RefineBatch:
+    """The packed problem and what is needed to read results back.
+
+    Attributes:
+        tracks: tracklets in batch order (only the included ones).
+        problem, init: the solver's inputs.
+        frame_index: per problem, the window positions (into ``track.frames``) of the packed frames.
+        sizes: ``(B, 3)`` median detector sizes.
+        excluded: ``(track, reason)`` for tracklets left out of the batch.
+        initial_lambda: ``(B,)`` warm-start damping.
+    """
+
+    tracks: list[ObjectTrack]
+    problem: OBAProblem | None
+    init: OBAState | None
+    frame_index: list[list[int]]
+    sizes: np.ndarray
+    excluded: list[tuple[ObjectTrack, str]]
+    initial_lambda: torch.Tensor | None = None
+
+
+def _project_so3(R: np.ndarray) -> np.ndarray:
+    U, _, Vt = np.linalg.svd(R)
+    D = np.ones(R.shape[:-1])
+    D[..., -1] = np.sign(np.linalg.det(U @ Vt))
+    return (U * D[..., None, :]) @ Vt
+
+
+def _usable_frames(track: ObjectTrack, config: RefineConfig) -> tuple[list[int], str]:
+    """Window positions usable for BA, or ``([], reason)``."""
+    frames = list(track.frames)
+    if len(frames) < 2:
+        return [], "1 frame"
+    ego = [i for i, fr in enumerate(frames) if fr.T_odom_cam is not None and np.isfinite(fr.T_odom_cam).all()]
+    if len(ego) < 2:
+        return [], "missing ego-motion"
+    finite = []
+    for i in ego:
+        o = frames[i].observation
+        vals = (o.box_2d, o.center_cam, o.R_cam_obj, o.size_lwh, [o.depth_std, o.lateral_std, o.yaw_std])
+        if all(np.isfinite(np.asarray(v, np.float64)).all() for v in vals):
+            finite.append(i)
+    if len(finite) < 2:
+        return [], "NaN observations"
+    front = [i for i in finite if frames[i].observation.center_cam[2] > config.min_depth_m]
+    if len(front) < 2:
+        return [], "points behind camera"
+    centres = np.stack([frames[i].T_odom_cam[:3, 3] for i in front])
+    if np.linalg.norm(centres - centres[0], axis=1).max() < config.min_baseline_m:
+        return [], "zero baseline"
+    return front, ""
+
+
+def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None, point_tracks: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> RefineBatch:
+    """Pack tracklets into one padded problem (degenerate ones are excluded with a reason).
+
+    Args:
+        tracks: tracklets to refine.
+        config: settings.
+        point_tracks: optional externally computed tracks (KLT/ORB) per tracklet id:
+            ``(uv (F, K, 2), mask (F, K))`` over the tracklet's current window frames.
+
+    Returns:
+        A :class:`RefineBatch` (``problem`` is None when every tracklet was excluded).
+    """
+    cfg = config or RefineConfig()
+    if cfg.correspondences not in CORRESPONDENCES:
+        raise RefineError(f"correspondences must be one of {CORRESPONDENCES}, got {cfg.correspondences!r}")
+    inc, idxs, excluded = [], [], []
+    for t in tracks:
+        use, reason = _usable_frames(t, cfg)
+        if reason:
+            excluded.append((t, reason))
+        else:
+            inc.append(t)
+            idxs.append(use)
+    if not inc:
+        return RefineBatch([], None, None, [], np.zeros((0, 3)), excluded)
+    B, F, K = len(inc), max(len(i) for i in idxs), cfg.num_points
+    dt = np.float64
+    T_oc = np.tile(np.eye(4), (B, F, 1, 1))
+    Kmat = np.zeros((B, 3, 3))
+    fmask = np.zeros((B, F), bool)
+    stamps = np.zeros((B, F))
+    ctr = np.zeros((B, F, 3))
+    ctr[..., 2] = 10.0
+    Rco = np.tile(np.eye(3), (B, F, 1, 1))
+    stds = np.ones((B, F, 3))
+    sizes = np.zeros((B, 3))
+    N = max([len(t.frames[i].observation.sample_uv) for t, ii in zip(inc, idxs) for i in ii] + [1])
+    Dd = max([t.frames[i].observation.descriptors.shape[-1] if t.frames[i].observation.descriptors.ndim == 2 else 0 for t, ii in zip(inc, idxs) for i in ii] + [1])
+    suv = np.full((B, F, N, 2), np.nan)
+    desc = np.zeros((B, F, N, Dd), np.float32)
+    svalid = np.zeros((B, F, N), bool)
+    sid = np.full((B, F, N), -1, np.int64)
+    t0 = np.array([t.frames[ii[0]].stamp_ns for t, ii in zip(inc, idxs)], np.int64)
+    for b, (t, ii) in enumerate(zip(inc, idxs)):  # packing only; the solve below is batched
+        frames = list(t.frames)
+        Kmat[b] = frames[ii[-1]].K
+        sizes[b] = np.median(np.stack([frames[i].observation.size_lwh for i in ii]), axis=0)
+        for f, i in enumerate(ii):
+            fr, o = frames[i], frames[i].observation
+            T_oc[b, f], fmask[b, f] = fr.T_odom_cam, True
+            stamps[b, f] = (fr.stamp_ns - t0[b]) * 1e-9
+            ctr[b, f], Rco[b, f] = o.center_cam, o.R_cam_obj
+            stds[b, f] = (o.depth_std, o.lateral_std, o.yaw_std)
+            n = len(o.sample_uv)
+            if n:
+                suv[b, f, :n] = o.sample_uv
+                svalid[b, f, :n] = True
+                if o.descriptors.ndim == 2 and o.descriptors.shape[0] == n and o.descriptors.shape[1] == Dd:
+                    desc[b, f, :n] = o.descriptors
+                if o.sample_point_ids is not None and len(o.sample_point_ids) == n:
+                    sid[b, f, :n] = o.sample_point_ids
+    tt = lambda x: torch.as_tensor(np.asarray(x), device=cfg.device)  # noqa: E731
+    fd = cfg.dtype
+    T_odom_cam = tt(T_oc).to(fd)
+    R_odom_cam = T_odom_cam[..., :3, :3]
+    # detector box pose per frame in odom: T_odom_obj = T_odom_cam @ T_cam_obj
+    R_prior = R_odom_cam @ tt(_project_so3(Rco)).to(fd)
+    c_cam = tt(ctr).to(fd)
+    t_prior = (R_odom_cam @ c_cam[..., None])[..., 0] + T_odom_cam[..., :3, 3]
+    ray = (R_odom_cam @ (c_cam / c_cam.norm(dim=-1, keepdim=True))[..., None])[..., 0]
+    sd = tt(stds[..., 0]).to(fd).clamp(min=1e-3)[..., None, None]
+    sl = tt(stds[..., 1]).to(fd).clamp(min=1e-3)[..., None, None]
+    sy = tt(stds[..., 2]).to(fd).clamp(min=1e-4)
+    uu = ray[..., :, None] * ray[..., None, :]
+    eye3 = torch.eye(3, dtype=fd, device=cfg.device)
+    L = torch.zeros(B, F, 6, 6, dtype=fd, device=cfg.device)
+    L[..., :3, :3] = uu / sd + (eye3 - uu) / sl  # weak along the ray, strong across it
+    rp = torch.full_like(sy, 1.0 / cfg.roll_pitch_std)
+    L[..., 3:, 3:] = torch.diag_embed(torch.stack([rp, rp, 1.0 / sy], -1))
+    prior_T = torch.zeros(B, F, 4, 4, dtype=fd, device=cfg.device)
+    prior_T[..., :3, :3], prior_T[..., :3, 3], prior_T[..., 3, 3] = R_prior, t_prior, 1
+
+    # correspondences -> point tracks (B, F, K)
+    fm = tt(fmask)
+    if point_tracks:
+        uv = torch.zeros(B, F, K, 2, dtype=fd, device=cfg.device)
+        om = torch.zeros(B, F, K, dtype=torch.bool, device=cfg.device)
+        for b, (t, ii) in enumerate(zip(inc, idxs)):
+            if t.tracklet_id in point_tracks:
+                puv, pm = point_tracks[t.tracklet_id]
+                k = min(K, puv.shape[1])
+                uv[b, : len(ii), :k] = tt(puv[ii, :k]).to(fd)
+                om[b, : len(ii), :k] = tt(pm[ii, :k])
+        pt = PointTracks(uv, om)
+    elif cfg.correspondences == "descriptor":
+        pt = descriptor_tracks(tt(suv).to(fd), tt(desc).to(fd), tt(svalid), K, cfg.match_ratio, cfg.match_min_similarity)
+    elif cfg.correspondences == "oracle":
+        pt = oracle_tracks(tt(suv).to(fd), tt(sid), K)
+    else:
+        pt = PointTracks(torch.zeros(B, F, K, 2, dtype=fd, device=cfg.device), torch.zeros(B, F, K, dtype=torch.bool, device=cfg.device))
+    Kt = tt(Kmat).to(fd)
+    T_cam_odom = torch.linalg.inv(T_odom_cam)
+
+    # initial poses: the detector boxes, or the previous window's solution (warm start)
+    R0, t0_ = R_prior.clone(), t_prior.clone()
+    lam = torch.full((B,), cfg.solver.initial_lambda, dtype=fd, device=cfg.device)
+    for b, (t, ii) in enumerate(zip(inc, idxs)):
+        w = t.warm
+        if w:
+            for f, i in enumerate(ii):
+                s = t.frames[i].stamp_ns
+                if s in w.get("poses", {}):
+                    Rw, tw = w["poses"][s]
+                    R0[b, f], t0_[b, f] = tt(Rw).to(fd), tt(tw).to(fd)
+            lam[b] = float(w.get("lam", cfg.solver.initial_lambda))
+    # initial points: back-project each track's first observation at the detector depth
+    first = pt.mask.float().argmax(1)  # (B, K)
+    has = pt.mask.any(1)
+    g = lambda x: torch.gather(x, 1, first.view(B, 1, K, *([1] * (x.dim() - 3))).expand(B, 1, K, *x.shape[3:]))[:, 0]  # noqa: E731
+    uv0 = g(pt.uv)  # (B,K,2)
+    depth0 = torch.gather(c_cam[..., 2], 1, first)  # (B,K)
+    Xc = unproject_pixels(uv0, depth0, Kt)
+    Toc_f = torch.gather(T_odom_cam, 1, first[..., None, None].expand(B, K, 4, 4))
+    Xo = (Toc_f[..., :3, :3] @ Xc[..., None])[..., 0] + Toc_f[..., :3, 3]
+    Rf = torch.gather(R0, 1, first[..., None, None].expand(B, K, 3, 3))
+    tf = torch.gather(t0_, 1, first[..., None].expand(B, K, 3))
+    p0 = (Rf.transpose(-1, -2) @ (Xo - tf)[..., None])[..., 0]
+    p0 = torch.where(has[..., None] & torch.isfinite(p0), p0, torch.zeros_like(p0))
+
+    problem = OBAProblem(
+        obs_uv=pt.uv, obs_mask=pt.mask & fm[..., None], T_cam_odom=T_cam_odom, K=Kt, frame_mask=fm,
+        stamps_s=tt(stamps).to(fd), obs_sqrt_weight=torch.full(pt.mask.shape, 1.0 / cfg.pixel_std, dtype=fd, device=cfg.device),
+        prior_T_odom_obj=prior_T, prior_sqrt_info=L, prior_mask=fm.clone(),
+        motion_sqrt_info=torch.tensor([1 / cfg.accel_std] * 3 + [1 / cfg.angular_accel_std] * 3, dtype=fd, device=cfg.device).expand(B, 6).clone(),
+    )
+    return RefineBatch(inc, problem, OBAState(R0, t0_, p0), idxs, sizes, excluded, lam)
+
+
+def _velocity(t: torch.Tensor, stamps: torch.Tensor, fm: torch.Tensor, cov: torch.Tensor | None):
+    """Least-squares slope ``(B, 3)`` of positions ``(B, F, 3)`` over time, and its covariance."""
+    w = fm.to(t.dtype)
+    n = w.sum(1, keepdim=True).clamp(min=1)
+    sm = (stamps * w).sum(1, keepdim=True) / n
+    d = (stamps - sm) * w
+    c = d / (d * d).sum(1, keepdim=True).clamp(min=1e-12)  # v = sum_f c_f t_f
+    v = (c[..., None] * t).sum(1)
+    vc = None
+    if cov is not None:
+        Ctt = cov[:, :, :3, :, :3]  # (B,F,3,F,3)
+        vc = torch.einsum("bf,bfigj,bg->bij", c, Ctt, c)
+    return v, vc
+
+
+def _box(track: ObjectTrack, reason: str, config: RefineConfig) -> RefinedBox:
+    """The newest single-frame detection as an unrefined box."""
+    fr = track.last
+    o = fr.observation
+    unknown = -np.eye(6)
+    if fr.T_odom_cam is not None and np.isfinite(fr.T_odom_cam).all() and np.isfinite(o.center_cam).all():
+        R = fr.T_odom_cam[:3, :3] @ _project_so3(np.asarray(o.R_cam_obj, np.float64))
+        c = fr.T_odom_cam[:3, :3] @ o.center_cam + fr.T_odom_cam[:3, 3]
+        u = fr.T_odom_cam[:3, :3] @ (o.center_cam / np.linalg.norm(o.center_cam))
+        uu = np.outer(u, u)
+        cov = np.zeros((6, 6))
+        cov[:3, :3] = o.depth_std**2 * uu + o.lateral_std**2 * (np.eye(3) - uu)
+        cov[3:, 3:] = R @ np.diag([config.roll_pitch_std**2, config.roll_pitch_std**2, o.yaw_std**2]) @ R.T
+    else:
+        R, c, cov = np.full((3, 3), np.nan), np.full(3, np.nan), unknown
+    return RefinedBox(
+        tracklet_id=track.tracklet_id, class_label=o.class_label, score=float(o.score), stamp_ns=fr.stamp_ns,
+        box_2d=np.asarray(o.box_2d), embedding=np.asarray(o.embedding), refined=False, reason=reason,
+        center_odom=c, R_odom_obj=R, yaw_odom=float(np.arctan2(R[1, 0], R[0, 0])), center_cam=np.asarray(o.center_cam, np.float64),
+        size_lwh=np.asarray(o.size_lwh, np.float64), velocity_odom=np.full(3, np.nan), pose_covariance=cov,
+        velocity_covariance=-np.eye(3), is_static=False, num_frames=len(track.frames),
+    )
+
+
+def _subset(problem: OBAProblem, idx: torch.Tensor) -> OBAProblem:
+    return OBAProblem(**{k: (None if v is None else v[idx]) for k, v in problem.__dict__.items()})
+
+
+def refine_tracklets(
+    tracks: list[ObjectTrack],
+    config: RefineConfig | None = None,
+    point_tracks: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> list[RefinedBox]:
+    """Refine every tracklet's window in one batched solve and return one box per tracklet.
+
+    Degenerate tracklets (1 frame, missing ego-motion, NaN observations, detections behind the
+    camera, zero baseline) come back unrefined with the reason; they never enter the batch. The
+    warm start (refined poses per stamp and damping) is stored in ``track.warm``.
+
+    Args:
+        tracks: tracklets (typically those updated in the current frame).
+        config: settings.
+        point_tracks: optional KLT/ORB tracks per tracklet id (see :func:`build_batch`).
+
+    Returns:
+        One :class:`RefinedBox` per input tracklet, in input order.
+    """
+    cfg = config or RefineConfig()
+    batch = build_batch(tracks, cfg, point_tracks)
+    out: dict[int, RefinedBox] = {t.tracklet_id: _box(t, r, cfg) for t, r in batch.excluded}
+    if batch.problem is not None:
+        res = solve(batch.problem, batch.init, cfg.solver, initial_lambda=batch.initial_lambda)
+        p = batch.problem
+        v, vcov = _velocity(res.state.t_odom_obj, p.stamps_s, p.frame_mask, res.pose_covariance)
+        speed = v.norm(dim=-1)
+        static = (speed < cfg.static_speed_mps) & res.valid
+        final = res
+        cand = res.valid & (speed < cfg.static_candidate_mps)
+        if cfg.static_resolve and bool(cand.any()):
+            # Model selection: re-solve candidates with one pose for all frames (static-scene BA);
+            # the object is static when one pose explains the image evidence about as well as
+            # free per-frame poses do (a moving object seen from a moving camera cannot).
+            idx = torch.nonzero(cand)[:, 0]
+            sp = _subset(p, idx)
+            sp.static = torch.ones(len(idx), dtype=torch.bool, device=idx.device)
+            sp.motion_sqrt_info = None
+            init = OBAState(res.state.R_odom_obj[idx], res.state.t_odom_obj[idx], res.state.points_obj[idx])
+            # one pose: start from the window mean position (the per-frame estimates scatter)
+            nf = sp.frame_mask.sum(1).clamp(min=1)[:, None].to(init.t_odom_obj.dtype)
+            tm = (init.t_odom_obj * sp.frame_mask[..., None]).sum(1) / nf
+            init.t_odom_obj = tm[:, None].expand_as(init.t_odom_obj).clone()
+            sres = solve(sp, init, cfg.solver)
+            pure = OBAProblem(**{**sp.__dict__, "prior_T_odom_obj": None, "prior_sqrt_info": None, "prior_mask": None, "static": None})
+            c_dyn = problem_cost(pure, init_state_of(res, idx), cfg.solver)
+            c_sta = problem_cost(pure, sres.state, cfg.solver)
+            nobs = sres.num_obs.clamp(min=1).to(c_dyn.dtype)
+            enough = (res.num_obs[idx] >= 2 * cfg.min_points_for_selection)
+            by_images = (c_sta - c_dyn) / nobs < cfg.static_cost_per_obs
+            is_sta = torch.where(enough, by_images, static[idx]) & sres.valid
+            static = torch.zeros_like(static).index_put((idx,), is_sta)
+            keep = idx[is_sta]
+            if len(keep):
+                final = _merge(res, _take(sres, is_sta), keep)
+        _write_back(batch, final, v, vcov, static, cfg, out)
+    return [out[t.tracklet_id] for t in tracks]
+
+
+def init_state_of(res: OBAResult, idx: torch.Tensor) -> OBAState:
+    """The rows ``idx`` of a result's state."""
+    return OBAState(res.state.R_odom_obj[idx], res.state.t_odom_obj[idx], res.state.points_obj[idx])
+
+
+def _take(res: OBAResult, m: torch.Tensor) -> OBAResult:
+    cov = None if res.pose_covariance is None else res.pose_covariance[m]
+    return OBAResult(
+        OBAState(res.state.R_odom_obj[m], res.state.t_odom_obj[m], res.state.points_obj[m]), res.cost[m], res.initial_cost[m],
+        res.iterations[m], res.converged[m], res.valid[m], res.lam[m], cov, res.num_obs[m],
+    )
+
+
+def _merge(res: OBAResult, sres: OBAResult, idx: torch.Tensor) -> OBAResult:
+    st = res.state.clone()
+    st.R_odom_obj[idx], st.t_odom_obj[idx], st.points_obj[idx] = sres.state.R_odom_obj, sres.state.t_odom_obj, sres.state.points_obj
+    cost, iters = res.cost.clone(), res.iterations.clone()
+    cost[idx], iters[idx] = sres.cost, iters[idx] + sres.iterations
+    cov = None
+    if res.pose_covariance is not None and sres.pose_covariance is not None:
+        cov = res.pose_covariance.clone()
+        cov[idx] = sres.pose_covariance
+    return OBAResult(st, cost, res.initial_cost, iters, res.converged, res.valid, res.lam, cov, res.num_obs)
+
+
+def _write_back(batch: RefineBatch, res: OBAResult, v, vcov, static, cfg: RefineConfig, out: dict) -> None:
+    p = batch.problem
+    nfr = p.frame_mask.sum(1) - 1  # newest packed frame
+    B = len(batch.tracks)
+    ar = torch.arange(B, device=nfr.device)
+    R = res.state.R_odom_obj[ar, nfr].cpu().numpy()
+    t = res.state.t_odom_obj[ar, nfr].cpu().numpy()
+    T_co = p.T_cam_odom[ar, nfr].cpu().numpy()
+    slot = torch.where(static if cfg.static_resolve else torch.zeros_like(static), torch.zeros_like(nfr), nfr)
+    cov = None
+    if res.pose_covariance is not None:
+        cov = res.pose_covariance[ar, slot, :, slot, :].cpu().numpy()  # (B,6,6) [dt odom, dtheta obj]
+    v_np = v.cpu().numpy()
+    vc = vcov.cpu().numpy() if vcov is not None else None
+    npts = (p.obs_mask.sum(1) >= 2).sum(-1).cpu().numpy()
+    for b, track in enumerate(batch.tracks):
+        base = _box(track, "", cfg)
+        if not bool(res.valid[b]):
+            base.reason = "solver rejected the problem"
+            out[track.tracklet_id] = base
+            continue
+        G = np.eye(6)
+        G[3:, 3:] = R[b]  # object-frame rotation increment -> odom frame
+        pc = G @ cov[b] @ G.T if cov is not None else -np.eye(6)
+        base.refined = True
+        base.center_odom, base.R_odom_obj = t[b], R[b]
+        base.yaw_odom = float(np.arctan2(R[b][1, 0], R[b][0, 0]))
+        base.center_cam = T_co[b, :3, :3] @ t[b] + T_co[b, :3, 3]
+        base.size_lwh = batch.sizes[b]
+        base.is_static = bool(static[b])
+        base.velocity_odom = np.zeros(3) if base.is_static and cfg.static_resolve else v_np[b]
+        base.pose_covariance = pc
+        base.velocity_covariance = vc[b] if vc is not None else -np.eye(3)
+        base.num_frames = int(p.frame_mask[b].sum())
+        base.num_points = int(npts[b])
+        base.cost = float(res.cost[b])
+        base.iterations = int(res.iterations[b])
+        out[track.tracklet_id] = base
+        track.warm = {
+            "poses": {track.frames[i].stamp_ns: (res.state.R_odom_obj[b, f].cpu().numpy(), res.state.t_odom_obj[b, f].cpu().numpy()) for f, i in enumerate(batch.frame_index[b])},
+            "lam": float(res.lam[b]),
+        }
