@@ -52,13 +52,25 @@ def run_tracker(frames: Sequence[SimFrame], config: TrackerConfig) -> tuple[list
 
 
 def compare(
-    preset: str, n_frames: int, n_objects: int, seeds: Sequence[int], variants: Sequence[str], params: SimParams | None = None
+    preset: str,
+    n_frames: int,
+    n_objects: int,
+    seeds: Sequence[int],
+    variants: Sequence[str],
+    params: SimParams | None = None,
+    base: TrackerConfig | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics (class-agnostic ``all`` row of :func:`evaluate_mot`) per variant over several seeds."""
+    """Metrics (class-agnostic ``all`` row of :func:`evaluate_mot`) per variant over several seeds.
+
+    Args:
+        preset, n_frames, n_objects, params: the synthetic scene (see ``tracking_sim.simulate``).
+        seeds: one scene per seed. variants: keys of ``VARIANTS``.
+        base: tracker settings the variants override (default ``TrackerConfig()``).
+    """
     scenes = {f"{preset}_{s}": simulate(preset, n_frames, n_objects, seed=s, params=params) for s in seeds}
     rows: dict[str, dict[str, float]] = {}
     for v in variants:
-        cfg = replace(TrackerConfig(), **VARIANTS[v])
+        cfg = replace(base or TrackerConfig(), **VARIANTS[v])
         seqs, times = {}, []
         for name, frames in scenes.items():
             seqs[name], t = run_tracker(frames, cfg)
@@ -77,14 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--objects", type=int, default=30)
     ap.add_argument("--seeds", type=int, default=3, help="number of random scenes (seeds 0..n-1)")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--ego-jitter", type=float, default=0.0, help="sim: per-frame shift shared by all detections, m")
+    ap.add_argument("--ego-std", type=float, default=0.0, help="tracker: ego_std_m added to detection covariance, m")
     ap.add_argument("--out", type=Path, default=Path("out/eval/tracking_compare.json"))
     args = ap.parse_args(argv)
-    rows = compare(args.preset, args.frames, args.objects, range(args.seeds), args.variants)
-    print(f"preset={args.preset} frames={args.frames} objects={args.objects} seeds={args.seeds} (3D centre similarity, class-aware)")
+    rows = compare(args.preset, args.frames, args.objects, range(args.seeds), args.variants,
+                   SimParams(ego_jitter_m=args.ego_jitter), TrackerConfig(ego_std_m=args.ego_std))
+    print(f"preset={args.preset} frames={args.frames} objects={args.objects} seeds={args.seeds} "
+          f"ego_jitter={args.ego_jitter} ego_std={args.ego_std} (3D centre similarity, class-aware)")
     print(format_table(rows, ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW")))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"preset": args.preset, "frames": args.frames, "objects": args.objects,
-                                    "seeds": args.seeds, "results": rows}, indent=2))
+                                    "seeds": args.seeds, "ego_jitter_m": args.ego_jitter, "ego_std_m": args.ego_std,
+                                    "results": rows}, indent=2))
     print(f"wrote {args.out}")
     return 0
 

@@ -125,6 +125,8 @@ def edge_affinity_batch(
     gate: np.ndarray,
     sigma_m: float,
     w_edge: float,
+    cov_tracks: np.ndarray | None = None,
+    cov_dets: np.ndarray | None = None,
 ) -> np.ndarray:
     """Affinity matrices ``(B, n2*n1, n2*n1)`` of padded graph-matching problems.
 
@@ -139,11 +141,23 @@ def edge_affinity_batch(
         node: ``(B, n1, n2)`` node affinities. gate: ``(B, n1, n2)`` bool candidate mask.
         sigma_m: tolerance of relative-position disagreement, metres.
         w_edge: weight of one edge relative to a node term.
+        cov_tracks, cov_dets: optional ``(B, n1, 3, 3)`` / ``(B, n2, 3, 3)`` position covariances.
+            When given, the disagreement is measured as a Mahalanobis distance under
+            ``sigma^2 I + C_i + C_j + R_a + R_c`` (independent errors of the four centres; an
+            error shared by the whole frame cancels in both differences), i.e.
+            ``w_edge * exp(-d^2 / 2)``.
     """
     B, n1, n2 = node.shape
     # diff[b, a, i, c, j] = (p_i - p_j) - (q_a - q_c)
     diff = rel_tracks[:, None, :, None, :, :] - rel_dets[:, :, None, :, None, :]
-    e = w_edge * np.exp(-np.einsum("...k,...k->...", diff, diff) / (2.0 * sigma_m**2))
+    if cov_tracks is None or cov_dets is None:
+        e = w_edge * np.exp(-np.einsum("...k,...k->...", diff, diff) / (2.0 * sigma_m**2))
+    else:
+        ct = cov_tracks[:, :, None, :, :] + cov_tracks[:, None, :, :, :]  # (B, i, j, 3, 3)
+        cd = cov_dets[:, :, None, :, :] + cov_dets[:, None, :, :, :]  # (B, a, c, 3, 3)
+        S = ct[:, None, :, None, :, :, :] + cd[:, :, None, :, None, :, :] + sigma_m**2 * np.eye(3)
+        sol = np.linalg.solve(S, diff[..., None])[..., 0]
+        e = w_edge * np.exp(-0.5 * np.einsum("...k,...k->...", diff, sol))
     g = gate.transpose(0, 2, 1)  # (B, n2, n1): [b, a, i]
     e = e * g[:, :, :, None, None] * g[:, None, None, :, :]
     eye1 = np.eye(n1, dtype=bool)

@@ -80,6 +80,8 @@ class TrackerConfig:
         w_3d, w_app, w_iou: node affinity weights. app_gate: pairs whose embeddings both exist and
             have cosine below this never match.
         w_edge, edge_sigma_m: edge affinity weight and relative-position tolerance, metres.
+        edge_mahalanobis: measure relative-position disagreement under the four centres'
+            covariances (plus ``edge_sigma_m^2 I``) instead of the isotropic ``edge_sigma_m``.
         max_qap_size: components with more tracks or detections than this use linear assignment.
         rrwm_iters, rrwm_sk_iters: outer and Sinkhorn iteration caps of the ``rrwm`` solver.
         min_affinity: minimum node affinity of an accepted match.
@@ -91,6 +93,8 @@ class TrackerConfig:
         reid_radius_m, reid_speed_tol_mps: re-id gate radius around the constant-velocity
             extrapolation: ``radius_m + speed_tol * time_since_seen``.
         dup_dist_m: same-class detections closer than this are duplicates (lower score dropped).
+        ego_std_m: ego-motion / camera pose uncertainty added to every detection's x and y
+            variance, metres (errors shared by a whole frame, which edges are invariant to).
         time_reset_gap_s: a forward stamp jump larger than this resets like a backward jump.
         yaw_gain: blend factor of a new yaw measurement. size_window, emb_window: running-mean
             lengths of size and appearance embedding.
@@ -109,6 +113,7 @@ class TrackerConfig:
     app_gate: float = -1.0
     w_edge: float = 0.25
     edge_sigma_m: float = 1.0
+    edge_mahalanobis: bool = True
     max_qap_size: int = 12
     rrwm_iters: int = 15
     rrwm_sk_iters: int = 5
@@ -122,6 +127,7 @@ class TrackerConfig:
     reid_radius_m: float = 2.0
     reid_speed_tol_mps: float = 2.0
     dup_dist_m: float = 0.25
+    ego_std_m: float = 0.0
     time_reset_gap_s: float = 10.0
     yaw_gain: float = 0.5
     size_window: int = 20
@@ -222,7 +228,8 @@ class _Frame:
     has_box: np.ndarray
     emb: np.ndarray
     has_emb: np.ndarray
-    R: np.ndarray
+    R: np.ndarray  # measurement covariance incl. the frame-shared ego term
+    R_own: np.ndarray  # the detection's own covariance (frame-shared errors excluded)
     orig: np.ndarray  # index into the caller's detections
 
     def __len__(self) -> int:
@@ -375,6 +382,11 @@ class Tracker:
             good = np.isfinite(Rd).all((1, 2)) & (np.diagonal(Rd, axis1=1, axis2=2) > 0).all(1)
             c["bad_covariance"] += int(m - good.sum())
             R = np.where(good[:, None, None], Rd, R)
+        R_own = R
+        if self.config.ego_std_m > 0:
+            R = R.copy()
+            R[:, 0, 0] += self.config.ego_std_m**2
+            R[:, 1, 1] += self.config.ego_std_m**2
         # Duplicates: a detection with a higher-scored same-class neighbour closer than dup_dist_m.
         if m > 1:
             diff = pos[:, None, :] - pos[None, :, :]
@@ -385,8 +397,8 @@ class Tracker:
             if dup.any():
                 c["duplicate_detections"] += int(dup.sum())
                 k = ~dup
-                return _Frame(pos[k], yaw[k], size[k], cls[k], score[k], box[k], has_box[k], emb[k], has_emb[k], R[k], idx[k])
-        return _Frame(pos, yaw, size, cls, score, box, has_box, emb, has_emb, R, idx)
+                return _Frame(pos[k], yaw[k], size[k], cls[k], score[k], box[k], has_box[k], emb[k], has_emb[k], R[k], R_own[k], idx[k])
+        return _Frame(pos, yaw, size, cls, score, box, has_box, emb, has_emb, R, R_own, idx)
 
     def _advance_time(self, stamp_ns: int) -> float:
         c = self.counters
@@ -512,7 +524,12 @@ class Tracker:
         gb = valid & gate[rp[:, :, None], cpd[:, None, :]]
         rel_t = pt[:, :, None, :] - pt[:, None, :, :]
         rel_d = pd[:, :, None, :] - pd[:, None, :, :]
-        K = edge_affinity_batch(rel_t, rel_d, nb, gb, cfg.edge_sigma_m, cfg.w_edge)
+        ct = cd = None
+        if cfg.edge_mahalanobis:
+            eye = np.eye(3)
+            ct = np.where(vr[:, :, None, None], t.P[rp, :3, :3], eye)
+            cd = np.where(vc[:, :, None, None], f.R_own[cpd], eye)
+        K = edge_affinity_batch(rel_t, rel_d, nb, gb, cfg.edge_sigma_m, cfg.w_edge, ct, cd)
         try:
             X = solve_qap(K, s1, s2, cfg.solver, cfg.rrwm_iters, cfg.rrwm_sk_iters)
             if not np.isfinite(X).all():
