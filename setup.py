@@ -17,6 +17,7 @@ NODE_EXECUTABLES: dict[str, str] = {
     "visualizer_node": "ba_perception.nodes.visualizer_node:main",
     "detector_node": "ba_perception.nodes.detector_node:main",
     "tracker_node": "ba_perception.nodes.tracker_node:main",
+    "track_buffer_node": "ba_perception.nodes.track_buffer_node:main",
 }
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ NODES: tuple[NodeSpec, ...] = (
              arg_params={"bag": "bag", "lockstep": "lockstep"}),
     NodeSpec("camera_node", "camera_node", enabled_if={"source": ("camera",)}),
     NodeSpec("detector_node", "detector_node", arg_params={"backend": "backend"}),
+    NodeSpec("track_buffer_node", "track_buffer_node"),
     NodeSpec("tracker_node", "tracker_node"),
     NodeSpec("visualizer_node", "visualizer_node"),
     NodeSpec("latency_monitor", "latency_monitor"),

@@ -1,0 +1,168 @@
+"""track_buffer_node: detector observations + ego-motion -> tracklets -> batched object BA -> refined 3D boxes.
+
+BA-Det's second stage. Each frame's observations are linked into short-term tracklets
+(motion-compensated 2D IoU + appearance, conservative), each tracklet keeps a sliding window of
+its last frames with the camera poses from odometry, and all tracklets are refined in one batched
+Levenberg-Marquardt solve (GPU when present). Output: Detection3DArray in odom with velocity,
+covariance from the solver's information matrix and a static/moving flag, plus the stage trace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ba_perception.core import geometry
+from ba_perception.core.ego_motion import EgoMotionError
+from ba_perception.core.oba.refine import RefineConfig, RefinedBox, refine_tracklets
+from ba_perception.core.oba.solver import SolverOptions
+from ba_perception.core.oba.tracklets import Observation, TrackletBuffer, TrackletConfig
+from ba_perception.ros.convert import matrix_to_pose
+from ba_perception.ros.ego_motion import EGO_MOTION_PARAMS, EgoMotionInput
+from ba_perception.ros.inputs import FrameWorker
+from ba_perception.ros.node import PerceptionNode, StartupError, make_stage, run_node, wall_ns
+from ba_perception.ros.observations import FrameObservations, msg_to_observations
+from ba_perception.ros.params import ParamSpec
+from ba_perception.ros.sync import stamp_ns
+
+_T, _R = TrackletConfig(), RefineConfig()
+
+
+def to_observations(frame: FrameObservations) -> list[Observation]:
+    """Message arrays -> the tracklet buffer's per-object records."""
+    R = geometry.rotation_cam_from_yaw(torch.as_tensor(frame.yaw, dtype=torch.float64)).numpy()
+    return [
+        Observation(box_2d=frame.box_2d[i].astype(np.float64), center_cam=frame.center_cam[i], R_cam_obj=R[i],
+                    size_lwh=frame.size_lwh[i], depth_std=float(frame.depth_std[i]),
+                    lateral_std=float(frame.lateral_std[i]), yaw_std=float(frame.yaw_std[i]),
+                    score=float(frame.scores[i]), class_label=frame.labels[i], embedding=frame.embedding[i],
+                    sample_uv=frame.sample_uv[i], descriptors=frame.descriptors[i])
+        for i in range(len(frame.labels))
+    ]
+
+
+def refined_to_msg(box: RefinedBox) -> Any:
+    """A :class:`RefinedBox` -> ``ba_perception_msgs/Detection3D`` (odom)."""
+    from geometry_msgs.msg import Point
+
+    from ba_perception_msgs.msg import Detection3D
+
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = box.R_odom_obj, box.center_odom
+    d = Detection3D(tracklet_id=int(box.tracklet_id), class_label=box.class_label, score=float(box.score),
+                    box_2d=[float(v) for v in box.box_2d], pose=matrix_to_pose(T),
+                    center_camera=Point(x=float(box.center_cam[0]), y=float(box.center_cam[1]), z=float(box.center_cam[2])),
+                    pose_covariance=np.asarray(box.pose_covariance, np.float64).ravel().tolist(),
+                    velocity_covariance=np.asarray(box.velocity_covariance, np.float64).ravel().tolist(),
+                    is_static=bool(box.is_static), refined=bool(box.refined), num_frames=int(box.num_frames),
+                    embedding=np.asarray(box.embedding, np.float32).ravel().tolist())
+    d.size.x, d.size.y, d.size.z = (float(v) for v in box.size_lwh)
+    d.velocity.x, d.velocity.y, d.velocity.z = (float(v) for v in box.velocity_odom)
+    return d
+
+
+class TrackBufferNode(PerceptionNode):
+    """See the module docstring."""
+
+    PARAMS = EGO_MOTION_PARAMS + (
+        ParamSpec("input_topic", "/ba_perception/observations", "ObjectObservationArray input"),
+        ParamSpec("output_topic", "/ba_perception/detections", "Detection3DArray output (odom)"),
+        ParamSpec("odom_frame", "odom", "frame_id of the output"),
+        ParamSpec("window", _T.window, "frames kept per tracklet (BA window)", min=1, max=32),
+        ParamSpec("iou_min", _T.iou_min, "minimum IoU of predicted box and detection to link", min=0.0, max=1.0),
+        ParamSpec("appearance_min", _T.appearance_min, "minimum embedding cosine to link", min=-1.0, max=1.0),
+        ParamSpec("max_misses", _T.max_misses, "frames a tracklet survives unmatched", min=0),
+        ParamSpec("max_tracklets", _T.max_tracklets, "bound on live tracklets (memory)", min=1),
+        ParamSpec("num_points", _R.num_points, "point tracks per tracklet in the BA", min=1),
+        ParamSpec("correspondences", "descriptor", "point tracks from learned descriptors, or none (priors only)",
+                  choices=("descriptor", "none")),
+        ParamSpec("max_iterations", _R.solver.max_iterations, "LM iterations per solve", min=1),
+        ParamSpec("loss", _R.solver.loss, "robust loss of reprojection residuals", choices=("cauchy", "huber", "trivial")),
+        ParamSpec("loss_scale_px", _R.solver.loss_scale_px, "robust loss scale, pixels", min=1e-6),
+        ParamSpec("yaw_only", _R.solver.yaw_only, "object rotation restricted to yaw on the ground plane"),
+        ParamSpec("device", "auto", "where the batch is solved", choices=("auto", "cpu", "cuda")),
+        ParamSpec("dtype", "float64", "solver precision", choices=("float32", "float64")),
+        ParamSpec("solve_every_n", 1, "run the BA every N frames (others publish the last refinement)", min=1),
+        ParamSpec("qos", "reliable", "input/output QoS", choices=("reliable", "sensor_data", "best_effort")),
+        ParamSpec("qos_depth", 10, "queue depth", min=1),
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("track_buffer_node", **kwargs)
+        from ba_perception_msgs.msg import Detection3DArray, ObjectObservationArray
+
+        device = self.p["device"]
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise StartupError("device cuda requested but torch sees no CUDA GPU")
+        self.tracklet_config = TrackletConfig(window=self.p["window"], iou_min=self.p["iou_min"],
+                                              appearance_min=self.p["appearance_min"], max_misses=self.p["max_misses"],
+                                              max_tracklets=self.p["max_tracklets"])
+        self.buffer = TrackletBuffer(self.tracklet_config)
+        self.refine_config = RefineConfig(
+            num_points=self.p["num_points"], correspondences=self.p["correspondences"], device=device,
+            dtype=torch.float64 if self.p["dtype"] == "float64" else torch.float32,
+            solver=SolverOptions(max_iterations=self.p["max_iterations"], loss=self.p["loss"],
+                                 loss_scale_px=self.p["loss_scale_px"], yaw_only=self.p["yaw_only"]))
+        self.get_logger().info(f"object BA on {device} ({self.p['dtype']}), window {self.p['window']}")
+        self.ego = EgoMotionInput(self)
+        self.pub = self.create_publisher(Detection3DArray, self.p["output_topic"], self.qos())
+        self.worker = FrameWorker(self, self.on_input, "frames_dropped_stale")
+        self.create_subscription(ObjectObservationArray, self.p["input_topic"],
+                                 lambda m: self.worker.put((wall_ns(), m)), self.qos())
+        self.last_stamp: int | None = None
+        self.frames = 0
+        self.last_refined: dict[int, RefinedBox] = {}
+
+    def on_input(self, item: tuple[int, Any]) -> None:
+        from ba_perception_msgs.msg import Detection3DArray
+
+        received, msg = item
+        start = wall_ns()
+        stamp = stamp_ns(msg)
+        if self.last_stamp is not None and stamp < self.last_stamp:
+            self.reject("stamp_backwards", "input stamp went backwards; tracklets reset (bag looped?)")
+            self.buffer = TrackletBuffer(self.tracklet_config)
+            self.ego.reset()
+            self.last_refined.clear()
+        self.last_stamp = stamp
+        try:
+            T_odom_cam = self.ego.camera_pose(stamp)
+        except EgoMotionError as err:
+            self.reject("missing_ego_motion", str(err))
+            return
+        frame = msg_to_observations(msg)
+        if not (np.isfinite(frame.K).all() and frame.K[0, 0] > 0):
+            self.reject("intrinsics", "observation array carries invalid intrinsics")
+            return
+        tracks, _ = self.buffer.update(stamp, to_observations(frame), T_odom_cam, frame.K)
+        self.frames += 1
+        if self.frames % self.p["solve_every_n"] == 0 or any(t.tracklet_id not in self.last_refined for t in tracks):
+            boxes = refine_tracklets(tracks, self.refine_config)
+            self.last_refined = {b.tracklet_id: b for b in boxes}
+            for b in boxes:
+                self.count("refined" if b.refined else f"unrefined.{b.reason.split(':')[0].replace(' ', '_')}")
+        else:
+            boxes = [self.last_refined[t.tracklet_id] for t in tracks]
+        out = Detection3DArray(camera_pose=matrix_to_pose(T_odom_cam), image_width=msg.image_width,
+                               image_height=msg.image_height, k=list(msg.k))
+        out.header.stamp, out.header.frame_id = msg.header.stamp, self.p["odom_frame"]
+        out.detections = [refined_to_msg(b) for b in boxes if np.isfinite(b.center_odom).all()]
+        out.trace = list(msg.trace) + [make_stage("track_buffer", received, start)]
+        self.pub.publish(out)
+        self.count("frames_out")
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    return run_node(TrackBufferNode, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
