@@ -209,3 +209,42 @@ def test_wrong_shapes_and_config_are_rejected_with_clear_errors():
         Tracker(TrackerConfig(method="sort"))
     with pytest.raises(TrackerConfigError, match="solver"):
         Tracker(TrackerConfig(solver="gurobi"))
+
+
+# ------------------------------------------------------------------ state details
+def test_per_class_noise_widens_car_uncertainty_more_than_pedestrian():
+    tr = Tracker(TrackerConfig(n_init=1))
+    tr.step(0, _dets([[10.0, 0.0, 0.75], [10.0, 10.0, 0.9]], labels=["car", "pedestrian"]))
+    for k in range(1, 6):
+        out = tr.step(k * DT_NS, Detections.empty())
+    by = {o.class_label: o for o in out}
+    assert by["car"].position_cov[0, 0] > 2 * by["pedestrian"].position_cov[0, 0]
+    assert by["car"].velocity_cov[0, 0] > by["pedestrian"].velocity_cov[0, 0]
+
+
+def test_yaw_front_back_flip_and_size_and_appearance_averaging():
+    tr = Tracker(TrackerConfig(n_init=1))
+    e0 = np.array([[1.0, 0.0, 0.0, 0.0]])
+    tr.step(0, Detections(np.array([[10.0, 0, 0.75]]), np.array([0.1]), np.array([[4.0, 1.8, 1.5]]), ["car"], embeddings=e0))
+    # The detector flips the heading by pi and reports a slightly larger box and another look.
+    e1 = np.array([[0.0, 1.0, 0.0, 0.0]])
+    out = tr.step(DT_NS, Detections(np.array([[10.0, 0, 0.75]]), np.array([0.1 + np.pi]), np.array([[4.4, 1.8, 1.5]]),
+                                    ["car"], embeddings=e1))
+    assert abs(out[0].yaw - 0.1) < 1e-9
+    assert out[0].size[0] == pytest.approx(4.2)
+    emb = tr.tracks.emb[0]
+    np.testing.assert_allclose(emb, np.array([1, 1, 0, 0]) / np.sqrt(2), atol=1e-12)
+
+
+def test_ego_std_widens_the_gate_for_a_frame_shared_shift():
+    # Every detection of frame 6 is shifted 1.2 m sideways (ego-motion error): without ego_std_m
+    # the tight gate of a well-tracked static car rejects it and a second track starts.
+    def run(cfg):
+        tr = Tracker(cfg)
+        for k in range(6):
+            tr.step(k * DT_NS, _dets([[10.0, 0.0, 0.75]], cov=np.eye(3)[None] * 0.01))
+        out = tr.step(6 * DT_NS, _dets([[10.0, 1.2, 0.75]], cov=np.eye(3)[None] * 0.01))
+        return {o.track_id for o in out if o.detection_index == 0}
+
+    assert run(TrackerConfig(reid=False)) != {1}
+    assert run(TrackerConfig(reid=False, ego_std_m=0.5)) == {1}
