@@ -65,7 +65,7 @@ class RefineConfig:
 
 @dataclass
 class RefinedBox:
-    """One tracklet's refined box at its newest frame.
+    """One tracklet's refined box at its newest usable frame (``stamp_ns``).
 
     Attributes:
         tracklet_id, class_label, score, box_2d, embedding: carried from the newest detection.
@@ -316,9 +316,9 @@ def _velocity(t: torch.Tensor, stamps: torch.Tensor, fm: torch.Tensor, cov: torc
     return v, vc
 
 
-def _box(track: ObjectTrack, reason: str, config: RefineConfig) -> RefinedBox:
-    """The newest single-frame detection as an unrefined box."""
-    fr = track.last
+def _box(track: ObjectTrack, reason: str, config: RefineConfig, pos: int = -1) -> RefinedBox:
+    """The single-frame detection at window position ``pos`` (default newest) as an unrefined box."""
+    fr = track.frames[pos]
     o = fr.observation
     unknown = -np.eye(6)
     if fr.T_odom_cam is not None and np.isfinite(fr.T_odom_cam).all() and np.isfinite(o.center_cam).all():
@@ -444,7 +444,7 @@ def _write_back(batch: RefineBatch, res: OBAResult, v, vcov, static, cfg: Refine
     vc = vcov.cpu().numpy() if vcov is not None else None
     npts = (p.obs_mask.sum(1) >= 2).sum(-1).cpu().numpy()
     for b, track in enumerate(batch.tracks):
-        base = _box(track, "", cfg)
+        base = _box(track, "", cfg, batch.frame_index[b][-1])  # newest usable frame
         if not bool(res.valid[b]):
             base.reason = "solver rejected the problem"
             out[track.tracklet_id] = base

@@ -1,0 +1,114 @@
+"""Tests of the tracklet -> batched object BA -> refined box pipeline."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from ba_perception.core.oba.refine import RefineConfig, RefineError, build_batch, refine_tracklets
+from ba_perception.core.oba.synthetic import make_batch, make_tracklets
+
+
+@pytest.fixture(scope="module")
+def scene():
+    sb = make_batch(12, 10, 32, seed=3, noise_px=0.5, with_prior=True)
+    return sb, make_tracklets(sb)
+
+
+def _errors(sb, boxes):
+    """Position errors (m) of refined boxes and of the detections at the same frames."""
+    f = [int(round(b.stamp_ns / 1e8)) for b in boxes]  # synthetic frames are 0.1 s apart
+    ref = np.array([np.linalg.norm(b.center_odom - sb.truth.t_odom_obj[i, fi].numpy()) for i, (b, fi) in enumerate(zip(boxes, f))])
+    det = np.array([float((sb.problem.prior_T_odom_obj[i, fi, :3, 3] - sb.truth.t_odom_obj[i, fi]).norm()) for i, fi in enumerate(f)])
+    return ref, det
+
+
+def test_refined_boxes_beat_single_frame_detections(scene):
+    sb, tracks = scene
+    boxes = refine_tracklets(copy.deepcopy(tracks), RefineConfig())
+    assert all(b.refined and b.reason == "" for b in boxes)
+    ref, det = _errors(sb, boxes)
+    assert np.median(ref) < 0.8 * np.median(det)
+    static_true = (sb.speed_mps == 0).numpy()
+    assert [b.is_static for b in boxes] == static_true.tolist()
+    speed = np.array([np.linalg.norm(b.velocity_odom) for b in boxes])
+    assert np.median(np.abs(speed - sb.speed_mps.numpy())[~static_true]) < 0.5
+    assert np.all(speed[static_true] == 0)
+    for b, t in zip(boxes, tracks):
+        assert b.pose_covariance.shape == (6, 6) and np.all(np.linalg.eigvalsh(b.pose_covariance) > -1e-9)
+        assert b.velocity_covariance.shape == (3, 3)
+        # frames whose detection is in front of the camera (some synthetic cars pass the ego)
+        assert b.num_frames == sum(fr.observation.center_cam[2] > 0.5 for fr in t.frames) >= 5
+        assert b.num_points > 10
+    # the camera-frame centre is consistent with the odom centre
+    b0 = boxes[0]
+    fr = next(fr for fr in tracks[0].frames if fr.stamp_ns == b0.stamp_ns)
+    assert np.allclose(fr.T_odom_cam[:3, :3] @ b0.center_cam + fr.T_odom_cam[:3, 3], b0.center_odom)
+
+
+def test_oracle_and_prior_only_paths(scene):
+    sb, tracks = scene
+    oracle = refine_tracklets(copy.deepcopy(tracks), RefineConfig(correspondences="oracle"))
+    none = refine_tracklets(copy.deepcopy(tracks), RefineConfig(correspondences="none"))
+    assert all(b.num_points == 0 for b in none)
+    ref_o, det = _errors(sb, oracle)
+    assert np.median(ref_o) < 0.8 * np.median(det)
+    with pytest.raises(RefineError):
+        build_batch(tracks, RefineConfig(correspondences="sift"))
+
+
+def test_external_point_tracks_are_used(scene):
+    sb, tracks = scene
+    p = sb.problem
+    given = {t.tracklet_id: (p.obs_uv[i].numpy(), p.obs_mask[i].numpy()) for i, t in enumerate(tracks[:3])}
+    batch = build_batch(tracks[:3], RefineConfig(), point_tracks=given)
+    for b in range(3):
+        ii = batch.frame_index[b]
+        assert torch.equal(batch.problem.obs_mask[b, : len(ii)], p.obs_mask[b, ii])
+        assert torch.equal(batch.problem.obs_uv[b, : len(ii)][p.obs_mask[b, ii]], p.obs_uv[b, ii][p.obs_mask[b, ii]])
+
+
+def test_degenerate_tracklets_are_excluded_with_a_reason_and_do_not_change_the_rest(scene):
+    sb, tracks = scene
+    good = copy.deepcopy(tracks[:4])
+    bad = copy.deepcopy(tracks[4:9])
+    # 1 frame
+    while len(bad[0].frames) > 1:
+        bad[0].frames.popleft()
+    # missing ego-motion
+    for fr in list(bad[1].frames)[1:]:
+        fr.T_odom_cam = None
+    # NaN observations
+    for fr in bad[2].frames:
+        fr.observation.center_cam = np.full(3, np.nan)
+    # behind the camera
+    for fr in bad[3].frames:
+        fr.observation.center_cam = fr.observation.center_cam * np.array([1, 1, -1])
+    # zero baseline: the ego camera did not move
+    for fr in bad[4].frames:
+        fr.T_odom_cam = bad[4].frames[0].T_odom_cam.copy()
+    cfg = RefineConfig()
+    mixed = refine_tracklets(bad[:2] + good + bad[2:], cfg)
+    reasons = [b.reason for b in mixed]
+    assert reasons == ["1 frame", "missing ego-motion", "", "", "", "", "NaN observations", "points behind camera", "zero baseline"]
+    assert [b.refined for b in mixed] == [False, False, True, True, True, True, False, False, False]
+    alone = refine_tracklets(copy.deepcopy(tracks[:4]), cfg)
+    for a, m in zip(alone, mixed[2:6]):
+        assert np.allclose(a.center_odom, m.center_odom, atol=1e-9)
+        assert np.allclose(a.velocity_odom, m.velocity_odom, atol=1e-9)
+    # unrefined boxes are the newest detection, in odom when ego-motion is known
+    assert np.isfinite(mixed[0].center_odom).all() and mixed[0].pose_covariance[0, 0] > 0
+    assert np.isnan(mixed[6].center_odom).all() or mixed[6].pose_covariance[0, 0] == -1
+
+
+def test_warm_start_is_stored_and_reused(scene):
+    sb, tracks = scene
+    tr = copy.deepcopy(tracks[:4])
+    first = refine_tracklets(tr, RefineConfig())
+    assert all(t.warm and len(t.warm["poses"]) == b.num_frames for t, b in zip(tr, first))
+    second = refine_tracklets(tr, RefineConfig())
+    for a, b in zip(first, second):
+        assert np.linalg.norm(a.center_odom - b.center_odom) < 0.05
