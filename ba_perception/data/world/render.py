@@ -13,6 +13,7 @@ _VS = """
 uniform mat4 P;
 uniform mat4 MV;
 uniform mat3 NM;
+uniform int inst;
 in vec3 in_pos;
 in vec3 in_nrm;
 in vec2 in_uv;
@@ -23,6 +24,7 @@ out vec3 v_nrm;
 out vec2 v_uv;
 out vec3 v_col;
 out float v_paint;
+flat out int v_inst;
 void main() {
     vec4 pc = MV * vec4(in_pos, 1.0);
     v_pos = pc.xyz;
@@ -30,7 +32,33 @@ void main() {
     v_uv = in_uv;
     v_col = in_col;
     v_paint = in_paint;
+    v_inst = inst;
     gl_Position = P * pc;
+}
+"""
+
+# Batched primitives: vertices already in the camera frame, instance id per vertex.
+_VS_BATCH = """
+#version 330
+uniform mat4 P;
+in vec3 in_pos;
+in vec3 in_nrm;
+in vec3 in_col;
+in float in_id;
+out vec3 v_pos;
+out vec3 v_nrm;
+out vec2 v_uv;
+out vec3 v_col;
+out float v_paint;
+flat out int v_inst;
+void main() {
+    v_pos = in_pos;
+    v_nrm = in_nrm;
+    v_uv = vec2(0.0);
+    v_col = in_col;
+    v_paint = 0.0;
+    v_inst = int(in_id + 0.5);
+    gl_Position = P * vec4(in_pos, 1.0);
 }
 """
 
@@ -40,7 +68,6 @@ uniform sampler2D tex;
 uniform bool use_tex;
 uniform vec3 paint;
 uniform vec3 tint;
-uniform int inst;
 uniform vec3 light;      // towards the sun, camera frame
 uniform float ambient;
 uniform vec3 fog_color;
@@ -50,6 +77,7 @@ in vec3 v_nrm;
 in vec2 v_uv;
 in vec3 v_col;
 in float v_paint;
+flat in int v_inst;
 layout(location = 0) out vec4 f_color;
 layout(location = 1) out float f_depth;
 layout(location = 2) out int f_inst;
@@ -72,7 +100,7 @@ void main() {
     float fog = 1.0 - exp(-fog_density * length(v_pos));
     f_color = vec4(mix(c, fog_color, fog), 1.0);
     f_depth = v_pos.z;
-    f_inst = inst;
+    f_inst = v_inst;
 }
 """
 
@@ -116,7 +144,9 @@ class Draw:
     """One mesh drawn with a pose.
 
     Attributes:
-        mesh_key: key given to :meth:`Renderer.add_mesh`.
+        mesh_key: key given to :meth:`Renderer.add_mesh`, or ``"batch"`` for vertices
+            ``first .. first + count`` of the primitives uploaded by :meth:`Renderer.set_batch`
+            (already in the camera frame; ``T_cam_model``, ``inst`` and ``tint`` are then ignored).
         T_cam_model: 4x4 model-to-camera transform (may include scale), float.
         inst: instance id written to the id buffer (0 = background).
         tint: RGB multiplier of the vertex colours.
@@ -128,6 +158,8 @@ class Draw:
     inst: int = 0
     tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
     paint: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    first: int = 0
+    count: int = -1
 
 
 def projection_matrix(K: np.ndarray, width: int, height: int, near: float, far: float) -> np.ndarray:
@@ -180,13 +212,22 @@ class Renderer:
         self.prog = ctx.program(vertex_shader=_VS, fragment_shader=_FS)
         self.sky = ctx.program(vertex_shader=_SKY_VS, fragment_shader=_SKY_FS)
         self.sil = ctx.program(vertex_shader=_VS, fragment_shader=_SIL_FS)
+        self.batch_prog = ctx.program(vertex_shader=_VS_BATCH, fragment_shader=_FS)
+        self.batch_prog["P"].write(self.P.T.astype("f4").tobytes())
+        self.batch_prog["tint"].value = (1.0, 1.0, 1.0)
+        self.batch_prog["use_tex"].value = False
+        self._batch_vbo = None
+        self._batch_cap = 0
+        self._batch_n = 0
         self.prog["P"].write(self.P.T.astype("f4").tobytes())
         self.sil["P"].write(self.P.T.astype("f4").tobytes())
         self.color_rb = ctx.renderbuffer((width, height), 4)
         self.depth_rb = ctx.renderbuffer((width, height), 1, dtype="f4")
         self.inst_rb = ctx.renderbuffer((width, height), 1, dtype="i4")
         self.fbo = ctx.framebuffer([self.color_rb, self.depth_rb, self.inst_rb], ctx.depth_renderbuffer((width, height)))
-        self.sil_fbo = ctx.framebuffer([ctx.renderbuffer((width, height), 1, dtype="f1")])
+        # Silhouette atlas: as wide as the image, several image heights tall (see silhouettes()).
+        self._atlas_size = (width, min(4 * height, 8192))
+        self.sil_fbo = ctx.framebuffer([ctx.renderbuffer(self._atlas_size, 1, dtype="f1")])
         sky_vbo = ctx.buffer(np.array([-1, -1, 3, -1, -1, 3], "f4").tobytes())
         self.sky_vao = ctx.vertex_array(self.sky, [(sky_vbo, "2f", "in_xy")])
         self._vaos: dict[str, tuple] = {}
@@ -221,6 +262,21 @@ class Renderer:
             tex.filter = (moderngl.LINEAR_MIPMAP_LINEAR, moderngl.LINEAR)
         self._vaos[key] = (vao, sil_vao, tex)
 
+    def set_batch(self, positions: np.ndarray, normals: np.ndarray, colors: np.ndarray, ids: np.ndarray) -> None:
+        """Upload this frame's batched primitives: ``(N, 3)`` camera-frame positions (three per
+        triangle), normals, RGB colours and ``(N,)`` instance ids; drawn with ``Draw("batch", ...)``."""
+        n = len(positions)
+        data = np.concatenate([positions, normals, colors, ids[:, None]], axis=1).astype("f4")
+        if n > self._batch_cap:
+            cap = max(4096, 2 * n)
+            self._batch_vbo = self.ctx.buffer(reserve=cap * 40, dynamic=True)
+            self._batch_vao = self.ctx.vertex_array(self.batch_prog, [(self._batch_vbo, "3f 3f 3f 1f", "in_pos", "in_nrm", "in_col", "in_id")])
+            self._batch_sil = self.ctx.vertex_array(self.sil, [(self._batch_vbo, "3f 28x", "in_pos")])
+            self._batch_cap = cap
+        if n:
+            self._batch_vbo.write(data.tobytes())
+        self._batch_n = n
+
     def _set_pose(self, prog, T: np.ndarray) -> None:
         prog["MV"].write(np.asarray(T, "f4").T.tobytes())
         if prog is self.prog:
@@ -245,7 +301,17 @@ class Renderer:
         prog["ambient"].value = float(ambient)
         prog["fog_color"].value = tuple(float(v) for v in fog_color)
         prog["fog_density"].value = float(fog_density)
+        bp = self.batch_prog
+        bp["light"].value = tuple(float(v) for v in light_cam)
+        bp["ambient"].value = float(ambient)
+        bp["fog_color"].value = tuple(float(v) for v in fog_color)
+        bp["fog_density"].value = float(fog_density)
         for d in draws:
+            if d.mesh_key == "batch":
+                count = self._batch_n - d.first if d.count < 0 else d.count
+                if count > 0:
+                    self._batch_vao.render(moderngl.TRIANGLES, vertices=count, first=d.first)
+                continue
             vao, _, tex = self._vaos[d.mesh_key]
             self._set_pose(prog, d.T_cam_model)
             prog["inst"].value = int(d.inst)
@@ -268,24 +334,62 @@ class Renderer:
 
     def silhouettes(self, groups: list[list[Draw]], rects: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
         """Full (unoccluded) masks of each group of draws inside its pixel rect ``(x0, y0, x1, y1)``
-        (exclusive end); returns one bool array ``(y1 - y0, x1 - x0)`` per group."""
+        (exclusive end); returns one bool array ``(y1 - y0, x1 - x0)`` per group.
+
+        Rects are packed into shelves of an atlas framebuffer (viewport shifted so each rect lands
+        in its tile, scissor to the tile) and read back once per atlas, not once per object.
+        """
         import moderngl
 
         ctx = self.ctx
+        W, H = self.width, self.height
+        AW, AH = self._atlas_size
+        out: list[np.ndarray | None] = [None] * len(groups)
+        todo = [k for k, (x0, y0, x1, y1) in enumerate(rects) if x1 > x0 and y1 > y0]
+        for k, (x0, y0, x1, y1) in enumerate(rects):
+            if not (x1 > x0 and y1 > y0):
+                out[k] = np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), bool)
+        # Tallest first keeps shelves tight.
+        todo.sort(key=lambda k: -(rects[k][3] - rects[k][1]))
         self.sil_fbo.use()
         ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE | moderngl.BLEND)
-        out = []
-        for draws, (x0, y0, x1, y1) in zip(groups, rects):
-            if x1 <= x0 or y1 <= y0:
-                out.append(np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), bool))
-                continue
-            ctx.scissor = (x0, y0, x1 - x0, y1 - y0)
-            self.sil_fbo.clear(0.0)
-            for d in draws:
-                _, sil_vao, _ = self._vaos[d.mesh_key]
-                self._set_pose(self.sil, d.T_cam_model)
-                sil_vao.render(moderngl.TRIANGLES)
-            buf = self.sil_fbo.read(viewport=(x0, y0, x1 - x0, y1 - y0), components=1, dtype="f1")
-            out.append(np.frombuffer(buf, np.uint8).reshape(y1 - y0, x1 - x0) > 0)
-        ctx.scissor = None
-        return out
+        while todo:
+            placed = []
+            sx = sy = shelf_h = 0
+            rest = []
+            for k in todo:
+                x0, y0, x1, y1 = rects[k]
+                w, h = x1 - x0, y1 - y0
+                if sx + w > AW:
+                    sx, sy, shelf_h = 0, sy + shelf_h, 0
+                if sy + h > AH:
+                    rest.append(k)
+                    continue
+                placed.append((k, sx, sy))
+                sx += w
+                shelf_h = max(shelf_h, h)
+            used_h = max(sy + rects[k][3] - rects[k][1] for k, _, sy in placed)
+            ctx.scissor = None
+            self.sil_fbo.viewport = (0, 0, AW, AH)
+            self.sil_fbo.clear(0.0, viewport=(0, 0, AW, used_h))
+            for k, tx, ty in placed:
+                x0, y0, x1, y1 = rects[k]
+                ctx.viewport = (tx - x0, ty - y0, W, H)
+                ctx.scissor = (tx, ty, x1 - x0, y1 - y0)
+                for d in groups[k]:
+                    if d.mesh_key == "batch":
+                        self._set_pose(self.sil, np.eye(4))
+                        self._batch_sil.render(moderngl.TRIANGLES, vertices=d.count, first=d.first)
+                        continue
+                    _, sil_vao, _ = self._vaos[d.mesh_key]
+                    self._set_pose(self.sil, d.T_cam_model)
+                    sil_vao.render(moderngl.TRIANGLES)
+            ctx.scissor = None
+            atlas = np.frombuffer(self.sil_fbo.read(viewport=(0, 0, AW, used_h), components=1, dtype="f1"), np.uint8)
+            atlas = atlas.reshape(used_h, AW)
+            for k, tx, ty in placed:
+                x0, y0, x1, y1 = rects[k]
+                out[k] = atlas[ty: ty + y1 - y0, tx: tx + x1 - x0] > 0
+            todo = rest
+        ctx.viewport = (0, 0, W, H)
+        return out  # type: ignore[return-value]

@@ -150,7 +150,8 @@ class World:
         self.T_base_cam = base_to_camera(cfg)
         self.renderer = Renderer(cfg.width, cfg.height, self.K)
         self.renderer.add_mesh("scenery", self.scene.scenery)
-        self.renderer.add_mesh("unit_box", M.box_mesh((1.0, 1.0, 1.0), color=(1.0, 1.0, 1.0)))
+        self._unit_box = M.box_mesh((1.0, 1.0, 1.0), color=(1.0, 1.0, 1.0))
+        self.renderer.add_mesh("unit_box", self._unit_box)
         self._vertices: dict[str, np.ndarray] = {}
         self.surface: dict[int, np.ndarray] = {}
         for a in self.scene.agents:
@@ -196,6 +197,36 @@ class World:
             ]
         return [Draw(a.model, T_cam_obj @ np.diag([*a.scale, 1.0]), a.track_id, paint=tuple(a.color))]
 
+    def _prim_parts(self, a: Agent, T_cam_obj: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """Unit-box transforms ``(P, 4, 4)`` (camera frame, scale included) and colours ``(P, 3)``."""
+        if a.model == "box":
+            return (T_cam_obj @ np.diag([*a.size, 1.0]))[None], np.asarray(a.color, np.float64)[None]
+        parts = self._parts(a, self.scene.phase(a, t))
+        Ms = np.stack([T_cam_obj @ T @ np.diag([*s, 1.0]) for T, s, _, _ in parts])
+        return Ms, np.stack([c for _, _, c, _ in parts])
+
+    def _upload_batch(self, prims: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[int, Draw]:
+        """Upload all primitive parts as one camera-frame batch; returns one range Draw per id."""
+        if not prims:
+            self.renderer.set_batch(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0))
+            return {}
+        Ms = np.concatenate([m for _, m, _ in prims])
+        cols = np.concatenate([c for _, _, c in prims])
+        ids = np.concatenate([np.full(len(m), tid) for tid, m, _ in prims])
+        U, N = self._unit_box.positions.astype(np.float64), self._unit_box.normals.astype(np.float64)
+        R = Ms[:, :3, :3]
+        pos = np.einsum("qij,vj->qvi", R, U) + Ms[:, None, :3, 3]
+        nrm = np.einsum("qji,vj->qvi", np.linalg.inv(R), N)  # inverse transpose for scaled boxes
+        nrm /= np.linalg.norm(nrm, axis=-1, keepdims=True)
+        nv = len(U)
+        self.renderer.set_batch(pos.reshape(-1, 3), nrm.reshape(-1, 3), np.repeat(cols, nv, axis=0),
+                                np.repeat(ids, nv).astype(np.float64))
+        out, first = {}, 0
+        for tid, m, _ in prims:
+            out[tid] = Draw("batch", np.eye(4), tid, first=first, count=len(m) * nv)
+            first += len(m) * nv
+        return out
+
     # -- frames ------------------------------------------------------------------------------
 
     def pose_at(self, t: float) -> tuple[np.ndarray, np.ndarray]:
@@ -213,6 +244,7 @@ class World:
         draws = [Draw("scenery", T_cam_odom)]
         near = self.renderer.near
         cand = []  # (agent, T_cam_obj, T_odom_obj, unclipped box, clipped box, full rect)
+        prims: list[tuple[int, np.ndarray, np.ndarray]] = []
         for a in sc.agents:
             # Cheap range test first (positions on the road, no pose matrices).
             s = float(np.interp(t, sc.t_grid, a.s_t))
@@ -232,7 +264,10 @@ class World:
             clipped = np.array([max(box[0], 0), max(box[1], 0), min(box[2], W - 1), min(box[3], H - 1)])
             if clipped[2] < clipped[0] or clipped[3] < clipped[1]:
                 continue
-            draws.extend(self._draws(a, T_cam_obj, t))
+            if a.model in ("pedestrian", "cyclist", "box"):
+                prims.append((a.track_id, *self._prim_parts(a, T_cam_obj, t)))
+            else:
+                draws.extend(self._draws(a, T_cam_obj, t))
             if np.linalg.norm(T_cam_obj[:3, 3]) <= cfg.gt_max_range_m:
                 if behind:
                     rect = (0, 0, W, H)
@@ -240,11 +275,14 @@ class World:
                     rect = (max(int(math.floor(box[0])) - 2, 0), max(int(math.floor(box[1])) - 2, 0),
                             min(int(math.ceil(box[2])) + 3, W), min(int(math.ceil(box[3])) + 3, H))
                 cand.append((a, T_cam_obj, T_odom_obj, box, clipped, rect))
+        batch = self._upload_batch(prims)
+        if batch:
+            draws.append(Draw("batch", np.eye(4), -1))
         light_cam = T_cam_odom[:3, :3] @ sc.light_dir
         image, depth, inst = self.renderer.render(draws, light_cam, sc.ambient, sc.sky_top, sc.sky_horizon,
                                                   fog_color=sc.sky_horizon)
         image = self._postprocess(image, index)
-        gt = self._ground_truth(cand, inst, t)
+        gt = self._ground_truth(cand, inst, t, batch)
         Ta, Tb = sc.ego_pose_odom(t - 0.005), sc.ego_pose_odom(t + 0.005)
         vel_base = T_odom_base[:3, :3].T @ ((Tb[:3, 3] - Ta[:3, 3]) / 0.01)
         dyaw = math.atan2(Tb[1, 0], Tb[0, 0]) - math.atan2(Ta[1, 0], Ta[0, 0])
@@ -252,11 +290,11 @@ class World:
         return WorldFrame(index, cfg.stamp_ns(index), image, self.K.copy(), T_odom_base, T_odom_cam,
                           self.T_base_cam.copy(), depth.copy(), inst.copy(), gt, self.surface, vel_base, yaw_rate)
 
-    def _ground_truth(self, cand: list, inst: np.ndarray, t: float) -> GroundTruth:
+    def _ground_truth(self, cand: list, inst: np.ndarray, t: float, batch: dict[int, Draw]) -> GroundTruth:
         if not cand:
             return GroundTruth.empty()
         W, H = self.cfg.width, self.cfg.height
-        groups = [self._draws(a, T, t) for a, T, *_ in cand]
+        groups = [[batch[a.track_id]] if a.track_id in batch else self._draws(a, T, t) for a, T, *_ in cand]
         rects = [c[5] for c in cand]
         masks = self.renderer.silhouettes(groups, rects)
         n = len(cand)
