@@ -19,9 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("ba_perception.launcher", "start the whole node graph from config/stack.yaml"),
     "params-doc": ("ba_perception.params_doc", "print or update the README's node parameter reference"),
     "synth": ("ba_perception.data.synth", "render versioned synthetic-world splits to rosbag2 MCAP (and KITTI)"),
-    "synth": ("ba_perception.data.synth", "render versioned synthetic-world splits to rosbag2 MCAP (and KITTI)"),
     "train": ("ba_perception.train.trainer", "train the monocular 3D detector on the synthetic world"),
-    "world-preview": ("ba_perception.data.preview", "contact sheet PNG / GIF of a world sequence with GT boxes"),
     "world-preview": ("ba_perception.data.preview", "contact sheet PNG / GIF of a world sequence with GT boxes"),
 }
 
@@ -29,7 +27,6 @@ BENCHES: dict[str, tuple[str, str]] = {
     "detector": ("ba_perception.bench.detector", "detector latency per backend (ONNX Runtime / torch / TensorRT) + full pipeline"),
     "tracker": ("ba_perception.bench.tracker", "Tracker.step latency, 50 tracks x 50 detections, CPU"),
     "transport": ("ba_perception.bench.transport", "1280x720 images between two processes over DDS"),
-    "world": ("ba_perception.bench.world", "synthetic world: render fps (640x384, 8 cars) and 200-frame sequence + bag"),
     "world": ("ba_perception.bench.world", "synthetic world: render fps (640x384, 8 cars) and 200-frame sequence + bag"),
 }
 
