@@ -114,7 +114,7 @@ class TrackerConfig:
     w_edge: float = 0.25
     edge_sigma_m: float = 1.0
     edge_mahalanobis: bool = True
-    max_qap_size: int = 12
+    max_qap_size: int = 10
     rrwm_iters: int = 15
     rrwm_sk_iters: int = 5
     min_affinity: float = 0.05
@@ -510,9 +510,26 @@ class Tracker:
         if B == 0:
             return node
         self.counters["qap_problems"] += B
-        # Batch slot of every component (-1: not a graph-matching problem); padded index tables.
-        slot = np.full(ncomp, -1)
-        slot[hard] = np.arange(B)
+        # Solve in a few batches of similar size (padding every problem to the largest one would
+        # make one big component cost as much as all of them together): sizes 2, 3-4, 5-8, 9+.
+        bucket = np.digitize(np.maximum(n1, n2), [3, 5, 9])
+        score = node.copy()
+        for bk in np.unique(bucket[hard]):
+            if not self._solve_components(t, f, node, gate, lt, ld, hard & (bucket == bk), score):
+                return node
+        return score
+
+    def _solve_components(
+        self, t: _Tracks, f: _Frame, node: np.ndarray, gate: np.ndarray,
+        lt: np.ndarray, ld: np.ndarray, chosen: np.ndarray, score: np.ndarray,
+    ) -> bool:
+        """Solve the QAPs of the ``chosen`` components as one padded batch; write soft assignments
+        into ``score``. Returns False (and counts it) when the solver fails."""
+        cfg = self.config
+        B = int(chosen.sum())
+        # Batch slot of every component (-1: not in this batch); padded index tables.
+        slot = np.full(chosen.size, -1)
+        slot[chosen] = np.arange(B)
         rows_pad, s1 = _pad_members(slot[lt], B)
         cols_pad, s2 = _pad_members(slot[ld], B)
         vr, vc = rows_pad >= 0, cols_pad >= 0
@@ -536,11 +553,10 @@ class Tracker:
                 raise FloatingPointError("non-finite soft assignment")
         except (FloatingPointError, ValueError, np.linalg.LinAlgError):
             self.counters["qap_solver_failures"] += 1
-            return node
-        score = node.copy()
+            return False
         b, i, a = np.nonzero(valid)
         score[rows_pad[b, i], cols_pad[b, a]] = X[b, i, a]
-        return score
+        return True
 
     def _absorb(self, t: _Tracks, rows: np.ndarray, f: _Frame, cols: np.ndarray, stamp_ns: int) -> None:
         """Fold matched detections into yaw, size, appearance, box and bookkeeping (batched)."""
