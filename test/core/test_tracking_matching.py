@@ -121,3 +121,21 @@ def test_hungarian_respects_validity_and_unknown_solver_fails():
     assert hungarian(np.zeros((0, 3)), np.zeros((0, 3), bool))[0].size == 0
     with pytest.raises(MatchingError):
         solve_qap(np.zeros((1, 4, 4)), np.array([2]), np.array([2]), "magic")
+
+
+def test_component_labelling_matches_scipy():
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from ba_perception.core.tracking.tracker import _bipartite_components
+
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        T, N, E = rng.integers(1, 30), rng.integers(1, 30), rng.integers(0, 40)
+        ti, di = rng.integers(0, T, E), rng.integers(0, N, E)
+        lt, ld = _bipartite_components(ti, di, T, N)
+        _, ref = connected_components(coo_matrix((np.ones(E), (ti, T + di)), shape=(T + N, T + N)), directed=False)
+        ours = np.concatenate([lt, ld])
+        # Same partition: labels correspond one-to-one.
+        pairs = set(zip(ours.tolist(), ref.tolist()))
+        assert len(pairs) == len(set(ours.tolist())) == len(set(ref.tolist()))

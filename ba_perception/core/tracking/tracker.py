@@ -12,8 +12,6 @@ import math
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
 
 from ba_perception.core.tracking import kalman
 from ba_perception.core.tracking.affinity import (
@@ -511,8 +509,8 @@ class Tracker:
             return node
         self.counters["qap_problems"] += B
         # Solve in a few batches of similar size (padding every problem to the largest one would
-        # make one big component cost as much as all of them together): sizes 2, 3-4, 5-8, 9+.
-        bucket = np.digitize(np.maximum(n1, n2), [3, 5, 9])
+        # make one big component cost as much as all of them together): sizes 2-4, 5-8, 9+.
+        bucket = np.digitize(np.maximum(n1, n2), [5, 9])
         score = node.copy()
         for bk in np.unique(bucket[hard]):
             if not self._solve_components(t, f, node, gate, lt, ld, hard & (bucket == bk), score):
@@ -677,14 +675,21 @@ class Tracker:
 
 
 def _bipartite_components(ti: np.ndarray, di: np.ndarray, T: int, N: int) -> tuple[np.ndarray, np.ndarray]:
-    """Connected-component labels ``(T,)``, ``(N,)`` of the bipartite graph with edges (ti, di)."""
-    order = np.argsort(ti, kind="stable")
-    indptr = np.zeros(T + N + 1, dtype=np.int32)
-    indptr[1 : T + 1] = np.cumsum(np.bincount(ti, minlength=T))
-    indptr[T + 1 :] = indptr[T]
-    g = csr_matrix((np.ones(ti.size), (T + di[order]).astype(np.int32), indptr), shape=(T + N, T + N))
-    _, lab = connected_components(g, directed=False)
-    return lab[:T], lab[T:]
+    """Connected-component labels ``(T,)``, ``(N,)`` (contiguous from 0) of the bipartite graph
+    with edges ``(ti[k], di[k])``, by min-label propagation (a few vectorised sweeps: tracking
+    graphs after gating have a small diameter; cheaper here than building a scipy sparse graph)."""
+    lt = np.arange(T)
+    ld = np.arange(T, T + N)
+    while True:
+        nd = ld.copy()
+        np.minimum.at(nd, di, lt[ti])
+        nt = lt.copy()
+        np.minimum.at(nt, ti, nd[di])
+        if np.array_equal(nt, lt) and np.array_equal(nd, ld):
+            break
+        lt, ld = nt, nd
+    _, inv = np.unique(np.concatenate([lt, ld]), return_inverse=True)
+    return inv[:T], inv[T:]
 
 
 def _pad_members(slot_of: np.ndarray, B: int) -> tuple[np.ndarray, np.ndarray]:
