@@ -78,7 +78,7 @@ def contact_sheet(frames: list, columns: int = 2, with_maps: bool = True) -> np.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="urban", help=f"one of {', '.join(PRESETS)}")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--frames", type=int, default=60, help="frames to render")
+    parser.add_argument("--frames", type=int, default=100, help="frames to render")
     parser.add_argument("--tiles", type=int, default=8, help="frames on the contact sheet (evenly spaced)")
     parser.add_argument("--width", type=int, default=1242)
     parser.add_argument("--height", type=int, default=375)

@@ -67,7 +67,10 @@ class Agent:
         color: RGB in [0, 1] (car paint / clothes).
         s_t: ``(G,)`` arc length on the time grid, metres.
         d0, d1, t_change, change_s: lateral offset moves from d0 to d1 between t_change and
-            t_change + change_s (smoothstep), metres / seconds.
+            t_change + change_s (smoothstep), metres / seconds (crossing pedestrians).
+        dist_change, change_len: when ``change_len > 0`` the move is by distance travelled
+            instead (lane changes): between ``dist_change`` and ``dist_change + change_len``
+            metres from the start, so a stopped vehicle never moves sideways.
         yaw_offset: added to the road heading, rad (pi for oncoming, +-pi/2 for perpendicular).
         follow_motion: heading follows the direction of motion (movers) or stays fixed (parked).
         phase0: gait / pedalling phase offset, rad.
@@ -84,13 +87,18 @@ class Agent:
     d1: float = 0.0
     t_change: float = 1e9
     change_s: float = 3.0
+    dist_change: float = 0.0
+    change_len: float = 0.0
     yaw_offset: float = 0.0
     follow_motion: bool = True
     phase0: float = 0.0
 
-    def d(self, t: np.ndarray) -> np.ndarray:
-        """Lateral offset at times ``t`` (seconds), metres."""
-        u = np.clip((np.asarray(t) - self.t_change) / self.change_s, 0.0, 1.0)
+    def d(self, t: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """Lateral offset at times ``t`` (seconds) where the agent is at arc length ``s``, metres."""
+        if self.change_len > 0:
+            u = np.clip((np.abs(np.asarray(s) - self.s_t[0]) - self.dist_change) / self.change_len, 0.0, 1.0)
+        else:
+            u = np.clip((np.asarray(t) - self.t_change) / self.change_s, 0.0, 1.0)
         return self.d0 + (self.d1 - self.d0) * u * u * (3 - 2 * u)
 
 
@@ -126,7 +134,7 @@ class Scene:
         eps = 0.05
         tt = np.array([t - eps, t, t + eps])
         s = self.s_at(agent, tt)
-        d = agent.d(tt)
+        d = agent.d(tt, s)
         x, y, h = self.road.pose(s, d)
         yaw = float(h[1]) + agent.yaw_offset
         if agent.follow_motion:
@@ -153,7 +161,7 @@ class Scene:
     def phase(self, agent: Agent, t: float) -> float:
         """Gait (pedestrian) or pedalling (cyclist) phase, rad, advancing with distance travelled."""
         s = float(self.s_at(agent, np.array([t]))[0])
-        dist = abs(s - agent.s_t[0]) + abs(agent.d(np.array([t]))[0] - agent.d0)
+        dist = abs(s - agent.s_t[0]) + abs(agent.d(np.array([t]), np.array([s]))[0] - agent.d0)
         stride = 1.4 if agent.cls == "pedestrian" else 2.2
         return agent.phase0 + 2 * math.pi * dist / stride
 
@@ -209,11 +217,11 @@ def _speed_profile(rng: np.random.Generator, t: np.ndarray, v_range: tuple[float
     kv = rng.uniform(*v_range, size=n_knots)
     v = np.interp(t, kt, kv)
     for _ in range(stops):
-        if T < 6:
+        if T < 10:  # a stop needs room: braking, standing and pulling away
             break
-        t0 = rng.uniform(0.15 * T, 0.75 * T)
+        t0 = rng.uniform(0.2 * T, 0.7 * T)
         hold = rng.uniform(1.5, 4.0)
-        ramp = 2.5
+        ramp = 2.0
         # Multiply by a window that goes to 0 (decelerate), holds, and comes back (accelerate).
         w = np.clip(np.maximum((t0 - t) / ramp, (t - t0 - hold) / ramp), 0, 1)
         v = v * w
@@ -239,13 +247,21 @@ def _follow(t: np.ndarray, members: list[tuple[Agent, np.ndarray, int]], lane_wi
         v = np.zeros(len(group))
         length = np.array([a.size[0] for a, _ in group])
         v0 = np.stack([np.interp(ts, t, vd) for _, vd in group], 1)
-        dlat = np.stack([a.d(ts) for a, _ in group], 1)
+        dlat_t = np.stack([a.d(ts, np.zeros_like(ts)) for a, _ in group], 1)  # time-based ones
+        x_start = x.copy()
+        d0 = np.array([a.d0 for a, _ in group])
+        d1 = np.array([a.d1 for a, _ in group])
+        dist_c = np.array([a.dist_change for a, _ in group])
+        len_c = np.array([max(a.change_len, 1e-9) for a, _ in group])
+        by_dist = np.array([a.change_len > 0 for a, _ in group])
         v[:] = v0[0]
         xs = np.empty((len(ts), len(group)))
         amax, bcomf = 1.5, 2.5
         for k in range(len(ts)):
             xs[k] = x
-            same = np.abs(dlat[k][:, None] - dlat[k][None, :]) < 0.75 * lane_width
+            u = np.clip((x - x_start - dist_c) / len_c, 0.0, 1.0)
+            dlat = np.where(by_dist, d0 + (d1 - d0) * u * u * (3 - 2 * u), dlat_t[k])
+            same = np.abs(dlat[:, None] - dlat[None, :]) < 0.75 * lane_width
             gap = x[None, :] - x[:, None] - (length[:, None] + length[None, :]) / 2
             ahead = same & (x[None, :] > x[:, None])
             gap = np.where(ahead, gap, np.inf)
@@ -428,10 +444,10 @@ def generate(cfg: WorldConfig) -> Scene:
     road = _road(rng, hi - lo, p, lo)
     ego = Agent(0, "car", "ego", np.array([4.5, 1.8, 1.5]), np.ones(3), np.ones(3), s_ego, ego_d)
     movers: list[tuple[Agent, np.ndarray, int]] = [(ego, v_ego, 1)]
-    if p.lanes > 1 and rng.random() < 0.5 and duration > 8:
+    if p.lanes > 1 and rng.random() < 0.5 and s_ego[-1] > 40:
         ego.d1 = ego_d + p.lane_width * (1 if ego_d < -p.lane_width else -1)
-        ego.t_change = rng.uniform(2, duration - 4)
-        ego.change_s = 4.0
+        ego.dist_change = rng.uniform(0.1, 0.6) * float(s_ego[-1])
+        ego.change_len = rng.uniform(25.0, 50.0)
 
     agents: list[Agent] = []
 
@@ -453,8 +469,8 @@ def generate(cfg: WorldConfig) -> Scene:
                     if p.lanes > 1 and rng.random() < p.cut_in_prob:
                         k2 = lane + 1 if lane == 0 else (lane - 1 if lane == p.lanes - 1 else lane + int(rng.choice([-1, 1])))
                         a.d1 = -direction * (k2 + 0.5) * p.lane_width
-                        a.t_change = rng.uniform(0, max(duration - 3, 0.5))
-                        a.change_s = rng.uniform(2.5, 4.5)
+                        a.dist_change = rng.uniform(0.0, 0.7) * float(_integrate(0.0, v, dt)[-1])
+                        a.change_len = rng.uniform(20.0, 45.0)
                     agents.append(a)
                 pos += rng.uniform(*p.traffic_gap) + 5
     # Parked cars.

@@ -248,7 +248,7 @@ class World:
         for a in sc.agents:
             # Cheap range test first (positions on the road, no pose matrices).
             s = float(np.interp(t, sc.t_grid, a.s_t))
-            x, y, _ = sc.road.pose(np.array([s]), np.array([a.d(t)]))
+            x, y, _ = sc.road.pose(np.array([s]), a.d(np.array([t]), np.array([s])))
             if (x[0] - cam_pos[0]) ** 2 + (y[0] - cam_pos[1]) ** 2 > 300.0**2:
                 continue
             T_odom_obj = sc.agent_pose_odom(a, t)
