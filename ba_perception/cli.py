@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 BENCHES: dict[str, tuple[str, str]] = {
     "detector": ("ba_perception.bench.detector", "detector latency per backend (ONNX Runtime / torch / TensorRT) + full pipeline"),
+    "pipeline": ("ba_perception.bench.pipeline", "detector + object BA + tracker in one process (no DDS), per-stage p50/p95/p99, CPU or CUDA"),
     "tracker": ("ba_perception.bench.tracker", "Tracker.step latency, 50 tracks x 50 detections, CPU"),
     "transport": ("ba_perception.bench.transport", "1280x720 images between two processes over DDS"),
     "world": ("ba_perception.bench.world", "synthetic world: render fps (640x384, 8 cars) and 200-frame sequence + bag"),
