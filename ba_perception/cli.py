@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-det": ("ba_perception.eval.detection_eval", "detector AP|R40 (3D/BEV/2D), depth and yaw errors on a world split"),
     "export": ("ba_perception.train.export", "export a detector checkpoint to ONNX (opset 17) with parity check"),
     "launch": ("ba_perception.launcher", "start the whole node graph from config/stack.yaml"),
+    "replay-eval": ("ba_perception.eval.replay", "play a bag through the node graph, record, score against ground truth"),
     "params-doc": ("ba_perception.params_doc", "print or update the README's node parameter reference"),
     "synth": ("ba_perception.data.synth", "render versioned synthetic-world splits to rosbag2 MCAP (and KITTI)"),
     "train": ("ba_perception.train.trainer", "train the monocular 3D detector on the synthetic world"),
@@ -25,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 BENCHES: dict[str, tuple[str, str]] = {
     "detector": ("ba_perception.bench.detector", "detector latency per backend (ONNX Runtime / torch / TensorRT) + full pipeline"),
+    "oba": ("ba_perception.bench.oba", "batched object BA: 64x16x32 solve time (CUDA/CPU), speed-up vs pycolmap, Ceres agreement"),
     "pipeline": ("ba_perception.bench.pipeline", "detector + object BA + tracker in one process (no DDS), per-stage p50/p95/p99, CPU or CUDA"),
     "tracker": ("ba_perception.bench.tracker", "Tracker.step latency, 50 tracks x 50 detections, CPU"),
     "transport": ("ba_perception.bench.transport", "1280x720 images between two processes over DDS"),

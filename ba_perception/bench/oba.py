@@ -1,0 +1,154 @@
+"""`ba-perception bench oba`: batched object-BA solve time, speed-up over pycolmap, and agreement with Ceres.
+
+Problems are synthetic (core/oba/synthetic.py): car-sized boxes with points on their faces, seen
+from a driving camera, 1 px noise. Three measurements:
+
+1. the batched LM (``tracklets x frames x points``, fixed iterations, no host sync, Cauchy
+   loss, detector prior + constant-velocity prior) on CUDA when present and on the CPU
+   (``--cpu-tracklets`` problems there, since the CPU is slow), p50/p90 over ``--repeats``;
+2. pure-reprojection versions of the same problems (gauge: two frames held) solved by our
+   solver and by pycolmap's Ceres bundle adjuster one after another (same iteration cap);
+3. agreement: ``--check`` random problems solved to convergence by both; max relative
+   difference of the final costs (the bar is 1e-6).
+
+Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ba_perception.core.oba.reference import have_pycolmap, solve_with_pycolmap
+from ba_perception.core.oba.solver import OBAProblem, SolverOptions, solve
+from ba_perception.core.oba.synthetic import make_batch
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracklets", type=int, default=64, help="problems per batch on CUDA")
+    parser.add_argument("--cpu-tracklets", type=int, default=16, help="problems per batch on the CPU")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--points", type=int, default=32)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=20, help="timed solves per configuration")
+    parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: OpenMP spin-waits hurt on a loaded 2-core machine); Ceres uses 1")
+    parser.add_argument("--check", type=int, default=20, help="problems for the Ceres agreement check (0: skip)")
+    parser.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
+    parser.add_argument("--out", default="out/bench/oba.json", help="JSON output path")
+
+
+def _problem(B: int, F: int, K: int, seed: int, dtype: torch.dtype, full: bool) -> tuple[OBAProblem, object]:
+    if full:
+        sb = make_batch(B, F, K, seed=seed, noise_px=1.0, with_prior=True, dtype=torch.float64)
+        sb.problem.motion_sqrt_info = torch.tensor([1 / 3.0] * 3 + [1.0] * 3, dtype=torch.float64).expand(B, 6).clone()
+    else:
+        sb = make_batch(B, F, K, seed=seed, noise_px=1.0, with_prior=False, fixed_frames=(0, 1), dtype=torch.float64)
+    return sb.problem, sb.init
+
+
+def _time_solve(problem: OBAProblem, init, options: SolverOptions, device: str, dtype: torch.dtype, repeats: int) -> dict:
+    p = problem.to(device=device, dtype=dtype)
+    st = type(init)(*(x.to(device=device, dtype=dtype) for x in (init.R_odom_obj, init.t_odom_obj, init.points_obj)))
+    cuda = device.startswith("cuda")
+    for _ in range(2):  # warm-up (allocator, kernels)
+        solve(p, st, options)
+    if cuda:
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = solve(p, st, options)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    ms = sorted(1e3 * t for t in times)
+    return {
+        "p50_ms": statistics.median(ms), "p90_ms": ms[int(0.9 * (len(ms) - 1))], "min_ms": ms[0],
+        "iterations": int(res.iterations.max()), "final_cost_sum": float(torch.nansum(res.cost)),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(max(1, args.threads))
+    F, K, it = args.frames, args.points, args.iterations
+    dtypes = {"float32": [torch.float32], "float64": [torch.float64], "both": [torch.float32, torch.float64]}[args.dtype]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
+    timed = SolverOptions(loss="cauchy", loss_scale_px=2.0, max_iterations=it, sync_every=0, compute_covariance=False)
+    rows: list[dict] = []
+    for device in devices:
+        B = args.cpu_tracklets if device == "cpu" else args.tracklets
+        for full in (True, False):
+            problem, init = _problem(B, F, K, seed=1, dtype=torch.float64, full=full)
+            for dt in dtypes:
+                r = _time_solve(problem, init, timed, device, dt, args.repeats)
+                r.update(device=device, dtype=str(dt).replace("torch.", ""), tracklets=B, frames=F, points=K,
+                         problem="prior+motion" if full else "reprojection")
+                rows.append(r)
+                print(f"  solved {device} {r['dtype']} {r['problem']}: p50 {r['p50_ms']:.1f} ms", flush=True)
+
+    ceres: dict = {"available": have_pycolmap()}
+    if ceres["available"]:
+        # the same pure-reprojection problems as the CPU rows, one after another, same iteration cap
+        B = args.cpu_tracklets
+        problem, init = _problem(B, F, K, seed=1, dtype=torch.float64, full=False)
+        ref = solve_with_pycolmap(problem, init, loss="cauchy", loss_scale_px=2.0, max_iterations=it, tight=False, num_threads=1)
+        per = ref.solve_s * 1e3
+        obs = int(problem.obs_mask.sum()) / B
+        ceres.update(
+            problems=B, mean_solve_ms_per_problem=float(per.mean()), total_solve_ms=float(per.sum()),
+            total_with_build_ms=float((ref.solve_s + ref.build_s).sum() * 1e3), mean_ceres_iterations=float(ref.iterations.mean()),
+            observations_per_problem=obs,
+        )
+        ours = {(r["device"], r["dtype"]): r for r in rows if r["problem"] == "reprojection"}
+        for (dev, dt), r in ours.items():
+            # scale pycolmap's total to the batch size that row solved
+            total_same = float(per.mean()) * r["tracklets"]
+            r["pycolmap_sequential_ms"] = total_same
+            r["speedup_vs_pycolmap"] = total_same / r["p50_ms"]
+        if args.check > 0:
+            sb = make_batch(args.check, 8, 24, seed=21, noise_px=1.0, with_prior=False, fixed_frames=(0, 1))
+            cref = solve_with_pycolmap(sb.problem, sb.init, loss="trivial")
+            cres = solve(sb.problem, sb.init, SolverOptions(loss="trivial", max_iterations=100))
+            rel = np.abs(cres.cost.numpy() - cref.cost) / cref.cost
+            ceres.update(check_problems=args.check, check_max_rel_cost_diff=float(rel.max()), check_median_rel_cost_diff=float(np.median(rel)),
+                         check_pass_1e6=bool(rel.max() < 1e-6))
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    out = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.get_device_name(0) if "cuda" in devices else None, "loadavg": load},
+        "config": {"frames": F, "points": K, "iterations": it, "repeats": args.repeats, "loss": "cauchy(2px)",
+                   "cuda_measured": "cuda" in devices},
+        "solver": rows, "pycolmap": ceres,
+    }
+    print()
+    print(f"{'device':6s} {'dtype':8s} {'problem':13s} {'B':>4s} {'F':>3s} {'K':>3s} {'p50 ms':>9s} {'p90 ms':>9s} {'vs pycolmap':>12s}")
+    for r in rows:
+        sp = f"{r['speedup_vs_pycolmap']:.1f}x" if "speedup_vs_pycolmap" in r else "-"
+        print(f"{r['device']:6s} {r['dtype']:8s} {r['problem']:13s} {r['tracklets']:4d} {r['frames']:3d} {r['points']:3d} "
+              f"{r['p50_ms']:9.2f} {r['p90_ms']:9.2f} {sp:>12s}")
+    if "cuda" not in devices:
+        print("CUDA: not present on this machine; the CUDA path (same code, device argument) is unmeasured.")
+    if ceres.get("problems"):
+        print(f"pycolmap (Ceres, 1 thread, same problems one after another, {it} iterations max): "
+              f"{ceres['mean_solve_ms_per_problem']:.2f} ms/problem, {ceres['total_solve_ms']:.1f} ms for {ceres['problems']}")
+    if "check_max_rel_cost_diff" in ceres:
+        print(f"agreement with Ceres on {ceres['check_problems']} problems (converged): max relative cost difference "
+              f"{ceres['check_max_rel_cost_diff']:.2e} ({'pass' if ceres['check_pass_1e6'] else 'FAIL'} at 1e-6)")
+    if load:
+        print(f"load average during the run: {load[0]:.2f} (shared machine: timings are noisy)")
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {path}")
+    return 0
