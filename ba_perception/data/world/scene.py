@@ -410,7 +410,9 @@ def _scenery(rng: np.random.Generator, road: Road, p: _PresetParams, preset: str
             x, y, h = road.pose(np.array([s0]), np.array([sgn * (outer + 0.3)]))
             parts.append(_place(pole, x[0], y[0], 0.0))
             parts.append(_place(M.box_mesh((0.2, 1.6, 0.12), (0, -sgn * 0.8, 7.0), (0.5, 0.5, 0.52)), x[0], y[0], h[0]))
-    return M.merge(parts)
+    # Reverse: objects above the road first, then markings, asphalt, ground, so that the depth
+    # test rejects hidden layers before shading (the renderer draws in buffer order).
+    return M.merge(parts[::-1])
 
 
 def _car_look(rng: np.random.Generator, allow_box: bool = False) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:

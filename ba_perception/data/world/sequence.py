@@ -241,7 +241,7 @@ class World:
         T_odom_base, T_odom_cam = self.pose_at(t)
         T_cam_odom = _inv(T_odom_cam)
         cam_pos = T_odom_cam[:3, 3]
-        draws = [Draw("scenery", T_cam_odom)]
+        draws: list[Draw] = []  # agents first, then scenery: nearer first for early depth rejection
         near = self.renderer.near
         cand = []  # (agent, T_cam_obj, T_odom_obj, unclipped box, clipped box, full rect)
         prims: list[tuple[int, np.ndarray, np.ndarray]] = []
@@ -278,6 +278,7 @@ class World:
         batch = self._upload_batch(prims)
         if batch:
             draws.append(Draw("batch", np.eye(4), -1))
+        draws.append(Draw("scenery", T_cam_odom))
         light_cam = T_cam_odom[:3, :3] @ sc.light_dir
         image, depth, inst = self.renderer.render(draws, light_cam, sc.ambient, sc.sky_top, sc.sky_horizon,
                                                   fog_color=sc.sky_horizon)
@@ -337,19 +338,22 @@ class World:
         )
 
     def _postprocess(self, image: np.ndarray, index: int) -> np.ndarray:
+        """Optional box blur and Gaussian sensor noise (OpenCV RNG seeded per frame: deterministic)."""
         cfg = self.cfg
         if cfg.blur_px <= 0 and cfg.noise_std <= 0:
             return image.copy()
-        img = image.astype(np.float32)
-        if cfg.blur_px > 0:
-            import cv2
+        import cv2
 
+        img = image
+        if cfg.blur_px > 0:
             k = 2 * int(cfg.blur_px) + 1
             img = cv2.blur(img, (k, k))
         if cfg.noise_std > 0:
-            rng = np.random.default_rng([cfg.seed, index, 7])
-            img += rng.standard_normal(img.shape, dtype=np.float32) * cfg.noise_std
-        return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+            cv2.setRNGSeed(int(np.random.default_rng([cfg.seed, index, 7]).integers(2**31 - 1)))
+            noise = np.empty(img.shape, np.int16)
+            cv2.randn(noise, 0.0, float(cfg.noise_std))
+            img = np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+        return img if img is not image else image.copy()
 
 
 def local_box_corners(size: np.ndarray) -> np.ndarray:

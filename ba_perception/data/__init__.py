@@ -1,0 +1,1 @@
+"""Data sources and formats: synthetic world, rosbag2 and KITTI tracking readers/writers."""
