@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -56,7 +56,6 @@ class WorldConfig:
     gt_max_range_m: float = 100.0
     start_stamp_ns: int = 1_700_000_000_000_000_000
     surface_points: int = 2000
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise :class:`WorldConfigError` with a fix for invalid values."""
