@@ -148,3 +148,15 @@ def test_correspondences_are_consistent_with_depth_and_pose():
         p_obj = (p_cam - T[:3, 3]) @ T[:3, :3]
         # depth read at the nearest pixel centre: error below a pixel's footprint on the surface
         assert np.median(np.linalg.norm(p_obj - pts, axis=1)) < 0.05
+
+
+@pytest.mark.parametrize("preset", ["urban", "parking_lot"])
+def test_field_of_view_cull_never_drops_a_visible_object(preset):
+    cfg = WorldConfig(preset=preset, seed=3, width=200, height=80, n_frames=60)
+    with World(cfg) as w:
+        for i in (0, 30, 59):
+            a = w.render(i)
+            w._cull = False
+            b = w.render(i)
+            w._cull = True
+            assert np.array_equal(a.image, b.image) and np.array_equal(a.objects.track_id, b.objects.track_id)
