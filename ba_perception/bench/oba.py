@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
             r["speedup_vs_pycolmap"] = total_same / r["p50_ms"]
         if args.check > 0:
             sb = make_batch(args.check, 8, 24, seed=21, noise_px=1.0, with_prior=False, fixed_frames=(0, 1))
-            cref = solve_with_pycolmap(sb.problem, sb.init, loss="trivial")
-            cres = solve(sb.problem, sb.init, SolverOptions(loss="trivial", max_iterations=100))
+            cref = solve_with_pycolmap(sb.problem, sb.init, loss="trivial", max_iterations=500)
+            cres = solve(sb.problem, sb.init, SolverOptions(loss="trivial", max_iterations=500))
             rel = np.abs(cres.cost.numpy() - cref.cost) / cref.cost
             ceres.update(check_problems=args.check, check_max_rel_cost_diff=float(rel.max()), check_median_rel_cost_diff=float(np.median(rel)),
                          check_pass_1e6=bool(rel.max() < 1e-6))

@@ -112,3 +112,12 @@ def test_warm_start_is_stored_and_reused(scene):
     second = refine_tracklets(tr, RefineConfig())
     for a, b in zip(first, second):
         assert np.linalg.norm(a.center_odom - b.center_odom) < 0.05
+
+
+def test_float32_batch_gives_the_same_boxes(scene):
+    sb, tracks = scene
+    b64 = refine_tracklets(copy.deepcopy(tracks[:6]), RefineConfig(dtype=torch.float64))
+    b32 = refine_tracklets(copy.deepcopy(tracks[:6]), RefineConfig(dtype=torch.float32))
+    for a, b in zip(b64, b32):
+        assert a.is_static == b.is_static
+        assert np.linalg.norm(a.center_odom - b.center_odom) < 1e-2
