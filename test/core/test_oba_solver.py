@@ -264,3 +264,29 @@ def test_cost_matches_definition():
     expect = 0.5 * (1.5**2 * torch.log1p(s / 1.5**2) * m).sum((1, 2))
     assert torch.allclose(c, expect, rtol=1e-12)
     assert math.isfinite(float(c.sum()))
+
+
+def test_covariance_equals_inverse_of_dense_information():
+    B, F, K = 1, 4, 10
+    sb = make_batch(B, F, K, seed=15, noise_px=1.0, with_prior=False, fixed_frames=(0, 1))
+    opts = SolverOptions(loss="trivial", max_iterations=50)
+    res = solve(sb.problem, sb.init, opts)
+    prep = S._prepare(sb.problem, res.state, opts)
+    _, _, Jx, Jp = S.reprojection_residuals(prep, res.state, jacobians=True)
+    m = prep.m[0] > 0
+    rows = []
+    for f in range(F):
+        for k in range(K):
+            if m[f, k]:
+                row = torch.zeros(2, 6 * F + 3 * K, dtype=D)
+                row[:, 6 * f : 6 * f + 6] = Jx[0, f, k]
+                row[:, 6 * F + 3 * k : 6 * F + 3 * k + 3] = Jp[0, f, k]
+                rows.append(row)
+    J = torch.cat(rows)
+    free = torch.cat([prep.free[0].reshape(-1) > 0, (prep.point_active[0] > 0).repeat_interleave(3)])
+    Jf = J[:, free]
+    cov_full = torch.linalg.inv(Jf.T @ Jf)
+    npose = int((prep.free[0] > 0).sum())
+    expect = cov_full[:npose, :npose]
+    got = res.pose_covariance[0].reshape(6 * F, 6 * F)[prep.free[0].reshape(-1) > 0][:, prep.free[0].reshape(-1) > 0]
+    assert torch.allclose(got, expect, rtol=1e-5, atol=1e-12)

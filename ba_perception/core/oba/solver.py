@@ -691,7 +691,7 @@ def solve(
 def _pose_covariance(ne: _Normal, prep: _Prep, options: SolverOptions) -> torch.Tensor:
     """``(B, P, 6, P, 6)`` inverse of the points-marginalised information; zero on held dofs."""
     B, P = ne.g.shape[:2]
-    tiny = torch.full((B,), 1e-9, dtype=ne.g.dtype, device=ne.g.device)
+    tiny = torch.full((B,), max(1e-12, 10 * torch.finfo(ne.g.dtype).eps), dtype=ne.g.dtype, device=ne.g.device)
     _, _, ok, _, L = _solve_damped(ne, prep, tiny, options)
     eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand_as(L)
     Linv = torch.linalg.solve_triangular(L, eye, upper=False)
