@@ -264,3 +264,38 @@ def sample_surface(mesh: Mesh, n: int, seed: int) -> np.ndarray:
     a, b, c = 1 - s, s * (1 - r2), s * r2
     t = tri[idx]
     return a[:, None] * t[:, 0] + b[:, None] * t[:, 1] + c[:, None] * t[:, 2]
+
+
+def decimate(mesh: Mesh, cell_m: float) -> Mesh:
+    """Level-of-detail copy by vertex clustering on a ``cell_m`` grid.
+
+    Vertices in one grid cell merge to their mean (so the result stays inside the original's
+    bounding box); triangles that collapse or repeat are dropped; UVs and paint flags are kept per
+    corner. Used for distant objects, where llvmpipe's cost is per triangle.
+    """
+    P = mesh.positions.astype(np.float64)
+    q = np.floor(P / cell_m).astype(np.int64)
+    _, inv = np.unique(q, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    n_cells = int(inv.max()) + 1
+    mean = np.zeros((n_cells, 3))
+    np.add.at(mean, inv, P)
+    mean /= np.bincount(inv, minlength=n_cells)[:, None]
+    nrm = np.zeros((n_cells, 3))
+    np.add.at(nrm, inv, mesh.normals.astype(np.float64))
+    nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-9)
+    t = inv.reshape(-1, 3)
+    ok = (t[:, 0] != t[:, 1]) & (t[:, 1] != t[:, 2]) & (t[:, 0] != t[:, 2])
+    _, first = np.unique(np.sort(t, axis=1), axis=0, return_index=True)
+    keep = np.zeros(len(t), bool)
+    keep[first] = True
+    keep &= ok
+    corners = (np.nonzero(keep)[0][:, None] * 3 + np.arange(3)).reshape(-1)
+    return Mesh(
+        positions=mean[inv[corners]].astype(np.float32),
+        normals=nrm[inv[corners]].astype(np.float32),
+        uvs=mesh.uvs[corners],
+        colors=mesh.colors[corners],
+        texture=mesh.texture,
+        paintable=None if mesh.paintable is None else mesh.paintable[corners],
+    )

@@ -16,6 +16,10 @@ from ba_perception.data.world.render import Draw, Renderer
 from ba_perception.data.world.scene import Agent, Scene, cyclist_parts, generate, pedestrian_parts
 
 CLASSES: tuple[str, ...] = ("car", "pedestrian", "cyclist")
+# Car levels of detail: vertex-clustering cell (metres) per LOD, and the projected box height
+# (pixels) above which the finer level is used.
+LOD_CELLS_M = {"@lod1": 0.2, "@lod2": 0.5}
+LOD_MIN_PX = (40.0, 16.0)
 
 
 class WorldError(RuntimeError):
@@ -159,6 +163,8 @@ class World:
             if a.model not in ("pedestrian", "cyclist", "box") and not self.renderer.has_mesh(a.model):
                 mesh = M.load_car(a.model)
                 self.renderer.add_mesh(a.model, mesh)
+                for suffix, cell in LOD_CELLS_M.items():
+                    self.renderer.add_mesh(a.model + suffix, M.decimate(mesh, cell))
                 self._vertices[a.model] = np.unique(mesh.positions.astype(np.float64), axis=0)
             self.surface[a.track_id] = self._surface_points(a)
 
@@ -196,7 +202,10 @@ class World:
                 Draw("unit_box", T_cam_obj @ T @ np.diag([*s, 1.0]), a.track_id, tuple(c))
                 for T, s, c, _ in self._parts(a, self.scene.phase(a, t))
             ]
-        return [Draw(a.model, T_cam_obj @ np.diag([*a.scale, 1.0]), a.track_id, paint=tuple(a.color))]
+        # Level of detail by projected height: full mesh from LOD_MIN_PX[0] px up.
+        h_px = self.K[1, 1] * a.size[2] / max(float(T_cam_obj[2, 3]), 1e-3)
+        key = a.model if h_px >= LOD_MIN_PX[0] else (a.model + "@lod1" if h_px >= LOD_MIN_PX[1] else a.model + "@lod2")
+        return [Draw(key, T_cam_obj @ np.diag([*a.scale, 1.0]), a.track_id, paint=tuple(a.color))]
 
     def _centres(self, t: float) -> np.ndarray:
         """``(N, 2)`` odom x, y of every agent's reference point at time ``t`` (vectorised)."""
