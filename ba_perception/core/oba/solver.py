@@ -223,6 +223,7 @@ class _Prep:
     mot_dtm: torch.Tensor | None
     mot_w: torch.Tensor | None  # (B,1,6)
     valid: torch.Tensor  # (B,) bool
+    any_static: bool = True  # some problem maps several frames to one pose slot
 
 
 def _check(problem: OBAProblem) -> None:
@@ -276,6 +277,7 @@ def _prepare(problem: OBAProblem, state: OBAState, options: SolverOptions) -> _P
     static = torch.zeros(B, dtype=torch.bool, device=dev) if problem.static is None else problem.static.bool()
     ar = torch.arange(F, device=dev)
     slot = torch.where(static[:, None], torch.zeros_like(ar)[None], ar[None]).expand(B, F).contiguous()
+    any_static = problem.static is not None and bool(static.any())  # one host sync, outside the LM loop
 
     prep = _Prep(
         uv=uv, m=m.to(dt), w=w, R_co=T_co[..., :3, :3], t_co=T_co[..., :3, 3],
@@ -283,7 +285,7 @@ def _prepare(problem: OBAProblem, state: OBAState, options: SolverOptions) -> _P
         cxcy=torch.stack([Kmat[:, 0, 2], Kmat[:, 1, 2]], -1)[:, None, None, :],
         slot=slot, free=torch.zeros(B, F, 6, dtype=dt, device=dev), point_active=torch.zeros(B, K, dtype=dt, device=dev),
         prior_R=None, prior_t=None, prior_L=None, prior_m=None,
-        mot_m=None, mot_dt0=None, mot_dt1=None, mot_dtm=None, mot_w=None, valid=valid,
+        mot_m=None, mot_dt0=None, mot_dt1=None, mot_dtm=None, mot_w=None, valid=valid, any_static=any_static,
     )
     # Drop observations behind the camera at the initial state (they have no projection).
     Xc = _camera_points(prep, state)
@@ -498,7 +500,7 @@ def _inv3(A: torch.Tensor) -> torch.Tensor:
 class _Normal:
     H: torch.Tensor  # (B,P,P,6,6) pose block
     g: torch.Tensor  # (B,P,6)
-    W: torch.Tensor  # (B,P,K,6,3)
+    W: torch.Tensor  # (B,K,6P,3) point-major pose-point blocks
     V: torch.Tensor  # (B,K,3,3)
     gp: torch.Tensor  # (B,K,3)
     cost: torch.Tensor  # (B,)
@@ -514,7 +516,7 @@ def _normal_equations(prep: _Prep, state: OBAState, options: SolverOptions) -> _
     Jxw = Jx * wgt  # (B,F,K,2,6) IRLS-weighted
     Hf = torch.einsum("bfkri,bfkrj->bfij", Jxw, Jx)  # (B,F,6,6)
     gf = torch.einsum("bfkri,bfkr->bfi", Jxw, r)  # (B,F,6)
-    Wf = _mm(Jxw.transpose(-1, -2), Jp)  # (B,F,K,6,3)
+    Wf = torch.einsum("bfkri,bfkrj->bfkij", Jxw, Jp)  # (B,F,K,6,3)
     Jpw = Jp * wgt
     V = torch.einsum("bfkri,bfkrj->bkij", Jpw, Jp)  # (B,K,3,3)
     gp = torch.einsum("bfkri,bfkr->bki", Jpw, r)
@@ -527,7 +529,9 @@ def _normal_equations(prep: _Prep, state: OBAState, options: SolverOptions) -> _
     idx = prep.slot
     Hs = torch.zeros_like(Hf).scatter_add_(1, idx[..., None, None].expand_as(Hf), Hf)
     g = torch.zeros_like(gf).scatter_add_(1, idx[..., None].expand_as(gf), gf)
-    W = torch.zeros_like(Wf).scatter_add_(1, idx[..., None, None, None].expand_as(Wf), Wf)
+    if prep.any_static:
+        Wf = torch.zeros_like(Wf).scatter_add_(1, idx[..., None, None, None].expand_as(Wf), Wf)
+    W = Wf.permute(0, 2, 1, 3, 4).reshape(B, K, F * 6, 3)
     H = torch.zeros(B, F, F, 6, 6, dtype=Hf.dtype, device=Hf.device)
     H.diagonal(dim1=1, dim2=2).add_(Hs.permute(0, 2, 3, 1))
     if prep.mot_m is not None:
@@ -555,7 +559,7 @@ def _select_normal(mask: torch.Tensor, a: _Normal, b: _Normal) -> _Normal:
 def _solve_damped(ne: _Normal, prep: _Prep, lam: torch.Tensor, options: SolverOptions):
     """Solve ``(H + lam D) delta = -g`` by the Schur complement on points; returns
     ``(dx (B,P,6), dp (B,K,3), ok (B,), predicted decrease (B,), L (B,6P,6P))``."""
-    B, P, K = ne.W.shape[0], ne.W.shape[1], ne.W.shape[2]
+    B, K, P = ne.W.shape[0], ne.W.shape[1], ne.W.shape[2] // 6
     dt = ne.g.dtype
     free = prep.free
     pa = prep.point_active
@@ -568,20 +572,21 @@ def _solve_damped(ne: _Normal, prep: _Prep, lam: torch.Tensor, options: SolverOp
     Va = ne.V + torch.diag_embed(lam_ * Dv)
     Va = torch.where(pa[..., None, None] > 0, Va, eye3)
     Vinv = _inv3(Va)
-    Y = _mm(ne.W, Vinv[:, None])  # (B,P,K,6,3)
-    S = ne.H - torch.einsum("bpkij,bqklj->bpqil", Y, ne.W)
-    S = S.permute(0, 1, 3, 2, 4).reshape(B, 6 * P, 6 * P)
+    Y = ne.W @ Vinv  # (B,K,6P,3) = W_k V_k^-1
+    # S = H - sum_k W_k V_k^-1 W_k^T
+    S = ne.H.permute(0, 1, 3, 2, 4).reshape(B, 6 * P, 6 * P)
+    S = S - Y.permute(0, 2, 1, 3).reshape(B, 6 * P, 3 * K) @ ne.W.permute(0, 1, 3, 2).reshape(B, 3 * K, 6 * P)
     f = free.reshape(B, 6 * P)
     S = S + torch.diag_embed(lam[:, None] * Dp.reshape(B, 6 * P))
     S = S * f[:, :, None] * f[:, None, :] + torch.diag_embed(1 - f)
     gp = ne.gp * pa[..., None]
-    rhs = (-ne.g + torch.einsum("bpkij,bkj->bpi", Y, gp)).reshape(B, 6 * P) * f
+    rhs = (-ne.g.reshape(B, 6 * P) + torch.einsum("bkpj,bkj->bp", Y, gp)) * f
     L, info = torch.linalg.cholesky_ex(S)
     ok = info == 0
     L = torch.where(ok[:, None, None], L, torch.eye(6 * P, dtype=dt, device=S.device))
     dx = torch.cholesky_solve(rhs[..., None], L)[..., 0] * f
     dx = torch.where(ok[:, None], dx, torch.zeros_like(dx)).reshape(B, P, 6)
-    dp = _mm(Vinv, (-gp - torch.einsum("bpkij,bpi->bkj", ne.W, dx))[..., None])[..., 0] * pa[..., None]
+    dp = _mm(Vinv, (-gp - torch.einsum("bkpj,bp->bkj", ne.W, dx.reshape(B, 6 * P)))[..., None])[..., 0] * pa[..., None]
     g_dot = (ne.g * free * dx).flatten(1).sum(-1) + (gp * dp).flatten(1).sum(-1)
     d_dot = (Dp * free * dx * dx).flatten(1).sum(-1) + (Dv * pa[..., None] * dp * dp).flatten(1).sum(-1)
     pred = 0.5 * (-g_dot + lam * d_dot)
