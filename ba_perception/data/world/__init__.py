@@ -17,6 +17,13 @@ Usage::
                            # box_full (complete silhouette), box_visible, truncation, occlusion
     pts_obj, uv_a, uv_b = correspondences(frame_a, frame_b, track_id)   # GT 2D-2D matches
 
+Ground-truth definitions: ``box_amodal`` = the projected 8 corners of the 3D box clipped to the
+image (the message's ``box_2d_amodal``); ``box_full`` = tight box of the object's complete
+silhouette rendered alone (occluders removed); ``box_visible`` = tight box of its pixels in
+``instance``; ``occlusion`` = 1 - visible / complete silhouette pixels; ``truncation`` = share of
+the projected 3D box outside the image. Boxes use pixel centres at integer coordinates.
+Distant cars are drawn with vertex-clustered LODs (GT always describes what was drawn).
+
 ``World(cfg)`` renders frames in any order (``world.render(i)``); ``scene.generate(cfg)`` gives
 the scenario (road, ego, agents) without rendering. Presets: highway, urban, parking_lot,
 occlusion_stress. Same config -> bit-identical output. Conventions are those of

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -116,7 +116,6 @@ class Scene:
     ambient: float
     sky_top: np.ndarray
     sky_horizon: np.ndarray
-    extra_draws: list = field(default_factory=list)
 
     def s_at(self, agent: Agent, t: np.ndarray) -> np.ndarray:
         return np.interp(t, self.t_grid, agent.s_t)

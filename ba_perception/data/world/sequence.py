@@ -157,7 +157,6 @@ class World:
         self._cull = True  # tests turn the field-of-view cull off to check it never drops a visible agent
         self._unit_box = M.box_mesh((1.0, 1.0, 1.0), color=(1.0, 1.0, 1.0))
         self.renderer.add_mesh("unit_box", self._unit_box)
-        self._vertices: dict[str, np.ndarray] = {}
         self.surface: dict[int, np.ndarray] = {}
         for a in self.scene.agents:
             if a.model not in ("pedestrian", "cyclist", "box") and not self.renderer.has_mesh(a.model):
@@ -165,7 +164,6 @@ class World:
                 self.renderer.add_mesh(a.model, mesh)
                 for suffix, cell in LOD_CELLS_M.items():
                     self.renderer.add_mesh(a.model + suffix, M.decimate(mesh, cell))
-                self._vertices[a.model] = np.unique(mesh.positions.astype(np.float64), axis=0)
             self.surface[a.track_id] = self._surface_points(a)
 
     def close(self) -> None:
