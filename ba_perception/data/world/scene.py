@@ -227,16 +227,21 @@ def _speed_profile(rng: np.random.Generator, t: np.ndarray, v_range: tuple[float
     return v
 
 
-def _follow(t: np.ndarray, members: list[tuple[Agent, np.ndarray, int]], lane_width: float, dt_sim: float = 0.05) -> None:
+def _follow(t: np.ndarray, members: list[tuple[Agent, np.ndarray, int]], lane_width: float,
+            crossers: list[Agent] | None = None, dt_sim: float = 0.05) -> None:
     """Car following (IDM) along the road: rewrites ``s_t`` of same-direction movers so nobody
-    drives through the vehicle ahead in its lane (lane changers count in both lanes).
+    drives through the vehicle ahead in its lane (lane changers count in both lanes), and movers
+    stop for crossing pedestrians that are in or next to their lane.
 
     Args:
         t: time grid, seconds.
         members: (agent, desired speed on the grid in m/s, direction +1/-1); ``agent.s_t[0]`` is
             the start position.
         lane_width: metres; two movers share a lane when their offsets differ by < 0.75 of it.
+        crossers: agents at a fixed ``s`` whose lateral offset changes with time (pedestrians
+            crossing), treated as standing obstacles while within 1.5 m of a mover's lane.
     """
+    crossers = crossers or []
     for direction in (1, -1):
         group = [(a, v) for a, v, dr in members if dr == direction]
         if not group:
@@ -254,6 +259,8 @@ def _follow(t: np.ndarray, members: list[tuple[Agent, np.ndarray, int]], lane_wi
         len_c = np.array([max(a.change_len, 1e-9) for a, _ in group])
         by_dist = np.array([a.change_len > 0 for a, _ in group])
         v[:] = v0[0]
+        xp = np.array([direction * c.s_t[0] for c in crossers])
+        dp = np.stack([c.d(ts, np.zeros_like(ts)) for c in crossers], 1) if crossers else np.zeros((len(ts), 0))
         xs = np.empty((len(ts), len(group)))
         amax, bcomf = 1.5, 2.5
         for k in range(len(ts)):
@@ -267,6 +274,13 @@ def _follow(t: np.ndarray, members: list[tuple[Agent, np.ndarray, int]], lane_wi
             j = np.argmin(gap, axis=1)
             g = gap[np.arange(len(x)), j]
             dv = v - v[j]
+            if len(xp):
+                near = np.abs(dp[k][None, :] - dlat[:, None]) < 0.5 * lane_width + 1.5
+                gp = np.where(near & (xp[None, :] > x[:, None]), xp[None, :] - x[:, None] - length[:, None] / 2 - 0.8, np.inf)
+                gp = gp.min(axis=1)
+                stop = gp < g
+                g = np.where(stop, gp, g)
+                dv = np.where(stop, v, dv)
             s_star = 2.0 + 1.5 * v + v * dv / (2 * np.sqrt(amax * bcomf))
             free = 1 - (v / np.maximum(v0[k], 0.1)) ** 4
             inter = np.where(np.isfinite(g), (np.maximum(s_star, 0) / np.maximum(g, 0.1)) ** 2, 0.0)
@@ -502,7 +516,8 @@ def generate(cfg: WorldConfig) -> Scene:
         agents.append(Agent(new_id(), "pedestrian", "pedestrian", PED_SIZE * rng.uniform(0.9, 1.08), np.ones(3),
                             rng.uniform(0.05, 0.9, 3), _integrate(s0, direction * v, dt), d,
                             yaw_offset=0.0 if direction > 0 else math.pi, phase0=rng.uniform(0, 2 * math.pi)))
-    # Pedestrians crossing the road.
+    # Pedestrians crossing the road (traffic stops for them, see _follow).
+    crossers: list[Agent] = []
     for _ in range(int(p.crossing_per_100m * span / 100)):
         sgn = rng.choice([-1, 1])
         speed = rng.uniform(0.9, 1.6)
@@ -514,6 +529,7 @@ def generate(cfg: WorldConfig) -> Scene:
                   rng.uniform(0.05, 0.9, 3), np.full_like(t, s0), d0, d1=-d0, t_change=t_start, change_s=crossing * 1.5,
                   yaw_offset=-sgn * math.pi / 2, follow_motion=False, phase0=rng.uniform(0, 2 * math.pi))
         agents.append(a)
+        crossers.append(a)
     # Cyclists near the right edge of the outer lanes.
     for _ in range(int(p.cyclists_per_100m * span / 100)):
         direction = rng.choice([-1, 1])
@@ -536,7 +552,7 @@ def generate(cfg: WorldConfig) -> Scene:
             agents = [x for x in agents if x is not a]
         else:
             kept.append(m)
-    _follow(t, kept, p.lane_width)
+    _follow(t, kept, p.lane_width, crossers)
     sun_az, sun_el = rng.uniform(0, 2 * math.pi), rng.uniform(0.25, 1.2)
     light = np.array([math.cos(sun_el) * math.cos(sun_az), math.cos(sun_el) * math.sin(sun_az), math.sin(sun_el)])
     sky_top = np.array([0.35, 0.55, 0.85]) * rng.uniform(0.8, 1.1)
