@@ -52,11 +52,11 @@ Observability (why the scale and the object's motion are determined):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 import torch
 
-from ba_perception.core.geometry import skew, so3_exp, so3_log, so3_right_jacobian_inv
+from ba_perception.core.geometry import so3_exp, so3_log, so3_right_jacobian_inv
 
 LOSSES = ("trivial", "huber", "cauchy")
 
