@@ -33,10 +33,10 @@ class RefineConfig:
         roll_pitch_std: prior std of roll and pitch about the detector's upright box, radians.
         accel_std: constant-velocity prior, m/s^2 (translation) and angular_accel_std rad/s^2.
         static_speed_mps: without enough point tracks, objects slower than this are static.
-        static_resolve: re-solve candidates (speed below ``static_candidate_mps``) with one pose
-            for all frames; static when that raises the whitened reprojection cost by less than
-            ``static_cost_per_obs`` per observation (needs ``min_points_for_selection`` tracks),
-            and then the one-pose solution is reported.
+        static_resolve: also solve every problem with one pose for all frames (in the same
+            batch); an object slower than ``static_candidate_mps`` is static when that raises the
+            whitened reprojection cost by less than ``static_cost_per_obs`` per observation (needs
+            ``min_points_for_selection`` tracks), and then the one-pose solution is reported.
         min_baseline_m: camera travel below which the window is degenerate (zero baseline).
         min_depth_m: detections nearer than this (or behind the camera) are dropped.
         solver: LM options (iterations, loss, yaw-only, ...).
@@ -340,10 +340,6 @@ def _box(track: ObjectTrack, reason: str, config: RefineConfig, pos: int = -1) -
     )
 
 
-def _subset(problem: OBAProblem, idx: torch.Tensor) -> OBAProblem:
-    return OBAProblem(**{k: (None if v is None else v[idx]) for k, v in problem.__dict__.items()})
-
-
 def refine_tracklets(
     tracks: list[ObjectTrack],
     config: RefineConfig | None = None,
@@ -367,45 +363,48 @@ def refine_tracklets(
     batch = build_batch(tracks, cfg, point_tracks)
     out: dict[int, RefinedBox] = {t.tracklet_id: _box(t, r, cfg) for t, r in batch.excluded}
     if batch.problem is not None:
-        res = solve(batch.problem, batch.init, cfg.solver, initial_lambda=batch.initial_lambda)
-        p = batch.problem
+        p, B = batch.problem, len(batch.tracks)
+        if cfg.static_resolve:
+            # Model selection in the same batched solve: every problem twice, with free per-frame
+            # poses (+ constant-velocity prior) and with one pose for all frames (static-scene BA).
+            # The object is static when one pose explains the image evidence about as well as free
+            # poses do (a moving object seen from a moving camera cannot).
+            dev = p.obs_uv.device
+            ps = OBAProblem(**{**p.__dict__, "static": torch.ones(B, dtype=torch.bool, device=dev),
+                               "motion_sqrt_info": torch.zeros_like(p.motion_sqrt_info)})
+            pd = OBAProblem(**{**p.__dict__, "static": torch.zeros(B, dtype=torch.bool, device=dev)})
+            joint = OBAProblem(**{k: torch.cat([getattr(pd, k), getattr(ps, k)]) if getattr(pd, k) is not None else None
+                                  for k in p.__dict__})
+            init = batch.init
+            nf = p.frame_mask.sum(1).clamp(min=1)[:, None].to(init.t_odom_obj.dtype)
+            t_mean = (init.t_odom_obj * p.frame_mask[..., None]).sum(1) / nf  # window mean position
+            init_s = OBAState(init.R_odom_obj[:, :1].expand_as(init.R_odom_obj), t_mean[:, None].expand_as(init.t_odom_obj), init.points_obj)
+            both = OBAState(*(torch.cat([a, b]) for a, b in zip(
+                (init.R_odom_obj, init.t_odom_obj, init.points_obj), (init_s.R_odom_obj, init_s.t_odom_obj, init_s.points_obj))))
+            lam = batch.initial_lambda
+            res_all = solve(joint, both, cfg.solver, initial_lambda=None if lam is None else torch.cat([lam, lam]))
+            first = torch.arange(2 * B, device=dev) < B
+            res, sres = _take(res_all, first), _take(res_all, ~first)
+        else:
+            res = solve(p, batch.init, cfg.solver, initial_lambda=batch.initial_lambda)
         v, vcov = _velocity(res.state.t_odom_obj, p.stamps_s, p.frame_mask, res.pose_covariance)
         speed = v.norm(dim=-1)
         static = (speed < cfg.static_speed_mps) & res.valid
         final = res
-        cand = res.valid & (speed < cfg.static_candidate_mps)
-        if cfg.static_resolve and bool(cand.any()):
-            # Model selection: re-solve candidates with one pose for all frames (static-scene BA);
-            # the object is static when one pose explains the image evidence about as well as
-            # free per-frame poses do (a moving object seen from a moving camera cannot).
-            idx = torch.nonzero(cand)[:, 0]
-            sp = _subset(p, idx)
-            sp.static = torch.ones(len(idx), dtype=torch.bool, device=idx.device)
-            sp.motion_sqrt_info = None
-            init = OBAState(res.state.R_odom_obj[idx], res.state.t_odom_obj[idx], res.state.points_obj[idx])
-            # one pose: start from the window mean position (the per-frame estimates scatter)
-            nf = sp.frame_mask.sum(1).clamp(min=1)[:, None].to(init.t_odom_obj.dtype)
-            tm = (init.t_odom_obj * sp.frame_mask[..., None]).sum(1) / nf
-            init.t_odom_obj = tm[:, None].expand_as(init.t_odom_obj).clone()
-            sres = solve(sp, init, cfg.solver)
-            pure = OBAProblem(**{**sp.__dict__, "prior_T_odom_obj": None, "prior_sqrt_info": None, "prior_mask": None, "static": None})
-            c_dyn = problem_cost(pure, init_state_of(res, idx), cfg.solver)
+        if cfg.static_resolve:
+            pure = OBAProblem(**{**p.__dict__, "prior_T_odom_obj": None, "prior_sqrt_info": None, "prior_mask": None,
+                                 "static": None, "motion_sqrt_info": None})
+            c_dyn = problem_cost(pure, res.state, cfg.solver)
             c_sta = problem_cost(pure, sres.state, cfg.solver)
-            nobs = sres.num_obs.clamp(min=1).to(c_dyn.dtype)
-            enough = (res.num_obs[idx] >= 2 * cfg.min_points_for_selection)
+            nobs = res.num_obs.clamp(min=1).to(c_dyn.dtype)
+            enough = res.num_obs >= 2 * cfg.min_points_for_selection
             by_images = (c_sta - c_dyn) / nobs < cfg.static_cost_per_obs
-            is_sta = torch.where(enough, by_images, static[idx]) & sres.valid
-            static = torch.zeros_like(static).index_put((idx,), is_sta)
-            keep = idx[is_sta]
+            static = res.valid & sres.valid & (speed < cfg.static_candidate_mps) & torch.where(enough, by_images, static)
+            keep = torch.nonzero(static)[:, 0]
             if len(keep):
-                final = _merge(res, _take(sres, is_sta), keep)
+                final = _merge(res, _take(sres, static), keep)
         _write_back(batch, final, v, vcov, static, cfg, out)
     return [out[t.tracklet_id] for t in tracks]
-
-
-def init_state_of(res: OBAResult, idx: torch.Tensor) -> OBAState:
-    """The rows ``idx`` of a result's state."""
-    return OBAState(res.state.R_odom_obj[idx], res.state.t_odom_obj[idx], res.state.points_obj[idx])
 
 
 def _take(res: OBAResult, m: torch.Tensor) -> OBAResult:
