@@ -33,7 +33,7 @@ class NodeSpec:
     enabled_if: dict[str, tuple[str, ...]] = field(default_factory=dict)  # launch arg -> accepted values
     enabled_unless_empty: str = ""  # launch arg that must be non-empty
     respawn: bool = True
-    shutdown_on_exit: bool = False  # when it exits cleanly, the whole graph stops (a finished bag)
+    shutdown_on_exit: bool = False  # when it exits, the whole graph stops (a finished or failed bag player)
     arg_params: dict[str, str] = field(default_factory=dict)  # node parameter <- launch argument
 
     def enabled(self, args: dict[str, str]) -> bool:

@@ -88,8 +88,10 @@ class Launcher:
             code = r.proc.poll()
             if code is None or self.stopping:
                 continue
-            if r.spec.shutdown_on_exit and code == 0:
-                self.log(f"[launch] {r.spec.name} finished; shutting down the graph")
+            if r.spec.shutdown_on_exit:
+                self.log(f"[launch] {r.spec.name} {'finished' if code == 0 else f'failed (exit {code})'}; "
+                         "shutting down the graph")
+                self.exit_code = self.exit_code or (0 if code == 0 else 1)
                 self.shutdown()
                 return False
             if code != 0 and r.spec.respawn and r.restarts < self.max_restarts:

@@ -52,6 +52,8 @@ class BagPlayer(PerceptionNode):
         ParamSpec("qos", "reliable", "QoS of the published topics", choices=("reliable", "sensor_data", "best_effort")),
         ParamSpec("qos_depth", 10, "queue depth of the published topics", min=1),
         ParamSpec("wait_for_subscribers", 0, "before playing, wait until every played topic has this many subscribers", min=0),
+        ParamSpec("ready_topics", [""], "before playing, wait until each 'topic=N' has a publisher and N subscribers "
+                  "(the pipeline's outputs are being recorded)"),
         ParamSpec("wait_timeout_s", 30.0, "give up waiting for subscribers after this long", min=0.0),
         ParamSpec("lockstep", False, "publish frame N+1 only when the output for frame N arrived"),
         ParamSpec("lockstep_trigger_topic", "/camera/image_raw", "the frame topic that lockstep paces"),
@@ -119,17 +121,28 @@ class BagPlayer(PerceptionNode):
             self._acked.add(stamp)
             self._ack.notify_all()
 
-    def _wait_subscribers(self) -> None:
+    def _ready(self) -> bool:
         need = self.p["wait_for_subscribers"]
-        if need <= 0:
+        if need > 0 and min(p.get_subscription_count() for p in self.publishers_by_topic.values()) < need:
+            return False
+        for item in self.p["ready_topics"]:
+            if not item:
+                continue
+            topic, _, n = item.partition("=")
+            if self.count_publishers(topic) < 1 or self.count_subscribers(topic) < int(n or 1):
+                return False
+        return True
+
+    def _wait_subscribers(self) -> None:
+        if self.p["wait_for_subscribers"] <= 0 and not any(self.p["ready_topics"]):
             return
         deadline = time.monotonic() + self.p["wait_timeout_s"]
         while rclpy.ok() and time.monotonic() < deadline:
-            counts = {t: p.get_subscription_count() for t, p in self.publishers_by_topic.items()}
-            if min(counts.values()) >= need:
+            if self._ready():
+                time.sleep(0.3)  # discovery is per pair of endpoints: let the last matches settle
                 return
             time.sleep(0.02)
-        self.get_logger().warning(f"playing although not every topic has {need} subscriber(s)")
+        self.get_logger().warning("playing although the graph is not fully connected (wait_timeout_s passed)")
 
     def _play(self) -> None:
         try:

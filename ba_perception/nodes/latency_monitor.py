@@ -113,7 +113,8 @@ class LatencyMonitor(PerceptionNode):
 
     def close(self) -> None:
         if self.p["summary_path"]:
-            data = {"stages": [asdict(r) for r in self.stats.summary()], "counters": dict(self.counters)}
+            data = {"stages": [asdict(r) for r in self.stats.summary()], "counters": dict(self.counters),
+                    "samples_ms": {k: list(v) for k, v in self.stats.samples.items()}}
             Path(self.p["summary_path"]).write_text(json.dumps(data, indent=2))
 
 
