@@ -224,6 +224,7 @@ class _Prep:
     mot_w: torch.Tensor | None  # (B,1,6)
     valid: torch.Tensor  # (B,) bool
     any_static: bool = True  # some problem maps several frames to one pose slot
+    free_outer: torch.Tensor | None = None  # (B,6P,6P) free_i * free_j
 
 
 def _check(problem: OBAProblem) -> None:
@@ -332,6 +333,8 @@ def _prepare(problem: OBAProblem, state: OBAState, options: SolverOptions) -> _P
     if options.yaw_only:
         free[..., 3:5] = 0
     prep.free = free
+    fl = free.reshape(B, 6 * F)
+    prep.free_outer = fl[:, :, None] * fl[:, None, :]
     return prep
 
 
@@ -498,7 +501,7 @@ def _inv3(A: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _Normal:
-    H: torch.Tensor  # (B,P,P,6,6) pose block
+    H: torch.Tensor  # (B,6P,6P) pose block (a (B,P,6,P,6) view gives the 6x6 blocks)
     g: torch.Tensor  # (B,P,6)
     W: torch.Tensor  # (B,K,6P,3) point-major pose-point blocks
     V: torch.Tensor  # (B,K,3,3)
@@ -532,8 +535,9 @@ def _normal_equations(prep: _Prep, state: OBAState, options: SolverOptions) -> _
     if prep.any_static:
         Wf = torch.zeros_like(Wf).scatter_add_(1, idx[..., None, None, None].expand_as(Wf), Wf)
     W = Wf.permute(0, 2, 1, 3, 4).reshape(B, K, F * 6, 3)
-    H = torch.zeros(B, F, F, 6, 6, dtype=Hf.dtype, device=Hf.device)
-    H.diagonal(dim1=1, dim2=2).add_(Hs.permute(0, 2, 3, 1))
+    H = torch.zeros(B, 6 * F, 6 * F, dtype=Hf.dtype, device=Hf.device)
+    H5 = H.view(B, F, 6, F, 6)  # H5[b, p, i, q, j] = block (p, q), entry (i, j)
+    H5.diagonal(dim1=1, dim2=3).add_(Hs.permute(0, 2, 3, 1))
     if prep.mot_m is not None:
         rm, Jm = motion_residuals(prep, state, jacobians=True)
         cost = cost + 0.5 * (rm * rm).flatten(1).sum(-1)
@@ -543,7 +547,7 @@ def _normal_equations(prep: _Prep, state: OBAState, options: SolverOptions) -> _
             for j in range(3):
                 blk = Jm[:, :, i].transpose(-1, -2) @ Jm[:, :, j]  # (B,T,6,6)
                 lo = min(i, j)
-                H.diagonal(offset=j - i, dim1=1, dim2=2)[..., lo : lo + T].add_(blk.permute(0, 2, 3, 1))
+                H5.diagonal(offset=j - i, dim1=1, dim2=3)[..., lo : lo + T].add_(blk.permute(0, 2, 3, 1))
     behind = ((z <= options.min_depth_m) & (prep.m > 0)).flatten(1).any(-1)
     cost = torch.where(behind, torch.full_like(cost, float("inf")), cost)
     return _Normal(H=H, g=g, W=W, V=V, gp=gp, cost=cost)
@@ -563,8 +567,7 @@ def _solve_damped(ne: _Normal, prep: _Prep, lam: torch.Tensor, options: SolverOp
     dt = ne.g.dtype
     free = prep.free
     pa = prep.point_active
-    # (B,P,P,6,6) -> block diagonal (B,6,6,P) -> its element diagonal (B,P,6)
-    Hdiag = ne.H.diagonal(dim1=1, dim2=2).diagonal(dim1=1, dim2=2)
+    Hdiag = ne.H.diagonal(dim1=-2, dim2=-1).reshape(B, P, 6)
     Dp = Hdiag.clamp(options.min_diagonal, options.max_diagonal)  # (B,P,6)
     Dv = torch.diagonal(ne.V, dim1=-2, dim2=-1).clamp(options.min_diagonal, options.max_diagonal)  # (B,K,3)
     lam_ = lam[:, None, None]
@@ -574,16 +577,15 @@ def _solve_damped(ne: _Normal, prep: _Prep, lam: torch.Tensor, options: SolverOp
     Vinv = _inv3(Va)
     Y = ne.W @ Vinv  # (B,K,6P,3) = W_k V_k^-1
     # S = H - sum_k W_k V_k^-1 W_k^T
-    S = ne.H.permute(0, 1, 3, 2, 4).reshape(B, 6 * P, 6 * P)
-    S = S - Y.permute(0, 2, 1, 3).reshape(B, 6 * P, 3 * K) @ ne.W.permute(0, 1, 3, 2).reshape(B, 3 * K, 6 * P)
+    S = ne.H - Y.permute(0, 2, 1, 3).reshape(B, 6 * P, 3 * K) @ ne.W.permute(0, 1, 3, 2).reshape(B, 3 * K, 6 * P)
     f = free.reshape(B, 6 * P)
-    S = S + torch.diag_embed(lam[:, None] * Dp.reshape(B, 6 * P))
-    S = S * f[:, :, None] * f[:, None, :] + torch.diag_embed(1 - f)
+    S.diagonal(dim1=-2, dim2=-1).add_(lam[:, None] * Dp.reshape(B, 6 * P))
+    # held / unused dofs: identity rows and columns, zero right-hand side -> zero step
+    S.mul_(prep.free_outer).diagonal(dim1=-2, dim2=-1).add_(1 - f)
     gp = ne.gp * pa[..., None]
     rhs = (-ne.g.reshape(B, 6 * P) + torch.einsum("bkpj,bkj->bp", Y, gp)) * f
     L, info = torch.linalg.cholesky_ex(S)
     ok = info == 0
-    L = torch.where(ok[:, None, None], L, torch.eye(6 * P, dtype=dt, device=S.device))
     dx = torch.cholesky_solve(rhs[..., None], L)[..., 0] * f
     dx = torch.where(ok[:, None], dx, torch.zeros_like(dx)).reshape(B, P, 6)
     dp = _mm(Vinv, (-gp - torch.einsum("bkpj,bp->bkj", ne.W, dx.reshape(B, 6 * P)))[..., None])[..., 0] * pa[..., None]
@@ -698,6 +700,7 @@ def _pose_covariance(ne: _Normal, prep: _Prep, options: SolverOptions) -> torch.
     B, P = ne.g.shape[:2]
     tiny = torch.full((B,), max(1e-12, 10 * torch.finfo(ne.g.dtype).eps), dtype=ne.g.dtype, device=ne.g.device)
     _, _, ok, _, L = _solve_damped(ne, prep, tiny, options)
+    L = torch.where(ok[:, None, None], L, torch.eye(L.shape[-1], dtype=L.dtype, device=L.device))
     eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand_as(L)
     Linv = torch.linalg.solve_triangular(L, eye, upper=False)
     cov = Linv.transpose(-1, -2) @ Linv  # S^-1 = L^-T L^-1
