@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help). Keep sorted; benches are under `bench NAME`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "build-engine": ("ba_perception.train.build_engine", "build and cache the TensorRT engine of the detector"),
+    "demo": ("ba_perception.demo", "run the whole stack on the synthetic world and print the results (README command 1)"),
     "eval-det": ("ba_perception.eval.detection_eval", "detector AP|R40 (3D/BEV/2D), depth and yaw errors on a world split"),
     "export": ("ba_perception.train.export", "export a detector checkpoint to ONNX (opset 17) with parity check"),
     "launch": ("ba_perception.launcher", "start the whole node graph from config/stack.yaml"),
