@@ -103,8 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="models/detector.onnx", help="ONNX model (or a .pt checkpoint)")
     parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--sequences", type=int, default=10, help="world sequences in the split")
-    parser.add_argument("--pairs-per-sequence", type=int, default=10)
+    parser.add_argument("--sequences", type=int, default=8, help="world sequences (the official test split has 8)")
+    parser.add_argument("--pairs-per-sequence", type=int, default=10, help="frame pairs per sequence (every 9th frame)")
     parser.add_argument("--cache-dir", default="data/detector")
     parser.add_argument("--difficulty", default="moderate", choices=("easy", "moderate", "hard"))
     parser.add_argument("--score-threshold", type=float, default=0.05)
@@ -125,7 +125,11 @@ def run(args: argparse.Namespace) -> int:
         be = create_backend(args.backend, threads=args.threads, **kw)
     except BackendError as err:
         raise CommandError(str(err)) from err
-    spec = SplitSpec(name=args.split, sequences=args.sequences, pairs_per_sequence=args.pairs_per_sequence)
+    from ba_perception.data.world import PRESETS
+
+    presets = tuple(PRESETS) if args.split == "test" else SplitSpec().presets  # test: as data.synth plans it
+    spec = SplitSpec(name=args.split, sequences=args.sequences, pairs_per_sequence=args.pairs_per_sequence,
+                     pair_every=9, presets=presets)
     try:
         split = build_split(spec, be.input_hw, args.cache_dir)
     except DataError as err:

@@ -6,7 +6,9 @@ correspondence / embedding losses. Frames are letterboxed to the network size on
 as one ``.npz`` per split under ``data/detector/`` (keyed by a hash of the split definition and
 the network size), so training reads them without rendering again.
 
-Seeds: train 10000+i, val 20000+i, test 30000+i (disjoint; the test split is never trained on).
+Seeds: the detector trains on its own sequences (train 10000+i, val 20000+i); ``test`` is the
+world's official test split (``ba_perception.data.synth.SPLITS``: seeds 200000+i, presets cycling
+over all world presets), disjoint from both, never trained on.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ba_perception.core.detection.model import CLASSES, NUM_REG, OUTPUT_STRIDE
 from ba_perception.core.detection.preprocess import Preprocess, apply_preprocess, to_chw_float
 
 PRESET_CYCLE = ("urban", "highway", "parking_lot", "urban", "occlusion_stress")
-SPLIT_SEED_BASE = {"train": 10000, "val": 20000, "test": 30000}
+SPLIT_SEED_BASE = {"train": 10000, "val": 20000, "test": 200_000}  # test == data.synth.SPLITS["test"]
 
 
 class DataError(RuntimeError):
