@@ -58,8 +58,20 @@ NODES: tuple[NodeSpec, ...] = (
 
 
 def package_root() -> Path:
-    """The source tree or install share folder holding config/ and launch/."""
-    return Path(__file__).resolve().parents[1]
+    """The folder holding config/, launch/ and models/: the source tree, else the ament share folder.
+
+    ``pip install -e`` (this repository's setup) runs from the source tree; a ``colcon build``
+    install keeps them under ``share/ba_perception``.
+    """
+    source = Path(__file__).resolve().parents[1]
+    if (source / "config" / "stack.yaml").is_file():
+        return source
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory(PACKAGE))
+    except (ImportError, LookupError):
+        return source
 
 
 def default_params_file() -> Path:
