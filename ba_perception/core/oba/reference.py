@@ -61,6 +61,8 @@ def solve_with_pycolmap(
     object-frame points. Since ``T_cam_odom`` is constant, this is a reparametrisation of the same
     cost, with the same optimum. Frames in ``problem.fixed_frames`` are held constant (gauge);
     intrinsics are constant. Only reprojection terms are supported (no priors, unit weights).
+    Unlike our solver, Ceres has no cheirality guard: with a robust loss it may move a point into
+    a camera centre to silence an outlier, which our solver refuses (``min_depth_m``).
 
     Args:
         problem: the batch (priors/motion/static/weights must be absent).
