@@ -1,7 +1,7 @@
 """`ba-perception bench oba`: batched object-BA solve time, speed-up over pycolmap, and agreement with Ceres.
 
 Problems are synthetic (core/oba/synthetic.py): car-sized boxes with points on their faces, seen
-from a driving camera, 1 px noise. Three measurements:
+from a driving camera, 1 px noise. Four measurements:
 
 1. the batched LM (``tracklets x frames x points``, fixed iterations, no host sync, Cauchy
    loss, detector prior + constant-velocity prior) on CUDA when present and on the CPU
@@ -9,7 +9,8 @@ from a driving camera, 1 px noise. Three measurements:
 2. pure-reprojection versions of the same problems (gauge: two frames held) solved by our
    solver and by pycolmap's Ceres bundle adjuster one after another (same iteration cap);
 3. agreement: ``--check`` random problems solved to convergence by both; max relative
-   difference of the final costs (the bar is 1e-6).
+   difference of the final costs (the bar is 1e-6);
+4. ``refine_tracklets`` end to end on the same number of tracklets (float32).
 
 Prints a table and writes JSON.
 """
@@ -17,6 +18,7 @@ Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -28,8 +30,9 @@ import numpy as np
 import torch
 
 from ba_perception.core.oba.reference import have_pycolmap, solve_with_pycolmap
+from ba_perception.core.oba.refine import RefineConfig, refine_tracklets
 from ba_perception.core.oba.solver import OBAProblem, SolverOptions, solve
-from ba_perception.core.oba.synthetic import make_batch
+from ba_perception.core.oba.synthetic import make_batch, make_tracklets
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +98,25 @@ def run(args: argparse.Namespace) -> int:
                 rows.append(r)
                 print(f"  solved {device} {r['dtype']} {r['problem']}: p50 {r['p50_ms']:.1f} ms", flush=True)
 
+    # end to end: refine_tracklets (packing, descriptor matching, dynamic + one-pose solves, boxes)
+    refine_rows = []
+    for device in devices:
+        B = args.cpu_tracklets if device == "cpu" else args.tracklets
+        sb = make_batch(B, F, K, seed=3, noise_px=1.0, with_prior=True)
+        tracks = make_tracklets(sb)
+        cfg = RefineConfig(device=device, dtype=torch.float32, solver=SolverOptions(loss="cauchy", loss_scale_px=2.0, max_iterations=it, sync_every=0))
+        refine_tracklets(copy.deepcopy(tracks), cfg)
+        ts = []
+        for _ in range(max(3, args.repeats // 4)):
+            tr = copy.deepcopy(tracks)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            refine_tracklets(tr, cfg)
+            ts.append(1e3 * (time.perf_counter() - t0))
+        refine_rows.append({"device": device, "dtype": "float32", "tracklets": B, "frames": F, "p50_ms": statistics.median(ts)})
+        print(f"  refine_tracklets {device}: p50 {statistics.median(ts):.1f} ms", flush=True)
+
     ceres: dict = {"available": have_pycolmap()}
     if ceres["available"]:
         # the same pure-reprojection problems as the CPU rows, one after another, same iteration cap
@@ -129,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
                     "cuda": torch.cuda.get_device_name(0) if "cuda" in devices else None, "loadavg": load},
         "config": {"frames": F, "points": K, "iterations": it, "repeats": args.repeats, "loss": "cauchy(2px)",
                    "cuda_measured": "cuda" in devices},
-        "solver": rows, "pycolmap": ceres,
+        "solver": rows, "refine_tracklets": refine_rows, "pycolmap": ceres,
     }
     print()
     print(f"{'device':6s} {'dtype':8s} {'problem':13s} {'B':>4s} {'F':>3s} {'K':>3s} {'p50 ms':>9s} {'p90 ms':>9s} {'vs pycolmap':>12s}")
@@ -137,6 +159,9 @@ def run(args: argparse.Namespace) -> int:
         sp = f"{r['speedup_vs_pycolmap']:.1f}x" if "speedup_vs_pycolmap" in r else "-"
         print(f"{r['device']:6s} {r['dtype']:8s} {r['problem']:13s} {r['tracklets']:4d} {r['frames']:3d} {r['points']:3d} "
               f"{r['p50_ms']:9.2f} {r['p90_ms']:9.2f} {sp:>12s}")
+    for r in refine_rows:
+        print(f"refine_tracklets end to end ({r['device']}, {r['tracklets']} tracklets x {r['frames']} frames, "
+              f"float32, static/moving model selection): p50 {r['p50_ms']:.1f} ms")
     if "cuda" not in devices:
         print("CUDA: not present on this machine; the CUDA path (same code, device argument) is unmeasured.")
     if ceres.get("problems"):
