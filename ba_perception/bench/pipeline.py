@@ -292,7 +292,12 @@ def percentiles(ms: list[float]) -> dict[str, float]:
 
 def run_pipeline(frames: list[Any], detector: Any, observe: Any, tracklet_cfg: TrackletConfig,
                  refine_cfg: RefineConfig, tracker_cfg: TrackerConfig, warmup: int, device: torch.device) -> dict:
-    """Run every frame through the three stages; per-stage samples of the frames after ``warmup``."""
+    """Run every frame through the three stages; per-stage samples of the frames after ``warmup``.
+
+    Args:
+        observe: ``observe(frame_index, DetectionResult) -> list[Observation]``, the track buffer's
+            input (timed as part of ``track_buffer.associate``, as the node converts its input there).
+    """
     cuda = device.type == "cuda"
 
     def now() -> float:
@@ -311,8 +316,8 @@ def run_pipeline(frames: list[Any], detector: Any, observe: Any, tracklet_cfg: T
         if ev:
             ev[0].record()
         res = detector.detect(f.image, f.K)
-        obs = observe(f, res)
         t1 = now()
+        obs = observe(i, res)  # the track buffer's input records (conversion timed with the association)
         tracks, _ = buffer.update(f.stamp_ns, obs, f.T_odom_cam, f.K)
         t2 = now()
         boxes = refine_tracklets(tracks, refine_cfg)
@@ -372,14 +377,15 @@ def run(args: argparse.Namespace) -> int:
     detector = Detector(backend, DecodeConfig(score_threshold=threshold, max_detections=args.objects,
                                               samples_per_side=int(pd.get("samples_per_side", 5))))
     mcfg = (backend.metadata or {}).get("config", {})
-    if mode == "world":
+    if mode == "world":  # made before the timed loop: generating them is not part of the pipeline
         world_obs = WorldObservations(args.objects, int(pd.get("samples_per_side", 5)),
                                       int(mcfg.get("feature_dim", 32)), int(mcfg.get("embedding_dim", 64)))
+        made = [world_obs(f) for f in frames]
 
-        def observe(frame, _res):
-            return world_obs(frame)
+        def observe(i, _res):
+            return made[i]
     else:
-        def observe(_frame, res):
+        def observe(_i, res):
             return detections_to_observations(res.detections, res.class_names)
 
     tb_cfg, rf_cfg = refine_config(node_params(params_file, "track_buffer_node"), args.device)
