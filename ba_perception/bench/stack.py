@@ -187,6 +187,7 @@ class NodeProcess:
         self.ps = psutil.Process(self.proc.pid)
         self.cpu: list[float] = []
         self.rss_mb: list[float] = []
+        self.cpu_s: list[float] = []  # user + system CPU seconds of the tree, cumulative
         self._known: dict[int, Any] = {}
 
     def alive(self) -> bool:
@@ -200,21 +201,25 @@ class NodeProcess:
             procs = [self.ps] + self.ps.children(recursive=True)
         except psutil.Error:
             return
-        cpu = rss = 0.0
+        cpu = rss = total = 0.0
         for p in procs:
             try:
                 p = self._known.setdefault(p.pid, p)
                 cpu += p.cpu_percent(None)
                 rss += p.memory_info().rss / 2**20
+                t = p.cpu_times()
+                total += t.user + t.system
             except psutil.Error:
                 continue
         self.cpu.append(cpu)
         self.rss_mb.append(rss)
+        self.cpu_s.append(total)
 
     def start_sampling(self) -> None:
         self.cpu.clear()
         self.rss_mb.clear()
-        self.sample()  # primes cpu_percent; discarded
+        self.cpu_s.clear()
+        self.sample()  # primes cpu_percent; keeps the CPU-time origin
         self.cpu.clear()
         self.rss_mb.clear()
 
@@ -234,12 +239,15 @@ class NodeProcess:
         except OSError:
             return ""
 
-    def usage(self) -> dict:
+    def usage(self, frames: int) -> dict:
+        """Sampled CPU % and RSS, and CPU seconds used over the window (also per played frame)."""
         if not self.cpu:
             return {"samples": 0}
         c, r = np.asarray(self.cpu), np.asarray(self.rss_mb)
+        cpu_s = self.cpu_s[-1] - self.cpu_s[0] if len(self.cpu_s) > 1 else float("nan")
         return {"samples": int(c.size), "cpu_mean_pct": float(c.mean()), "cpu_p95_pct": float(np.percentile(c, 95)),
-                "rss_max_mb": float(r.max()), "rss_mean_mb": float(r.mean())}
+                "rss_max_mb": float(r.max()), "rss_mean_mb": float(r.mean()), "cpu_s": cpu_s,
+                "cpu_ms_per_played_frame": 1e3 * cpu_s / frames if frames else None}
 
 
 class Probe:
@@ -462,7 +470,7 @@ def run_rate(rate_hz: float, rc: RunConfig, probe: Probe) -> dict:
         "play_seconds": played_s, "achieved_input_hz": (frames_played - 1) / played_s if played_s > 0 and frames_played > 1 else 0.0,
         "objects_per_frame": _mean_max(objects), "refined_per_frame": _mean_max(refined),
         "stages": stages,
-        "processes": {p.name: p.usage() for p in graph + [monitor]},
+        "processes": {p.name: p.usage(frames_played) for p in graph + [monitor]},
         "system_cpu_pct": {"mean": float(np.mean(sys_cpu)) if sys_cpu else None,
                            "note": "all cores, 100 = every core busy; includes other users of the machine"},
         "gpu": ({"util_mean_pct": float(np.mean([g["util_pct"] for g in gpu])),
@@ -523,7 +531,8 @@ def host_info() -> dict:
 def print_runs(runs: list[dict]) -> None:
     """Summary table of all runs, then the stage table of each."""
     head = (f"{'rate':>6s} {'in':>5s} {'out':>5s} {'drop%':>6s} {'e2e p50':>8s} {'p95':>7s} {'p99':>7s} {'jitter':>7s}"
-            f" {'det p50':>8s} {'tb p50':>7s} {'trk p50':>8s} {'obj':>5s} {'CPU% det/tb/trk':>16s} {'RSS MB det/tb/trk':>18s}")
+            f" {'det p50':>8s} {'tb p50':>7s} {'trk p50':>8s} {'obj':>5s} {'CPU% det/tb/trk':>16s} {'CPUms/frame det/tb/trk':>22s}"
+            f" {'RSS MB det/tb/trk':>18s}")
     print(head)
     print("-" * len(head))
     for r in sorted(runs, key=lambda r: r["rate_hz"]):
@@ -535,10 +544,11 @@ def print_runs(runs: list[dict]) -> None:
 
         cpu = "/".join(f"{pr[n].get('cpu_mean_pct', float('nan')):.0f}" for n in GRAPH_NODES)
         rss = "/".join(f"{pr[n].get('rss_max_mb', float('nan')):.0f}" for n in GRAPH_NODES)
+        cms = "/".join(f"{pr[n].get('cpu_ms_per_played_frame') or float('nan'):.0f}" for n in GRAPH_NODES)
         print(f"{r['rate_hz']:6.2f} {r['frames_in']:5d} {r['frames_out']:5d} {100 * r['drop_fraction']:6.1f} "
               f"{e.get('p50_ms', float('nan')):8.1f} {e.get('p95_ms', float('nan')):7.1f} {e.get('p99_ms', float('nan')):7.1f} "
               f"{e.get('jitter_ms', float('nan')):7.1f} {p50('detector'):8.1f} {p50('track_buffer'):7.1f} {p50('tracker'):8.1f} "
-              f"{r['objects_per_frame']['mean']:5.1f} {cpu:>16s} {rss:>18s}")
+              f"{r['objects_per_frame']['mean']:5.1f} {cpu:>16s} {cms:>22s} {rss:>18s}")
 
 
 def print_stages(run: dict) -> None:
@@ -679,7 +689,8 @@ def run(args: argparse.Namespace) -> int:
                    "sample_period_s": args.sample_period,
                    "method": "per rate a fresh graph; lockstep warm-up excluded; dropped = played frames (stamps on "
                              "camera_info) with no Track3DArray of the same stamp by the end of the drain; end_to_end = monitor arrival - restamped capture stamp (wall clock); "
-                             "CPU = psutil per node process tree (100 % = one core)"},
+                             "CPU = psutil per node process tree (100 % = one core), sampled; cpu_ms_per_played_frame "
+                             "= user+system CPU seconds over the measured window and drain / played frames"},
         "runs": runs, "peak_rate_hz": peak, "bar_10hz": bar,
     }
     print()

@@ -90,6 +90,7 @@ def test_bench_pipeline_command_writes_every_stage(tmp_path):
     for stage in STAGES:
         assert data["stages"][stage]["n"] == 3, stage
     st = data["stages"]
+    assert data["stages_cpu"]["total"]["n"] == 3 and data["stages_cpu"]["track_buffer"]["p50_ms"] > 0
     assert st["total"]["max_ms"] >= st["detector"]["p50_ms"]
     assert st["total"]["mean_ms"] >= st["track_buffer"]["mean_ms"]
     opf = data["objects_per_frame"]
