@@ -64,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="NODE.PARAM:=VALUE",
                         help="override one node parameter, e.g. track_buffer_node.max_iterations:=5")
     parser.add_argument("--params-file", default="", help="parameter file (default: the package's config/stack.yaml)")
+    parser.add_argument("--omp-threads", type=int, default=0,
+                        help="OMP_NUM_THREADS/MKL_NUM_THREADS for the node processes (0 = as shipped: library default)")
     parser.add_argument("--domain-id", type=int, default=0, help="ROS_DOMAIN_ID (default: a private one from the pid)")
     parser.add_argument("--sample-period", type=float, default=0.5, help="CPU/memory sampling period, seconds")
     parser.add_argument("--drain", type=float, default=3.0, help="seconds after the last frame before stopping (at least 2x the warm-up frame time)")
@@ -149,8 +151,11 @@ def model_params(args: argparse.Namespace) -> tuple[list[str], str]:
 # processes
 # ------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def ros_environment(domain_id: int, tmp: Path) -> Iterator[dict[str, str]]:
-    """Private domain on localhost with the shipped Fast DDS profile, for this process and its children."""
+def ros_environment(domain_id: int, tmp: Path, omp_threads: int = 0) -> Iterator[dict[str, str]]:
+    """Private domain on localhost with the shipped Fast DDS profile, for this process and its children.
+
+    ``omp_threads > 0`` sets OMP_NUM_THREADS and MKL_NUM_THREADS in the returned child environment only.
+    """
     profile = str(fastdds_profile())
     new = {"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
            "FASTRTPS_DEFAULT_PROFILES_FILE": profile, "FASTDDS_DEFAULT_PROFILES_FILE": profile,
@@ -158,7 +163,10 @@ def ros_environment(domain_id: int, tmp: Path) -> Iterator[dict[str, str]]:
     old = {k: os.environ.get(k) for k in new}
     os.environ.update(new)
     try:
-        yield dict(os.environ)
+        env = dict(os.environ)
+        if omp_threads > 0:
+            env.update(OMP_NUM_THREADS=str(omp_threads), MKL_NUM_THREADS=str(omp_threads))
+        yield env
     finally:
         for k, v in old.items():
             if v is None:
@@ -412,7 +420,10 @@ def run_rate(rate_hz: float, rc: RunConfig, probe: Probe) -> dict:
         # measured run
         probe.reset()
         player = NodeProcess(_spec("bag_player"), rc.params_file, rc.overrides + player_common + [
-            f"bag_player.rate:={rate_hz / rc.bag_rate_hz:.6f}", "bag_player.lockstep:=false"], rc.env,
+            f"bag_player.rate:={rate_hz / rc.bag_rate_hz:.6f}", "bag_player.lockstep:=false",
+            # the player waits for one subscriber per topic; the delay lets every other reader (monitor,
+            # probe) match too, so none misses the first frames (volatile durability)
+            "bag_player.start_delay_s:=3.0"], rc.env,
             logs / "bag_player.log")
         extra.append(player)
         _wait(probe, graph, lambda: probe.frames >= 1 or not player.alive(), "the first played frame", 60.0)
@@ -636,7 +647,7 @@ def run(args: argparse.Namespace) -> int:
     bag_info.update({"image_rate_hz": bag_rate, "images": bag_frames})
     load_before = os.getloadavg()
     runs: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="bench_stack_") as tmp, ros_environment(domain, Path(tmp)) as env:
+    with tempfile.TemporaryDirectory(prefix="bench_stack_") as tmp, ros_environment(domain, Path(tmp), args.omp_threads) as env:
         rc = RunConfig(bag=bag, bag_rate_hz=bag_rate, bag_frames=bag_frames, params_file=params_file,
                        overrides=weight_params + list(args.set), env=env, domain_id=domain, visualizer=args.visualizer,
                        warmup=args.warmup, seconds=args.seconds, min_frames=args.min_frames, drain_s=args.drain,
@@ -685,7 +696,7 @@ def run(args: argparse.Namespace) -> int:
                    "graph": list(GRAPH_NODES) + (["visualizer_node"] if args.visualizer else []),
                    "harness": ["bag_player (restamp:=true)", "latency_monitor"], "ros_domain_id": domain,
                    "discovery_range": "LOCALHOST", "fastdds_profile": str(fastdds_profile()),
-                   "warmup_frames": args.warmup, "seconds_per_rate": args.seconds, "drop_limit": args.drop_limit,
+                   "omp_threads": args.omp_threads or "library default", "warmup_frames": args.warmup, "seconds_per_rate": args.seconds, "drop_limit": args.drop_limit,
                    "sample_period_s": args.sample_period,
                    "method": "per rate a fresh graph; lockstep warm-up excluded; dropped = played frames (stamps on "
                              "camera_info) with no Track3DArray of the same stamp by the end of the drain; end_to_end = monitor arrival - restamped capture stamp (wall clock); "
