@@ -33,7 +33,7 @@ def draw_boxes(
     out = np.ascontiguousarray(rgb.copy())
     if len(corners_cam) == 0:
         return out
-    c = torch.as_tensor(np.asarray(corners_cam, dtype=np.float64))
+    c = torch.from_numpy(np.array(corners_cam, dtype=np.float64))
     uv = geometry.project_points(c, torch.as_tensor(np.asarray(K, dtype=np.float64))).numpy()
     z = c[..., 2].numpy()
     edges = list(geometry.BOX_EDGES) + [(0, 7), (3, 4)]

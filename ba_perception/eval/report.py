@@ -35,7 +35,7 @@ def summary_lines(s: dict) -> list[str]:
         lines.append("")
         lines.append("detection (single frame, AP|R40 moderate, %):")
         for cls, m in det.items():
-            aps = "  ".join(f"{k}={_fmt(v, True)}" for k, v in m.items() if k.startswith("ap"))
+            aps = "  ".join(f"{k}={_fmt(v)}" for k, v in m.items() if k.startswith("ap"))  # already percent
             e = m.get("errors", {})
             lines.append(f"  {cls:10s} n_gt={m['num_gt']:<5d} {aps}  depth rel median={_fmt(e.get('depth_rel_median'), True)}%")
     d = s.get("depth_ba")

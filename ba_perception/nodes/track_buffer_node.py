@@ -82,8 +82,11 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("loss", _R.solver.loss, "robust loss of reprojection residuals", choices=("cauchy", "huber", "trivial")),
         ParamSpec("loss_scale_px", _R.solver.loss_scale_px, "robust loss scale, pixels", min=1e-6),
         ParamSpec("yaw_only", _R.solver.yaw_only, "object rotation restricted to yaw on the ground plane"),
+        ParamSpec("static_resolve", _R.static_resolve, "also solve each slow tracklet with one pose and keep it "
+                  "when that explains the images (static/moving decision; doubles the solve for those)"),
         ParamSpec("device", "auto", "where the batch is solved", choices=("auto", "cpu", "cuda")),
-        ParamSpec("dtype", "float64", "solver precision", choices=("float32", "float64")),
+        ParamSpec("dtype", "float32", "solver precision", choices=("float32", "float64")),
+        ParamSpec("threads", 1, "torch CPU threads for the solve (more threads thrash next to the detector)", min=1),
         ParamSpec("solve_every_n", 1, "run the BA every N frames (others publish the last refinement)", min=1),
         ParamSpec("qos", "reliable", "input/output QoS", choices=("reliable", "sensor_data", "best_effort")),
         ParamSpec("qos_depth", 10, "queue depth", min=1),
@@ -93,6 +96,7 @@ class TrackBufferNode(PerceptionNode):
         super().__init__("track_buffer_node", **kwargs)
         from ba_perception_msgs.msg import Detection3DArray, ObjectObservationArray
 
+        torch.set_num_threads(self.p["threads"])
         device = self.p["device"]
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -104,6 +108,7 @@ class TrackBufferNode(PerceptionNode):
         self.buffer = TrackletBuffer(self.tracklet_config)
         self.refine_config = RefineConfig(
             num_points=self.p["num_points"], correspondences=self.p["correspondences"], device=device,
+            static_resolve=self.p["static_resolve"],
             dtype=torch.float64 if self.p["dtype"] == "float64" else torch.float32,
             solver=SolverOptions(max_iterations=self.p["max_iterations"], loss=self.p["loss"],
                                  loss_scale_px=self.p["loss_scale_px"], yaw_only=self.p["yaw_only"]))

@@ -66,6 +66,7 @@ class TrackerNode(PerceptionNode):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("tracker_node", **kwargs)
+        torch.set_num_threads(1)  # small per-frame tensors: threads only add contention with the detector
         from ba_perception_msgs.msg import Detection3DArray, ObjectObservationArray, Track3DArray
 
         try:
