@@ -696,10 +696,11 @@ def run(args: argparse.Namespace) -> int:
                    "graph": list(GRAPH_NODES) + (["visualizer_node"] if args.visualizer else []),
                    "harness": ["bag_player (restamp:=true)", "latency_monitor"], "ros_domain_id": domain,
                    "discovery_range": "LOCALHOST", "fastdds_profile": str(fastdds_profile()),
-                   "omp_threads": args.omp_threads or "library default", "warmup_frames": args.warmup, "seconds_per_rate": args.seconds, "drop_limit": args.drop_limit,
-                   "sample_period_s": args.sample_period,
+                   "omp_threads": args.omp_threads or "library default", "warmup_frames": args.warmup,
+                   "seconds_per_rate": args.seconds, "drop_limit": args.drop_limit, "sample_period_s": args.sample_period,
                    "method": "per rate a fresh graph; lockstep warm-up excluded; dropped = played frames (stamps on "
-                             "camera_info) with no Track3DArray of the same stamp by the end of the drain; end_to_end = monitor arrival - restamped capture stamp (wall clock); "
+                             "camera_info) with no Track3DArray of the same stamp by the end of the drain; end_to_end = "
+                             "monitor arrival - restamped capture stamp (wall clock); "
                              "CPU = psutil per node process tree (100 % = one core), sampled; cpu_ms_per_played_frame "
                              "= user+system CPU seconds over the measured window and drain / played frames"},
         "runs": runs, "peak_rate_hz": peak, "bar_10hz": bar,
