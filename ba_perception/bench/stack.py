@@ -722,6 +722,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out}")
     if args.plot:
         plot(runs, peak, args.drop_limit, Path(args.plot),
-             f"bench stack: {platform.node()} {os.cpu_count()} CPUs, weights {weights.split(' ')[0]}, {data['date_utc']}")
+             f"bench stack: {platform.node()} {os.cpu_count()} CPUs, weights {weights.split(' ')[0]}, "
+             f"OMP threads {args.omp_threads or 'default'}, {data['date_utc']}")
         print(f"wrote {args.plot}")
     return 0
