@@ -123,7 +123,13 @@ def run(args: argparse.Namespace) -> int:
     img = np.random.default_rng(0).integers(0, 255, (375, 1242, 3), dtype=np.uint8)
     K = np.array([[721.5, 0, 609.6], [0, 721.5, 172.9], [0, 0, 1.0]])
     stages: dict[str, list[float]] = {"preprocess": [], "inference": [], "decode": [], "total": []}
+    import psutil
+
+    proc = psutil.Process()
+    rss = []
     for i in range(args.iters + args.warmup):
+        if i == args.warmup:
+            rss.append(proc.memory_info().rss / 2**20)
         t0 = time.perf_counter()
         r = det.detect(img, K)
         tot = (time.perf_counter() - t0) * 1e3
@@ -131,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
             for k, v in r.timings_ms.items():
                 stages[k].append(v)
             stages["total"].append(tot)
+    rss.append(proc.memory_info().rss / 2**20)
     pipeline = {k: _stats(v) for k, v in stages.items()}
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     res = {
@@ -138,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "loadavg_after": load,
                     "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "network": rows, "pipeline_1242x375": {"backend": be.name, **pipeline},
+        "process_rss_mb": {"after_warmup": rss[0], "after_all": rss[-1], "frames": args.iters},
         "method": "CPU: wall clock per call; CUDA: CUDA events per call; batch 1",
     }
     print(f"detector latency, input 1x3x{h}x{w}, {args.threads} CPU threads, weights: {weights}")
@@ -149,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
+    print(f"process RSS {rss[0]:.0f} MB after warm-up, {rss[-1]:.0f} MB after {args.iters} more frames")
     print(f"wrote {out} (load average after: {load})")
     if not rows:
         raise CommandError("no backend could be benchmarked")

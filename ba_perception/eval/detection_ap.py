@@ -238,7 +238,7 @@ def average_precision_r40(tp_scores: list[tuple[float, bool]], num_gt: int) -> f
     for r in np.linspace(1 / 40, 1.0, 40):
         idx = np.searchsorted(recall, r - 1e-12, side="left")
         ap += interp[idx] if idx < len(interp) else 0.0
-    return 100.0 * ap / 40
+    return float(100.0 * ap / 40)
 
 
 def _valid_gt(gt: FrameBoxes, cls: str, diff: Difficulty) -> tuple[np.ndarray, np.ndarray]:

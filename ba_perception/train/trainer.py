@@ -135,7 +135,7 @@ def _validate(model: MonoDetector, val: CachedSplit, cfg: TrainConfig, device) -
     res = evaluate_on_split(lambda x: model(x.to(device)), val, batch_size=8, max_frames=cfg.val_frames)
     model.train()
     car = res["classes"]["car"]
-    return {
+    out = {
         "car_ap3d@0.5": car["ap3d_r40@0.5"], "car_ap3d@0.7": car["ap3d_r40@0.7"],
         "car_apbev@0.5": car["apbev_r40@0.5"], "car_ap2d@0.7": car["ap2d_r40@0.7"],
         "car_depth_rel_median_40m": car["errors"]["within_40m"]["depth_rel_median"],
@@ -143,6 +143,7 @@ def _validate(model: MonoDetector, val: CachedSplit, cfg: TrainConfig, device) -
         "ped_ap3d@0.25": res["classes"]["pedestrian"]["ap3d_r40@0.25"],
         "cyc_ap3d@0.25": res["classes"]["cyclist"]["ap3d_r40@0.25"],
     }
+    return {k: float(v) for k, v in out.items()}  # plain floats: checkpoints load with weights_only=True
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, cache_dir: str | Path = "data/detector",

@@ -304,6 +304,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ck = torch.load(str(path), map_location=map_location, weights_only=True)
         model = MonoDetector(DetectorConfig.from_dict(ck["config"]))
         model.load_state_dict(ck["state_dict"])
-    except (OSError, RuntimeError, KeyError, TypeError, EOFError) as err:
-        raise ModelError(f"cannot load checkpoint {path}: {err}") from err
+    except Exception as err:  # unpickling, truncated file, key/shape mismatch: all mean "unusable file"
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ModelError(f"cannot load checkpoint {path}: {first}") from err
     return model, ck
