@@ -46,6 +46,10 @@ class DetectorNode(PerceptionNode):
         from ba_perception.core.detection.detector import Detector
         from ba_perception_msgs.msg import ObjectObservationArray
 
+        if self.p["threads"] > 0:
+            import torch
+
+            torch.set_num_threads(self.p["threads"])  # preprocessing/decode, beside the engine's own pool
         model = Path(self.p["model"])
         if not model.is_absolute():
             model = package_root() / model
