@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.preset not in PRESETS:
         raise CommandError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-    model = package_root() / "models" / "ba_detector.onnx"
+    model = package_root() / "models" / "detector.onnx"
     if not model.exists() and not any(s.startswith(("detector_node.checkpoint", "detector_node.model")) for s in args.set):
         raise CommandError(f"the detector model {model} is missing; it ships with the repository "
                            "(git checkout models/), or train one with `ba-perception train` + `ba-perception export`")

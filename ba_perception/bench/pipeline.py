@@ -43,7 +43,7 @@ from ba_perception.core.oba.tracklets import Observation, TrackletBuffer, Trackl
 from ba_perception.core.tracking import Detections as TrackDetections
 from ba_perception.core.tracking import Tracker, TrackerConfig
 
-DEFAULT_MODEL = Path("models/ba_detector.onnx")
+DEFAULT_MODEL = Path("models/detector.onnx")
 STAGES = ("detector.preprocess", "detector.inference", "detector.decode", "detector",
           "track_buffer.associate", "track_buffer.refine", "track_buffer", "tracker", "total")
 

@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=11, help="world seed of the rendered bag")
     parser.add_argument("--width", type=int, default=1242, help="rendered image width (the shipped input size)")
     parser.add_argument("--height", type=int, default=375, help="rendered image height")
-    parser.add_argument("--checkpoint", default="", help="torch checkpoint when models/ba_detector.onnx is absent")
+    parser.add_argument("--checkpoint", default="", help="torch checkpoint when models/detector.onnx is absent")
     parser.add_argument("--random-objects", type=int, default=30,
                         help="with a random (untrained) detector: decode exactly this many peaks per frame")
     parser.add_argument("--visualizer", action="store_true", help="also run visualizer_node (markers + overlay image)")
@@ -124,7 +124,7 @@ def bag_image_rate(path: Path) -> tuple[float, int]:
 
 def model_params(args: argparse.Namespace) -> tuple[list[str], str]:
     """detector_node overrides choosing the weights, and a description of them."""
-    shipped = package_root() / "models" / "ba_detector.onnx"
+    shipped = package_root() / "models" / "detector.onnx"
     if shipped.is_file():
         return [], f"shipped:{shipped}"
     if args.checkpoint:

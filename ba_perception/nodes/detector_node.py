@@ -17,7 +17,7 @@ from ba_perception.ros.node import PerceptionNode, StartupError, make_stage, run
 from ba_perception.ros.observations import detections_to_msg
 from ba_perception.ros.params import ParamSpec
 
-DEFAULT_MODEL = "models/ba_detector.onnx"
+DEFAULT_MODEL = "models/detector.onnx"
 
 
 class DetectorNode(PerceptionNode):
