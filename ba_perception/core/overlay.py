@@ -34,7 +34,7 @@ def draw_boxes(
     if len(corners_cam) == 0:
         return out
     c = torch.from_numpy(np.array(corners_cam, dtype=np.float64))
-    uv = geometry.project_points(c, torch.as_tensor(np.asarray(K, dtype=np.float64))).numpy()
+    uv = geometry.project_points(c, torch.from_numpy(np.array(K, dtype=np.float64))).numpy()
     z = c[..., 2].numpy()
     edges = list(geometry.BOX_EDGES) + [(0, 7), (3, 4)]
     for i in range(len(c)):

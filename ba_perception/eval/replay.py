@@ -91,6 +91,7 @@ def run_graph(cfg: RunConfig, log=print) -> tuple[Path, Path]:
         f"latency_monitor.summary_path:={latency}",
         f"latency_monitor.capture_clock:={'sim' if cfg.lockstep else 'wall'}",
         f"latency_monitor.input_topic:={cfg.image_topic}",
+        "bag_recorder.qos:=reliable_history",
         "bag_recorder.topics:=[" + ",".join(OUTPUT_TOPICS) + "]",
         "bag_recorder.types:=[" + ",".join(OUTPUT_TOPICS.values()) + "]",
         *cfg.sets,

@@ -27,7 +27,9 @@ class BagRecorder(PerceptionNode):
         ParamSpec("topics", [""], "topics to record"),
         ParamSpec("types", [""], "message types of `topics` in the same order (pkg/msg/Name); empty = discover"),
         ParamSpec("storage", "mcap", "storage plugin", choices=("mcap", "sqlite3")),
-        ParamSpec("qos", "reliable", "subscription QoS", choices=("reliable", "sensor_data", "best_effort")),
+        ParamSpec("qos", "reliable", "subscription QoS; reliable_history also takes the messages publishers kept "
+                  "from before the match (needs transient-local publishers, as ba_perception's outputs are)",
+                  choices=("reliable", "reliable_history", "sensor_data", "best_effort")),
         ParamSpec("qos_depth", 100, "subscription queue depth", min=1),
         ParamSpec("discovery_timeout_s", 10.0, "how long to wait for a topic's type to be discovered", min=0.0),
     )

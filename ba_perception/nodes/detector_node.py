@@ -68,7 +68,7 @@ class DetectorNode(PerceptionNode):
         self.detector = Detector(backend, DecodeConfig(score_threshold=self.p["score_threshold"],
                                                        max_detections=self.p["max_detections"],
                                                        samples_per_side=self.p["samples_per_side"]))
-        self.pub = self.create_publisher(ObjectObservationArray, self.p["output_topic"], self.qos("output"))
+        self.pub = self.create_publisher(ObjectObservationArray, self.p["output_topic"], self.output_qos("output"))
         self.input = CameraInput(self, self.on_frame)
 
     def on_frame(self, frame: CameraFrame) -> None:

@@ -114,7 +114,7 @@ class TrackBufferNode(PerceptionNode):
                                  loss_scale_px=self.p["loss_scale_px"], yaw_only=self.p["yaw_only"]))
         self.get_logger().info(f"object BA on {device} ({self.p['dtype']}), window {self.p['window']}")
         self.ego = EgoMotionInput(self)
-        self.pub = self.create_publisher(Detection3DArray, self.p["output_topic"], self.qos())
+        self.pub = self.create_publisher(Detection3DArray, self.p["output_topic"], self.output_qos())
         self.worker = FrameWorker(self, self.on_input, "frames_dropped_stale")
         self.create_subscription(ObjectObservationArray, self.p["input_topic"],
                                  lambda m: self.worker.put((wall_ns(), m)), self.qos())

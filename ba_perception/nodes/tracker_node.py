@@ -75,7 +75,7 @@ class TrackerNode(PerceptionNode):
             raise StartupError(f"tracker configuration: {err}") from err
         self.ego = EgoMotionInput(self) if self.p["input_type"] == "observations" else None
         cls = Detection3DArray if self.p["input_type"] == "detections" else ObjectObservationArray
-        self.pub = self.create_publisher(Track3DArray, self.p["output_topic"], self.qos())
+        self.pub = self.create_publisher(Track3DArray, self.p["output_topic"], self.output_qos())
         self.worker = FrameWorker(self, self.on_input, "frames_dropped_stale")
         self.create_subscription(cls, self.p["input_topic"], lambda m: self.worker.put((wall_ns(), m)), self.qos())
         self.last_stamp: int | None = None

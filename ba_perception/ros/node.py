@@ -80,6 +80,13 @@ class PerceptionNode(Node):
         key = f"{prefix}_qos" if prefix else "qos"
         return qos_profile(self.p[key], self.p.get(f"{key}_depth", 5))
 
+    def output_qos(self, prefix: str = "") -> Any:
+        """Publisher QoS of a pipeline output: as :meth:`qos`, with ``reliable`` upgraded to keep its
+        last messages for late-joining readers (transient local; compatible with volatile readers)."""
+        key = f"{prefix}_qos" if prefix else "qos"
+        kind = "reliable_history" if self.p[key] == "reliable" else self.p[key]
+        return qos_profile(kind, self.p.get(f"{key}_depth", 5))
+
     def count(self, key: str, n: int = 1) -> None:
         """Increment a diagnostics counter (frames in/out, drops, ...)."""
         self.counters[key] += n

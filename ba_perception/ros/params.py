@@ -17,7 +17,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 if TYPE_CHECKING:
     from rclpy.node import Node
 
-QOS_KINDS = ("sensor_data", "reliable", "best_effort", "latched")
+QOS_KINDS = ("sensor_data", "reliable", "best_effort", "latched", "reliable_history")
 
 
 class ParameterError(ValueError):
@@ -91,7 +91,8 @@ def qos_profile(kind: str, depth: int = 5) -> QoSProfile:
     ``sensor_data``: best effort, keep last ``depth`` (what camera drivers publish);
     ``reliable``: reliable, keep last ``depth`` (pipeline outputs, evaluation);
     ``best_effort``: same as sensor_data; ``latched``: reliable + transient local, depth 1
-    (static data such as ``/tf_static``).
+    (static data such as ``/tf_static``); ``reliable_history``: reliable + transient local, keep last
+    ``depth`` (pipeline outputs: a recorder that matches late still gets the first frames).
     """
     if kind not in QOS_KINDS:
         raise ParameterError(f"QoS {kind!r} unknown; choose one of {list(QOS_KINDS)}")
@@ -99,6 +100,9 @@ def qos_profile(kind: str, depth: int = 5) -> QoSProfile:
         raise ParameterError(f"QoS depth must be >= 1, got {depth}")
     if kind == "latched":
         return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
+    if kind == "reliable_history":
+        return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE,
                           durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
     reliability = ReliabilityPolicy.RELIABLE if kind == "reliable" else ReliabilityPolicy.BEST_EFFORT
     return QoSProfile(depth=depth, reliability=reliability, durability=DurabilityPolicy.VOLATILE,

@@ -70,12 +70,13 @@ def test_tracks_latency_and_markers(ros_env):
     spin = ros_env.spinner()
     procs = [
         ros_env.start("tracker_node", {"input_type": "observations", "input_topic": "/ba_perception/observations",
-                                       "n_init": 2, "diagnostics_period_s": 0.1, "ego_wait_s": 0.05}),
+                                       "n_init": 2, "diagnostics_period_s": 0.1, "ego_wait_s": 1.0}),
         ros_env.start("latency_monitor", {"report_period_s": 0.2, "input_topic": ""}),
         ros_env.start("visualizer_node", {"image_topic": "/camera/image_raw", "qos": "reliable"}),
     ]
     wait_for(lambda: obs_pub.get_subscription_count() >= 1 and odom_pub.get_subscription_count() >= 1
-             and img_pub.get_subscription_count() >= 1, 30, spin, "nodes to subscribe")
+             and img_pub.get_subscription_count() >= 1 and node.count_subscribers("/ba_perception/tracks") >= 3
+             and node.count_publishers("/ba_perception/tracks") >= 1, 30, spin, "nodes to subscribe")
     K = np.array([[500.0, 0, 320], [0, 500.0, 96], [0, 0, 1]])
     T_base_cam = extrinsics_to_matrix([1.2, 0.0, 1.65, 0.0, 0.0, 0.0])
     for k in range(12):
