@@ -43,8 +43,9 @@ def test_replay_is_complete_scored_and_deterministic(short_bag, tmp_path, ros_en
     # The shipped detector finds the cars of the synthetic world and the tracker keeps them.
     car = s1["detection"]["classes"]["car"]
     assert car["num_gt"] > 50
-    assert car["ap2d_r40@0.7"] > 0.3, car
-    assert s1["mot_3d"]["car"]["HOTA"] > 0.2, s1["mot_3d"]["car"]
+    assert car["ap2d_r40@0.7"] > 25.0, car  # percent; 47 on the 100-frame demo sequence
+    assert car["ap3d_r40@0.5"] > 15.0, car
+    assert s1["mot_3d"]["car"]["HOTA"] > 0.15, s1["mot_3d"]["car"]  # fraction; 0.30 on the demo sequence
     # Lockstep replay is deterministic: a second run gives the same tracks.
     s2, out2 = _run(short_bag, tmp_path / "run2", ros_env)
     t1, t2 = out1["/ba_perception/tracks"], out2["/ba_perception/tracks"]

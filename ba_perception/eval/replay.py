@@ -84,7 +84,9 @@ def run_graph(cfg: RunConfig, log=print) -> tuple[Path, Path]:
         f"bag_player.rate:={cfg.rate}",
         f"bag_player.topics:=[{cfg.image_topic},{cfg.info_topic},{cfg.odom_topic}]",
         f"bag_player.lockstep_trigger_topic:={cfg.image_topic}",
-        "bag_player.lockstep_timeout_s:=60.0",  # lockstep waits for every frame, however slow
+        "bag_player.lockstep_timeout_s:=15.0",  # lockstep waits for every frame, however slow
+        # Endpoint counts can be seen before every pair of endpoints has matched: let matching settle.
+        "bag_player.start_delay_s:=2.0",
         "bag_player.wait_for_subscribers:=1",
         "bag_player.ready_topics:=[/ba_perception/observations=2,/ba_perception/detections=2,/ba_perception/tracks=3]",
         f"bag_player.restamp:={'false' if cfg.lockstep else 'true'}",
