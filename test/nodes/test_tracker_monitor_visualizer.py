@@ -79,7 +79,13 @@ def test_tracks_latency_and_markers(ros_env):
              and node.count_publishers("/ba_perception/tracks") >= 1, 30, spin, "nodes to subscribe")
     K = np.array([[500.0, 0, 320], [0, 500.0, 96], [0, 0, 1]])
     T_base_cam = extrinsics_to_matrix([1.2, 0.0, 1.65, 0.0, 0.0, 0.0])
-    for k in range(12):
+    def monitored():
+        return any(any(s.stage == "tracker" for s in r.stages) for r in reports) and len(markers) >= 5 and overlays
+
+    # Frames keep coming until every listener has matched (discovery under load can take seconds).
+    for k in range(20):
+        if k >= 12 and monitored():
+            break
         T_odom_base = np.eye(4)
         T_odom_base[0, 3] = 1.0 * k  # 10 m/s
         odom = Odometry()
@@ -102,6 +108,7 @@ def test_tracks_latency_and_markers(ros_env):
     assert all({t.track_id for t in m.tracks} == ids for m in tracks[3:])
     assert [s.stage for s in last.trace] == ["detector", "tracker"]
     wait_for(lambda: any(any(s.stage == "tracker" for s in r.stages) for r in reports), 10, spin, "latency report")
+    spin()
     stages = {s.stage: s for s in reports[-1].stages}
     assert {"detector", "tracker", "transport.tracker", "end_to_end"} <= set(stages)
     assert stages["detector"].p50_ms == pytest.approx(2.0, abs=0.01)
@@ -109,6 +116,6 @@ def test_tracks_latency_and_markers(ros_env):
     boxes = [m for m in markers[-1].markers if m.ns == "boxes"]
     assert {m.id for m in boxes} == ids and markers[-1].markers[0].action == 3  # DELETEALL first
     # Missing ego-motion: observations with no odometry near their stamp are rejected and counted.
-    obs_pub.publish(_observations(40, K, np.eye(4)))
+    obs_pub.publish(_observations(200, K, np.eye(4)))
     wait_for(lambda: counters.get("rejected.missing_ego_motion", 0) >= 1, 10, spin, "missing ego-motion counted")
     assert all(p.poll() is None for p in procs)
