@@ -77,6 +77,7 @@ def test_tracks_latency_and_markers(ros_env):
     wait_for(lambda: obs_pub.get_subscription_count() >= 1 and odom_pub.get_subscription_count() >= 1
              and img_pub.get_subscription_count() >= 1 and node.count_subscribers("/ba_perception/tracks") >= 3
              and node.count_publishers("/ba_perception/tracks") >= 1, 30, spin, "nodes to subscribe")
+    wait_for(lambda: len(reports) >= 1, 30, spin, "the latency monitor's first report")
     K = np.array([[500.0, 0, 320], [0, 500.0, 96], [0, 0, 1]])
     T_base_cam = extrinsics_to_matrix([1.2, 0.0, 1.65, 0.0, 0.0, 0.0])
     def monitored():
@@ -107,7 +108,9 @@ def test_tracks_latency_and_markers(ros_env):
         assert math.hypot(t.velocity.x, t.velocity.y) < 0.5
     assert all({t.track_id for t in m.tracks} == ids for m in tracks[3:])
     assert [s.stage for s in last.trace] == ["detector", "tracker"]
-    wait_for(lambda: any(any(s.stage == "tracker" for s in r.stages) for r in reports), 10, spin, "latency report")
+    wait_for(lambda: any(any(s.stage == "tracker" for s in r.stages) for r in reports), 10, spin,
+             f"latency report ({len(reports)} reports, {len(markers)} marker arrays, {len(overlays)} overlays, "
+             f"{len(tracks)} track arrays)")
     spin()
     stages = {s.stage: s for s in reports[-1].stages}
     assert {"detector", "tracker", "transport.tracker", "end_to_end"} <= set(stages)
