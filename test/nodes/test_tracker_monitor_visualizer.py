@@ -1,4 +1,6 @@
-"""tracker_node, latency_monitor and visualizer_node together over real DDS, fed by the test."""
+"""tracker_node and visualizer_node together over real DDS, fed by the test.
+
+(The latency monitor's stage accounting over DDS is checked by test_end_to_end.py, from its summary.)"""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def _observations(k: int, K: np.ndarray, T_odom_cam: np.ndarray):
     return msg
 
 
-def test_tracks_latency_and_markers(ros_env):
+def test_tracks_markers_overlay_and_missing_ego_motion(ros_env):
     from nav_msgs.msg import Odometry
     from sensor_msgs.msg import Image
     from visualization_msgs.msg import MarkerArray
@@ -71,17 +73,15 @@ def test_tracks_latency_and_markers(ros_env):
     procs = [
         ros_env.start("tracker_node", {"input_type": "observations", "input_topic": "/ba_perception/observations",
                                        "n_init": 2, "diagnostics_period_s": 0.1, "ego_wait_s": 1.0}),
-        ros_env.start("latency_monitor", {"report_period_s": 0.2, "input_topic": ""}),
         ros_env.start("visualizer_node", {"image_topic": "/camera/image_raw", "qos": "reliable"}),
     ]
     wait_for(lambda: obs_pub.get_subscription_count() >= 1 and odom_pub.get_subscription_count() >= 1
-             and img_pub.get_subscription_count() >= 1 and node.count_subscribers("/ba_perception/tracks") >= 3
+             and img_pub.get_subscription_count() >= 1 and node.count_subscribers("/ba_perception/tracks") >= 2
              and node.count_publishers("/ba_perception/tracks") >= 1, 30, spin, "nodes to subscribe")
-    wait_for(lambda: len(reports) >= 1, 30, spin, "the latency monitor's first report")
     K = np.array([[500.0, 0, 320], [0, 500.0, 96], [0, 0, 1]])
     T_base_cam = extrinsics_to_matrix([1.2, 0.0, 1.65, 0.0, 0.0, 0.0])
     def monitored():
-        return any(any(s.stage == "tracker" for s in r.stages) for r in reports) and len(markers) >= 5 and overlays
+        return len(markers) >= 5 and overlays
 
     # Frames keep coming until every listener has matched (discovery under load can take seconds).
     for k in range(20):
@@ -108,13 +108,6 @@ def test_tracks_latency_and_markers(ros_env):
         assert math.hypot(t.velocity.x, t.velocity.y) < 0.5
     assert all({t.track_id for t in m.tracks} == ids for m in tracks[3:])
     assert [s.stage for s in last.trace] == ["detector", "tracker"]
-    wait_for(lambda: any(any(s.stage == "tracker" for s in r.stages) for r in reports), 10, spin,
-             f"latency report ({len(reports)} reports, {len(markers)} marker arrays, {len(overlays)} overlays, "
-             f"{len(tracks)} track arrays)")
-    spin()
-    stages = {s.stage: s for s in reports[-1].stages}
-    assert {"detector", "tracker", "transport.tracker", "end_to_end"} <= set(stages)
-    assert stages["detector"].p50_ms == pytest.approx(2.0, abs=0.01)
     wait_for(lambda: len(markers) >= 5 and len(overlays) >= 1, 10, spin, "markers and overlay")
     boxes = [m for m in markers[-1].markers if m.ns == "boxes"]
     assert {m.id for m in boxes} == ids and markers[-1].markers[0].action == 3  # DELETEALL first
