@@ -285,13 +285,13 @@ class Probe:
         self.executor.add_node(self.node)
 
     def _on_info(self, raw: bytes) -> None:
-        from ba_perception.nodes.bag_player import header_stamp_ns
+        from ba_perception.ros.sync import header_stamp_ns
 
         self.frames += 1
         self.in_stamps.append(header_stamp_ns(raw) or -1)
 
     def _on_tracks(self, raw: bytes) -> None:
-        from ba_perception.nodes.bag_player import header_stamp_ns
+        from ba_perception.ros.sync import header_stamp_ns
 
         self.out_stamps.add(header_stamp_ns(raw) or -1)
 

@@ -9,7 +9,6 @@ byte-identical; topics whose types are not installed here are skipped with one l
 
 from __future__ import annotations
 
-import struct
 import threading
 import time
 from pathlib import Path
@@ -23,22 +22,7 @@ from rosbags.rosbag2 import Reader
 from ba_perception.ros.bag_types import BagTypeError, import_message_class
 from ba_perception.ros.node import PerceptionNode, StartupError, run_node, wall_ns
 from ba_perception.ros.params import ParamSpec, qos_profile
-
-_HEADER_STAMP = struct.Struct("<iI")  # CDR little endian: 4-byte encapsulation, then sec, nanosec
-
-
-def header_stamp_ns(cdr: bytes | memoryview) -> int | None:
-    """Capture stamp (ns) of a serialized message whose first field is a std_msgs/Header, else None."""
-    if len(cdr) < 12 or bytes(cdr[:2]) != b"\x00\x01":
-        return None
-    sec, nsec = _HEADER_STAMP.unpack_from(cdr, 4)
-    return sec * 1_000_000_000 + nsec
-
-
-def restamp(cdr: bytes, stamp_ns: int) -> bytes:
-    """Replace the header stamp of a header-first little-endian CDR message."""
-    return cdr[:4] + _HEADER_STAMP.pack(stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000) + cdr[12:]
-
+from ba_perception.ros.sync import header_stamp_ns, restamp
 
 class BagPlayer(PerceptionNode):
     """Publishes a bag's messages; see the module docstring."""

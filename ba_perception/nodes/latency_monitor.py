@@ -20,6 +20,7 @@ from ba_perception.core.latency import LatencyStats, TraceEntry, format_table
 from ba_perception.ros.bag_types import import_message_class
 from ba_perception.ros.node import PerceptionNode, StartupError, run_node, time_to_ns, wall_ns
 from ba_perception.ros.params import ParamSpec, qos_profile
+from ba_perception.ros.sync import header_stamp_ns
 
 
 class LatencyMonitor(PerceptionNode):
@@ -60,8 +61,6 @@ class LatencyMonitor(PerceptionNode):
         self.create_timer(self.p["report_period_s"], self.report)
 
     def on_input(self, raw: bytes) -> None:
-        from ba_perception.nodes.bag_player import header_stamp_ns
-
         stamp = header_stamp_ns(raw)
         if stamp is None:
             return

@@ -136,11 +136,11 @@ class TrackerNode(PerceptionNode):
                            image_height=msg.image_height, k=list(msg.k))
         out.header.stamp = msg.header.stamp
         out.header.frame_id = self.p["odom_frame"]
-        for t in tracks:
-            if t.status == 0 and not self.p["publish_tentative"]:
-                continue
+        tracks = [t for t in tracks if t.status != 0 or self.p["publish_tentative"]]
+        R = geometry.rot_z(torch.tensor([float(t.yaw) for t in tracks], dtype=torch.float64)).numpy()
+        for t, R_t in zip(tracks, R):
             T = np.eye(4)
-            T[:3, :3] = geometry.rot_z(torch.tensor(float(t.yaw), dtype=torch.float64)).numpy()
+            T[:3, :3] = R_t
             T[:3, 3] = t.center
             cov = np.full((6, 6), 0.0)
             cov[:3, :3] = t.position_cov

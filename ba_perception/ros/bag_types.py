@@ -11,11 +11,10 @@ import importlib
 import os
 import re
 import sys
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from rosbags.typesys import Stores, get_typestore, get_types_from_msg
+from rosbags.typesys import get_types_from_msg
 from rosbags.typesys.store import Typestore
 
 
@@ -62,16 +61,11 @@ def register_type(store: Typestore, msgtype: str) -> None:
                 pending.append(ref)
 
 
-@lru_cache(maxsize=1)
 def default_typestore() -> Typestore:
-    """Jazzy's standard types plus ba_perception_msgs (when built)."""
-    store = get_typestore(Stores.ROS2_JAZZY)
-    for path in sorted(Path(sys.prefix, "share", "ba_perception_msgs", "msg").glob("*.msg")):
-        try:
-            register_type(store, f"ba_perception_msgs/msg/{path.stem}")
-        except BagTypeError:
-            pass
-    return store
+    """Jazzy's standard types plus ba_perception_msgs: the data package's typestore, shared."""
+    from ba_perception.data.bag import typestore
+
+    return typestore()
 
 
 def import_message_class(msgtype: str) -> Any:

@@ -11,6 +11,7 @@ is tested alone; :func:`subscribe_synchronized` wires it to rclpy subscriptions.
 from __future__ import annotations
 
 import itertools
+import struct
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -23,6 +24,22 @@ def stamp_ns(msg: Any) -> int:
     """Nanoseconds of ``msg.header.stamp`` (any message with a std_msgs/Header)."""
     s = msg.header.stamp
     return int(s.sec) * 1_000_000_000 + int(s.nanosec)
+
+
+_HEADER_STAMP = struct.Struct("<iI")  # CDR little endian: 4-byte encapsulation, then sec, nanosec
+
+
+def header_stamp_ns(cdr: bytes | memoryview) -> int | None:
+    """Capture stamp (ns) of a serialized message whose first field is a std_msgs/Header, else None."""
+    if len(cdr) < 12 or bytes(cdr[:2]) != b"\x00\x01":
+        return None
+    sec, nsec = _HEADER_STAMP.unpack_from(cdr, 4)
+    return sec * 1_000_000_000 + nsec
+
+
+def restamp(cdr: bytes, stamp_ns: int) -> bytes:
+    """Replace the header stamp of a header-first little-endian CDR message."""
+    return cdr[:4] + _HEADER_STAMP.pack(stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000) + cdr[12:]
 
 
 class TimeSynchronizer:
