@@ -1,18 +1,28 @@
-"""`ba-perception replay-eval BAG`: play a rosbag2 through the real node graph, record, and evaluate.
+"""`ba-perception replay-eval BAG | --kitti ROOT`: play a bag through the real node graph, record, and evaluate.
 
 The unmodified graph (detector_node, track_buffer_node, tracker_node, latency_monitor,
 bag_recorder) runs as processes over DDS with ``bag_player`` as the camera, in lockstep (every
 frame processed, deterministic) or at the recorded rate times ``--rate`` (real time: frames the
 pipeline could not keep up with are dropped and reported). The recorded outputs are scored
 against the ground truth in the bag (``/ground_truth/objects``): detection AP, depth error before
-and after object BA, HOTA / MOTA / IDF1 / ID switches, and per-stage latency. Results go to
-``<out>/summary.json``, ``<out>/report.md`` with plots, and ``<out>/outputs`` (the recorded MCAP).
+and after object BA, HOTA / MOTA / IDF1 / ID switches, and per-stage latency. ``--kitti ROOT
+--sequence SEQ`` first converts a KITTI tracking sequence (image_02, calib, oxts, label_02) into
+``<out>/kitti_SEQ`` (a bag with the same topics, :mod:`ba_perception.data.kitti_bag`).
+
+In real-time mode the player rewrites header stamps to the wall clock (for end-to-end latency);
+a second recorder keeps the restamped camera_info of every frame it played (``<out>/inputs``),
+which maps each output back to its frame. Every camera frame of the bag is then either
+*processed* (a track message came out for it) or *dropped*; ``summary.json`` reports both under
+``frame_accounting`` (``dropped_frames`` = its ``dropped``), and ``dropped_at_end`` counts the dropped frames after the last processed one (still in the
+pipeline when the player finished). Results go to ``<out>/summary.json``, ``<out>/report.md``
+with plots, and ``<out>/outputs`` (the recorded MCAP).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -22,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ba_perception.graph import NODES, default_params_file
+from ba_perception.graph import NODES, NodeSpec, default_params_file
 
 OUTPUT_TOPICS = {
     "/ba_perception/observations": "ba_perception_msgs/msg/ObjectObservationArray",
@@ -30,6 +40,8 @@ OUTPUT_TOPICS = {
     "/ba_perception/tracks": "ba_perception_msgs/msg/Track3DArray",
 }
 PIPELINE_NODES = ("bag_player", "detector_node", "track_buffer_node", "tracker_node", "latency_monitor", "bag_recorder")
+# Records the camera_info of every played frame (restamped in real-time mode): the stamp map.
+INPUT_RECORDER = NodeSpec("input_recorder", "bag_recorder", enabled_unless_empty="record", respawn=False)
 
 
 class ReplayError(RuntimeError):
@@ -70,17 +82,51 @@ class RunConfig:
     timeout_s: float = 1800.0
 
 
+EXTRINSICS_NODES = ("track_buffer_node", "tracker_node")  # nodes with the camera_extrinsics parameter
+
+
+def extrinsics_from_bag(bag: Path) -> list[float] | None:
+    """``[x, y, z, roll, pitch, yaw]`` (camera body frame in base_link) from the bag's ``/tf_static``.
+
+    The player does not replay ``/tf_static`` (its publishers are volatile, the nodes' tf
+    subscription is transient-local), so the mounting reaches the nodes as their
+    ``camera_extrinsics`` parameter instead. None when the bag has no base_link -> camera transform.
+    """
+    from rosbags.rosbag2 import Reader
+
+    from ba_perception.data.bag import FRAME_BASE, TOPIC_TF_STATIC, _matrix, typestore
+    from ba_perception.core.geometry import R_BODY_OPTICAL
+
+    with Reader(bag) as reader:
+        conns = [c for c in reader.connections if c.topic == TOPIC_TF_STATIC]
+        for conn, _, raw in reader.messages(connections=conns):
+            for tf in typestore().deserialize_cdr(raw, conn.msgtype).transforms:
+                if tf.header.frame_id == FRAME_BASE and tf.child_frame_id:
+                    T = _matrix(tf.transform)
+                    R = T[:3, :3] @ R_BODY_OPTICAL.numpy().T  # body = optical rotated back (REP-103)
+                    yaw, pitch = math.atan2(R[1, 0], R[0, 0]), math.asin(-max(-1.0, min(1.0, R[2, 0])))
+                    roll = math.atan2(R[2, 1], R[2, 2])
+                    return [float(v) for v in (*T[:3, 3], roll, pitch, yaw)]
+    return None
+
+
 def run_graph(cfg: RunConfig, log=print) -> tuple[Path, Path]:
     """Run the graph over the bag; returns ``(recorded bag folder, latency summary JSON)``."""
     from ba_perception.launcher import Launcher, LaunchError
 
     record = cfg.out / "outputs"
     latency = cfg.out / "latency.json"
-    if record.exists():
-        raise ReplayError(f"{record} exists; choose a new --out folder")
+    inputs = cfg.out / "inputs"
+    for path in (record, inputs):
+        if path.exists():
+            raise ReplayError(f"{path} exists; choose a new --out folder")
+    ext = extrinsics_from_bag(cfg.bag)
+    extrinsics_sets = [] if ext is None else [f"{n}.camera_extrinsics:=[{','.join(repr(v) for v in ext)}]"
+                                              for n in EXTRINSICS_NODES]
     args = {"source": "bag", "bag": str(cfg.bag), "lockstep": "true" if cfg.lockstep else "false",
             "record": str(record), "backend": "auto", "rviz": "false", "params_file": ""}
     sets = [
+        *extrinsics_sets,
         f"bag_player.rate:={cfg.rate}",
         f"bag_player.topics:=[{cfg.image_topic},{cfg.info_topic},{cfg.odom_topic}]",
         f"bag_player.lockstep_trigger_topic:={cfg.image_topic}",
@@ -88,7 +134,10 @@ def run_graph(cfg: RunConfig, log=print) -> tuple[Path, Path]:
         # Endpoint counts can be seen before every pair of endpoints has matched: let matching settle.
         "bag_player.start_delay_s:=2.0",
         "bag_player.wait_for_subscribers:=1",
-        "bag_player.ready_topics:=[/ba_perception/observations=2,/ba_perception/detections=2,/ba_perception/tracks=3]",
+        # tracks: monitor + recorder (+ the player's lockstep acknowledgements); real time: the input
+        # recorder listens to camera_info too (2 = detector + input recorder)
+        "bag_player.ready_topics:=[/ba_perception/observations=2,/ba_perception/detections=2,"
+        + ("/ba_perception/tracks=3]" if cfg.lockstep else f"/ba_perception/tracks=2,{cfg.info_topic}=2]"),
         f"bag_player.restamp:={'false' if cfg.lockstep else 'true'}",
         f"latency_monitor.summary_path:={latency}",
         f"latency_monitor.capture_clock:={'sim' if cfg.lockstep else 'wall'}",
@@ -96,6 +145,11 @@ def run_graph(cfg: RunConfig, log=print) -> tuple[Path, Path]:
         "bag_recorder.qos:=reliable_history",
         "bag_recorder.topics:=[" + ",".join(OUTPUT_TOPICS) + "]",
         "bag_recorder.types:=[" + ",".join(OUTPUT_TOPICS.values()) + "]",
+        f"input_recorder.output:={inputs}",
+        f"input_recorder.topics:=[{cfg.info_topic}]",
+        "input_recorder.types:=[sensor_msgs/msg/CameraInfo]",
+        "input_recorder.qos:=reliable",  # the player's publishers are volatile
+        "input_recorder.qos_depth:=1000",
         *cfg.sets,
     ]
     remaps = []
@@ -105,7 +159,7 @@ def run_graph(cfg: RunConfig, log=print) -> tuple[Path, Path]:
         remaps.append(f"/camera/camera_info:={cfg.info_topic}")
     if cfg.odom_topic != "/odom":
         remaps.append(f"/odom:={cfg.odom_topic}")
-    specs = [s for s in NODES if s.name in PIPELINE_NODES]
+    specs = [s for s in NODES if s.name in PIPELINE_NODES] + ([] if cfg.lockstep else [INPUT_RECORDER])
     try:
         launcher = Launcher(specs, args, default_params_file(), sets, remaps, log=log)
     except LaunchError as err:
@@ -117,6 +171,64 @@ def run_graph(cfg: RunConfig, log=print) -> tuple[Path, Path]:
     if not (record / "metadata.yaml").exists() and not any(record.glob("*.mcap")):
         raise ReplayError("the recorder wrote nothing; see the node logs above")
     return record, latency
+
+
+def bag_frame_stamps(bag: Path, topic: str) -> list[int]:
+    """Header stamps (ns) of every message on ``topic`` in a bag, in bag order."""
+    from rosbags.rosbag2 import Reader
+
+    from ba_perception.ros.sync import header_stamp_ns
+
+    with Reader(bag) as reader:
+        conns = [c for c in reader.connections if c.topic == topic]
+        return [s for _, _, raw in reader.messages(connections=conns) if (s := header_stamp_ns(bytes(raw))) is not None]
+
+
+def input_stamp_map(played: list[int], original: list[int], rate: float) -> tuple[dict[int, int], str]:
+    """Map the stamps the player published (``played``, in order) to the bag's frame stamps.
+
+    The player publishes the frames in bag order, one stamp per frame, so with every frame
+    recorded the map is positional. If the recorder missed some (it should not: reliable QoS, deep
+    queue), each played stamp goes to the frame whose recorded-timing offset (bag offset / rate) is
+    nearest to its offset from the first played stamp, and the method says so.
+
+    Returns:
+        ``({played stamp: original stamp}, method)`` with method ``"identity"``, ``"order"`` or ``"time"``.
+    """
+    if played == original:
+        return {s: s for s in original}, "identity"
+    if len(played) == len(original):
+        return dict(zip(played, original)), "order"
+    if not played or not original:
+        return {}, "time"
+    o = np.asarray(original, np.float64)
+    offsets = (o - o[0]) / rate
+    out = {}
+    for s in played:
+        out[s] = int(original[int(np.argmin(np.abs(offsets - (s - played[0]))))])
+    return out, "time"
+
+
+def remap_outputs(outputs: dict[str, dict[int, Any]], stamp_map: dict[int, int]) -> tuple[dict[str, dict[int, Any]], int]:
+    """Outputs keyed by the bag's frame stamps; returns them and the number of messages with no frame."""
+    out: dict[str, dict[int, Any]] = {}
+    unknown = 0
+    for topic, msgs in outputs.items():
+        out[topic] = {}
+        for stamp, msg in msgs.items():
+            if stamp in stamp_map:
+                out[topic][stamp_map[stamp]] = msg
+            else:
+                unknown += 1
+    return out, unknown
+
+
+def frame_accounting(frame_stamps: list[int], tracks: dict[int, Any]) -> dict:
+    """Every camera frame of the bag is processed (a track message exists for its stamp) or dropped."""
+    done = [s in tracks for s in frame_stamps]
+    last = max((i for i, d in enumerate(done) if d), default=-1)
+    return {"camera": len(frame_stamps), "processed": int(sum(done)), "dropped": len(done) - int(sum(done)),
+            "dropped_at_end": len(done) - 1 - last}
 
 
 def read_outputs(record: Path) -> dict[str, dict[int, Any]]:
@@ -136,12 +248,20 @@ def read_outputs(record: Path) -> dict[str, dict[int, Any]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bag", help="rosbag2 folder or .mcap/.db3 file with camera topics (+ odometry, ground truth)")
+    parser.add_argument("bag", nargs="?", default=None,
+                        help="rosbag2 folder or .mcap/.db3 file with camera topics (+ odometry, ground truth); "
+                             "omit it with --kitti")
+    parser.add_argument("--kitti", metavar="ROOT", default=None,
+                        help="evaluate a KITTI tracking sequence instead of a bag: ROOT holds image_02/SEQ/NNNNNN.png, "
+                             "calib/SEQ.txt, oxts/SEQ.txt and label_02/SEQ.txt (the real dataset's training/ folder, or "
+                             "what `ba-perception synth --kitti` writes); it is converted to <out>/kitti_SEQ first")
+    parser.add_argument("--sequence", default="0000", help="KITTI sequence with --kitti (default 0000)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--lockstep", action="store_true", default=True,
                       help="process every frame, deterministic (default)")
     mode.add_argument("--rate", type=float, default=None,
-                      help="real time: play at the recorded timing x RATE; dropped frames are reported")
+                      help="real time: play at the recorded timing x RATE; every frame is reported as processed "
+                           "or dropped")
     parser.add_argument("--out", default=None, help="output folder (default out/replay-<time>)")
     parser.add_argument("--image-topic", default="/camera/image_raw")
     parser.add_argument("--camera-info-topic", default="/camera/camera_info")
@@ -165,23 +285,66 @@ def replay_and_report(cfg: RunConfig, plots: bool = True, log=print) -> dict:
     record, latency = run_graph(cfg, log)
     wall = time.monotonic() - t0
     outputs = read_outputs(record)
+    frames = bag_frame_stamps(cfg.bag, cfg.info_topic)
+    method, unknown = "identity", 0
+    if not cfg.lockstep:  # outputs carry the player's wall-clock stamps: map them back to the bag's frames
+        inputs = cfg.out / "inputs"
+        played = bag_frame_stamps(inputs, cfg.info_topic) if (inputs / "metadata.yaml").exists() else []
+        stamp_map, method = input_stamp_map(played, frames, cfg.rate)
+        if len(played) != len(frames):
+            log(f"[replay] the input recorder kept {len(played)} of {len(frames)} frames; outputs mapped to frames "
+                "by timing")
+        outputs, unknown = remap_outputs(outputs, stamp_map)
     summary = evaluate_run(cfg.bag, outputs, latency)
+    acc = frame_accounting(frames, outputs["/ba_perception/tracks"])
+    summary["frame_accounting"] = acc
+    summary["dropped_frames"] = acc["dropped"]  # over every camera frame of the bag (with or without ground truth)
     summary["run"] = {"bag": str(cfg.bag), "mode": "lockstep" if cfg.lockstep else f"rate x{cfg.rate}",
-                      "wall_s": round(wall, 1), "outputs": str(record), "sets": cfg.sets}
+                      "wall_s": round(wall, 1), "outputs": str(record), "sets": cfg.sets,
+                      "stamp_mapping": method, "unmapped_outputs": unknown}
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     write_report(cfg.out, summary, cfg.bag, outputs, plots=plots)
     print_summary(summary, cfg.out)
     return summary
 
 
+def kitti_input(root: Path, sequence: str, out: Path, log=print) -> Path:
+    """Convert KITTI tracking ``sequence`` under ``root`` to the new bag ``<out>/kitti_<seq>``; returns it."""
+    from ba_perception.data.kitti import _seq_name
+    from ba_perception.data.kitti_bag import KittiBagError, check_sequence, kitti_to_bag
+
+    bag = out / f"kitti_{_seq_name(sequence)}"
+    try:
+        n = check_sequence(root, sequence)
+        if bag.exists():
+            raise ReplayError(f"{bag} exists; choose a new --out folder")
+        t0 = time.monotonic()
+        info = kitti_to_bag(root, sequence, bag)
+    except KittiBagError as err:
+        raise ReplayError(str(err)) from err
+    log(f"[replay] KITTI {root} sequence {_seq_name(sequence)}: {n} frames {info.width}x{info.height}, "
+        f"{info.objects} labelled objects -> {bag} ({time.monotonic() - t0:.1f} s)")
+    return bag
+
+
 def run(args: argparse.Namespace) -> int:
     from ba_perception.cli import CommandError
 
     out = Path(args.out or f"out/replay-{time.strftime('%Y%m%d-%H%M%S')}")
-    cfg = RunConfig(bag=Path(args.bag), out=out, lockstep=args.rate is None, rate=args.rate or 1.0,
-                    image_topic=args.image_topic, info_topic=args.camera_info_topic, odom_topic=args.odom_topic,
-                    sets=args.set)
+    if (args.bag is None) == (args.kitti is None):
+        raise CommandError("give either a BAG or --kitti ROOT [--sequence SEQ], not both or neither")
+    if args.rate is not None and args.rate <= 0:
+        raise CommandError(f"--rate must be > 0, got {args.rate}")
     try:
+        if args.kitti is not None:
+            bag = kitti_input(Path(args.kitti), args.sequence, out)
+        else:
+            bag = Path(args.bag)
+            if (bag / "image_02").is_dir() and (bag / "calib").is_dir():
+                raise ReplayError(f"{bag} is a KITTI tracking folder, not a bag; use --kitti {bag} --sequence SEQ")
+        cfg = RunConfig(bag=bag, out=out, lockstep=args.rate is None, rate=args.rate or 1.0,
+                        image_topic=args.image_topic, info_topic=args.camera_info_topic, odom_topic=args.odom_topic,
+                        sets=args.set)
         replay_and_report(cfg, plots=not args.no_plots)
     except ReplayError as err:
         raise CommandError(str(err)) from err
