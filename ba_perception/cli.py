@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-engine": ("ba_perception.train.build_engine", "build and cache the TensorRT engine of the detector"),
     "demo": ("ba_perception.demo", "run the whole stack on the synthetic world and print the results (README command 1)"),
     "eval-det": ("ba_perception.eval.detection_eval", "detector AP|R40 (3D/BEV/2D), depth and yaw errors on a world split"),
+    "eval-oba": ("ba_perception.eval.oba_eval", "object BA vs single-frame on a world split: depth, motion state, velocity, AP, ablations"),
+    "eval-track": ("ba_perception.eval.track_eval", "tracker HOTA/MOTA/IDF1/IDSW (trackeval) on a world split or KITTI tracking files"),
     "export": ("ba_perception.train.export", "export a detector checkpoint to ONNX (opset 17) with parity check"),
     "launch": ("ba_perception.launcher", "start the whole node graph from config/stack.yaml"),
     "replay-eval": ("ba_perception.eval.replay", "play a bag through the node graph, record, score against ground truth"),

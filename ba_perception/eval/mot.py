@@ -198,12 +198,13 @@ def evaluate_mot(
 
 def format_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str] = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW")) -> str:
     """A plain-text table: one row per key (e.g. class or method), percentages for ratio metrics."""
-    head = f"{'':16s}" + "".join(f"{c:>8s}" for c in columns)
+    w = max([16, *(len(str(k)) + 2 for k in rows)])
+    head = f"{'':{w}s}" + "".join(f"{c:>8s}" for c in columns)
     lines = [head]
     for name, r in rows.items():
         cells = []
         for c in columns:
             v = r[c]
             cells.append(f"{v:8d}" if isinstance(v, int) else f"{100 * v:8.1f}")
-        lines.append(f"{name:16s}" + "".join(cells))
+        lines.append(f"{name:{w}s}" + "".join(cells))
     return "\n".join(lines)

@@ -119,15 +119,9 @@ class TrackerNode(PerceptionNode):
                 covariances=cov), pose_to_matrix(msg.camera_pose)
         obs = msg_to_observations(msg)
         T_odom_cam = self.ego.camera_pose(stamp)
-        Tt = torch.as_tensor(T_odom_cam)
-        c, yaw = geometry.boxes_cam_to_frame(Tt, torch.as_tensor(obs.center_cam), torch.as_tensor(obs.yaw, dtype=torch.float64))
-        cov_cam = geometry.ray_covariance(torch.as_tensor(obs.center_cam), torch.as_tensor(obs.depth_std, dtype=torch.float64),
-                                          torch.as_tensor(obs.lateral_std, dtype=torch.float64))
-        R = Tt[:3, :3]
-        cov = (R @ cov_cam @ R.T).numpy()
-        return Detections(centers=c.numpy(), yaws=yaw.numpy(), sizes=obs.size_lwh, labels=obs.labels, scores=obs.scores,
-                          boxes_2d=obs.box_2d, embeddings=obs.embedding if obs.embedding.shape[1] else None,
-                          covariances=cov), T_odom_cam
+        return Detections.from_camera(T_odom_cam, obs.center_cam, obs.yaw, obs.depth_std, obs.lateral_std, obs.size_lwh,
+                                      obs.labels, obs.scores, obs.box_2d,
+                                      obs.embedding if obs.embedding.shape[1] else None), T_odom_cam
 
     def to_msg(self, msg: Any, tracks: list, T_odom_cam: np.ndarray, received: int, start: int) -> Any:
         from ba_perception_msgs.msg import Track3D, Track3DArray

@@ -121,3 +121,16 @@ def test_float32_batch_gives_the_same_boxes(scene):
     for a, b in zip(b64, b32):
         assert a.is_static == b.is_static
         assert np.linalg.norm(a.center_odom - b.center_odom) < 1e-2
+
+
+def test_scene_static_ba_gives_one_pose_and_smears_moving_objects(scene):
+    sb, tracks = scene
+    obj = refine_tracklets(copy.deepcopy(tracks), RefineConfig())
+    sta = refine_tracklets(copy.deepcopy(tracks), RefineConfig(scene_static=True))
+    assert all(b.refined and b.is_static and np.all(b.velocity_odom == 0) for b in sta)
+    moving = (sb.speed_mps > 1.0).numpy()
+    assert moving.any() and (~moving).any()
+    e_obj, _ = _errors(sb, obj)
+    e_sta, _ = _errors(sb, sta)
+    # one pose for a whole window cannot follow a moving car: the object-centric solution is far better there
+    assert np.median(e_sta[moving]) > 2 * np.median(e_obj[moving])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ba_perception.core.geometry import box_corners_cam, project_points
-from ba_perception.data.world import World, WorldConfig, WorldConfigError, correspondences, render_sequence
+from ba_perception.data.world import World, WorldConfig, WorldConfigError, correspondences, render_sequence, visible_surface_points
 from ba_perception.data.world import meshes as M
 from ba_perception.data.world.scene import constructed_scene
 
@@ -148,6 +148,12 @@ def test_correspondences_are_consistent_with_depth_and_pose():
         p_obj = (p_cam - T[:3, 3]) @ T[:3, :3]
         # depth read at the nearest pixel centre: error below a pixel's footprint on the surface
         assert np.median(np.linalg.norm(p_obj - pts, axis=1)) < 0.05
+    # the oracle's view of the same object: visible points per frame, indices shared between frames
+    ia, va = visible_surface_points(fa, 1)
+    ib, vb = visible_surface_points(fb, 1)
+    common, ka, kb = np.intersect1d(ia, ib, return_indices=True)
+    assert np.all(np.diff(ia) > 0) and len(common) == len(pts)
+    assert np.allclose(va[ka], ua) and np.allclose(vb[kb], ub)
 
 
 @pytest.mark.parametrize("preset", ["urban", "parking_lot"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -37,6 +37,8 @@ class RefineConfig:
             batch); an object slower than ``static_candidate_mps`` is static when that raises the
             whitened reprojection cost by less than ``static_cost_per_obs`` per observation (needs
             ``min_points_for_selection`` tracks), and then the one-pose solution is reported.
+        scene_static: scene-level BA: every object gets one pose for all frames of its window
+            (the static-world assumption of classic SfM; the ablation BA-Det compares against).
         min_baseline_m: camera travel below which the window is degenerate (zero baseline).
         min_depth_m: detections nearer than this (or behind the camera) are dropped.
         solver: LM options (iterations, loss, yaw-only, ...).
@@ -56,6 +58,7 @@ class RefineConfig:
     static_candidate_mps: float = 5.0
     static_cost_per_obs: float = 0.5
     min_points_for_selection: int = 4
+    scene_static: bool = False
     min_baseline_m: float = 0.05
     min_depth_m: float = 0.5
     solver: SolverOptions = field(default_factory=lambda: SolverOptions(loss="cauchy", loss_scale_px=2.0, max_iterations=10))
@@ -364,21 +367,23 @@ def refine_tracklets(
     out: dict[int, RefinedBox] = {t.tracklet_id: _box(t, r, cfg) for t, r in batch.excluded}
     if batch.problem is not None:
         p, B = batch.problem, len(batch.tracks)
+        if cfg.scene_static:
+            ps, init_s = _static_problem(p, batch.init)
+            res = solve(ps, init_s, cfg.solver, initial_lambda=batch.initial_lambda)
+            v, vcov = _velocity(res.state.t_odom_obj, p.stamps_s, p.frame_mask, res.pose_covariance)
+            _write_back(batch, res, torch.zeros_like(v), vcov, res.valid.clone(), replace(cfg, static_resolve=True), out)
+            return [out[t.tracklet_id] for t in tracks]
         if cfg.static_resolve:
             # Model selection in the same batched solve: every problem twice, with free per-frame
             # poses (+ constant-velocity prior) and with one pose for all frames (static-scene BA).
             # The object is static when one pose explains the image evidence about as well as free
             # poses do (a moving object seen from a moving camera cannot).
             dev = p.obs_uv.device
-            ps = OBAProblem(**{**p.__dict__, "static": torch.ones(B, dtype=torch.bool, device=dev),
-                               "motion_sqrt_info": torch.zeros_like(p.motion_sqrt_info)})
+            ps, init_s = _static_problem(p, batch.init)
             pd = OBAProblem(**{**p.__dict__, "static": torch.zeros(B, dtype=torch.bool, device=dev)})
             joint = OBAProblem(**{k: torch.cat([getattr(pd, k), getattr(ps, k)]) if getattr(pd, k) is not None else None
                                   for k in p.__dict__})
             init = batch.init
-            nf = p.frame_mask.sum(1).clamp(min=1)[:, None].to(init.t_odom_obj.dtype)
-            t_mean = (init.t_odom_obj * p.frame_mask[..., None]).sum(1) / nf  # window mean position
-            init_s = OBAState(init.R_odom_obj[:, :1].expand_as(init.R_odom_obj), t_mean[:, None].expand_as(init.t_odom_obj), init.points_obj)
             both = OBAState(*(torch.cat([a, b]) for a, b in zip(
                 (init.R_odom_obj, init.t_odom_obj, init.points_obj), (init_s.R_odom_obj, init_s.t_odom_obj, init_s.points_obj))))
             lam = batch.initial_lambda
@@ -405,6 +410,17 @@ def refine_tracklets(
                 final = _merge(res, _take(sres, static), keep)
         _write_back(batch, final, v, vcov, static, cfg, out)
     return [out[t.tracklet_id] for t in tracks]
+
+
+def _static_problem(p: OBAProblem, init: OBAState) -> tuple[OBAProblem, OBAState]:
+    """The same problems with one pose for all frames (static-scene BA), started at the window mean."""
+    B = p.frame_mask.shape[0]
+    ps = OBAProblem(**{**p.__dict__, "static": torch.ones(B, dtype=torch.bool, device=p.obs_uv.device),
+                       "motion_sqrt_info": torch.zeros_like(p.motion_sqrt_info)})
+    nf = p.frame_mask.sum(1).clamp(min=1)[:, None].to(init.t_odom_obj.dtype)
+    t_mean = (init.t_odom_obj * p.frame_mask[..., None]).sum(1) / nf  # window mean position
+    return ps, OBAState(init.R_odom_obj[:, :1].expand_as(init.R_odom_obj), t_mean[:, None].expand_as(init.t_odom_obj),
+                        init.points_obj)
 
 
 def _take(res: OBAResult, m: torch.Tensor) -> OBAResult:

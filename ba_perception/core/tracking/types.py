@@ -76,6 +76,33 @@ class Detections:
         """A frame with no detections."""
         return cls(np.zeros((0, 3)), np.zeros(0), np.zeros((0, 3)), [])
 
+    @classmethod
+    def from_camera(cls, T_odom_cam: np.ndarray, centers_cam: np.ndarray, rotation_y: np.ndarray, depth_std: np.ndarray,
+                    lateral_std: np.ndarray, sizes: np.ndarray, labels: list[str] | np.ndarray, scores: np.ndarray | None = None,
+                    boxes_2d: np.ndarray | None = None, embeddings: np.ndarray | None = None) -> Detections:
+        """Single-frame camera detections moved to odom, with the ray-shaped centre covariance.
+
+        Args:
+            T_odom_cam: ``(4, 4)`` camera optical frame in odom at capture.
+            centers_cam: ``(N, 3)`` box centres, camera frame, metres. rotation_y: ``(N,)`` KITTI yaw.
+            depth_std, lateral_std: ``(N,)`` metres along / across the viewing ray.
+            sizes, labels, scores, boxes_2d, embeddings: as the constructor.
+        """
+        if len(centers_cam) == 0:
+            return cls.empty()
+        import torch
+
+        from ba_perception.core import geometry
+
+        Tt = torch.as_tensor(np.asarray(T_odom_cam, np.float64))
+        ct = torch.as_tensor(np.asarray(centers_cam, np.float64))
+        c, yaw = geometry.boxes_cam_to_frame(Tt, ct, torch.as_tensor(np.asarray(rotation_y, np.float64)))
+        cov_cam = geometry.ray_covariance(ct, torch.as_tensor(np.asarray(depth_std, np.float64)),
+                                          torch.as_tensor(np.asarray(lateral_std, np.float64)))
+        R = Tt[:3, :3]
+        return cls(centers=c.numpy(), yaws=yaw.numpy(), sizes=sizes, labels=labels, scores=scores, boxes_2d=boxes_2d,
+                   embeddings=embeddings, covariances=(R @ cov_cam @ R.T).numpy())
+
 
 @dataclass
 class TrackOutput:

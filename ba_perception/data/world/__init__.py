@@ -46,10 +46,11 @@ from ba_perception.data.world.sequence import (
     base_to_camera,
     correspondences,
     render_sequence,
+    visible_surface_points,
 )
 
 __all__ = [
     "CLASSES", "PRESETS", "GroundTruth", "MeshError", "RenderError", "World", "WorldConfig",
     "WorldConfigError", "WorldError", "WorldFrame", "base_to_camera", "check_meshes",
-    "correspondences", "render_sequence",
+    "correspondences", "render_sequence", "visible_surface_points",
 ]

@@ -412,6 +412,37 @@ def render_sequence(cfg: WorldConfig, start: int = 0, stop: int | None = None) -
             yield world.render(i)
 
 
+def _surface_visibility(frame: WorldFrame, track_id: int, depth_tol_m: float, depth_tol_rel: float) -> tuple[np.ndarray, np.ndarray]:
+    """Visibility ``(P,)`` and pixels ``(P, 2)`` of every surface point of one object in one frame."""
+    pts = frame.surface_points.get(track_id)
+    if pts is None:
+        raise WorldError(f"track {track_id} has no surface points")
+    T = frame.objects.T_cam_obj[frame.objects.index_of(track_id)]
+    p = pts @ T[:3, :3].T + T[:3, 3]
+    z = p[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = p[:, :2] / z[:, None] * np.array([frame.K[0, 0], frame.K[1, 1]]) + frame.K[:2, 2]
+    H, W = frame.depth.shape
+    ui = np.nan_to_num(np.round(uv[:, 0]), nan=-1, posinf=-1, neginf=-1).astype(np.int64)
+    vi = np.nan_to_num(np.round(uv[:, 1]), nan=-1, posinf=-1, neginf=-1).astype(np.int64)
+    inside = (z > 0.1) & (ui >= 0) & (ui < W) & (vi >= 0) & (vi < H)
+    uc, vc = np.clip(ui, 0, W - 1), np.clip(vi, 0, H - 1)
+    vis = inside & (frame.instance[vc, uc] == track_id) & (np.abs(frame.depth[vc, uc] - z) <= depth_tol_m + depth_tol_rel * z)
+    return vis, uv
+
+
+def visible_surface_points(frame: WorldFrame, track_id: int, depth_tol_m: float = 0.05,
+                           depth_tol_rel: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(M,)`` into ``frame.surface_points[track_id]`` of the points visible in ``frame``, and their pixels ``(M, 2)``.
+
+    Visibility as in :func:`correspondences`; indices are increasing, so the same points come
+    first in every frame where they are visible.
+    """
+    vis, uv = _surface_visibility(frame, track_id, depth_tol_m, depth_tol_rel)
+    idx = np.nonzero(vis)[0]
+    return idx, uv[idx]
+
+
 def correspondences(frame_a: WorldFrame, frame_b: WorldFrame, track_id: int,
                     depth_tol_m: float = 0.05, depth_tol_rel: float = 0.02) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """GT 2D correspondences of one object's surface points visible in both frames.
@@ -432,23 +463,7 @@ def correspondences(frame_a: WorldFrame, frame_b: WorldFrame, track_id: int,
     Raises:
         WorldError: the object is not in both frames' ground truth.
     """
-    pts = frame_a.surface_points.get(track_id)
-    if pts is None:
-        raise WorldError(f"track {track_id} has no surface points")
-    ok = np.ones(len(pts), bool)
-    uvs = []
-    for f in (frame_a, frame_b):
-        T = f.objects.T_cam_obj[f.objects.index_of(track_id)]
-        p = pts @ T[:3, :3].T + T[:3, 3]
-        z = p[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            uv = p[:, :2] / z[:, None] * np.array([f.K[0, 0], f.K[1, 1]]) + f.K[:2, 2]
-        H, W = f.depth.shape
-        ui = np.round(uv[:, 0]).astype(np.int64, copy=False) if np.isfinite(uv).all() else np.nan_to_num(np.round(uv[:, 0]), nan=-1).astype(np.int64)
-        vi = np.round(uv[:, 1]).astype(np.int64, copy=False) if np.isfinite(uv).all() else np.nan_to_num(np.round(uv[:, 1]), nan=-1).astype(np.int64)
-        inside = (z > 0.1) & (ui >= 0) & (ui < W) & (vi >= 0) & (vi < H)
-        uc, vc = np.clip(ui, 0, W - 1), np.clip(vi, 0, H - 1)
-        vis = inside & (f.instance[vc, uc] == track_id) & (np.abs(f.depth[vc, uc] - z) <= depth_tol_m + depth_tol_rel * z)
-        ok &= vis
-        uvs.append(uv)
-    return pts[ok], uvs[0][ok], uvs[1][ok]
+    vis_a, uv_a = _surface_visibility(frame_a, track_id, depth_tol_m, depth_tol_rel)
+    vis_b, uv_b = _surface_visibility(frame_b, track_id, depth_tol_m, depth_tol_rel)
+    ok = vis_a & vis_b
+    return frame_a.surface_points[track_id][ok], uv_a[ok], uv_b[ok]

@@ -1,0 +1,333 @@
+"""The graph's stages in one process over world sequences, for evaluation (`eval-oba`, `eval-track`).
+
+A world sequence is rendered once, the detector runs on every frame, and what the later stages
+and the metrics need is cached under ``data/eval_cache/`` (keyed by the world config, the model
+file's hash and the decode settings): the observations, the ground truth, the camera poses, the
+grayscale images (ORB/KLT) and, per observation matched to a ground-truth object, oracle feature
+samples (projections of the object's true surface points, with their ids). The track buffer
+(``TrackletBuffer.update`` + ``refine_tracklets``) and the tracker (``Tracker.step``) are then run
+from the cache with any settings, so an ablation costs only the stages it changes.
+
+Frames: observations are in the camera optical frame of their image; refined boxes and tracks in
+odom (``core.geometry`` conventions). Ground truth 2D box = ``box_full`` (complete silhouette), as
+the detector is trained and scored by ``eval-det``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ba_perception.core import geometry
+from ba_perception.core.oba.refine import RefineConfig, RefinedBox, refine_tracklets
+from ba_perception.core.oba.tracklets import Observation, ObjectTrack, TrackletBuffer, TrackletConfig
+from ba_perception.core.tracking import Detections, Tracker, TrackerConfig, TrackOutput
+from ba_perception.eval.detection_ap import iou_2d
+
+CACHE_VERSION = "1"  # bump when what is cached (or how observations are made) changes
+ORACLE_SAMPLES = 25  # the detector's 5x5 grid has as many samples
+GT_MATCH_IOU = 0.5
+
+
+class WorldEvalError(RuntimeError):
+    """A world evaluation cannot run (bad split name, model missing, nothing to evaluate)."""
+
+
+@dataclass
+class SequenceData:
+    """One world sequence with the detector's output, ready for the later stages.
+
+    Attributes:
+        name: ``<preset>_<seed>``.
+        stamps_ns: ``(F,)`` capture stamps. K: ``(3, 3)`` intrinsics. image_hw: (H, W).
+        T_odom_cam: ``(F, 4, 4)`` camera optical frame in odom.
+        gt: per frame the world's :class:`~ba_perception.data.world.GroundTruth`.
+        observations: per frame the detector's observations (camera frame).
+        gt_index: per frame, per observation the matched GT row (-1: none; 2D IoU >= 0.5 with
+            ``box_full``, same class, one-to-one by IoU).
+        oracle_uv, oracle_ids: per frame, per observation, oracle samples ``(n, 2)`` pixels and
+            their surface point ids ``(n,)`` (empty when unmatched).
+        gray_png: per frame the grayscale image, PNG bytes (for ORB/KLT).
+        detector_ms: per frame detector wall time (preprocess + network + decode), ms.
+    """
+
+    name: str
+    stamps_ns: np.ndarray
+    K: np.ndarray
+    image_hw: tuple[int, int]
+    T_odom_cam: np.ndarray
+    gt: list[Any]
+    observations: list[list[Observation]]
+    gt_index: list[np.ndarray]
+    oracle_uv: list[list[np.ndarray]]
+    oracle_ids: list[list[np.ndarray]]
+    gray_png: list[bytes] = field(repr=False, default_factory=list)
+    detector_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __len__(self) -> int:
+        return len(self.stamps_ns)
+
+    def gray(self, i: int) -> np.ndarray:
+        """Grayscale ``uint8`` image of frame ``i``."""
+        import cv2
+
+        return cv2.imdecode(np.frombuffer(self.gray_png[i], np.uint8), cv2.IMREAD_GRAYSCALE)
+
+
+# ------------------------------------------------------------------------------------------------
+# rendering + detection, cached
+# ------------------------------------------------------------------------------------------------
+def match_to_gt(boxes: np.ndarray, labels: Sequence[str], gt: Any, min_iou: float = GT_MATCH_IOU) -> np.ndarray:
+    """One-to-one match of 2D boxes to ground truth (``box_full``, same class) by IoU; -1 unmatched."""
+    from scipy.optimize import linear_sum_assignment
+
+    out = np.full(len(boxes), -1, np.int64)
+    gb = np.asarray(gt.box_full, np.float64).reshape(-1, 4)
+    if not len(boxes) or not len(gb):
+        return out
+    ok = np.isfinite(gb).all(1)
+    iou = iou_2d(np.asarray(boxes, np.float64).reshape(-1, 4), np.where(ok[:, None], gb, 0.0))
+    same = np.asarray(labels, dtype=object)[:, None] == np.asarray(gt.class_label, dtype=object)[None, :]
+    iou = np.where(same & ok[None], iou, 0.0)
+    r, c = linear_sum_assignment(-iou)
+    keep = iou[r, c] >= min_iou
+    out[r[keep]] = c[keep]
+    return out
+
+
+def oracle_samples(frame: Any, track_id: int, n: int = ORACLE_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels and ids of up to ``n`` visible true surface points of one object (evaluation only).
+
+    The lowest-index visible points of the world's fixed per-object point set are taken, so the
+    same points recur from frame to frame while they stay visible.
+    """
+    from ba_perception.data.world import visible_surface_points
+
+    idx, uv = visible_surface_points(frame, track_id)
+    return uv[:n].astype(np.float32), idx[:n].astype(np.int64)
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def prepare_sequence(world_cfg: Any, detector: Any, model_hash: str, cache_dir: Path | None,
+                     log: Callable[[str], None] = print) -> SequenceData:
+    """Render a world sequence, run the detector on it and make oracle samples; cached on disk.
+
+    Args:
+        world_cfg: a :class:`~ba_perception.data.world.WorldConfig`.
+        detector: a :class:`~ba_perception.core.detection.detector.Detector`.
+        model_hash: identifies the weights in the cache key.
+        cache_dir: where to keep the result (None: no cache).
+    """
+    import cv2
+
+    from ba_perception.bench.pipeline import detections_to_observations
+    from ba_perception.data.synth import WORLD_VERSION
+    from ba_perception.data.world import World
+
+    key_src = repr((CACHE_VERSION, WORLD_VERSION, repr(world_cfg), model_hash, repr(detector.decode_cfg)))
+    key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
+    name = f"{world_cfg.preset}_{world_cfg.seed}"
+    path = None if cache_dir is None else Path(cache_dir) / f"{name}_{key}.pkl"
+    if path is not None and path.is_file():
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    t0 = time.perf_counter()
+    stamps, poses, gts, obs_all, gidx, ouv, oid, gray, det_ms = [], [], [], [], [], [], [], [], []
+    with World(world_cfg) as world:
+        for i in range(world_cfg.n_frames):
+            fr = world.render(i)
+            t1 = time.perf_counter()
+            res = detector.detect(fr.image, fr.K)
+            det_ms.append((time.perf_counter() - t1) * 1e3)
+            obs = detections_to_observations(res.detections, [res.class_names[k] for k in res.detections.labels.tolist()])
+            g = match_to_gt(np.array([o.box_2d for o in obs]).reshape(-1, 4), [o.class_label for o in obs], fr.objects)
+            uvs, ids = [], []
+            for o, j in zip(obs, g):
+                if j >= 0 and int(fr.objects.track_id[j]) in fr.surface_points:
+                    u, k = oracle_samples(fr, int(fr.objects.track_id[j]))
+                else:
+                    u, k = np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
+                uvs.append(u)
+                ids.append(k)
+            stamps.append(fr.stamp_ns)
+            poses.append(fr.T_odom_cam)
+            gts.append(fr.objects)
+            obs_all.append(obs)
+            gidx.append(g)
+            ouv.append(uvs)
+            oid.append(ids)
+            gray.append(cv2.imencode(".png", cv2.cvtColor(fr.image, cv2.COLOR_RGB2GRAY))[1].tobytes())
+            K, hw = fr.K, fr.image.shape[:2]
+    seq = SequenceData(name, np.array(stamps, np.int64), K, (int(hw[0]), int(hw[1])), np.stack(poses), gts,
+                       obs_all, gidx, ouv, oid, gray, np.array(det_ms))
+    log(f"  {name}: rendered + detected {len(seq)} frames in {time.perf_counter() - t0:.1f} s")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(seq, f, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(path)
+    return seq
+
+
+def load_split(split: str, presets: Sequence[str] | None, sequences: int | None, frames: int | None,
+               model: Path, backend: str, threads: int, score_threshold: float, cache_dir: Path | None,
+               width: int = 1242, height: int = 375, log: Callable[[str], None] = print) -> list[SequenceData]:
+    """Every sequence of a world split (as ``ba-perception synth`` plans it) through the detector.
+
+    Raises:
+        WorldEvalError: unknown split, missing model, or a backend that cannot be created.
+    """
+    from ba_perception.core.detection.backends import BackendError, create_backend
+    from ba_perception.core.detection.decode import DecodeConfig
+    from ba_perception.core.detection.detector import Detector
+    from ba_perception.data.synth import SPLITS, plan
+    from ba_perception.data.world import PRESETS, WorldConfig
+
+    if split not in SPLITS:
+        raise WorldEvalError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    bad = [p for p in presets or () if p not in PRESETS]
+    if bad:
+        raise WorldEvalError(f"unknown preset {bad[0]!r}; choose from {', '.join(PRESETS)}")
+    if not model.is_file():
+        raise WorldEvalError(f"model {model} not found (the shipped one is models/detector.onnx)")
+    kw = {"checkpoint": model} if model.suffix == ".pt" else {"onnx_path": model}
+    try:
+        be = create_backend(backend, threads=threads, **kw)
+    except BackendError as err:
+        raise WorldEvalError(str(err)) from err
+    torch.set_num_threads(max(1, threads))
+    det = Detector(be, DecodeConfig(score_threshold=score_threshold, max_detections=50))
+    cfgs = plan(split, list(presets or PRESETS), sequences, frames, WorldConfig(width=width, height=height))
+    mh = _file_hash(model)
+    log(f"world split {split!r}: {len(cfgs)} sequences x {cfgs[0].n_frames} frames, detector {model} [{be.name}]")
+    return [prepare_sequence(c, det, mh, cache_dir, log) for c in cfgs]
+
+
+# ------------------------------------------------------------------------------------------------
+# track buffer
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class ObaVariant:
+    """One way of running the track buffer.
+
+    Attributes:
+        correspondences: ``descriptor`` (learned), ``orb``, ``klt``, ``oracle`` or ``none``.
+        scene_static: one pose for all frames of every object (scene-level BA, no object motion).
+    """
+
+    correspondences: str = "descriptor"
+    scene_static: bool = False
+
+
+@dataclass
+class FrameBoxes3D:
+    """The track buffer's output of one frame, aligned with the frame's observations.
+
+    Attributes:
+        boxes: one :class:`RefinedBox` per observation (unrefined ones carry the detection).
+        obs_index: index of each box's observation in the frame.
+        seconds: track buffer wall time (association + refinement).
+    """
+
+    boxes: list[RefinedBox]
+    obs_index: np.ndarray
+    seconds: float
+
+
+def _external_tracks(seq: SequenceData, tracks: list[ObjectTrack], kind: str, frame_of: dict[int, int],
+                     num_points: int, gray_cache: dict[int, np.ndarray]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """ORB or KLT point tracks over each tracklet's window (evaluation-side, OpenCV)."""
+    from ba_perception.core.oba.correspondences import klt_tracks, orb_tracks
+
+    out = {}
+    for t in tracks:
+        if len(t.frames) < 2:
+            continue
+        idx = [frame_of[f.stamp_ns] for f in t.frames]
+        for i in idx:
+            if i not in gray_cache:
+                gray_cache[i] = seq.gray(i)
+        images = [gray_cache[i] for i in idx]
+        boxes = np.stack([np.asarray(f.observation.box_2d, np.float64) for f in t.frames])
+        fn = klt_tracks if kind == "klt" else orb_tracks
+        out[t.tracklet_id] = fn(images, boxes, num_points)
+    for i in [i for i in gray_cache if i < max(frame_of.values(), default=0) - 40]:
+        del gray_cache[i]
+    return out
+
+
+def run_track_buffer(seq: SequenceData, variant: ObaVariant, tracklet_cfg: TrackletConfig,
+                     refine_cfg: RefineConfig) -> list[FrameBoxes3D]:
+    """Run tracklet association + batched object BA over a sequence, frame by frame."""
+    rc = replace(refine_cfg, correspondences="oracle" if variant.correspondences == "oracle" else
+                 "none" if variant.correspondences in ("orb", "klt", "none") else "descriptor")
+    buffer = TrackletBuffer(tracklet_cfg)
+    frame_of = {int(s): i for i, s in enumerate(seq.stamps_ns)}
+    gray_cache: dict[int, np.ndarray] = {}
+    out = []
+    for i in range(len(seq)):
+        obs = seq.observations[i]
+        if variant.correspondences == "oracle":
+            obs = [replace(o, sample_uv=u, sample_point_ids=k, descriptors=np.zeros((len(u), 0), np.float32))
+                   for o, u, k in zip(obs, seq.oracle_uv[i], seq.oracle_ids[i])]
+        t0 = time.perf_counter()
+        tracks, assignment = buffer.update(int(seq.stamps_ns[i]), obs, seq.T_odom_cam[i], seq.K)
+        pt = None
+        if variant.correspondences in ("orb", "klt"):
+            pt = _external_tracks(seq, tracks, variant.correspondences, frame_of, rc.num_points, gray_cache)
+        boxes = refine_tracklets(tracks, replace(rc, scene_static=variant.scene_static), pt)
+        dt = time.perf_counter() - t0
+        by_id = {b.tracklet_id: b for b in boxes}
+        idx = [k for k, a in enumerate(assignment) if a in by_id]
+        out.append(FrameBoxes3D([by_id[assignment[k]] for k in idx], np.array(idx, np.int64), dt))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# tracker
+# ------------------------------------------------------------------------------------------------
+def boxes_to_detections(boxes: Sequence[RefinedBox]) -> Detections:
+    """Track buffer output -> tracker input in odom (what tracker_node reads from a Detection3DArray)."""
+    from ba_perception.bench.pipeline import refined_to_detections
+
+    return refined_to_detections(list(boxes))
+
+
+def observations_to_detections(obs: Sequence[Observation], T_odom_cam: np.ndarray) -> Detections:
+    """Single-frame observations -> tracker input in odom (tracker_node with ``input_type: observations``)."""
+    if not obs:
+        return Detections.empty()
+    yaw = geometry.yaw_from_rotation_cam(torch.as_tensor(np.stack([o.R_cam_obj for o in obs]))).numpy()
+    emb = [np.asarray(o.embedding, np.float64).ravel() for o in obs]
+    return Detections.from_camera(
+        T_odom_cam, np.stack([o.center_cam for o in obs]), yaw, np.array([o.depth_std for o in obs]),
+        np.array([o.lateral_std for o in obs]), np.stack([o.size_lwh for o in obs]), [o.class_label for o in obs],
+        np.array([o.score for o in obs]), np.stack([np.asarray(o.box_2d, np.float64) for o in obs]),
+        np.stack(emb) if len({e.size for e in emb}) == 1 and emb[0].size else None)
+
+
+def run_tracker(seq: SequenceData, inputs: Sequence[Detections], config: TrackerConfig) -> tuple[list[list[TrackOutput]], list[float]]:
+    """``Tracker.step`` over a sequence; per frame the outputs and the step time (s)."""
+    tracker = Tracker(config)
+    out, times = [], []
+    for i, d in enumerate(inputs):
+        t0 = time.perf_counter()
+        out.append(tracker.step(int(seq.stamps_ns[i]), d))
+        times.append(time.perf_counter() - t0)
+    return out, times
