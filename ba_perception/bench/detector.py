@@ -4,7 +4,9 @@ CPU numbers are wall-clock (``time.perf_counter``) around one call; CUDA numbers
 Rows: network only per backend (ONNX Runtime CPU, torch CPU; on a GPU also torch CUDA fp16 with
 and without a CUDA graph, ONNX Runtime GPU providers and TensorRT when importable), plus the full
 single-image pipeline (letterbox of a 1242x375 image + network + decode) on the default backend.
-Prints a table and writes JSON.
+With ``--memory-frames N`` it first runs the full :class:`Detector` (as the detector node holds it) on
+N frames cycling through a few rendered world images and samples the process RSS (psutil) every
+``--memory-every`` frames: start / peak / end and the least-squares slope. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -28,7 +30,92 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for ONNX Runtime and torch")
+    parser.add_argument("--memory-frames", type=int, default=0,
+                        help="memory run: full detector on N frames (cycling through rendered world images), RSS sampled; 0 = skip")
+    parser.add_argument("--memory-every", type=int, default=50, help="frames between RSS samples of the memory run")
+    parser.add_argument("--memory-images", type=int, default=4, help="distinct rendered 1242x375 world images the memory run cycles through")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory run (no latency rows)")
     parser.add_argument("--out", default="out/bench/detector.json")
+
+
+MEMORY_LIMIT_MB = 1536.0  # the issue's bar: resident memory under 1.5 GB
+GROWTH_TOLERANCE_MB = 10.0  # "no growth": end - first post-warm-up sample and slope x 1000 frames within this
+
+
+def rss_summary(samples: list[tuple[int, float]], warmup_frames: int) -> dict:
+    """Summarise ``(frames_done, rss_mb)`` samples of a memory run.
+
+    ``start`` is the first sample at or after ``warmup_frames`` (allocator pools and the engine's
+    arenas settle during the first calls); ``slope_mb_per_1000_frames`` is the least-squares slope of
+    the samples from there on; ``growth_mb`` = end - start; ``peak`` covers every sample.
+    """
+    if not samples:
+        raise ValueError("no RSS samples")
+    steady = [s for s in samples if s[0] >= warmup_frames] or samples[-1:]
+    f = np.array([s[0] for s in steady], dtype=np.float64)
+    r = np.array([s[1] for s in steady], dtype=np.float64)
+    slope = float(np.polyfit(f, r, 1)[0] * 1000.0) if len(f) >= 2 and np.ptp(f) > 0 else 0.0
+    peak = max(s[1] for s in samples)
+    growth = float(r[-1] - r[0])
+    return {
+        "first_mb": float(samples[0][1]), "start_mb": float(r[0]), "start_frame": int(f[0]), "peak_mb": float(peak),
+        "end_mb": float(r[-1]), "end_frame": int(f[-1]), "growth_mb": growth, "slope_mb_per_1000_frames": slope,
+        "under_limit": bool(peak < MEMORY_LIMIT_MB), "limit_mb": MEMORY_LIMIT_MB,
+        "no_growth": bool(growth <= GROWTH_TOLERANCE_MB and slope <= GROWTH_TOLERANCE_MB),
+        "growth_tolerance_mb": GROWTH_TOLERANCE_MB,
+    }
+
+
+def render_images(n: int, width: int = 1242, height: int = 375) -> tuple[list[np.ndarray], np.ndarray]:
+    """``n`` RGB frames (and the intrinsics) of a world test sequence, 9 frames apart."""
+    from ba_perception.data.world import World, WorldConfig
+
+    with World(WorldConfig(preset="urban", seed=200_001, width=width, height=height, n_frames=9 * n + 1)) as world:
+        frames = [world.render(9 * i) for i in range(n)]
+    return [np.ascontiguousarray(f.image) for f in frames], frames[0].K.copy()
+
+
+def memory_run(detector, images: list[np.ndarray], K: np.ndarray, frames: int, every: int) -> dict:
+    """Run ``detector.detect`` on ``frames`` frames cycling through ``images``; sample RSS every ``every`` frames.
+
+    Returns:
+        ``samples`` ``[(frames_done, rss_mb)]`` (after frame 1, every ``every`` frames, after the last),
+        ``rss_before_mb`` (before the first frame), the summary of :func:`rss_summary` with
+        ``every`` frames as warm-up, detections per frame and the mean wall time per frame.
+    """
+    import psutil
+
+    proc = psutil.Process()
+
+    def rss() -> float:
+        return proc.memory_info().rss / 2**20
+
+    before = rss()
+    samples: list[tuple[int, float]] = []
+    n_det = 0
+    t0 = time.perf_counter()
+    for i in range(frames):
+        n_det += len(detector.detect(images[i % len(images)], K).detections)
+        done = i + 1
+        if done == 1 or done % every == 0 or done == frames:
+            samples.append((done, rss()))
+    wall = time.perf_counter() - t0
+    return {"frames": frames, "every": every, "images": len(images), "rss_before_mb": before, "samples": samples,
+            "summary": rss_summary(samples, warmup_frames=min(every, frames)), "detections_per_frame": n_det / max(frames, 1),
+            "wall_ms_per_frame": 1e3 * wall / max(frames, 1)}
+
+
+def print_memory(mem: dict, backend_name: str) -> None:
+    """Print the memory run's RSS table and verdicts."""
+    s = mem["summary"]
+    print(f"memory run: full detector ({backend_name}) on {mem['frames']} frames cycling {mem['images']} rendered "
+          f"1242x375 images, {mem['wall_ms_per_frame']:.1f} ms/frame, {mem['detections_per_frame']:.1f} detections/frame")
+    print(f"  RSS before first frame {mem['rss_before_mb']:.0f} MB; samples (frames: MB): "
+          + ", ".join(f"{f}: {r:.0f}" for f, r in mem["samples"]))
+    print(f"  start {s['start_mb']:.1f} MB (frame {s['start_frame']})  peak {s['peak_mb']:.1f} MB  end {s['end_mb']:.1f} MB "
+          f"(frame {s['end_frame']})  growth {s['growth_mb']:+.1f} MB  slope {s['slope_mb_per_1000_frames']:+.2f} MB/1000 frames")
+    print(f"  peak < {s['limit_mb']:.0f} MB: {'yes' if s['under_limit'] else 'NO'};  no growth (within "
+          f"{s['growth_tolerance_mb']:.0f} MB): {'yes' if s['no_growth'] else 'NO'}")
 
 
 def _stats(ms: list[float]) -> dict:
@@ -89,6 +176,30 @@ def run(args: argparse.Namespace) -> int:
         ck_path = tmp / "det.pt"
         save_checkpoint(ck_path, model)
         onnx_path = export_onnx(model, tmp / "det.onnx")
+    if args.memory_frames < 0 or args.memory_every < 1 or args.memory_images < 1:
+        raise CommandError("--memory-frames must be >= 0, --memory-every and --memory-images >= 1")
+    if args.memory_only and args.memory_frames == 0:
+        raise CommandError("--memory-only needs --memory-frames N (N > 0)")
+    memory = None
+    if args.memory_frames > 0:
+        # First, in a process that holds nothing else yet: one Detector, as the detector node holds it.
+        images, K_img = render_images(args.memory_images)
+        be_m = create_backend("auto", onnx_path=onnx_path, checkpoint=ck_path, threads=args.threads)
+        memory = memory_run(Detector(be_m, DecodeConfig(score_threshold=0.3)), images, K_img, args.memory_frames,
+                            args.memory_every)
+        memory["backend"] = be_m.name
+        print_memory(memory, be_m.name)
+        del be_m
+        if args.memory_only:
+            load = os.getloadavg() if hasattr(os, "getloadavg") else None
+            res = {"weights": weights, "threads": args.threads, "memory": memory,
+                   "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "loadavg_after": load,
+                               "torch": torch.__version__}}
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(res, indent=1))
+            print(f"wrote {out} (load average after: {load})")
+            return 0
     ort_cpu = OnnxRuntimeBackend(onnx_path, device="cpu", threads=args.threads)
     h, w = ort_cpu.input_hw
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
@@ -147,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         "network": rows, "pipeline_1242x375": {"backend": be.name, **pipeline},
         "process_rss_mb": {"after_warmup": rss[0], "after_all": rss[-1], "frames": args.iters},
         "method": "CPU: wall clock per call; CUDA: CUDA events per call; batch 1",
+        "memory": memory,
     }
     print(f"detector latency, input 1x3x{h}x{w}, {args.threads} CPU threads, weights: {weights}")
     print(f"{'backend':42s} {'device':22s} {'p50 ms':>8s} {'p95 ms':>8s} {'mean ms':>8s} {'n':>5s}")
