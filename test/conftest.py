@@ -33,6 +33,26 @@ def wait_for(cond: Callable[[], bool], timeout: float = 10.0, spin: Callable[[],
     raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
 
 
+def publish_and_wait(pub, msg, received: list, spin: Callable[[], None], timeout: float = 30.0,
+                     what: str = "an output") -> object:
+    """Lockstep feeding: publish ``msg`` and wait until ``received`` (a subscription's list) grows.
+
+    Returns the newest received message. Fails the test after ``timeout`` seconds.
+    """
+    n = len(received)
+    pub.publish(msg)
+    wait_for(lambda: len(received) > n, timeout, spin, what)
+    return received[-1]
+
+
+def stack_params(node_name: str, **overrides: object) -> dict:
+    """The ROS parameters of ``node_name`` in the shipped config/stack.yaml, with ``overrides`` applied."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config" / "stack.yaml").read_text())
+    return {**cfg[node_name]["ros__parameters"], **overrides}
+
+
 class RosEnv:
     """A private DDS domain on localhost, a temp ROS_HOME, and processes started in it."""
 

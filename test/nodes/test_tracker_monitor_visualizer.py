@@ -1,21 +1,27 @@
-"""tracker_node and visualizer_node together over real DDS, fed by the test.
+"""tracker_node, latency_monitor and visualizer_node together over real DDS, fed by the test.
 
-(The latency monitor's stage accounting over DDS is checked by test_end_to_end.py, from its summary.)"""
+Matching is pairwise: the test's own graph view showing every reader on /ba_perception/tracks only
+proves that the *test* discovered them; tracker_node's writer may match the monitor's (volatile)
+reader a few hundred milliseconds later, and everything published before that never reaches the
+monitor. So frames keep coming until each listener has shown it received data (time-bounded).
+"""
 
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import wait_for
+from conftest import publish_and_wait, wait_for
 
 pytestmark = [pytest.mark.dds, pytest.mark.slow]
 
 T0 = 1_000 * 10**9
 DT = 100_000_000
+MATCH_TIMEOUT_S = 60.0  # discovery under load on a shared 2-core machine can take seconds
 
 
 def _observations(k: int, K: np.ndarray, T_odom_cam: np.ndarray):
@@ -42,7 +48,7 @@ def _observations(k: int, K: np.ndarray, T_odom_cam: np.ndarray):
     return msg
 
 
-def test_tracks_markers_overlay_and_missing_ego_motion(ros_env):
+def test_tracks_latency_and_markers(ros_env):
     from nav_msgs.msg import Odometry
     from sensor_msgs.msg import Image
     from visualization_msgs.msg import MarkerArray
@@ -73,22 +79,30 @@ def test_tracks_markers_overlay_and_missing_ego_motion(ros_env):
     procs = [
         ros_env.start("tracker_node", {"input_type": "observations", "input_topic": "/ba_perception/observations",
                                        "n_init": 2, "diagnostics_period_s": 0.1, "ego_wait_s": 1.0}),
+        ros_env.start("latency_monitor", {"report_period_s": 0.2, "input_topic": ""}),
         ros_env.start("visualizer_node", {"image_topic": "/camera/image_raw", "qos": "reliable"}),
     ]
     wait_for(lambda: obs_pub.get_subscription_count() >= 1 and odom_pub.get_subscription_count() >= 1
-             and img_pub.get_subscription_count() >= 1 and node.count_subscribers("/ba_perception/tracks") >= 2
+             and img_pub.get_subscription_count() >= 1 and node.count_subscribers("/ba_perception/tracks") >= 3
              and node.count_publishers("/ba_perception/tracks") >= 1, 30, spin, "nodes to subscribe")
     K = np.array([[500.0, 0, 320], [0, 500.0, 96], [0, 0, 1]])
     T_base_cam = extrinsics_to_matrix([1.2, 0.0, 1.65, 0.0, 0.0, 0.0])
-    def monitored():
-        return len(markers) >= 5 and overlays
 
-    # Frames keep coming until every listener has matched (discovery under load can take seconds).
-    for k in range(20):
-        if k >= 12 and monitored():
-            break
+    def monitored() -> bool:
+        return (any(any(s.stage == "tracker" for s in r.stages) for r in reports)
+                and len(markers) >= 5 and len(overlays) >= 1)
+
+    # Frames keep coming until every listener has received data (or MATCH_TIMEOUT_S): the ego drives
+    # at 10 m/s for 12 frames, then stands still, so the parked cars stay in view however many it takes.
+    deadline = time.monotonic() + MATCH_TIMEOUT_S
+    k = 0
+    while k < 12 or not monitored():
+        assert time.monotonic() < deadline, (
+            f"listeners did not all receive data in {MATCH_TIMEOUT_S} s ({k} frames): {len(reports)} latency reports "
+            f"(tracker stage: {any(any(s.stage == 'tracker' for s in r.stages) for r in reports)}), "
+            f"{len(markers)} marker arrays, {len(overlays)} overlays")
         T_odom_base = np.eye(4)
-        T_odom_base[0, 3] = 1.0 * k  # 10 m/s
+        T_odom_base[0, 3] = 1.0 * min(k, 12)
         odom = Odometry()
         odom.header.stamp, odom.header.frame_id, odom.child_frame_id = ns_to_time(T0 + k * DT), "odom", "base_link"
         odom.pose.pose.position.x = T_odom_base[0, 3]
@@ -97,9 +111,8 @@ def test_tracks_markers_overlay_and_missing_ego_motion(ros_env):
         img = numpy_to_image(np.zeros((192, 640, 3), np.uint8), "rgb8")
         img.header.stamp = odom.header.stamp
         img_pub.publish(img)
-        obs_pub.publish(_observations(k, K, T_odom_base @ T_base_cam))
-        n = len(tracks)
-        wait_for(lambda: len(tracks) > n, 20, spin, f"tracks of frame {k}")
+        publish_and_wait(obs_pub, _observations(k, K, T_odom_base @ T_base_cam), tracks, spin, 20, f"tracks of frame {k}")
+        k += 1
     last = tracks[-1]
     assert last.header.frame_id == "odom" and len(last.tracks) == 2
     ids = {t.track_id for t in last.tracks}
@@ -108,10 +121,14 @@ def test_tracks_markers_overlay_and_missing_ego_motion(ros_env):
         assert math.hypot(t.velocity.x, t.velocity.y) < 0.5
     assert all({t.track_id for t in m.tracks} == ids for m in tracks[3:])
     assert [s.stage for s in last.trace] == ["detector", "tracker"]
-    wait_for(lambda: len(markers) >= 5 and len(overlays) >= 1, 10, spin, "markers and overlay")
+    # The monitor's stage accounting: the detector stage of every trace lasts exactly 2 ms.
+    stages = {s.stage: s for s in reports[-1].stages}
+    assert {"detector", "tracker", "transport.tracker", "end_to_end"} <= set(stages)
+    assert stages["detector"].p50_ms == pytest.approx(2.0, abs=0.01)
+    assert reports[-1].frames_received >= 1
     boxes = [m for m in markers[-1].markers if m.ns == "boxes"]
     assert {m.id for m in boxes} == ids and markers[-1].markers[0].action == 3  # DELETEALL first
     # Missing ego-motion: observations with no odometry near their stamp are rejected and counted.
-    obs_pub.publish(_observations(200, K, np.eye(4)))
+    obs_pub.publish(_observations(k + 200, K, np.eye(4)))
     wait_for(lambda: counters.get("rejected.missing_ego_motion", 0) >= 1, 10, spin, "missing ego-motion counted")
     assert all(p.poll() is None for p in procs)
