@@ -209,6 +209,81 @@ def _h(M34: np.ndarray) -> np.ndarray:
     return T
 
 
+def read_label_rows(path: str | Path) -> dict[int, list[list[str]]]:
+    """KITTI tracking label lines of a file as ``{frame: [fields, ...]}`` (DontCare and short lines skipped)."""
+    labels: dict[int, list[list[str]]] = {}
+    for ln in Path(path).read_text().splitlines():
+        f = ln.split()
+        if len(f) < 17 or f[2] == "DontCare":
+            continue
+        labels.setdefault(int(f[0]), []).append(f)
+    return labels
+
+
+def label_ground_truth(rows: list[list[str]], K: np.ndarray, t2: np.ndarray, T_odom_cam: np.ndarray,
+                       size_wh: tuple[int, int] | None) -> "GroundTruth":
+    """GroundTruth of one frame's label rows (see :func:`read_kitti`); ``velocity_odom`` zero.
+
+    Args:
+        rows: label fields of the frame (:func:`read_label_rows`).  K: 3x3 intrinsics of the image camera.
+        t2: ``(3,)`` image camera centre offset from the labels' reference camera (zeros if the same), m.
+        T_odom_cam: 4x4 pose of the image camera (optical) in odom.  size_wh: clip ``box_amodal`` to it.
+    """
+    from ba_perception.data.world.sequence import GroundTruth, local_box_corners
+
+    n = len(rows)
+    if n == 0:
+        return GroundTruth.empty()
+    a = np.array([[float(x) for x in r[3:17]] for r in rows])  # trunc occ alpha x1 y1 x2 y2 h w l x y z ry
+    h, w, l = a[:, 7], a[:, 8], a[:, 9]
+    ry = a[:, 13]
+    center_ref = a[:, 10:13] - np.stack([np.zeros(n), h / 2, np.zeros(n)], 1)
+    center = center_ref + t2
+    R = rotation_cam_from_yaw(torch.from_numpy(ry)).numpy()
+    T_cam = np.tile(np.eye(4), (n, 1, 1))
+    T_cam[:, :3, :3] = R
+    T_cam[:, :3, 3] = center
+    T_odom = T_odom_cam @ T_cam
+    size = np.stack([l, w, h], 1)
+    corners = np.stack([local_box_corners(size[i]) @ R[i].T + center[i] for i in range(n)])
+    z = np.maximum(corners[..., 2], 0.1)
+    u = K[0, 0] * corners[..., 0] / z + K[0, 2]
+    v = K[1, 1] * corners[..., 1] / z + K[1, 2]
+    return GroundTruth(
+        track_id=np.array([int(r[1]) for r in rows], np.int64),
+        class_label=[r[2].lower() for r in rows],
+        size_lwh=size, T_cam_obj=T_cam, center_cam=center.copy(), rotation_y=ry,
+        T_odom_obj=T_odom, center_odom=T_odom[:, :3, 3].copy(),
+        yaw_odom=np.arctan2(T_odom[:, 1, 0], T_odom[:, 0, 0]), velocity_odom=np.zeros((n, 3)),
+        box_amodal=_clip(np.stack([u.min(1), v.min(1), u.max(1), v.max(1)], 1), size_wh),
+        box_full=a[:, 3:7].copy(), box_visible=np.full((n, 4), np.nan),
+        truncation=a[:, 0].copy(), occlusion=a[:, 1].copy(),
+        visible_pixels=np.full(n, -1, np.int64), full_pixels=np.full(n, -1, np.int64),
+    )
+
+
+def fill_track_velocities(gts: list["GroundTruth"], dt: float) -> None:
+    """Set ``velocity_odom`` in place: central differences of each track's odom centre (one-sided at the ends).
+
+    Args:
+        gts: consecutive frames' ground truth.  dt: frame period, seconds.
+    """
+    where: dict[int, dict[int, np.ndarray]] = {}
+    for k, g in enumerate(gts):
+        for i, tid in enumerate(g.track_id):
+            where.setdefault(int(tid), {})[k] = g.center_odom[i]
+    for k, g in enumerate(gts):
+        for i, tid in enumerate(g.track_id):
+            hist = where[int(tid)]
+            prev, nxt = hist.get(k - 1), hist.get(k + 1)
+            if prev is not None and nxt is not None:
+                g.velocity_odom[i] = (nxt - prev) / (2 * dt)
+            elif nxt is not None:
+                g.velocity_odom[i] = (nxt - g.center_odom[i]) / dt
+            elif prev is not None:
+                g.velocity_odom[i] = (g.center_odom[i] - prev) / dt
+
+
 def read_kitti(root: str | Path, seq: int | str, images: bool = True, rate_hz: float = 10.0,
                start_stamp_ns: int = 0) -> Iterator["BagFrame"]:
     """Frames of a KITTI tracking sequence (ours or the real dataset), in order.
@@ -225,7 +300,6 @@ def read_kitti(root: str | Path, seq: int | str, images: bool = True, rate_hz: f
         KittiError: missing or malformed files.
     """
     from ba_perception.data.bag import BagFrame
-    from ba_perception.data.world.sequence import GroundTruth, local_box_corners
 
     root, name = Path(root), _seq_name(seq)
     calib = _read_calib(root / "calib" / f"{name}.txt")
@@ -255,15 +329,8 @@ def read_kitti(root: str | Path, seq: int | str, images: bool = True, rate_hz: f
         poses.append(T)
     T0inv = np.linalg.inv(poses[0])
     poses = [T0inv @ T for T in poses]
-    labels: dict[int, list[list[str]]] = {}
     label_path = root / "label_02" / f"{name}.txt"
-    if label_path.is_file():
-        for ln in label_path.read_text().splitlines():
-            f = ln.split()
-            if len(f) < 17 or f[2] == "DontCare":
-                continue
-            labels.setdefault(int(f[0]), []).append(f)
-    dt = 1.0 / rate_hz
+    labels = read_label_rows(label_path) if label_path.is_file() else {}
     first = root / "image_02" / name / "000000.png"
     size_wh = None
     if first.is_file():
@@ -272,56 +339,8 @@ def read_kitti(root: str | Path, seq: int | str, images: bool = True, rate_hz: f
         im0 = cv2.imread(str(first), cv2.IMREAD_UNCHANGED)
         if im0 is not None:
             size_wh = (im0.shape[1], im0.shape[0])
-    # track centres in odom per frame for velocities
-    gts: list[GroundTruth] = []
-    for k in range(len(poses)):
-        rows = labels.get(k, [])
-        T_odom_cam = poses[k] @ T_base_cam
-        n = len(rows)
-        if n == 0:
-            gts.append(GroundTruth.empty())
-            continue
-        a = np.array([[float(x) for x in r[3:17]] for r in rows])  # trunc occ alpha x1 y1 x2 y2 h w l x y z ry
-        h, w, l = a[:, 7], a[:, 8], a[:, 9]
-        ry = a[:, 13]
-        center_ref = a[:, 10:13] - np.stack([np.zeros(n), h / 2, np.zeros(n)], 1)
-        center = center_ref + t2
-        R = rotation_cam_from_yaw(torch.from_numpy(ry)).numpy()
-        T_cam = np.tile(np.eye(4), (n, 1, 1))
-        T_cam[:, :3, :3] = R
-        T_cam[:, :3, 3] = center
-        T_odom = T_odom_cam @ T_cam
-        size = np.stack([l, w, h], 1)
-        corners = np.stack([local_box_corners(size[i]) @ R[i].T + center[i] for i in range(n)])
-        z = np.maximum(corners[..., 2], 0.1)
-        u = K[0, 0] * corners[..., 0] / z + K[0, 2]
-        v = K[1, 1] * corners[..., 1] / z + K[1, 2]
-        gts.append(GroundTruth(
-            track_id=np.array([int(r[1]) for r in rows], np.int64),
-            class_label=[r[2].lower() for r in rows],
-            size_lwh=size, T_cam_obj=T_cam, center_cam=center.copy(), rotation_y=ry,
-            T_odom_obj=T_odom, center_odom=T_odom[:, :3, 3].copy(),
-            yaw_odom=np.arctan2(T_odom[:, 1, 0], T_odom[:, 0, 0]), velocity_odom=np.zeros((n, 3)),
-            box_amodal=_clip(np.stack([u.min(1), v.min(1), u.max(1), v.max(1)], 1), size_wh),
-            box_full=a[:, 3:7].copy(), box_visible=np.full((n, 4), np.nan),
-            truncation=a[:, 0].copy(), occlusion=a[:, 1].copy(),
-            visible_pixels=np.full(n, -1, np.int64), full_pixels=np.full(n, -1, np.int64),
-        ))
-    # Central differences of each track's odom centre (one-sided at the ends).
-    where: dict[int, dict[int, np.ndarray]] = {}
-    for k, g in enumerate(gts):
-        for i, tid in enumerate(g.track_id):
-            where.setdefault(int(tid), {})[k] = g.center_odom[i]
-    for k, g in enumerate(gts):
-        for i, tid in enumerate(g.track_id):
-            hist = where[int(tid)]
-            prev, nxt = hist.get(k - 1), hist.get(k + 1)
-            if prev is not None and nxt is not None:
-                g.velocity_odom[i] = (nxt - prev) / (2 * dt)
-            elif nxt is not None:
-                g.velocity_odom[i] = (nxt - g.center_odom[i]) / dt
-            elif prev is not None:
-                g.velocity_odom[i] = (g.center_odom[i] - prev) / dt
+    gts = [label_ground_truth(labels.get(k, []), K, t2, poses[k] @ T_base_cam, size_wh) for k in range(len(poses))]
+    fill_track_velocities(gts, 1.0 / rate_hz)
     for k in range(len(poses)):
         image = None
         if images:
