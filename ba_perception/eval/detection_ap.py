@@ -241,7 +241,8 @@ def average_precision_r40(tp_scores: list[tuple[float, bool]], num_gt: int) -> f
     return float(100.0 * ap / 40)
 
 
-def _valid_gt(gt: FrameBoxes, cls: str, diff: Difficulty) -> tuple[np.ndarray, np.ndarray]:
+def valid_gt(gt: FrameBoxes, cls: str, diff: Difficulty) -> tuple[np.ndarray, np.ndarray]:
+    """Masks ``(N,)`` of ``cls`` GT passing the difficulty filter (counted) and failing it (ignored)."""
     same = gt.labels == cls
     h = gt.box_2d[:, 3] - gt.box_2d[:, 1]
     ok = (h >= diff.min_height_px) & (gt.occlusion <= diff.max_occlusion) & (gt.truncation <= diff.max_truncation)
@@ -273,7 +274,7 @@ def evaluate_ap(
     pairs: list[tuple[float, bool]] = []
     num_gt = 0
     for gt, det in frames:
-        valid, ignored = _valid_gt(gt, cls, diff)
+        valid, ignored = valid_gt(gt, cls, diff)
         gi = np.nonzero(valid | ignored)[0]
         di = np.nonzero(det.labels == cls)[0]
         num_gt += int(valid.sum())
@@ -342,13 +343,99 @@ def depth_yaw_errors(frames: list[tuple[FrameBoxes, FrameBoxes]], cls: str, iou_
     }
 
 
+GT_FIELDS = ("depth", "yaw", "size", "centre")
+
+
+def substitute_ground_truth(frames: list[tuple[FrameBoxes, FrameBoxes]], cls: str, fields: tuple[str, ...],
+                            iou_2d_thr: float = 0.5) -> list[tuple[FrameBoxes, FrameBoxes]]:
+    """Oracle analysis: copy of ``frames`` where each ``cls`` detection matched to a ``cls`` GT by 2D IoU
+    (greedy by score, like :func:`depth_yaw_errors`, all GT regardless of difficulty) takes the named
+    GT quantities; unmatched detections and the 2D boxes and scores stay as they are.
+
+    Args:
+        frames: per-frame ground truth and detections.
+        cls: class name.
+        fields: subset of ``GT_FIELDS``: ``depth`` moves the centre along its camera ray to the GT
+            depth z, ``yaw`` and ``size`` copy rotation_y / (l, w, h), ``centre`` copies the whole centre.
+        iou_2d_thr: 2D IoU for a detection to count as a detection of that GT object.
+    """
+    bad = set(fields) - set(GT_FIELDS)
+    if bad:
+        raise DetectionEvalError(f"unknown fields {sorted(bad)}; choose from {GT_FIELDS}")
+    out = []
+    for gt, det in frames:
+        d = FrameBoxes(det.labels.copy(), det.box_2d.copy(), det.center_cam.copy(), det.size_lwh.copy(), det.yaw.copy(),
+                       det.scores.copy(), det.occlusion.copy(), det.truncation.copy())
+        gi, di = np.nonzero(gt.labels == cls)[0], np.nonzero(det.labels == cls)[0]
+        if len(gi) and len(di):
+            m = _match_frame(iou_2d(det.box_2d[di], gt.box_2d[gi]), det.scores[di], iou_2d_thr)
+            k, j = di[m >= 0], gi[m[m >= 0]]
+            if "depth" in fields:
+                d.center_cam[k] = det.center_cam[k] * (gt.center_cam[j, 2] / det.center_cam[k, 2])[:, None]
+            if "centre" in fields:
+                d.center_cam[k] = gt.center_cam[j]
+            if "yaw" in fields:
+                d.yaw[k] = gt.yaw[j]
+            if "size" in fields:
+                d.size_lwh[k] = gt.size_lwh[j]
+        out.append((gt, d))
+    return out
+
+
+def localisation_bounds(frames: list[tuple[FrameBoxes, FrameBoxes]], cls: str, difficulty: str = "moderate") -> dict:
+    """How well the difficulty-valid GT of ``cls`` is covered by same-class detections, and their errors.
+
+    Returns:
+        Dict with ``valid_gt``, ``ignored_gt`` (same class, failing the difficulty filter),
+        ``best_iou_2d_at_least`` (fraction of valid GT whose best-overlapping detection reaches 2D IoU
+        0.5 / 0.7 / 0.8: an upper bound of 2D recall at that threshold), ``best_iou_2d_median`` and,
+        over valid GT matched at 2D IoU >= 0.5 (greedy by score), ``depth_rel_median``,
+        ``depth_abs_median_m``, ``depth_abs_below_m`` (fraction with |dz| < 0.7 m / 1.3 m) and
+        ``yaw_abs_fraction`` (|d yaw| < 10 deg, 10-30, 30-150, > 150 = flipped).
+    """
+    diff = DIFFICULTIES[difficulty]
+    best, dz, zg, dyaw = [], [], [], []
+    n_ign = 0
+    for gt, det in frames:
+        valid, ign = valid_gt(gt, cls, diff)
+        n_ign += int(ign.sum())
+        gi, di = np.nonzero(valid)[0], np.nonzero(det.labels == cls)[0]
+        if not len(gi):
+            continue
+        iou = iou_2d(gt.box_2d[gi], det.box_2d[di])
+        best += list(iou.max(1)) if len(di) else [0.0] * len(gi)
+        if len(di):
+            m = _match_frame(iou.T, det.scores[di], 0.5)
+            k, j = di[m >= 0], gi[m[m >= 0]]
+            dz += list(det.center_cam[k, 2] - gt.center_cam[j, 2])
+            zg += list(gt.center_cam[j, 2])
+            dyaw += list(np.abs((det.yaw[k] - gt.yaw[j] + math.pi) % (2 * math.pi) - math.pi))
+    b, ab, y = np.array(best), np.abs(np.array(dz)), np.degrees(np.array(dyaw))
+    rel = ab / np.maximum(np.array(zg), 1e-6)
+
+    def frac(x):
+        return float(np.mean(x)) if len(x) else float("nan")
+
+    return {
+        "valid_gt": len(b), "ignored_gt": n_ign,
+        "best_iou_2d_at_least": {str(t): frac(b >= t) for t in (0.5, 0.7, 0.8)},
+        "best_iou_2d_median": float(np.median(b)) if len(b) else float("nan"),
+        "matched": len(ab),
+        "depth_rel_median": float(np.median(rel)) if len(rel) else float("nan"),
+        "depth_abs_median_m": float(np.median(ab)) if len(ab) else float("nan"),
+        "depth_abs_below_m": {"0.7": frac(ab < 0.7), "1.3": frac(ab < 1.3)},
+        "yaw_abs_fraction": {"<10": frac(y < 10), "10-30": frac((y >= 10) & (y < 30)),
+                             "30-150": frac((y >= 30) & (y < 150)), ">150": frac(y >= 150)},
+    }
+
+
 def evaluate_all(frames: list[tuple[FrameBoxes, FrameBoxes]], difficulty: str = "moderate", classes=CLASSES) -> dict:
     """All metrics per class: AP3D / APBEV at both KITTI thresholds, AP2D at 0.7 (car) / 0.5, errors."""
     res: dict = {"difficulty": difficulty, "num_frames": len(frames), "classes": {}}
     for cls in classes:
         strict, loose = IOU_THRESHOLDS[cls]
         thr2d = 0.7 if cls == "car" else 0.5
-        num_gt = sum(int(_valid_gt(g, cls, DIFFICULTIES[difficulty])[0].sum()) for g, _ in frames)
+        num_gt = sum(int(valid_gt(g, cls, DIFFICULTIES[difficulty])[0].sum()) for g, _ in frames)
         res["classes"][cls] = {
             "num_gt": num_gt,
             f"ap3d_r40@{strict}": evaluate_ap(frames, cls, strict, "3d", difficulty),

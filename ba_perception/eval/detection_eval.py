@@ -12,9 +12,19 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ba_perception.core.detection.decode import DecodeConfig, decode
-from ba_perception.core.detection.model import CLASSES
-from ba_perception.eval.detection_ap import FrameBoxes, evaluate_all
+from ba_perception.core import geometry as geo
+from ba_perception.core.detection.decode import DecodeConfig, decode, net_to_grid
+from ba_perception.core.detection.model import CLASSES, OUTPUT_STRIDE
+from ba_perception.eval.detection_ap import (
+    DIFFICULTIES,
+    IOU_THRESHOLDS,
+    FrameBoxes,
+    evaluate_all,
+    evaluate_ap,
+    localisation_bounds,
+    substitute_ground_truth,
+    valid_gt,
+)
 
 Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
@@ -41,8 +51,85 @@ def det_frame(det, classes=CLASSES) -> FrameBoxes:
     )
 
 
+ORACLE_ROWS: tuple[tuple[str, ...], ...] = (
+    (), ("size",), ("yaw",), ("depth",), ("depth", "yaw"), ("depth", "size"), ("depth", "size", "yaw"), ("centre", "size", "yaw"),
+)
+
+
+def centre_cells(split, i: int, stride: int = OUTPUT_STRIDE) -> np.ndarray:
+    """Output-grid cell ``(N, 2)`` (col, row) of the projected 3D centre of each GT object of frame ``i``
+    (same objects and order as :func:`gt_frame`), as the training targets assign them; objects with
+    z <= 0.5 m get -1000 (they own no cell)."""
+    rows = split.objects_of(i)
+    rows = rows[np.isfinite(split.obj_box[rows]).all(1)]
+    pre = split.preprocess
+    Kn = pre.K_net(torch.from_numpy(split.K_src[i]).double())
+    c = split.obj_center[rows]
+    uv = geo.project_points(torch.from_numpy(np.where(c[:, 2:3] > 0.5, c, 1.0))[None], Kn)[0]
+    g = net_to_grid(uv, stride).numpy()
+    h, w = pre.net_hw[0] // stride, pre.net_hw[1] // stride
+    cell = np.stack([np.clip(np.round(g[:, 0]), 0, w - 1), np.clip(np.round(g[:, 1]), 0, h - 1)], 1)
+    return np.where(c[:, 2:3] > 0.5, cell, -1000.0)
+
+
+def crowded_fraction(frames: list[tuple[FrameBoxes, FrameBoxes]], cells: list[np.ndarray], cls: str = "car",
+                     difficulty: str = "moderate") -> float:
+    """Fraction of difficulty-valid ``cls`` GT with another GT object's centre cell within one cell
+    (3x3 neighbourhood): there a single-peak heatmap with 3x3 max-pool NMS keeps both only if the two
+    peaks are exactly equal."""
+    n = hit = 0
+    for (gt, _), cell in zip(frames, cells):
+        valid, _ = valid_gt(gt, cls, DIFFICULTIES[difficulty])
+        for j in np.nonzero(valid)[0]:
+            d = np.abs(cell - cell[j]).max(1)
+            d[j] = np.inf
+            n += 1
+            hit += bool((d <= 1).any())
+    return hit / n if n else float("nan")
+
+
+def diagnose(frames: list[tuple[FrameBoxes, FrameBoxes]], cells: list[np.ndarray] | None = None, cls: str = "car",
+             difficulty: str = "moderate") -> dict:
+    """What limits AP: oracle rows (matched detections take GT depth / yaw / size / centre, see
+    :func:`substitute_ground_truth`), 2D localisation bounds and errors on valid GT
+    (:func:`localisation_bounds`) and, given the GT centre cells, the crowded fraction."""
+    strict, loose = IOU_THRESHOLDS[cls]
+    thr2d = 0.7 if cls == "car" else 0.5
+    oracle = []
+    for fields in ORACLE_ROWS:
+        f = substitute_ground_truth(frames, cls, fields) if fields else frames
+        oracle.append({"gt_fields": list(fields), **{f"{m}@{t}": evaluate_ap(f, cls, t, m, difficulty)
+                                                     for m in ("3d", "bev") for t in (strict, loose)}})
+    res = {"class": cls, "difficulty": difficulty, "oracle": oracle,
+           f"ap2d_r40@{thr2d}": evaluate_ap(frames, cls, thr2d, "2d", difficulty),
+           "ap2d_r40@0.5": evaluate_ap(frames, cls, 0.5, "2d", difficulty),
+           "bounds": localisation_bounds(frames, cls, difficulty)}
+    if cells is not None:
+        res["crowded_fraction"] = crowded_fraction(frames, cells, cls, difficulty)
+    return res
+
+
+def diagnosis_rows(d: dict) -> list[tuple[str, str]]:
+    """(metric, value) rows of :func:`diagnose` for a printed table."""
+    rows = []
+    for r in d["oracle"]:
+        name = "+".join(r["gt_fields"]) or "none (as detected)"
+        rows.append((f"{d['class']} oracle GT {name}", "  ".join(f"{k} {v:.1f}" for k, v in r.items() if k != "gt_fields")))
+    b = d["bounds"]
+    rows.append((f"{d['class']} valid / ignored GT", f"{b['valid_gt']} / {b['ignored_gt']}"))
+    rows.append(("valid GT with a detection at 2D IoU >= 0.5 / 0.7 / 0.8",
+                 " / ".join(f"{100 * v:.1f} %" for v in b["best_iou_2d_at_least"].values())))
+    rows.append(("valid GT matched (2D IoU >= 0.5): depth rel / abs median",
+                 f"{100 * b['depth_rel_median']:.1f} % / {b['depth_abs_median_m']:.2f} m (n={b['matched']})"))
+    rows.append(("  |dz| < 0.7 m / < 1.3 m", " / ".join(f"{100 * v:.0f} %" for v in b["depth_abs_below_m"].values())))
+    rows.append(("  |d yaw| <10 / 10-30 / 30-150 / >150 deg", " / ".join(f"{100 * v:.0f} %" for v in b["yaw_abs_fraction"].values())))
+    if "crowded_fraction" in d:
+        rows.append(("valid GT with another object's centre within 1 output cell", f"{100 * d['crowded_fraction']:.1f} %"))
+    return rows
+
+
 def evaluate_on_split(forward: Forward, split, decode_cfg: DecodeConfig | None = None, batch_size: int = 8,
-                      max_frames: int | None = None, difficulty: str = "moderate") -> dict:
+                      max_frames: int | None = None, difficulty: str = "moderate", diagnosis: bool = False) -> dict:
     """Run ``forward`` on cached (letterboxed) frames, decode with each frame's intrinsics, compute metrics.
 
     Args:
@@ -52,6 +139,7 @@ def evaluate_on_split(forward: Forward, split, decode_cfg: DecodeConfig | None =
         batch_size: frames per forward call.
         max_frames: evaluate only the first frames.
         difficulty: ``easy``, ``moderate`` or ``hard`` GT filter.
+        diagnosis: also run :func:`diagnose` for cars (key ``diagnosis``).
     """
     decode_cfg = decode_cfg or DecodeConfig(score_threshold=0.05, max_detections=50)
     pre = split.preprocess
@@ -70,6 +158,8 @@ def evaluate_on_split(forward: Forward, split, decode_cfg: DecodeConfig | None =
             frames.append((gt_frame(split, i), det_frame(d)))
     res = evaluate_all(frames, difficulty)
     res["forward_ms_per_frame"] = 1e3 * t_fwd / max(n, 1)
+    if diagnosis:
+        res["diagnosis"] = diagnose(frames, [centre_cells(split, i) for i in range(n)], "car", difficulty)
     return res
 
 
@@ -109,6 +199,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--difficulty", default="moderate", choices=("easy", "moderate", "hard"))
     parser.add_argument("--score-threshold", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--diagnose", action="store_true",
+                        help="also print what limits car AP: GT-substitution oracles, 2D localisation bounds, crowding")
     parser.add_argument("--out", default="out/eval/detection.json")
 
 
@@ -135,11 +227,11 @@ def run(args: argparse.Namespace) -> int:
     except DataError as err:
         raise CommandError(str(err)) from err
     res = evaluate_on_split(lambda x: be(x), split, DecodeConfig(score_threshold=args.score_threshold),
-                            batch_size=1, difficulty=args.difficulty)
+                            batch_size=1, difficulty=args.difficulty, diagnosis=args.diagnose)
     res.update({"model": str(model), "backend": be.name, "split": spec.__dict__ | {"presets": list(spec.presets)},
                 "frames": len(split)})
     print(f"detector {model} [{be.name}] on world split {args.split!r} ({len(split)} frames, {args.difficulty})")
-    rows = summary_rows(res)
+    rows = summary_rows(res) + (diagnosis_rows(res["diagnosis"]) if args.diagnose else [])
     width = max(len(r[0]) for r in rows)
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")

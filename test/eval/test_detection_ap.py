@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ba_perception.eval.detection_ap import (
+    DetectionEvalError,
     FrameBoxes,
     average_precision_r40,
     convex_intersection_area,
@@ -16,6 +17,8 @@ from ba_perception.eval.detection_ap import (
     evaluate_all,
     iou_3d,
     iou_bev,
+    localisation_bounds,
+    substitute_ground_truth,
 )
 
 
@@ -106,3 +109,36 @@ def test_depth_and_yaw_errors():
     res = evaluate_all([(gt, det)])
     assert set(res["classes"]) == {"car", "pedestrian", "cyclist"}
     assert "ap3d_r40@0.7" in res["classes"]["car"] and "ap2d_r40@0.7" in res["classes"]["car"]
+
+
+def test_substitute_ground_truth_fixes_only_the_named_quantities_of_matched_detections():
+    gt = boxes([[0, 1, 10]], [[4, 1.8, 1.5]], [0.0], box2d=[[0, 0, 100, 100]])
+    # det 0: on the GT's ray 10 % too far, 0.3 rad off, 10 % too long; det 1: elsewhere in the image (unmatched)
+    det = boxes([[0, 1.1, 11], [5, 1, 30]], [[4.4, 1.8, 1.5], [4, 1.8, 1.5]], [0.3, 0.5],
+                box2d=[[0, 0, 100, 100], [500, 0, 600, 100]], scores=[0.9, 0.8])
+    assert evaluate_ap([(gt, det)], "car", 0.7, "3d") == 0.0
+    ((_, d),) = substitute_ground_truth([(gt, det)], "car", ("depth",))
+    np.testing.assert_allclose(d.center_cam[0], [0, 1, 10])  # moved along its ray to z = 10
+    assert d.yaw[0] == 0.3 and d.size_lwh[0, 0] == 4.4
+    np.testing.assert_array_equal(d.center_cam[1], det.center_cam[1])
+    ((_, d),) = substitute_ground_truth([(gt, det)], "car", ("depth", "yaw", "size"))
+    assert d.yaw[0] == 0.0 and d.size_lwh[0, 0] == 4.0 and d.yaw[1] == 0.5
+    # the matched detection becomes exact: TP at 0.7, the other one an FP below it -> AP 100
+    assert evaluate_ap([(gt, d)], "car", 0.7, "3d") == pytest.approx(100.0)
+    assert det.yaw[0] == 0.3  # input untouched
+    with pytest.raises(DetectionEvalError):
+        substitute_ground_truth([(gt, det)], "car", ("colour",))
+
+
+def test_localisation_bounds_hand_computed():
+    gt = boxes([[0, 1, 10], [5, 1, 20], [9, 1, 30]], [[4, 1.8, 1.5]] * 3, [0.0, 0.0, 0.0],
+               box2d=[[0, 0, 100, 100], [200, 0, 300, 100], [400, 0, 500, 100]], occ=[0.0, 0.0, 0.95])
+    # det 0 on GT 0 with 2D IoU 0.75, 1 m too far, 0.3 rad (17 deg) off; GT 1 missed; GT 2 ignored (occluded)
+    det = boxes([[0, 1, 11]], [[4, 1.8, 1.5]], [0.3], box2d=[[0, 0, 100, 75]])
+    b = localisation_bounds([(gt, det)], "car")
+    assert b["valid_gt"] == 2 and b["ignored_gt"] == 1 and b["matched"] == 1
+    assert b["best_iou_2d_at_least"] == {"0.5": 0.5, "0.7": 0.5, "0.8": 0.0}
+    assert b["best_iou_2d_median"] == pytest.approx(0.375)
+    assert b["depth_rel_median"] == pytest.approx(0.1) and b["depth_abs_median_m"] == pytest.approx(1.0)
+    assert b["depth_abs_below_m"] == {"0.7": 0.0, "1.3": 1.0}
+    assert b["yaw_abs_fraction"]["10-30"] == 1.0 and b["yaw_abs_fraction"][">150"] == 0.0

@@ -7,14 +7,59 @@ from pathlib import Path
 
 import torch
 
+import numpy as np
+
+from ba_perception.core.detection.decode import encode_objects
 from ba_perception.core.detection.model import NUM_REG
-from ba_perception.eval.detection_eval import evaluate_on_split, summary_rows
+from ba_perception.eval.detection_ap import FrameBoxes
+from ba_perception.eval.detection_eval import (
+    centre_cells,
+    crowded_fraction,
+    diagnosis_rows,
+    evaluate_on_split,
+    summary_rows,
+)
 from ba_perception.train.data import TrainObjectFilter, frame_targets
 
 _spec = importlib.util.spec_from_file_location(
     "_train_fixture", Path(__file__).resolve().parents[1] / "train" / "test_detector_training.py")
 _fixture = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_fixture)
+
+
+def _perfect_forward(split):
+    t = frame_targets(split, 0, False, TrainObjectFilter())
+    h, w = t["heatmap"].shape[1:]
+    reg = torch.zeros(1, NUM_REG, h * w)
+    reg[0, :, t["ind"]] = t["reg"].t()
+    return lambda x: {"heatmap": t["heatmap"][None] * 0.9, "regression": reg.view(1, NUM_REG, h, w),
+                      "embedding": torch.ones(1, 4, h, w), "features": torch.ones(1, 4, 2 * h, 2 * w)}
+
+
+def test_diagnosis_of_perfect_outputs_and_centre_cells_match_the_targets():
+    split = _fixture._split()
+    res = evaluate_on_split(_perfect_forward(split), split, batch_size=1, diagnosis=True)
+    d = res["diagnosis"]
+    assert [r["gt_fields"] for r in d["oracle"]][:2] == [[], ["size"]]
+    assert all(r["3d@0.7"] == 100.0 for r in d["oracle"])
+    assert d["bounds"]["best_iou_2d_at_least"]["0.8"] == 1.0 and d["crowded_fraction"] == 0.0
+    assert any(k.startswith("car oracle GT depth") for k, _ in diagnosis_rows(d))
+    enc = encode_objects(torch.from_numpy(split.obj_label), torch.from_numpy(split.obj_center),
+                         torch.from_numpy(split.obj_size), torch.from_numpy(split.obj_yaw), torch.from_numpy(split.obj_box),
+                         torch.from_numpy(split.K_src[0]), split.preprocess, (24, 80))
+    np.testing.assert_array_equal(centre_cells(split, 0), enc.cell_xy.numpy())
+
+
+def test_crowded_fraction_counts_valid_gt_with_a_neighbour_centre_cell():
+    n = 4
+    gt = FrameBoxes(labels=np.array(["car"] * n, dtype=object), box_2d=np.array([[0, 0, 50, 50]] * n, float),
+                    center_cam=np.tile([0.0, 1.0, 10.0], (n, 1)), size_lwh=np.tile([4.0, 1.8, 1.5], (n, 1)),
+                    yaw=np.zeros(n), occlusion=np.array([0.0, 0.0, 0.0, 0.9]))
+    # valid cars at (10,5), (11,6) (neighbours), (20,5) (alone); the occluded car at (20,7) is 2 rows away
+    cells = np.array([[10, 5], [11, 6], [20, 5], [20, 7]], float)
+    assert crowded_fraction([(gt, gt)], [cells]) == 2 / 3
+    cells[3] = [21, 6]  # an ignored object still occupies its cell
+    assert crowded_fraction([(gt, gt)], [cells]) == 1.0
 
 
 def test_perfect_outputs_score_full_ap_and_zero_errors():
