@@ -6,12 +6,16 @@ and without a CUDA graph, ONNX Runtime GPU providers and TensorRT when importabl
 single-image pipeline (letterbox of a 1242x375 image + network + decode) on the default backend.
 With ``--memory-frames N`` it first runs the full :class:`Detector` (as the detector node holds it) on
 N frames cycling through a few rendered world images and samples the process RSS (psutil) every
-``--memory-every`` frames: start / peak / end and the least-squares slope. Prints a table and writes JSON.
+``--memory-every`` frames: start / peak / end and the least-squares slope. With ``--node-frames N`` it
+runs the real ``detector_node`` process (launcher command line, shipped parameter file, private DDS
+domain on localhost) fed frame by frame by ``bag_player`` in lockstep (looping a short bag, restamped)
+and samples that process tree's RSS the same way. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -34,7 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="memory run: full detector on N frames (cycling through rendered world images), RSS sampled; 0 = skip")
     parser.add_argument("--memory-every", type=int, default=50, help="frames between RSS samples of the memory run")
     parser.add_argument("--memory-images", type=int, default=4, help="distinct rendered 1242x375 world images the memory run cycles through")
-    parser.add_argument("--memory-only", action="store_true", help="only the memory run (no latency rows)")
+    parser.add_argument("--node-frames", type=int, default=0,
+                        help="node memory run: detector_node process on N frames from bag_player (lockstep, looped bag); 0 = skip")
+    parser.add_argument("--node-bag", default="", help="bag for the node run (default: render a 40-frame 1242x375 world bag)")
+    parser.add_argument("--node-cache", default="out/bench/stack_cache", help="where the node run's rendered bag is cached")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory runs (no latency rows)")
     parser.add_argument("--out", default="out/bench/detector.json")
 
 
@@ -105,13 +113,114 @@ def memory_run(detector, images: list[np.ndarray], K: np.ndarray, frames: int, e
             "wall_ms_per_frame": 1e3 * wall / max(frames, 1)}
 
 
+def node_memory_run(bag: Path, onnx_path: Path, frames: int, every: int, threads: int, timeout_s: float = 1800.0) -> dict:
+    """Run ``detector_node`` on ``frames`` frames played by ``bag_player`` in lockstep; sample its RSS.
+
+    The player loops ``bag`` (restamping, so every frame is new to the node) and publishes frame
+    N+1 only after the node's ObjectObservationArray for frame N arrived. RSS is that of the node's
+    process tree, sampled after the first output, every ``every`` outputs and after the last.
+
+    Raises:
+        RuntimeError: the node exits early or no output arrives within ``timeout_s``.
+    """
+    import tempfile as _tempfile
+
+    from ba_perception.bench.stack import NodeProcess, _spec, ros_environment
+    from ba_perception.graph import default_params_file
+    from ba_perception.ros.params import qos_profile
+
+    tmp = Path(_tempfile.mkdtemp(prefix="bench_det_node_"))
+    domain = 150 + os.getpid() % 80
+    params = default_params_file()
+    with ros_environment(domain, tmp) as env:
+        import psutil
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        from ba_perception_msgs.msg import ObjectObservationArray
+
+        node_proc = NodeProcess(_spec("detector_node"), params, [f"detector_node.model:={onnx_path.resolve()}",
+                                                                  f"detector_node.threads:={threads}"], env, tmp / "detector_node.log")
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx, domain_id=domain)
+        probe = rclpy.create_node("bench_detector_probe", context=ctx)
+        count = [0]
+        probe.create_subscription(ObjectObservationArray, "/ba_perception/observations",
+                                  lambda _raw: count.__setitem__(0, count[0] + 1), qos_profile("reliable", 100), raw=True)
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(probe)
+        player = NodeProcess(_spec("bag_player"), params, [
+            f"bag_player.bag:={bag.resolve()}", "bag_player.restamp:=true", "bag_player.loop:=true",
+            "bag_player.lockstep:=true", "bag_player.lockstep_topic:=/ba_perception/observations",
+            "bag_player.lockstep_type:=ba_perception_msgs/msg/ObjectObservationArray",
+            "bag_player.topics:=[/camera/image_raw,/camera/camera_info]", "bag_player.wait_for_subscribers:=1",
+            "bag_player.lockstep_timeout_s:=30.0", "bag_player.exit_when_done:=false"], env, tmp / "bag_player.log")
+
+        def rss() -> float:
+            tot = 0.0
+            for p in [node_proc.ps] + node_proc.ps.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    tot += p.memory_info().rss / 2**20
+            return tot
+
+        samples: list[tuple[int, float]] = []
+        t0 = time.monotonic()
+        next_sample = 1
+        err = None
+        try:
+            while count[0] < frames:
+                ex.spin_once(timeout_sec=0.05)
+                if count[0] >= next_sample:
+                    samples.append((count[0], rss()))
+                    next_sample = every if next_sample == 1 else next_sample + every
+                if not node_proc.alive():
+                    err = f"detector_node exited (code {node_proc.proc.returncode}): {node_proc.tail(600)}"
+                    break
+                if time.monotonic() - t0 > timeout_s:
+                    err = f"only {count[0]} of {frames} frames after {timeout_s:.0f} s"
+                    break
+            wall = time.monotonic() - t0
+            if err is None and (not samples or samples[-1][0] != count[0]):
+                samples.append((count[0], rss()))
+        finally:
+            player.stop()
+            node_proc.stop()
+            ex.shutdown()
+            probe.destroy_node()
+            ctx.try_shutdown()
+    if err is not None:
+        raise RuntimeError(err)
+    return {"frames": count[0], "every": every, "bag": str(bag), "threads": threads, "samples": samples,
+            "summary": rss_summary(samples, warmup_frames=min(every, frames)), "wall_ms_per_frame": 1e3 * wall / max(frames, 1),
+            "method": "detector_node process tree RSS (psutil); bag_player lockstep on the node's output, looped bag, restamped"}
+
+
+def _node_bag(args: argparse.Namespace) -> Path:
+    """``--node-bag``, or a 40-frame 1242x375 world bag rendered once into ``--node-cache``."""
+    from ba_perception.bench.stack import StackBenchError, ensure_bag
+
+    ns = argparse.Namespace(bag=args.node_bag, preset="urban", seed=11, width=1242, height=375, frames=40,
+                            cache=args.node_cache)
+    try:
+        return ensure_bag(ns)[0]
+    except StackBenchError as err:
+        from ba_perception.cli import CommandError
+
+        raise CommandError(str(err)) from err
+
+
 def print_memory(mem: dict, backend_name: str) -> None:
     """Print the memory run's RSS table and verdicts."""
     s = mem["summary"]
-    print(f"memory run: full detector ({backend_name}) on {mem['frames']} frames cycling {mem['images']} rendered "
-          f"1242x375 images, {mem['wall_ms_per_frame']:.1f} ms/frame, {mem['detections_per_frame']:.1f} detections/frame")
-    print(f"  RSS before first frame {mem['rss_before_mb']:.0f} MB; samples (frames: MB): "
-          + ", ".join(f"{f}: {r:.0f}" for f, r in mem["samples"]))
+    if "images" in mem:
+        print(f"memory run: full detector ({backend_name}) on {mem['frames']} frames cycling {mem['images']} rendered "
+              f"1242x375 images, {mem['wall_ms_per_frame']:.1f} ms/frame, {mem['detections_per_frame']:.1f} detections/frame")
+        print(f"  RSS before first frame {mem['rss_before_mb']:.0f} MB; samples (frames: MB): "
+              + ", ".join(f"{f}: {r:.0f}" for f, r in mem["samples"]))
+    else:
+        print(f"node memory run: detector_node ({mem['threads']} thread(s)) on {mem['frames']} frames from bag_player "
+              f"lockstep ({mem['bag']}), {mem['wall_ms_per_frame']:.1f} ms/frame")
+        print("  RSS samples (frames: MB): " + ", ".join(f"{f}: {r:.0f}" for f, r in mem["samples"]))
     print(f"  start {s['start_mb']:.1f} MB (frame {s['start_frame']})  peak {s['peak_mb']:.1f} MB  end {s['end_mb']:.1f} MB "
           f"(frame {s['end_frame']})  growth {s['growth_mb']:+.1f} MB  slope {s['slope_mb_per_1000_frames']:+.2f} MB/1000 frames")
     print(f"  peak < {s['limit_mb']:.0f} MB: {'yes' if s['under_limit'] else 'NO'};  no growth (within "
@@ -166,6 +275,10 @@ def run(args: argparse.Namespace) -> int:
     from ba_perception.core.detection.model import MonoDetector, save_checkpoint
     from ba_perception.train.export import export_onnx
 
+    if args.memory_frames < 0 or args.node_frames < 0 or args.memory_every < 1 or args.memory_images < 1:
+        raise CommandError("--memory-frames and --node-frames must be >= 0, --memory-every and --memory-images >= 1")
+    if args.memory_only and args.memory_frames == 0 and args.node_frames == 0:
+        raise CommandError("--memory-only needs --memory-frames N or --node-frames N (N > 0)")
     torch.set_num_threads(max(1, args.threads))
     tmp = Path(tempfile.mkdtemp(prefix="bench_det_"))
     onnx_path, ck_path = Path(args.onnx), Path(args.checkpoint)
@@ -176,11 +289,7 @@ def run(args: argparse.Namespace) -> int:
         ck_path = tmp / "det.pt"
         save_checkpoint(ck_path, model)
         onnx_path = export_onnx(model, tmp / "det.onnx")
-    if args.memory_frames < 0 or args.memory_every < 1 or args.memory_images < 1:
-        raise CommandError("--memory-frames must be >= 0, --memory-every and --memory-images >= 1")
-    if args.memory_only and args.memory_frames == 0:
-        raise CommandError("--memory-only needs --memory-frames N (N > 0)")
-    memory = None
+    memory = node_memory = None
     if args.memory_frames > 0:
         # First, in a process that holds nothing else yet: one Detector, as the detector node holds it.
         images, K_img = render_images(args.memory_images)
@@ -190,16 +299,23 @@ def run(args: argparse.Namespace) -> int:
         memory["backend"] = be_m.name
         print_memory(memory, be_m.name)
         del be_m
-        if args.memory_only:
-            load = os.getloadavg() if hasattr(os, "getloadavg") else None
-            res = {"weights": weights, "threads": args.threads, "memory": memory,
-                   "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "loadavg_after": load,
-                               "torch": torch.__version__}}
-            out = Path(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(res, indent=1))
-            print(f"wrote {out} (load average after: {load})")
-            return 0
+    if args.node_frames > 0:
+        bag = _node_bag(args)
+        try:
+            node_memory = node_memory_run(bag, onnx_path, args.node_frames, args.memory_every, args.threads)
+        except RuntimeError as err:
+            raise CommandError(f"node memory run failed: {err}") from err
+        print_memory(node_memory, "detector_node")
+    if args.memory_only:
+        load = os.getloadavg() if hasattr(os, "getloadavg") else None
+        res = {"weights": weights, "threads": args.threads, "memory": memory, "node_memory": node_memory,
+               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "loadavg_after": load,
+                           "torch": torch.__version__}}
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1))
+        print(f"wrote {out} (load average after: {load})")
+        return 0
     ort_cpu = OnnxRuntimeBackend(onnx_path, device="cpu", threads=args.threads)
     h, w = ort_cpu.input_hw
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
@@ -259,6 +375,7 @@ def run(args: argparse.Namespace) -> int:
         "process_rss_mb": {"after_warmup": rss[0], "after_all": rss[-1], "frames": args.iters},
         "method": "CPU: wall clock per call; CUDA: CUDA events per call; batch 1",
         "memory": memory,
+        "node_memory": node_memory,
     }
     print(f"detector latency, input 1x3x{h}x{w}, {args.threads} CPU threads, weights: {weights}")
     print(f"{'backend':42s} {'device':22s} {'p50 ms':>8s} {'p95 ms':>8s} {'mean ms':>8s} {'n':>5s}")

@@ -64,3 +64,25 @@ def test_bench_detector_memory_run_writes_json(tmp_path):
     mem = json.loads(out.read_text())["memory"]
     assert [f for f, _ in mem["samples"]] == [1, 10, 20, 30, 40]
     assert mem["images"] == 2 and mem["summary"]["peak_mb"] >= mem["summary"]["start_mb"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.dds
+def test_bench_detector_node_memory_run_counts_node_outputs(tmp_path):
+    from ba_perception.data.bag import BagWriter
+    from ba_perception.data.world import WorldConfig, render_sequence
+
+    bag = tmp_path / "bag"
+    with BagWriter(bag) as w:
+        for frame in render_sequence(WorldConfig(preset="urban", seed=3, width=320, height=96, n_frames=4)):
+            w.write(frame)
+    out = tmp_path / "det.json"
+    rc = main(["bench", "detector", "--node-frames", "10", "--memory-every", "5", "--node-bag", str(bag),
+               "--memory-only", "--threads", "1", "--out", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    node = data["node_memory"]
+    assert data["memory"] is None
+    # 10 outputs from a 4-frame bag: the player looped and every restamped frame came out of the node
+    assert node["frames"] == 10 and [f for f, _ in node["samples"]] == [1, 5, 10]
+    assert node["summary"]["peak_mb"] > 50  # a real process holding the network
