@@ -116,9 +116,7 @@ def kitti_to_bag(root: str | Path, seq: int | str, bag: str | Path, rate_hz: flo
     try:
         with BagWriter(bag) as writer:
             for frame in read_kitti(root, seq, images=True, rate_hz=rate_hz, start_stamp_ns=start_stamp_ns):
-                g = frame.objects
-                g = replace(g, truncation=np.array([TRUNCATION_OF_LEVEL.get(int(t), 1.0) for t in g.truncation]),
-                            occlusion=np.array([OCCLUSION_OF_LEVEL.get(int(o), 1.0) for o in g.occlusion]))
+                g = _levels_to_fractions(frame.objects)
                 writer.write(replace(frame, objects=g))
                 frames += 1
                 objects += len(g)
@@ -128,3 +126,128 @@ def kitti_to_bag(root: str | Path, seq: int | str, bag: str | Path, rate_hz: flo
     if frames != n:
         raise KittiBagError(f"wrote {frames} frames of {n}")
     return KittiBagInfo(Path(bag), frames, objects, *size)
+
+
+def _levels_to_fractions(g):
+    return replace(g, truncation=np.array([TRUNCATION_OF_LEVEL.get(int(t), 1.0) for t in g.truncation]),
+                   occlusion=np.array([OCCLUSION_OF_LEVEL.get(int(o), 1.0) for o in g.occlusion]))
+
+
+def bag_with_labels(src: str | Path, labels: str | Path, dst: str | Path, image_topic: str = "/camera/image_raw",
+                    info_topic: str = "/camera/camera_info", odom_topic: str = "/odom") -> KittiBagInfo:
+    """Copy a bag's camera, camera_info, odometry and ``/tf_static`` and add ground truth from a KITTI label file.
+
+    Label frame ``k`` is the ``k``-th message on ``image_topic``; label boxes are in that camera's
+    optical frame (the image camera is the reference camera). The objects' odom poses use the
+    odometry message with the nearest header stamp and the camera mounting from ``/tf_static``
+    (base_link -> camera), else the stack's default (1.2 m forward, 1.65 m up, level). The new bag
+    uses the standard topic names of :mod:`ba_perception.data.bag`; an existing
+    ``/ground_truth/objects`` is not copied.
+
+    Args:
+        src: source bag (folder or file).  labels: KITTI tracking label file.  dst: bag folder to create.
+        image_topic, info_topic, odom_topic: the source's topics.
+
+    Returns:
+        A :class:`KittiBagInfo` of the new bag.
+
+    Raises:
+        KittiBagError: unreadable bag or labels, a missing topic, more labelled frames than images, ``dst`` exists.
+    """
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+
+    from ba_perception.core.geometry import R_BODY_OPTICAL
+    from ba_perception.data.bag import (FRAME_BASE, TOPIC_GT, TOPIC_IMAGE, TOPIC_INFO, TOPIC_ODOM, TOPIC_TF_STATIC,
+                                        _matrix, gt_message, typestore)
+    from ba_perception.data.kitti import fill_track_velocities, label_ground_truth, read_label_rows
+    from ba_perception.ros.sync import header_stamp_ns
+
+    src, labels, dst = Path(src), Path(labels), Path(dst)
+    if not labels.is_file():
+        raise KittiBagError(f"label file {str(labels)!r} does not exist")
+    if dst.exists():
+        raise KittiBagError(f"{dst} exists already; choose a new output folder")
+    try:
+        rows = read_label_rows(labels)
+    except (ValueError, OSError) as err:
+        raise KittiBagError(f"cannot read labels {labels}: {err}") from err
+    store = typestore()
+    rename = {image_topic: TOPIC_IMAGE, info_topic: TOPIC_INFO, odom_topic: TOPIC_ODOM, TOPIC_TF_STATIC: TOPIC_TF_STATIC}
+    try:
+        reader = Reader(src)
+        reader.open()
+    except Exception as err:  # noqa: BLE001 - rosbags raises several error types for damaged bags
+        raise KittiBagError(f"cannot read bag {str(src)!r}: {err}") from err
+    try:
+        conns = [c for c in reader.connections if c.topic in rename]
+        present = {c.topic for c in conns}
+        for topic in (image_topic, info_topic, odom_topic):
+            if topic not in present:
+                raise KittiBagError(f"bag {src} has no {topic} (needed to place the labels); remap with "
+                                    "--image-topic/--camera-info-topic/--odom-topic")
+        # First pass: frame stamps, intrinsics, odometry, mounting (small messages only).
+        image_stamps: list[int] = []
+        odom: dict[int, np.ndarray] = {}
+        K = size_wh = None
+        T_base_cam = np.eye(4)
+        T_base_cam[:3, :3] = R_BODY_OPTICAL.numpy()
+        T_base_cam[:3, 3] = (1.2, 0.0, 1.65)
+        for conn, _, raw in reader.messages(connections=conns):
+            if conn.topic == image_topic:
+                stamp = header_stamp_ns(bytes(raw[:16]))
+                if stamp is None:
+                    raise KittiBagError(f"{image_topic} in {src}: not a little-endian CDR message with a header")
+                image_stamps.append(stamp)
+                continue
+            msg = store.deserialize_cdr(raw, conn.msgtype)
+            if conn.topic == info_topic and K is None:
+                K, size_wh = np.reshape(np.asarray(msg.k, np.float64), (3, 3)), (int(msg.width), int(msg.height))
+            elif conn.topic == odom_topic:
+                odom[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = _matrix(msg.pose.pose)
+            elif conn.topic == TOPIC_TF_STATIC:
+                for tf in msg.transforms:
+                    if tf.header.frame_id == FRAME_BASE and tf.child_frame_id:
+                        T_base_cam = _matrix(tf.transform)
+        if not image_stamps or not odom or K is None:
+            raise KittiBagError(f"bag {src} has no messages on {image_topic}, {info_topic} or {odom_topic}")
+        if rows and max(rows) >= len(image_stamps):
+            raise KittiBagError(f"frame counts disagree: {labels} labels frame {max(rows)} but {src} has only "
+                                f"{len(image_stamps)} images on {image_topic}")
+        odom_stamps = np.array(sorted(odom), np.int64)
+        gts, poses = [], []
+        for k, stamp in enumerate(image_stamps):
+            j = int(np.argmin(np.abs(odom_stamps - stamp)))
+            T_odom_cam = odom[int(odom_stamps[j])] @ T_base_cam
+            poses.append(T_odom_cam)
+            gts.append(_levels_to_fractions(label_ground_truth(rows.get(k, []), K, np.zeros(3), T_odom_cam, size_wh)))
+        periods = np.diff(image_stamps)
+        fill_track_velocities(gts, float(np.median(periods)) / 1e9 if len(periods) else 0.1)
+        # Second pass: copy under the standard names, ground truth right after each image.
+        writer = Writer(dst, version=9, storage_plugin=StoragePlugin.MCAP)
+        writer.open()
+        try:
+            out = {c.topic: writer.add_connection(rename[c.topic], c.msgtype, typestore=store,
+                                                  offered_qos_profiles=c.ext.offered_qos_profiles)
+                   for c in conns}
+            gt_conn = writer.add_connection(TOPIC_GT, "ba_perception_msgs/msg/GroundTruthObjectArray", typestore=store)
+            k = 0
+            for conn, t, raw in reader.messages(connections=conns):
+                writer.write(out[conn.topic], t, raw)
+                if conn.topic == image_topic:
+                    frame = _LabelFrame(image_stamps[k], poses[k], gts[k])
+                    writer.write(gt_conn, t, store.serialize_cdr(gt_message(frame, store), gt_conn.msgtype))
+                    k += 1
+        finally:
+            writer.close()
+    finally:
+        reader.close()
+    return KittiBagInfo(dst, len(image_stamps), sum(len(g) for g in gts), *(size_wh or (0, 0)))
+
+
+@dataclass
+class _LabelFrame:
+    """What :func:`ba_perception.data.bag.gt_message` reads of a frame."""
+
+    stamp_ns: int
+    T_odom_cam: np.ndarray
+    objects: object

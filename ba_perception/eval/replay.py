@@ -7,7 +7,9 @@ pipeline could not keep up with are dropped and reported). The recorded outputs 
 against the ground truth in the bag (``/ground_truth/objects``): detection AP, depth error before
 and after object BA, HOTA / MOTA / IDF1 / ID switches, and per-stage latency. ``--kitti ROOT
 --sequence SEQ`` first converts a KITTI tracking sequence (image_02, calib, oxts, label_02) into
-``<out>/kitti_SEQ`` (a bag with the same topics, :mod:`ba_perception.data.kitti_bag`).
+``<out>/kitti_SEQ`` (a bag with the same topics, :mod:`ba_perception.data.kitti_bag`); ``BAG --labels
+FILE`` scores a bag against a KITTI tracking label file (copied with it as ground truth to
+``<out>/labelled``).
 
 In real-time mode the player rewrites header stamps to the wall clock (for end-to-end latency);
 a second recorder keeps the restamped camera_info of every frame it played (``<out>/inputs``),
@@ -256,6 +258,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "calib/SEQ.txt, oxts/SEQ.txt and label_02/SEQ.txt (the real dataset's training/ folder, or "
                              "what `ba-perception synth --kitti` writes); it is converted to <out>/kitti_SEQ first")
     parser.add_argument("--sequence", default="0000", help="KITTI sequence with --kitti (default 0000)")
+    parser.add_argument("--labels", metavar="LABEL_TXT", default=None,
+                        help="score a BAG against a KITTI tracking label file (frame k = the k-th image; boxes in "
+                             "this camera's optical frame): the bag's camera, camera_info, odometry and /tf_static "
+                             "are copied with the labels as ground truth into <out>/labelled first")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--lockstep", action="store_true", default=True,
                       help="process every frame, deterministic (default)")
@@ -327,12 +333,27 @@ def kitti_input(root: Path, sequence: str, out: Path, log=print) -> Path:
     return bag
 
 
+def labelled_input(bag: Path, labels: Path, out: Path, log=print, **topics: str) -> Path:
+    """Copy ``bag`` with ``labels`` (KITTI tracking) as ground truth to the new bag ``<out>/labelled``."""
+    from ba_perception.data.kitti_bag import KittiBagError, bag_with_labels
+
+    check_bag(bag, topics["image_topic"], topics["info_topic"])
+    try:
+        info = bag_with_labels(bag, labels, out / "labelled", **topics)
+    except KittiBagError as err:
+        raise ReplayError(str(err)) from err
+    log(f"[replay] {bag} + labels {labels}: {info.frames} frames, {info.objects} labelled objects -> {info.bag}")
+    return info.bag
+
+
 def run(args: argparse.Namespace) -> int:
     from ba_perception.cli import CommandError
 
     out = Path(args.out or f"out/replay-{time.strftime('%Y%m%d-%H%M%S')}")
     if (args.bag is None) == (args.kitti is None):
         raise CommandError("give either a BAG or --kitti ROOT [--sequence SEQ], not both or neither")
+    if args.labels is not None and args.kitti is not None:
+        raise CommandError("--labels scores a BAG; a --kitti sequence has its labels in label_02/")
     if args.rate is not None and args.rate <= 0:
         raise CommandError(f"--rate must be > 0, got {args.rate}")
     try:
@@ -342,9 +363,11 @@ def run(args: argparse.Namespace) -> int:
             bag = Path(args.bag)
             if (bag / "image_02").is_dir() and (bag / "calib").is_dir():
                 raise ReplayError(f"{bag} is a KITTI tracking folder, not a bag; use --kitti {bag} --sequence SEQ")
-        cfg = RunConfig(bag=bag, out=out, lockstep=args.rate is None, rate=args.rate or 1.0,
-                        image_topic=args.image_topic, info_topic=args.camera_info_topic, odom_topic=args.odom_topic,
-                        sets=args.set)
+        topics = {"image_topic": args.image_topic, "info_topic": args.camera_info_topic, "odom_topic": args.odom_topic}
+        if args.labels is not None:
+            bag = labelled_input(bag, Path(args.labels), out, **topics)
+            topics = {}  # the labelled copy uses the standard topic names
+        cfg = RunConfig(bag=bag, out=out, lockstep=args.rate is None, rate=args.rate or 1.0, sets=args.set, **topics)
         replay_and_report(cfg, plots=not args.no_plots)
     except ReplayError as err:
         raise CommandError(str(err)) from err

@@ -94,3 +94,31 @@ def test_invalid_sequences_are_refused_with_the_reason(small_sequence, tmp_path)
     with pytest.raises(KittiBagError, match="missing .*calib/0000.txt"):
         kitti_to_bag(root, 0, tmp_path / "bag")
     assert not (tmp_path / "bag").exists()
+
+
+def test_label_file_becomes_the_ground_truth_of_a_bag(small_sequence, tmp_path):
+    from ba_perception.data.bag import BagWriter
+    from ba_perception.data.kitti_bag import bag_with_labels
+
+    root, world = small_sequence
+    with BagWriter(tmp_path / "src") as w:  # a world bag; its own ground truth is replaced
+        for f in world:
+            w.write(f)
+    info = bag_with_labels(tmp_path / "src", root / "label_02" / "0000.txt", tmp_path / "dst")
+    assert (info.frames, info.width, info.height) == (20, 320, 96)
+    back = list(read_bag(tmp_path / "dst", images=True))
+    assert len(back) == 20
+    for f, b in zip(world, back):
+        assert b.stamp_ns == f.stamp_ns and np.array_equal(b.image, f.image)
+        assert np.allclose(b.T_odom_base, f.T_odom_base) and np.allclose(b.T_base_cam, f.T_base_cam)
+        g, h = f.objects, b.objects
+        keep = np.isfinite(g.box_full).all(1)
+        assert np.array_equal(h.track_id, g.track_id[keep])
+        assert np.allclose(h.center_cam, g.center_cam[keep], atol=2e-6)
+        assert np.allclose(h.center_odom, g.center_odom[keep], atol=1e-5)  # the bag's own odometry
+        assert np.allclose(h.size_lwh, g.size_lwh[keep], atol=2e-6)
+    # more labelled frames than images: refused
+    lines = (root / "label_02" / "0000.txt").read_text().splitlines()
+    (tmp_path / "late.txt").write_text("\n".join([*lines, "25 " + lines[0].split(" ", 1)[1]]) + "\n")
+    with pytest.raises(KittiBagError, match="labels frame 25 but .* only 20 images"):
+        bag_with_labels(tmp_path / "src", tmp_path / "late.txt", tmp_path / "dst2")

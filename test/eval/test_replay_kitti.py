@@ -47,6 +47,9 @@ def test_cli_reports_a_bad_kitti_sequence_in_one_line(small_sequence, tmp_path):
     assert out.stderr.count("\n") == 1
     out = subprocess.run([*CLI, root, "--out", tmp_path / "o"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "use --kitti" in out.stderr and out.stderr.count("\n") == 1
+    out = subprocess.run([*CLI, "--kitti", root, "--labels", root / "label_02" / "0000.txt", "--out", tmp_path / "o"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--labels scores a BAG" in out.stderr and not (tmp_path / "o").exists()
 
 
 def test_played_stamps_map_back_to_bag_frames():
@@ -106,10 +109,28 @@ def test_real_time_replay_reports_dropped_frames_honestly(full_size_sequence, tm
     # 20x the recorded 10 Hz is 200 frames/s: far beyond a CPU pipeline, so most frames must drop.
     s = _replay(ros_env, full_size_sequence, tmp_path / "run", "--rate", "20")
     acc = s["frame_accounting"]
-    assert acc["camera"] == 20 and acc["processed"] + acc["dropped"] == 20
-    assert acc["dropped"] > 0 and acc["processed"] >= 1, acc
+    why = json.dumps({k: s.get(k) for k in ("frames", "frame_accounting", "run")}) + str(s["latency"].get("counters"))
+    assert acc["camera"] == 20 and acc["processed"] + acc["dropped"] == 20, why
+    assert acc["dropped"] > 0 and acc["processed"] >= 1, why
     assert s["dropped_frames"] == acc["dropped"]
-    assert s["run"]["stamp_mapping"] == "order" and s["run"]["unmapped_outputs"] == 0
+    assert s["run"]["stamp_mapping"] == "order" and s["run"]["unmapped_outputs"] == 0, why
     # outputs were mapped back to the bag's frames: every track message belongs to a processed frame
     assert s["frames"]["tracks"] == acc["processed"]
     assert len(bag_frame_stamps(tmp_path / "run" / "inputs", "/camera/camera_info")) == 20
+
+
+@pytest.mark.dds
+@pytest.mark.slow
+def test_replay_eval_scores_a_bag_against_a_kitti_label_file(full_size_sequence, tmp_path, ros_env):
+    from ba_perception.data.kitti_bag import kitti_to_bag
+
+    kitti_to_bag(full_size_sequence, 0, tmp_path / "bag")
+    cmd = [*CLI, str(tmp_path / "bag"), "--labels", str(full_size_sequence / "label_02" / "0000.txt"),
+           "--out", str(tmp_path / "run"), "--no-plots", "--set", "detector_node.threads:=2"]
+    res = subprocess.run(cmd, env=ros_env.env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["run"]["bag"] == str(tmp_path / "run" / "labelled")
+    assert s["frame_accounting"]["processed"] == 20
+    car = s["detection"]["classes"]["car"]
+    assert car["num_gt"] > 20 and car["ap2d_r40@0.7"] > 25.0, car
