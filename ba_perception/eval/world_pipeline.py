@@ -28,7 +28,7 @@ import torch
 
 from ba_perception.core import geometry
 from ba_perception.core.oba.refine import RefineConfig, RefinedBox, refine_tracklets
-from ba_perception.core.oba.tracklets import Observation, ObjectTrack, TrackletBuffer, TrackletConfig
+from ba_perception.core.oba.tracklets import MAX_WINDOW, Observation, ObjectTrack, TrackletBuffer, TrackletConfig
 from ba_perception.core.tracking import Detections, Tracker, TrackerConfig, TrackOutput
 from ba_perception.eval.detection_ap import iou_2d
 
@@ -123,6 +123,16 @@ def _file_hash(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _code_hash() -> str:
+    """Hash of the detection code whose output is cached (a decode change must not reuse old results)."""
+    from ba_perception.core.detection import decode, detector, preprocess
+
+    h = hashlib.sha1()
+    for mod in (decode, detector, preprocess):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()[:12]
+
+
 def prepare_sequence(world_cfg: Any, detector: Any, model_hash: str, cache_dir: Path | None,
                      log: Callable[[str], None] = print) -> SequenceData:
     """Render a world sequence, run the detector on it and make oracle samples; cached on disk.
@@ -139,7 +149,7 @@ def prepare_sequence(world_cfg: Any, detector: Any, model_hash: str, cache_dir: 
     from ba_perception.data.synth import WORLD_VERSION
     from ba_perception.data.world import World
 
-    key_src = repr((CACHE_VERSION, WORLD_VERSION, repr(world_cfg), model_hash, repr(detector.decode_cfg)))
+    key_src = repr((CACHE_VERSION, WORLD_VERSION, repr(world_cfg), model_hash, repr(detector.decode_cfg), _code_hash()))
     key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
     name = f"{world_cfg.preset}_{world_cfg.seed}"
     path = None if cache_dir is None else Path(cache_dir) / f"{name}_{key}.pkl"
@@ -251,24 +261,36 @@ class FrameBoxes3D:
 
 
 def _external_tracks(seq: SequenceData, tracks: list[ObjectTrack], kind: str, frame_of: dict[int, int],
-                     num_points: int, gray_cache: dict[int, np.ndarray]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """ORB or KLT point tracks over each tracklet's window (evaluation-side, OpenCV)."""
-    from ba_perception.core.oba.correspondences import klt_tracks, orb_tracks
+                     num_points: int, cache: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """ORB or KLT point tracks over each tracklet's window (evaluation-side, OpenCV).
+
+    ``cache`` keeps grayscale images by frame and ORB features by (frame, box) between calls.
+    """
+    from ba_perception.core.oba.correspondences import klt_tracks, orb_features, orb_tracks
 
     out = {}
+    newest = 0
     for t in tracks:
         if len(t.frames) < 2:
             continue
         idx = [frame_of[f.stamp_ns] for f in t.frames]
+        newest = max(newest, idx[-1])
         for i in idx:
-            if i not in gray_cache:
-                gray_cache[i] = seq.gray(i)
-        images = [gray_cache[i] for i in idx]
+            if i not in cache:
+                cache[i] = seq.gray(i)
         boxes = np.stack([np.asarray(f.observation.box_2d, np.float64) for f in t.frames])
-        fn = klt_tracks if kind == "klt" else orb_tracks
-        out[t.tracklet_id] = fn(images, boxes, num_points)
-    for i in [i for i in gray_cache if i < max(frame_of.values(), default=0) - 40]:
-        del gray_cache[i]
+        if kind == "klt":
+            out[t.tracklet_id] = klt_tracks([cache[i] for i in idx], boxes, num_points)
+            continue
+        feats = []
+        for i, b in zip(idx, boxes):
+            key = (i, tuple(b.tolist()))
+            if key not in cache:
+                cache[key] = orb_features(cache[i], b, max(2 * num_points, 32))
+            feats.append(cache[key])
+        out[t.tracklet_id] = orb_tracks([], boxes, num_points, features=feats)
+    for k in [k for k in cache if (k[0] if isinstance(k, tuple) else k) < newest - 2 * MAX_WINDOW]:
+        del cache[k]
     return out
 
 
@@ -279,7 +301,7 @@ def run_track_buffer(seq: SequenceData, variant: ObaVariant, tracklet_cfg: Track
                  "none" if variant.correspondences in ("orb", "klt", "none") else "descriptor")
     buffer = TrackletBuffer(tracklet_cfg)
     frame_of = {int(s): i for i, s in enumerate(seq.stamps_ns)}
-    gray_cache: dict[int, np.ndarray] = {}
+    cv_cache: dict = {}
     out = []
     for i in range(len(seq)):
         obs = seq.observations[i]
@@ -290,7 +312,7 @@ def run_track_buffer(seq: SequenceData, variant: ObaVariant, tracklet_cfg: Track
         tracks, assignment = buffer.update(int(seq.stamps_ns[i]), obs, seq.T_odom_cam[i], seq.K)
         pt = None
         if variant.correspondences in ("orb", "klt"):
-            pt = _external_tracks(seq, tracks, variant.correspondences, frame_of, rc.num_points, gray_cache)
+            pt = _external_tracks(seq, tracks, variant.correspondences, frame_of, rc.num_points, cv_cache)
         boxes = refine_tracklets(tracks, replace(rc, scene_static=variant.scene_static), pt)
         dt = time.perf_counter() - t0
         by_id = {b.tracklet_id: b for b in boxes}

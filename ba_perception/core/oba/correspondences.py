@@ -211,16 +211,21 @@ def orb_features(image: np.ndarray, box: np.ndarray, max_features: int = 64) -> 
     return np.array([k.pt for k in kps], np.float32), desc
 
 
-def orb_tracks(images: list[np.ndarray], boxes: np.ndarray, num_points: int, max_hamming: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def orb_tracks(images: list[np.ndarray], boxes: np.ndarray, num_points: int, max_hamming: int = 64,
+               features: list[tuple[np.ndarray, np.ndarray]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """ORB features in each box matched frame to frame (Hamming, cross-check), chained to tracks.
+
+    Args:
+        features: per frame ``orb_features(image, box, max(2 * num_points, 32))`` when already
+            computed (a sliding window sees each frame many times); ``images`` is then unused.
 
     Returns:
         ``(uv (F, K, 2), mask (F, K))`` numpy arrays for one tracklet.
     """
     import cv2
 
-    F = len(images)
-    feats = [orb_features(im, b, max(2 * num_points, 32)) for im, b in zip(images, boxes)]
+    F = len(boxes)
+    feats = features if features is not None else [orb_features(im, b, max(2 * num_points, 32)) for im, b in zip(images, boxes)]
     N = max([len(k) for k, _ in feats] + [1])
     suv = np.zeros((1, F, N, 2), np.float32)
     valid = np.zeros((1, F, N), bool)
