@@ -15,8 +15,9 @@ In real-time mode the player rewrites header stamps to the wall clock (for end-t
 a second recorder keeps the restamped camera_info of every frame it played (``<out>/inputs``),
 which maps each output back to its frame. Every camera frame of the bag is then either
 *processed* (a track message came out for it) or *dropped*; ``summary.json`` reports both under
-``frame_accounting`` (``dropped_frames`` = its ``dropped``), and ``dropped_at_end`` counts the dropped frames after the last processed one (still in the
-pipeline when the player finished). Results go to ``<out>/summary.json``, ``<out>/report.md``
+``frame_accounting`` (``dropped_frames`` = its ``dropped``; ``dropped_at_end`` = those after the last
+processed one). Outputs arriving up to ``RunConfig.drain_s`` (3 s) after the player's last frame
+still count, later ones do not. Results go to ``<out>/summary.json``, ``<out>/report.md``
 with plots, and ``<out>/outputs`` (the recorded MCAP).
 """
 
@@ -28,7 +29,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ class RunConfig:
     odom_topic: str = "/odom"
     sets: list[str] = field(default_factory=list)
     timeout_s: float = 1800.0
+    drain_s: float = 3.0  # real time: after the last frame is played, outputs still arriving this long are kept
 
 
 EXTRINSICS_NODES = ("track_buffer_node", "tracker_node")  # nodes with the camera_extrinsics parameter
@@ -162,17 +164,40 @@ def run_graph(cfg: RunConfig, log=print) -> tuple[Path, Path]:
     if cfg.odom_topic != "/odom":
         remaps.append(f"/odom:={cfg.odom_topic}")
     specs = [s for s in NODES if s.name in PIPELINE_NODES] + ([] if cfg.lockstep else [INPUT_RECORDER])
+    if not cfg.lockstep:  # real time: the frames still in the pipeline when the player finishes may drain
+        specs = [replace(s, shutdown_on_exit=False) if s.name == "bag_player" else s for s in specs]
     try:
         launcher = Launcher(specs, args, default_params_file(), sets, remaps, log=log)
     except LaunchError as err:
         raise ReplayError(str(err)) from err
     # The player must not start before the recorder and the pipeline listen: it waits for subscribers.
-    code = launcher.run()
+    code = launcher.run() if cfg.lockstep else _run_and_drain(launcher, cfg.drain_s, log)
     if code != 0:
         log(f"[replay] a node exited with an error (exit {code}); evaluating what was recorded")
     if not (record / "metadata.yaml").exists() and not any(record.glob("*.mcap")):
         raise ReplayError("the recorder wrote nothing; see the node logs above")
     return record, latency
+
+
+def _run_and_drain(launcher: Any, drain_s: float, log=print) -> int:
+    """Run the graph until the bag player exits, then ``drain_s`` more seconds; returns the exit code."""
+    launcher.start()
+    player = next(r for r in launcher.running if r.spec.name == "bag_player")
+    finished = None
+    try:
+        while launcher.poll():
+            if finished is None and player.proc.poll() is not None:
+                finished = time.monotonic()
+                if player.proc.returncode != 0:
+                    launcher.exit_code = 1
+                    break
+                log(f"[replay] player finished; letting the pipeline drain for {drain_s:.0f} s")
+            if finished is not None and time.monotonic() - finished >= drain_s:
+                break
+            time.sleep(0.05)
+    finally:
+        launcher.shutdown()
+    return launcher.exit_code
 
 
 def bag_frame_stamps(bag: Path, topic: str) -> list[int]:
