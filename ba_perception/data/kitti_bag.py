@@ -1,4 +1,4 @@
-"""Convert one KITTI tracking sequence (image_02, calib, oxts, label_02) into a rosbag2 MCAP for replay-eval.
+"""KITTI tracking data as replay-eval bags: a whole sequence, or a bag of your own plus a label file.
 
 The bag has the topics of :mod:`ba_perception.data.bag` (``/camera/image_raw`` rgb8,
 ``/camera/camera_info`` with ``K = P2[:, :3]`` and the PNG size, ``/odom`` = the IMU pose from
@@ -10,8 +10,9 @@ Label levels become fractions for the difficulty filters of the scoring (which e
 fractions, as the world's ground truth carries): truncated 0/1/2 -> 0 / 0.325 / 0.75 and
 occluded 0/1/2/3 -> 0 / 0.3 / 0.75 / 1.0 (the middle of each level's range in the exporter's
 thresholds; level 3 "unknown" counts as fully occluded). So "moderate" keeps occluded <= 1 and
-truncated 0, as KITTI's moderate does. A sequence without ``label_02/SEQ.txt`` gets empty
+truncated 0 (KITTI's moderate: occluded <= 1, truncated <= 30 %; level 1 spans 15-50 %). A sequence without ``label_02/SEQ.txt`` gets empty
 ground truth (replay then reports tracking output without scores against objects).
+:func:`bag_with_labels` instead copies an existing bag and adds a label file as its ground truth.
 """
 
 from __future__ import annotations

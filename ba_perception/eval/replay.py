@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
