@@ -31,8 +31,15 @@ class DetectorNode(PerceptionNode):
         ParamSpec("precision", "fp16", "GPU precision (CPU always runs fp32)", choices=("fp16", "fp32")),
         ParamSpec("threads", 0, "CPU threads for the engine; 0 = library default", min=0),
         ParamSpec("engine_cache_dir", "", "TensorRT engine cache; '' = the default cache folder"),
-        ParamSpec("score_threshold", 0.3, "minimum detection score", min=0.0, max=1.0),
+        ParamSpec("score_threshold", 0.15, "minimum detection score (heatmap score x depth confidence)", min=0.0, max=1.0),
         ParamSpec("max_detections", 50, "detections kept per image", min=1),
+        ParamSpec("peak_nms", "box", "duplicate removal: box = every heatmap cell a candidate, then class-wise 2D-box "
+                  "NMS (keeps objects in adjacent cells); maxpool = CenterNet 3x3 max-pool peaks", choices=("box", "maxpool")),
+        ParamSpec("box_nms_iou", 0.5, "2D IoU above which a lower-scored box of the same class is suppressed (peak_nms box)",
+                  min=0.05, max=1.0),
+        ParamSpec("candidate_top_k", 200, "highest heatmap cells per image scored and NMS-ed (bounds decode time)", min=1),
+        ParamSpec("depth_confidence_scale", 0.05, "score x exp(-relative depth std / scale) from the depth "
+                  "log-variance head; 0 = heatmap score only", min=0.0),
         ParamSpec("samples_per_side", 5, "feature samples per object are an n x n grid in the box", min=1),
         ParamSpec("output_topic", "/ba_perception/observations", "ObjectObservationArray output"),
         ParamSpec("output_qos", "reliable", "output QoS", choices=("reliable", "sensor_data", "best_effort")),
@@ -65,9 +72,9 @@ class DetectorNode(PerceptionNode):
             raise StartupError(str(err)) from err
         self.get_logger().info(f"detector backend: {type(backend).__name__} on {backend.device}, "
                                f"input {backend.input_hw[1]}x{backend.input_hw[0]}")
-        self.detector = Detector(backend, DecodeConfig(score_threshold=self.p["score_threshold"],
-                                                       max_detections=self.p["max_detections"],
-                                                       samples_per_side=self.p["samples_per_side"]))
+        decode_keys = ("score_threshold", "max_detections", "samples_per_side", "peak_nms", "box_nms_iou",
+                       "candidate_top_k", "depth_confidence_scale")
+        self.detector = Detector(backend, DecodeConfig(**{k: self.p[k] for k in decode_keys}))
         self.pub = self.create_publisher(ObjectObservationArray, self.p["output_topic"], self.output_qos("output"))
         self.input = CameraInput(self, self.on_frame)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ba_perception.core import geometry as geo
-from ba_perception.core.detection.decode import DecodeConfig, DecodeError, decode, encode_objects
+from ba_perception.core.detection.decode import DecodeConfig, DecodeError, box_nms, decode, encode_objects
 from ba_perception.core.detection.model import NUM_REG, REG_CHANNELS
 from ba_perception.core.detection.preprocess import Preprocess, PreprocessError, apply_preprocess
 
@@ -73,7 +73,7 @@ def test_decode_recovers_encoded_boxes_exactly():
     labels, centers, sizes, yaw, box = _objects()
     enc, outs = _heads(pre, labels, centers, sizes, yaw, box)
     assert enc.inside.all()
-    (det,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.5))
+    (det,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.5, depth_confidence_scale=0.0))
     assert len(det) == 3
     assert det.labels.tolist() == [0, 1, 2]
     assert torch.allclose(det.center_cam.double(), centers, atol=2e-3)
@@ -95,8 +95,10 @@ def test_decode_uses_the_message_intrinsics_not_fixed_ones():
     K2 = K_SRC.clone()
     K2[0, 0] *= 2
     K2[1, 1] *= 2
-    (d1,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.5))
-    (d2,) = decode(outs, K2, pre, DecodeConfig(score_threshold=0.5))
+    cfg = DecodeConfig(score_threshold=0.5, depth_confidence_scale=0.0)
+    (d1,) = decode(outs, K_SRC, pre, cfg)
+    (d2,) = decode(outs, K2, pre, cfg)
+    assert len(d1) == len(d2) == 3
     assert torch.allclose(d2.center_cam[:, 2], 2 * d1.center_cam[:, 2], rtol=1e-5)
     assert torch.allclose(d2.box_2d, d1.box_2d)
 
@@ -119,7 +121,7 @@ def test_decode_other_resolution_and_samples_inside_boxes():
     reg[0, :, y, x] = enc.regression[0].float()
     feats = torch.nn.functional.normalize(torch.randn(1, 8, 48, 160), dim=1)
     outs = {"heatmap": heat, "regression": reg, "embedding": torch.ones(1, 4, h, w), "features": feats}
-    (det,) = decode(outs, K, pre, DecodeConfig(score_threshold=0.5, samples_per_side=3))
+    (det,) = decode(outs, K, pre, DecodeConfig(score_threshold=0.5, samples_per_side=3, depth_confidence_scale=0.0))
     assert torch.allclose(det.center_cam.double(), center, atol=2e-3)
     assert geo.wrap_angle(det.yaw.double() - yaw).abs().max() < 1e-4
     uv = det.sample_uv[0]
@@ -129,7 +131,7 @@ def test_decode_other_resolution_and_samples_inside_boxes():
     assert torch.allclose(det.descriptors.norm(dim=-1), torch.ones(1, 9), atol=1e-5)
 
 
-def test_decode_keeps_only_local_maxima_and_thresholds():
+def test_maxpool_decode_keeps_only_local_maxima_and_thresholds():
     pre = Preprocess.letterbox(SRC_HW, NET_HW)
     heat = torch.zeros(1, 3, 24, 80)
     heat[0, 0, 10, 10] = 0.9
@@ -141,7 +143,7 @@ def test_decode_keeps_only_local_maxima_and_thresholds():
         "embedding": torch.ones(1, 4, 24, 80),
         "features": torch.ones(1, 8, 48, 160),
     }
-    (det,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.3))
+    (det,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.3, peak_nms="maxpool", depth_confidence_scale=0.0))
     assert len(det) == 1 and math.isclose(det.scores[0].item(), 0.9, rel_tol=1e-6)
 
 
@@ -161,3 +163,107 @@ def test_decode_rejects_bad_intrinsics_and_shapes():
         decode({**outs, "regression": torch.zeros(1, NUM_REG, 12, 40)}, K_SRC, pre)
     with pytest.raises(DecodeError):
         decode({"heatmap": outs["heatmap"]}, K_SRC, pre)
+
+
+def _blob_heads(pre, labels, centers, sizes, yaw, peaks, rel_depth_std):
+    """Heads of a trained-looking network: each object is a 3x3 blob of heat around its centre cell
+    (peak ``peaks[i]``, neighbours x0.6) and every blob cell regresses the same 2D/3D box (offsets
+    relative to that cell); where blobs overlap, the cell belongs to the hotter one."""
+    corners = geo.box_corners_cam(centers, sizes, yaw)
+    box = geo.box2d_from_points(geo.project_points(corners, K_SRC))
+    h, w = NET_HW[0] // 8, NET_HW[1] // 8
+    enc = encode_objects(labels, centers, sizes, yaw, box, K_SRC, pre, (h, w))
+    heat = torch.zeros(1, 3, h, w)
+    reg = torch.zeros(1, NUM_REG, h, w)
+    for i in range(len(labels)):
+        x0, y0 = enc.cell_xy[i].tolist()
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                x, y = x0 + dx, y0 + dy
+                v = peaks[i] * (1.0 if dx == dy == 0 else 0.6)
+                if v <= heat[0, :, y, x].max():
+                    continue
+                heat[0, :, y, x] = 0.0
+                heat[0, labels[i], y, x] = v
+                r = enc.regression[i].float().clone()
+                r[REG_CHANNELS["offset"]] -= torch.tensor([dx, dy], dtype=torch.float32)
+                r[REG_CHANNELS["ltrb"]] = torch.log(torch.exp(r[REG_CHANNELS["ltrb"]]))  # same sides around the same centre
+                reg[0, :, y, x] = r
+                reg[0, REG_CHANNELS["depth_logvar"], y, x] = 2.0 * math.log(rel_depth_std[i])
+    emb = torch.nn.functional.normalize(torch.ones(1, 4, h, w), dim=1)
+    feats = torch.nn.functional.normalize(torch.ones(1, 8, NET_HW[0] // 4, NET_HW[1] // 4), dim=1)
+    return enc, box, {"heatmap": heat, "regression": reg, "embedding": emb, "features": feats}
+
+
+def test_box_nms_decodes_objects_in_adjacent_cells_that_maxpool_merges():
+    # A near car and a farther car behind it, ~15 px apart in the image: centres in adjacent output cells,
+    # 2D boxes of very different size (IoU < 0.5).
+    pre = Preprocess.letterbox(SRC_HW, NET_HW)
+    labels = torch.tensor([0, 0])
+    centers = torch.tensor([[0.0, 1.0, 12.0], [0.4, 1.6, 20.0]], dtype=torch.float64)
+    sizes = torch.tensor([[4.0, 1.7, 1.5], [4.2, 1.8, 1.5]], dtype=torch.float64)
+    yaw = torch.tensor([1.5, 1.6], dtype=torch.float64)
+    enc, box, outs = _blob_heads(pre, labels, centers, sizes, yaw, peaks=[0.9, 0.8], rel_depth_std=[0.01, 0.01])
+    assert (enc.cell_xy[0] - enc.cell_xy[1]).abs().max() == 1  # neighbours within one 3x3 window
+    assert geo.iou_2d(box[:1], box[1:]).item() < 0.5
+    (mp,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.3, peak_nms="maxpool"))
+    (bx,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.3, peak_nms="box", box_nms_iou=0.5))
+    assert len(mp) == 1
+    assert len(bx) == 2  # the 16 other blob cells were duplicates (IoU 1) and are suppressed
+    order = bx.center_cam[:, 2].argsort()
+    assert torch.allclose(bx.center_cam[order].double(), centers, atol=2e-3)
+    assert torch.allclose(bx.box_2d[order].double(), box, atol=2e-2)
+
+
+def test_depth_confidence_scales_and_reorders_scores():
+    # Object 0: hotter heatmap but an uncertain depth (relative std 0.2); object 1: cooler but sure (0.01).
+    pre = Preprocess.letterbox(SRC_HW, NET_HW)
+    labels, centers, sizes, yaw, _ = _objects()
+    labels, centers, sizes, yaw = labels[:2] * 0, centers[:2], sizes[:2], yaw[:2]
+    _, _, outs = _blob_heads(pre, labels, centers, sizes, yaw, peaks=[0.9, 0.6], rel_depth_std=[0.2, 0.01])
+    (off,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.01, depth_confidence_scale=0.0))
+    (on,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.01, depth_confidence_scale=0.05))
+    assert len(off) == len(on) == 2
+    assert off.center_cam[0, 2].item() == pytest.approx(centers[0, 2].item(), abs=2e-3)  # raw score: object 0 first
+    assert on.center_cam[0, 2].item() == pytest.approx(centers[1, 2].item(), abs=2e-3)  # with confidence: object 1 first
+    assert torch.allclose(on.scores, torch.tensor([0.6 * math.exp(-0.01 / 0.05), 0.9 * math.exp(-0.2 / 0.05)]), rtol=1e-5)
+    assert torch.allclose(on.depth_std / on.center_cam[:, 2], torch.tensor([0.01, 0.2]), rtol=1e-4)
+    # the threshold applies to the final score: object 0 (0.0165) drops out at 0.1
+    (hi,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.1, depth_confidence_scale=0.05))
+    assert len(hi) == 1 and hi.center_cam[0, 2].item() == pytest.approx(centers[1, 2].item(), abs=2e-3)
+
+
+def test_box_nms_removes_duplicates_above_the_iou_and_keeps_the_rest():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 8], [0, 0, 10, 3], [0, 0, 10, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.95])
+    groups = torch.tensor([0, 0, 0, 1])  # the last one is another class / image: never suppresses group 0
+    assert geo.iou_2d(boxes[:1], boxes[1:3]).tolist() == [[pytest.approx(0.8), pytest.approx(0.3)]]
+    assert box_nms(boxes, scores, groups, 0.5).tolist() == [True, False, True, True]
+    # greedy, not "any overlap": B is suppressed by A, so C (which only B overlaps) survives
+    chain = torch.tensor([[0.0, 0, 10, 10], [3, 0, 13, 10], [6, 0, 16, 10]])
+    assert box_nms(chain, torch.tensor([0.9, 0.8, 0.7]), torch.zeros(3, dtype=torch.long), 0.5).tolist() == [True, False, True]
+    assert box_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long), 0.5).shape == (0,)
+
+
+def test_box_nms_matches_sequential_greedy_nms_on_random_boxes():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        xy = torch.rand(60, 2, generator=g) * 100
+        boxes = torch.cat([xy, xy + 5 + torch.rand(60, 2, generator=g) * 40], -1)
+        scores = torch.rand(60, generator=g)
+        groups = torch.randint(0, 3, (60,), generator=g)
+        keep = []
+        for i in scores.argsort(descending=True).tolist():  # reference: the textbook loop
+            if all(groups[j] != groups[i] or geo.iou_2d(boxes[j:j + 1], boxes[i:i + 1]).item() <= 0.5 for j in keep):
+                keep.append(i)
+        expect = torch.zeros(60, dtype=torch.bool)
+        expect[keep] = True
+        assert torch.equal(box_nms(boxes, scores, groups, 0.5), expect)
+
+
+def test_decode_rejects_unknown_peak_nms():
+    pre = Preprocess.letterbox(SRC_HW, NET_HW)
+    labels, centers, sizes, yaw, box = _objects()
+    _, outs = _heads(pre, labels, centers, sizes, yaw, box)
+    with pytest.raises(DecodeError):
+        decode(outs, K_SRC, pre, DecodeConfig(peak_nms="soft"))

@@ -29,23 +29,40 @@ class DecodeError(ValueError):
     """Raised when output maps or intrinsics have inconsistent shapes or invalid values."""
 
 
+PEAK_NMS_MODES = ("box", "maxpool")
+
+
 @dataclass
 class DecodeConfig:
     """Decoding parameters.
 
     Attributes:
-        score_threshold: minimum heatmap peak score kept.
-        max_detections: top-K peaks per image before thresholding.
+        score_threshold: minimum final score kept (heatmap score x depth confidence, in [0, 1]).
+        max_detections: detections kept per image (highest final scores).
         samples_per_side: feature samples per box are a ``n x n`` grid (``n*n`` per object).
         sample_margin: fraction of the 2D box width/height left out at each side of the grid.
         yaw_std_rad: prior yaw standard deviation reported per object (the net has no yaw variance head).
+        peak_nms: how duplicates are removed. ``"box"``: every heatmap cell is a candidate, then
+            class-wise greedy NMS on the decoded 2D boxes (keeps objects whose centres fall in
+            adjacent cells). ``"maxpool"``: CenterNet 3x3 max-pool peaks (one object per 3x3 cells).
+        box_nms_iou: 2D IoU above which a lower-scored box of the same class is suppressed (``box`` only).
+        candidate_top_k: highest heatmap scores per image taken as candidates before scoring and NMS
+            (bounds decode time; cells below ``score_threshold`` are never candidates since the
+            depth confidence is <= 1).
+        depth_confidence_scale: the final score is ``heatmap x exp(-rel_depth_std / scale)`` with
+            ``rel_depth_std = depth_std / z`` from the log-variance head (uncertainty-aware scoring as
+            in GUPNet / MonoFlex); 0 disables it (score = heatmap score).
     """
 
-    score_threshold: float = 0.3
+    score_threshold: float = 0.15
     max_detections: int = 50
     samples_per_side: int = 5
     sample_margin: float = 0.15
     yaw_std_rad: float = 0.2
+    peak_nms: str = "box"
+    box_nms_iou: float = 0.5
+    candidate_top_k: int = 200
+    depth_confidence_scale: float = 0.05
 
 
 @dataclass
@@ -53,7 +70,7 @@ class Detections:
     """Decoded detections of one image; all tensors share the first dimension N.
 
     Attributes:
-        scores: ``(N,)`` peak scores in [0, 1].
+        scores: ``(N,)`` final scores in [0, 1] (heatmap score x depth confidence, see :class:`DecodeConfig`).
         labels: ``(N,)`` int64 class indices into ``CLASSES``.
         box_2d: ``(N, 4)`` (x1, y1, x2, y2), original image pixels.
         center_uv: ``(N, 2)`` projected 3D centre, original pixels.
@@ -183,6 +200,112 @@ def _gather(maps: torch.Tensor, b: torch.Tensor, ys: torch.Tensor, xs: torch.Ten
     return maps[b, :, ys, xs]
 
 
+def _boxes_net(c_net: torch.Tensor, ltrb_log: torch.Tensor, stride: int) -> torch.Tensor:
+    """2D boxes ``(*, 4)`` (x1, y1, x2, y2), network pixels, from centres ``(*, 2)`` and log side distances ``(*, 4)``."""
+    ltrb = ltrb_log.clamp(max=10.0).exp() * stride
+    return torch.cat([c_net - ltrb[..., :2], c_net + ltrb[..., 2:]], dim=-1)
+
+
+def _relative_depth_std(depth_logvar: torch.Tensor) -> torch.Tensor:
+    """``depth_std / z`` (same shape) from the log-variance of log-depth: ``exp(logvar / 2)``."""
+    return (0.5 * depth_logvar).clamp(-10.0, 5.0).exp()
+
+
+def box_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
+    """Greedy non-maximum suppression of axis-aligned boxes within groups, without a Python loop per box.
+
+    A box is kept unless a kept box of the same group with a higher score (ties: lower index) overlaps
+    it with IoU > ``iou_threshold``. The greedy result is the unique fixed point of
+    ``keep[j] = not any(keep[i] and suppresses[i, j] for i before j)`` in score order; iterating that
+    map from ``keep = all`` fixes one more leading box per pass at least, and in practice converges
+    in a few passes (the length of the longest suppression chain).
+
+    Args:
+        boxes: ``(N, 4)`` (x1, y1, x2, y2), any pixel units.
+        scores: ``(N,)``.
+        groups: ``(N,)`` integer ids; boxes only suppress boxes of the same id (e.g. image * C + class).
+        iou_threshold: suppress above this IoU.
+
+    Returns:
+        ``(N,)`` bool mask of kept boxes, in the input order.
+    """
+    n = boxes.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.bool, device=boxes.device)
+    order = torch.argsort(scores, descending=True, stable=True)
+    bx, g = boxes[order], groups[order]
+    sup = (geo.iou_2d(bx, bx) > iou_threshold) & (g[:, None] == g[None, :])
+    sup = torch.triu(sup, diagonal=1)  # sup[i, j]: earlier (higher-scored) i suppresses j if i is kept
+    keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
+    for _ in range(n):
+        new = ~(sup & keep[:, None]).any(0)
+        if torch.equal(new, keep):
+            break
+        keep = new
+    out = torch.empty_like(keep)
+    out[order] = keep
+    return out
+
+
+def select_candidates(
+    heat: torch.Tensor, reg: torch.Tensor, stride: int, cfg: DecodeConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pick the detections of a batch: candidate cells, depth-confidence scoring, duplicate removal.
+
+    Args:
+        heat: ``(B, C, h, w)`` heatmap scores in [0, 1].
+        reg: ``(B, 13, h, w)`` regression maps (``REG_CHANNELS`` layout).
+        stride: output stride, network pixels per cell.
+        cfg: ``peak_nms``, ``box_nms_iou``, ``candidate_top_k``, ``depth_confidence_scale``,
+            ``score_threshold``, ``max_detections``.
+
+    Returns:
+        ``(M,)`` tensors: image index, row, column, class, final score; per image sorted by
+        descending score, at most ``max_detections`` each.
+
+    Raises:
+        DecodeError: unknown ``peak_nms`` or a negative scale / IoU outside (0, 1].
+    """
+    if cfg.peak_nms not in PEAK_NMS_MODES:
+        raise DecodeError(f"peak_nms must be one of {PEAK_NMS_MODES}, got {cfg.peak_nms!r}")
+    if cfg.depth_confidence_scale < 0 or not 0 < cfg.box_nms_iou <= 1:
+        raise DecodeError("depth_confidence_scale must be >= 0 and box_nms_iou in (0, 1]")
+    B, C, h, w = heat.shape
+    dev = heat.device
+    if cfg.peak_nms == "maxpool":
+        # A cell is a candidate when it equals the max of its 3x3 neighbourhood (CenterNet NMS).
+        heat = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
+    k = max(1, min(max(cfg.candidate_top_k, cfg.max_detections), C * h * w))
+    raw, idx = heat.reshape(B, -1).topk(k, dim=1)  # (B, k)
+    cls, pix = idx // (h * w), idx % (h * w)
+    ys, xs = pix // w, pix % w
+    # depth confidence <= 1, so a cell below the threshold can never reach it
+    valid = raw >= cfg.score_threshold
+    score = raw
+    if cfg.depth_confidence_scale > 0:
+        logvar = reg[:, REG_CHANNELS["depth_logvar"]].reshape(B, -1).gather(1, pix)
+        score = raw * torch.exp(-_relative_depth_std(logvar) / cfg.depth_confidence_scale)
+        valid = valid & (score >= cfg.score_threshold)
+    if cfg.peak_nms == "box":
+        r = reg[:, : REG_CHANNELS["ltrb"].stop].reshape(B, REG_CHANNELS["ltrb"].stop, -1)
+        r = r.gather(2, pix[:, None, :].expand(-1, r.shape[1], -1)).transpose(1, 2)  # (B, k, 6)
+        cell = torch.stack([xs, ys], -1).to(r.dtype)
+        boxes = _boxes_net(grid_to_net(cell + r[..., REG_CHANNELS["offset"]], stride), r[..., REG_CHANNELS["ltrb"]], stride)
+        bidx = torch.arange(B, device=dev)[:, None].expand(B, k)
+        vi = valid.nonzero(as_tuple=True)
+        keep = box_nms(boxes[vi], score[vi], (bidx * C + cls)[vi], cfg.box_nms_iou)
+        valid = valid.clone()
+        valid[vi] = keep
+    masked = torch.where(valid, score, torch.full_like(score, -1.0))
+    top, order = masked.topk(min(cfg.max_detections, k), dim=1)
+    sel = top >= 0
+    bsel = torch.arange(B, device=dev)[:, None].expand_as(order)[sel]
+    o = order[sel]
+    return bsel, ys[bsel, o], xs[bsel, o], cls[bsel, o], score[bsel, o]
+
+
 def decode(
     outputs: dict[str, torch.Tensor],
     K: torch.Tensor,
@@ -224,28 +347,18 @@ def decode(
         raise DecodeError(f"intrinsics must be finite (B, 3, 3) with positive focal lengths, got shape {tuple(K.shape)}")
     heat, reg, emb, feats = heat.to(dt), reg.to(dt), emb.to(dt), feats.to(dt)
 
-    # Peak extraction: a cell is kept when it equals the max of its 3x3 neighbourhood (CenterNet NMS).
-    peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
-    k = min(cfg.max_detections, C * h * w)
-    scores, idx = peaks.reshape(B, -1).topk(k, dim=1)
-    labels = idx // (h * w)
-    ys, xs = (idx % (h * w)) // w, idx % w
-    bidx = torch.arange(B, device=dev)[:, None].expand(B, k)
-    keep = scores >= cfg.score_threshold
-    b, ys, xs, labels, scores = bidx[keep], ys[keep], xs[keep], labels[keep], scores[keep]
+    b, ys, xs, labels, scores = select_candidates(heat, reg, stride, cfg)
 
     r = _gather(reg, b, ys, xs)  # (M, 13)
     Kn = pre.K_net(K)[b]  # (M, 3, 3)
     cell = torch.stack([xs, ys], -1).to(dt)
     c_net = grid_to_net(cell + r[:, REG_CHANNELS["offset"]], stride)
-    ltrb = r[:, REG_CHANNELS["ltrb"]].clamp(max=10.0).exp() * stride
-    b_net = torch.cat([c_net - ltrb[:, :2], c_net + ltrb[:, 2:]], dim=-1)
+    b_net = _boxes_net(c_net, r[:, REG_CHANNELS["ltrb"]], stride)
     box_2d = torch.cat([pre.to_src(b_net[:, :2]), pre.to_src(b_net[:, 2:])], dim=-1)
     f = focal_net(Kn)
     z = r[:, REG_CHANNELS["depth"]][:, 0].clamp(-10.0, 10.0).exp() * f / REF_FOCAL_PX
     center_cam = geo.unproject_pixels(c_net[:, None, :], z[:, None], Kn)[:, 0]
-    sigma_log = (0.5 * r[:, REG_CHANNELS["depth_logvar"]][:, 0]).clamp(-10.0, 5.0).exp()
-    depth_std = z * sigma_log
+    depth_std = z * _relative_depth_std(r[:, REG_CHANNELS["depth_logvar"]][:, 0])
     lateral_std = z * (0.5 * stride) / f
     mean = torch.tensor(CLASS_MEAN_SIZE_LWH, dtype=dt, device=dev)[labels.clamp(max=len(CLASS_MEAN_SIZE_LWH) - 1)]
     size = mean * r[:, REG_CHANNELS["size"]].clamp(-3.0, 3.0).exp()
@@ -309,9 +422,17 @@ def sample_descriptors(
     """
     nh, nw = net_hw
     grid = torch.stack([(uv_net[..., 0] + 0.5) / nw * 2 - 1, (uv_net[..., 1] + 0.5) / nh * 2 - 1], dim=-1)
-    f = feats[batch_index]  # (M, D, h, w)
-    d = F.grid_sample(f, grid[:, :, None, :].to(f.dtype), mode="bilinear", align_corners=False, padding_mode="border")
-    return F.normalize(d[..., 0].transpose(1, 2), dim=-1, eps=1e-6)
+    M, S = grid.shape[:2]
+    out = feats.new_zeros(M, S, feats.shape[1])
+    # one grid_sample per image over all of its points (no copy of the feature map per object)
+    for b in range(feats.shape[0]):
+        sel = batch_index == b
+        if M == 0 or not bool(sel.any()):
+            continue
+        g = grid[sel].reshape(1, -1, 1, 2).to(feats.dtype)
+        d = F.grid_sample(feats[b : b + 1], g, mode="bilinear", align_corners=False, padding_mode="border")
+        out[sel] = d[0, :, :, 0].transpose(0, 1).reshape(-1, S, feats.shape[1])
+    return F.normalize(out, dim=-1, eps=1e-6)
 
 
 def gaussian_radius(wh: torch.Tensor, min_overlap: float = 0.7) -> torch.Tensor:
