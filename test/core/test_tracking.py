@@ -209,6 +209,8 @@ def test_wrong_shapes_and_config_are_rejected_with_clear_errors():
         Tracker(TrackerConfig(method="sort"))
     with pytest.raises(TrackerConfigError, match="solver"):
         Tracker(TrackerConfig(solver="gurobi"))
+    with pytest.raises(TrackerConfigError, match="edge_image"):
+        Tracker(TrackerConfig(edge_image="2d"))
 
 
 # ------------------------------------------------------------------ state details
@@ -248,3 +250,26 @@ def test_ego_std_widens_the_gate_for_a_frame_shared_shift():
 
     assert run(TrackerConfig(reid=False)) != {1}
     assert run(TrackerConfig(reid=False, ego_std_m=0.5)) == {1}
+
+
+def test_depth_jump_is_rescued_by_image_box_and_appearance_only_when_they_agree():
+    # A monocular detector puts a car 12 m further away for one frame (far outside the 3D gate
+    # and max_gate_m) while its image box and embedding stay put: the appearance rescue keeps
+    # the identity; without it, or with another look, a second track starts.
+    box = np.array([[600.0, 180.0, 680.0, 240.0]])
+    e = np.array([[1.0, 0.0, 0.0, 0.0]])
+
+    def run(cfg, emb_jump):
+        tr = Tracker(cfg)
+        for k in range(4):
+            tr.step(k * DT_NS, _dets([[20.0, 0.0, 0.75]], emb=e, boxes=box))
+        out = tr.step(4 * DT_NS, _dets([[32.0, 0.0, 0.75]], emb=emb_jump, boxes=box + 2.0))
+        return {o.track_id for o in out if o.detection_index == 0}, tr.counters["rescued_pairs"]
+
+    cfg = TrackerConfig(method="graph", reid=False)
+    assert run(cfg, e) == ({1}, 1)
+    assert run(replace(cfg, method="hungarian_node"), e) == ({1}, 1)
+    assert run(replace(cfg, rescue_iou=0.0), e) == ({2}, 0)
+    assert run(cfg, np.array([[0.0, 1.0, 0.0, 0.0]])) == ({2}, 0)
+    # The 3D-only baseline never rescues.
+    assert run(replace(cfg, method="hungarian_3d"), e) == ({2}, 0)

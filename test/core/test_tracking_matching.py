@@ -7,7 +7,7 @@ import pytest
 
 from ba_perception.core.geometry import iou_2d
 from ba_perception.core.tracking import kalman
-from ba_perception.core.tracking.affinity import edge_affinity_batch, gate_3d, iou_2d_np, pair_iou_2d
+from ba_perception.core.tracking.affinity import edge_affinity_batch, gate_3d, image_edge_sq, iou_2d_np, pair_iou_2d
 from ba_perception.core.tracking.matching import MatchingError, hungarian, rrwm, solve_qap
 
 
@@ -139,3 +139,57 @@ def test_component_labelling_matches_scipy():
         # Same partition: labels correspond one-to-one.
         pairs = set(zip(ours.tolist(), ref.tolist()))
         assert len(pairs) == len(set(ours.tolist())) == len(set(ref.tolist()))
+
+
+def _row_of_boxes(n: int, shift_px: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """``n`` 40x30 px boxes in a row 50 px apart, all shifted by ``shift_px``."""
+    x = 100.0 + 50.0 * np.arange(n) + shift_px[0]
+    y = 200.0 + shift_px[1]
+    return np.stack([x, np.full(n, y), x + 40.0, np.full(n, y + 30.0)], axis=1)
+
+
+def test_image_edges_cancel_a_shift_shared_by_all_boxes_and_mark_unknown_tracks():
+    bt = _row_of_boxes(3)[None]
+    bd = _row_of_boxes(3, (70.0, -12.0))[None]  # ego rotation: every box moves alike
+    ok = np.ones((1, 3), bool)
+    sq = image_edge_sq(bt, ok, bd, ok, sigma_rel=0.5)  # [b, a, i, c, j]
+    # True correspondences (a == i, c == j) agree exactly; a swapped pair disagrees by 2 spacings.
+    assert sq[0, 0, 0, 1, 1] == pytest.approx(0.0) and sq[0, 2, 2, 0, 0] == pytest.approx(0.0)
+    # |(u0 - u1) - (u1 - u0)| = 100 px over sigma_rel * mean height 15 px.
+    assert sq[0, 1, 0, 0, 1] == pytest.approx((100.0 / 15.0) ** 2)
+    ok_t = np.array([[True, False, True]])
+    sq = image_edge_sq(bt, ok_t, bd, ok, sigma_rel=0.5)
+    assert np.isnan(sq[0, :, 1]).all() and np.isnan(sq[0, :, :, :, 1]).all()
+    assert np.isfinite(sq[0, :, 0, :, 2]).all()
+
+
+def test_image_edges_replace_misleading_3d_edges_where_boxes_are_known():
+    # Three cars in a row; every detection box is shifted by more than the spacing (IoU would pair
+    # each track with its neighbour) and node affinities are flat. Bad depths make the 3D layout
+    # of the detections fit a cyclic shift of the tracks; the image layout fits the truth.
+    n = 3
+    bt = _row_of_boxes(n)[None]
+    bd = _row_of_boxes(n, (60.0, 0.0))[None]
+    ok = np.ones((1, n), bool)
+    node = np.full((1, n, n), 0.5)
+    gate = np.ones((1, n, n), bool)
+    p = np.stack([np.arange(n, dtype=float) * 3.0, np.zeros(n), np.zeros(n)], axis=1)
+    wrong = np.roll(np.arange(n), 1)  # detection a sits where track wrong[a] is
+    q = p[wrong]
+    rel_t, rel_d = (p[:, None] - p[None])[None], (q[:, None] - q[None])[None]
+    n_ = np.array([n])
+
+    def assignment(K):
+        r, c = hungarian(solve_qap(K, n_, n_)[0], gate[0])
+        return c[np.argsort(r)]
+
+    K3 = edge_affinity_batch(rel_t, rel_d, node, gate, sigma_m=0.5, w_edge=1.0)
+    assert np.array_equal(wrong[assignment(K3)], np.arange(n)), "precondition: 3D edges pick the shift"
+    isq = image_edge_sq(bt, ok, bd, ok, sigma_rel=0.5)
+    K = edge_affinity_batch(rel_t, rel_d, node, gate, sigma_m=0.5, w_edge=1.0, image_sq=isq, image_only=True)
+    assert np.array_equal(assignment(K), np.arange(n))
+    # Tracks without a last-frame box keep their 3D edges.
+    ok_t = np.zeros((1, n), bool)
+    isq_none = image_edge_sq(bt, ok_t, bd, ok, sigma_rel=0.5)
+    K_none = edge_affinity_batch(rel_t, rel_d, node, gate, sigma_m=0.5, w_edge=1.0, image_sq=isq_none, image_only=True)
+    np.testing.assert_allclose(K_none, K3)

@@ -18,6 +18,7 @@ from ba_perception.core.tracking.affinity import (
     cosine_matrix,
     edge_affinity_batch,
     gate_3d,
+    image_edge_sq,
     iou_2d_np,
     node_affinity,
     pair_iou_2d,
@@ -80,9 +81,18 @@ class TrackerConfig:
         w_edge, edge_sigma_m: edge affinity weight and relative-position tolerance, metres.
         edge_mahalanobis: measure relative-position disagreement under the four centres'
             covariances (plus ``edge_sigma_m^2 I``) instead of the isotropic ``edge_sigma_m``.
+        edge_image: image layout in the edges: ``off`` (3D only), ``add`` (3D and image terms
+            multiply) or ``replace`` (image term where both tracks were seen last frame, 3D else).
+        edge_image_sigma: image-layout tolerance as a fraction of the box height.
         max_qap_size: components with more tracks or detections than this use linear assignment.
         rrwm_iters, rrwm_sk_iters: outer and Sinkhorn iteration caps of the ``rrwm`` solver.
         min_affinity: minimum node affinity of an accepted match.
+        rescue_iou, rescue_cos, rescue_max_m: appearance rescue of the ``graph`` / ``hungarian_node``
+            gate (``rescue_iou`` 0 disables it). A pair outside the 3D gate still becomes a candidate
+            (3D term 0) when the track was matched last frame, its last 2D box overlaps the
+            detection's by IoU >= ``rescue_iou``, their embeddings agree with cosine >= ``rescue_cos``
+            and the centres are within ``rescue_max_m``: monocular depth jumps by metres from frame
+            to frame while the image box and the appearance stay put.
         n_init: hits to confirm a track. max_age: misses before a confirmed track is deleted.
         tentative_max_age: misses before a tentative track is deleted.
         reid: re-identify lost / far-coasting tracks on appearance + 3D after the main stage.
@@ -106,16 +116,21 @@ class TrackerConfig:
     max_gate_m: float = 8.0
     iou_gate: float = 0.1
     w_3d: float = 1.0
-    w_app: float = 1.0
+    w_app: float = 2.0
     w_iou: float = 0.5
     app_gate: float = -1.0
     w_edge: float = 0.25
     edge_sigma_m: float = 1.0
     edge_mahalanobis: bool = True
+    edge_image: str = "replace"
+    edge_image_sigma: float = 0.5
     max_qap_size: int = 10
     rrwm_iters: int = 15
     rrwm_sk_iters: int = 5
     min_affinity: float = 0.05
+    rescue_iou: float = 0.3
+    rescue_cos: float = 0.5
+    rescue_max_m: float = 25.0
     n_init: int = 3
     max_age: int = 10
     tentative_max_age: int = 1
@@ -129,7 +144,7 @@ class TrackerConfig:
     time_reset_gap_s: float = 10.0
     yaw_gain: float = 0.5
     size_window: int = 20
-    emb_window: int = 30
+    emb_window: int = 3
     min_score_new: float = 0.0
     class_params: dict[str, ClassParams] = field(default_factory=lambda: dict(DEFAULT_CLASS_PARAMS))
 
@@ -143,6 +158,8 @@ class TrackerConfig:
             raise TrackerConfigError("n_init must be >= 1 and max ages >= 0")
         if self.chi2_gate <= 0 or self.max_gate_m <= 0 or self.edge_sigma_m <= 0:
             raise TrackerConfigError("chi2_gate, max_gate_m and edge_sigma_m must be > 0")
+        if self.edge_image not in ("off", "add", "replace") or self.edge_image_sigma <= 0:
+            raise TrackerConfigError("edge_image must be off, add or replace and edge_image_sigma > 0")
         if "default" not in self.class_params:
             raise TrackerConfigError("class_params needs a 'default' entry")
 
@@ -164,6 +181,7 @@ COUNTER_NAMES = (
     "tracks_created",
     "tracks_confirmed",
     "tracks_deleted",
+    "rescued_pairs",  # candidates outside the 3D gate kept on 2D overlap + appearance
     "qap_problems",
     "qap_too_large",
     "qap_solver_failures",
@@ -461,6 +479,8 @@ class Tracker:
             if cfg.app_gate > -1.0:
                 same = same & ~(has_cos & (cos < cfg.app_gate))
         ti, di, d2 = gate_3d(t.x[:, :3], t.P[:, :3, :3], f.pos, f.R, same, cfg.chi2_gate, cfg.max_gate_m)
+        if use_app and cfg.rescue_iou > 0:
+            ti, di, d2 = self._rescue(t, f, same, cos, has_cos, ti, di, d2)
         if ti.size == 0:
             return none
         if cfg.method == "hungarian_3d":
@@ -488,6 +508,27 @@ class Tracker:
             return hungarian(node, gate)
         score = self._graph_scores(t, f, ti, di, node, gate)
         return hungarian(score, gate)
+
+    def _rescue(
+        self, t: _Tracks, f: _Frame, same: np.ndarray, cos: np.ndarray, has_cos: np.ndarray,
+        ti: np.ndarray, di: np.ndarray, d2: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Add the appearance-rescued pairs (see ``TrackerConfig.rescue_iou``) to the 3D candidates,
+        with ``d2 = chi2_gate`` (a 3D node term of 0)."""
+        cfg = self.config
+        fresh = t.has_box & (t.misses == 0)
+        if not fresh.any():
+            return ti, di, d2
+        iou = iou_2d_np(t.box, f.box)
+        diff = f.pos[None, :, :] - t.x[:, None, :3]
+        ok = (same & fresh[:, None] & f.has_box[None, :] & has_cos & (iou >= cfg.rescue_iou) & (cos >= cfg.rescue_cos)
+              & (np.einsum("tnk,tnk->tn", diff, diff) <= cfg.rescue_max_m**2))
+        ok[ti, di] = False
+        ri, rd = np.nonzero(ok)
+        if ri.size == 0:
+            return ti, di, d2
+        self.counters["rescued_pairs"] += int(ri.size)
+        return np.concatenate([ti, ri]), np.concatenate([di, rd]), np.concatenate([d2, np.full(ri.size, cfg.chi2_gate)])
 
     def _graph_scores(
         self, t: _Tracks, f: _Frame, ti: np.ndarray, di: np.ndarray, node: np.ndarray, gate: np.ndarray
@@ -544,7 +585,13 @@ class Tracker:
             eye = np.eye(3)
             ct = np.where(vr[:, :, None, None], t.P[rp, :3, :3], eye)
             cd = np.where(vc[:, :, None, None], f.R_own[cpd], eye)
-        K = edge_affinity_batch(rel_t, rel_d, nb, gb, cfg.edge_sigma_m, cfg.w_edge, ct, cd)
+        isq = None
+        if cfg.edge_image != "off":
+            ok_t = vr & t.has_box[rp] & (t.misses[rp] == 0)
+            ok_d = vc & f.has_box[cpd]
+            isq = image_edge_sq(np.where(ok_t[..., None], t.box[rp], 0.0), ok_t,
+                                np.where(ok_d[..., None], f.box[cpd], 0.0), ok_d, cfg.edge_image_sigma)
+        K = edge_affinity_batch(rel_t, rel_d, nb, gb, cfg.edge_sigma_m, cfg.w_edge, ct, cd, isq, cfg.edge_image == "replace")
         try:
             X = solve_qap(K, s1, s2, cfg.solver, cfg.rrwm_iters, cfg.rrwm_sk_iters)
             if not np.isfinite(X).all():
