@@ -116,6 +116,8 @@ def test_real_time_replay_reports_dropped_frames_honestly(full_size_sequence, tm
     assert s["run"]["stamp_mapping"] == "order" and s["run"]["unmapped_outputs"] == 0, why
     # outputs were mapped back to the bag's frames: every track message belongs to a processed frame
     assert s["frames"]["tracks"] == acc["processed"]
+    # ... to the right frames: the detections of the processed frames match their ground truth
+    assert s["detection"]["classes"]["car"]["ap2d_r40@0.7"] > 40.0, why  # percent; 80-100 measured (2 frames)
     assert len(bag_frame_stamps(tmp_path / "run" / "inputs", "/camera/camera_info")) == 20
 
 
