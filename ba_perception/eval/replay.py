@@ -378,8 +378,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("give either a BAG or --kitti ROOT [--sequence SEQ], not both or neither")
     if args.labels is not None and args.kitti is not None:
         raise CommandError("--labels scores a BAG; a --kitti sequence has its labels in label_02/")
-    if args.rate is not None and args.rate <= 0:
-        raise CommandError(f"--rate must be > 0, got {args.rate}")
+    if args.rate is not None and not 0 < args.rate <= 100:
+        raise CommandError(f"--rate must be in (0, 100] (the player's limit), got {args.rate}")
     try:
         if args.kitti is not None:
             bag = kitti_input(Path(args.kitti), args.sequence, out)
