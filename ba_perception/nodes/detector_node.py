@@ -31,7 +31,7 @@ class DetectorNode(PerceptionNode):
         ParamSpec("precision", "fp16", "GPU precision (CPU always runs fp32)", choices=("fp16", "fp32")),
         ParamSpec("threads", 0, "CPU threads for the engine; 0 = library default", min=0),
         ParamSpec("engine_cache_dir", "", "TensorRT engine cache; '' = the default cache folder"),
-        ParamSpec("score_threshold", 0.15, "minimum detection score (heatmap score x depth confidence)", min=0.0, max=1.0),
+        ParamSpec("score_threshold", 0.1, "minimum detection score (heatmap score x depth confidence)", min=0.0, max=1.0),
         ParamSpec("max_detections", 50, "detections kept per image", min=1),
         ParamSpec("peak_nms", "box", "duplicate removal: box = every heatmap cell a candidate, then class-wise 2D-box "
                   "NMS (keeps objects in adjacent cells); maxpool = CenterNet 3x3 max-pool peaks", choices=("box", "maxpool")),

@@ -54,7 +54,7 @@ class DecodeConfig:
             in GUPNet / MonoFlex); 0 disables it (score = heatmap score).
     """
 
-    score_threshold: float = 0.15
+    score_threshold: float = 0.1
     max_detections: int = 50
     samples_per_side: int = 5
     sample_margin: float = 0.15
