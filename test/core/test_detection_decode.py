@@ -36,7 +36,8 @@ def _heads(pre, labels, centers, sizes, yaw, box, depth_logvar=0.0):
         x, y = enc.cell_xy[i].tolist()
         heat[0, labels[i], y, x] = 0.9 - 0.1 * i
         reg[0, :, y, x] = enc.regression[i].float()
-        reg[0, REG_CHANNELS["depth_logvar"], y, x] = depth_logvar
+        if depth_logvar is not None:
+            reg[0, REG_CHANNELS["depth_logvar"], y, x] = depth_logvar
     emb = torch.nn.functional.normalize(torch.randn(1, 16, h, w), dim=1)
     feats = torch.nn.functional.normalize(torch.randn(1, 8, NET_HW[0] // 4, NET_HW[1] // 4), dim=1)
     return enc, {"heatmap": heat, "regression": reg, "embedding": emb, "features": feats}
@@ -267,3 +268,16 @@ def test_decode_rejects_unknown_peak_nms():
     _, outs = _heads(pre, labels, centers, sizes, yaw, box)
     with pytest.raises(DecodeError):
         decode(outs, K_SRC, pre, DecodeConfig(peak_nms="soft"))
+
+
+def test_encoded_ground_truth_decodes_with_full_confidence_by_default():
+    # The encoder marks ground-truth depth as certain, so perfect outputs keep their heatmap score
+    # under the default depth-confidence scoring (eval-det's "perfect forward" relies on it).
+    pre = Preprocess.letterbox(SRC_HW, NET_HW)
+    labels, centers, sizes, yaw, box = _objects()
+    _, outs = _heads(pre, labels, centers, sizes, yaw, box, depth_logvar=None)
+    (det,) = decode(outs, K_SRC, pre, DecodeConfig())
+    assert len(det) == 3 and DecodeConfig().depth_confidence_scale > 0
+    assert torch.allclose(det.scores, torch.tensor([0.9, 0.8, 0.7]), rtol=2e-3)
+    assert torch.allclose(det.center_cam.double(), centers, atol=2e-3)
+    assert (det.depth_std / det.center_cam[:, 2] < 1e-3).all()

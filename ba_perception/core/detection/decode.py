@@ -30,6 +30,9 @@ class DecodeError(ValueError):
 
 
 PEAK_NMS_MODES = ("box", "maxpool")
+# Log-variance of log-depth that encodes an exactly known depth: the decoder's smallest relative
+# depth std, exp(-20 / 2) = 4.5e-5 (depth confidence ~0.999). Training ignores this target.
+EXACT_DEPTH_LOGVAR = -20.0
 
 
 @dataclass
@@ -130,7 +133,8 @@ class EncodedObjects:
 
     Attributes:
         cell_xy: ``(N, 2)`` int64 heatmap cell (column, row).
-        regression: ``(N, 13)`` targets in the ``REG_CHANNELS`` layout (``depth_logvar`` = 0).
+        regression: ``(N, 13)`` targets in the ``REG_CHANNELS`` layout (``depth_logvar`` =
+            ``EXACT_DEPTH_LOGVAR``: the ground truth depth is certain).
         center_grid: ``(N, 2)`` exact projected centre in grid coordinates (for heatmap rendering).
         box_grid_wh: ``(N, 2)`` 2D box size in grid cells.
         inside: ``(N,)`` bool, projected centre inside the network image and depth > 0.
@@ -186,7 +190,8 @@ def encode_objects(
     size_code = torch.log(size_lwh / mean)
     alpha = geo.observation_angle(center_cam, yaw)
     reg = torch.cat(
-        [off, ltrb_log, depth_code[:, None], torch.zeros_like(z)[:, None], size_code, torch.stack([alpha.sin(), alpha.cos()], -1)],
+        [off, ltrb_log, depth_code[:, None], torch.full_like(z, EXACT_DEPTH_LOGVAR)[:, None], size_code,
+         torch.stack([alpha.sin(), alpha.cos()], -1)],
         dim=-1,
     )
     nh, nw = pre.net_hw
