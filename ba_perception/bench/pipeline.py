@@ -37,8 +37,7 @@ import numpy as np
 import torch
 
 from ba_perception.core import geometry
-from ba_perception.core.oba.refine import RefineConfig, RefinedBox, refine_tracklets
-from ba_perception.core.oba.solver import SolverOptions
+from ba_perception.core.oba.refine import RefineConfig, RefinedBox, configs_from_params, refine_tracklets
 from ba_perception.core.oba.tracklets import Observation, TrackletBuffer, TrackletConfig
 from ba_perception.core.tracking import Detections as TrackDetections
 from ba_perception.core.tracking import Tracker, TrackerConfig
@@ -89,19 +88,7 @@ def node_params(params_file: Path, node: str) -> dict[str, Any]:
 
 def refine_config(p: dict[str, Any], device: str) -> tuple[TrackletConfig, RefineConfig]:
     """Tracklet and refinement settings as track_buffer_node builds them from its parameters."""
-    t, r = TrackletConfig(), RefineConfig()
-    tc = TrackletConfig(window=int(p.get("window", t.window)), iou_min=float(p.get("iou_min", t.iou_min)),
-                        appearance_min=float(p.get("appearance_min", t.appearance_min)),
-                        max_misses=int(p.get("max_misses", t.max_misses)),
-                        max_tracklets=int(p.get("max_tracklets", t.max_tracklets)))
-    rc = RefineConfig(
-        num_points=int(p.get("num_points", r.num_points)), correspondences=str(p.get("correspondences", r.correspondences)),
-        device=device, dtype=torch.float32 if p.get("dtype", "float64") == "float32" else torch.float64,
-        solver=SolverOptions(max_iterations=int(p.get("max_iterations", r.solver.max_iterations)),
-                             loss=str(p.get("loss", r.solver.loss)),
-                             loss_scale_px=float(p.get("loss_scale_px", r.solver.loss_scale_px)),
-                             yaw_only=bool(p.get("yaw_only", r.solver.yaw_only))))
-    return tc, rc
+    return configs_from_params(p, device)
 
 
 def tracker_config(p: dict[str, Any]) -> TrackerConfig:

@@ -115,6 +115,10 @@ def summarize(rows: np.ndarray, ap_frames: list, seconds: list[float], min_frame
                     "out_abs_median_m": float(np.median(eo)) if sel.any() else math.nan}
     res["depth"]["reduction"] = 1 - res["depth"]["out_abs_median_m"] / res["depth"]["single_abs_median_m"] if sel.any() else math.nan
     res["refined_share"] = float(ref[sel].mean()) if sel.any() else math.nan
+    for name, m in (("parked", sel & (speed < PARKED_MPS)), ("moving", sel & (moving > 0))):
+        a, b = np.abs(z1 - z)[m], np.abs(zo - z)[m]
+        res["depth"][name] = {"count": int(m.sum()), "single_abs_median_m": float(np.median(a)) if m.any() else math.nan,
+                              "out_abs_median_m": float(np.median(b)) if m.any() else math.nan}
     if refined_variant:
         r = sel & (ref > 0)
         parked, mov = r & (speed < PARKED_MPS), r & (moving > 0)
@@ -168,6 +172,26 @@ def add_world_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="object BA device")
     parser.add_argument("--params-file", default="", help="node parameters (default: the package's config/stack.yaml)")
     parser.add_argument("--cache-dir", default="data/eval_cache", help="rendered + detected sequences are kept here")
+    parser.add_argument("--set", action="append", default=[], metavar="NODE.PARAM:=VALUE",
+                        help="override a node parameter of the parameter file (e.g. track_buffer_node.window:=12)")
+
+
+def stage_params(args: argparse.Namespace, params_file: Path, node: str) -> dict[str, Any]:
+    """A node's parameters from the file with the command line's ``--set`` overrides applied."""
+    import yaml
+
+    from ba_perception.bench.pipeline import node_params
+    from ba_perception.cli import CommandError
+
+    p = node_params(params_file, node)
+    for item in args.set:
+        key, sep, value = item.partition(":=")
+        name, dot, param = key.partition(".")
+        if not sep or not dot or not param:
+            raise CommandError(f"--set {item!r}: expected NODE.PARAM:=VALUE")
+        if name == node:
+            p[param] = yaml.safe_load(value)
+    return p
 
 
 def load_world(args: argparse.Namespace) -> tuple[list[SequenceData], Path]:
@@ -215,10 +239,10 @@ def _json_safe(o: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate every variant on the split; print the ablation table and write JSON."""
-    from ba_perception.bench.pipeline import node_params, refine_config
+    from ba_perception.bench.pipeline import refine_config
 
     seqs, params_file = load_world(args)
-    tc, rc = refine_config(node_params(params_file, "track_buffer_node"), args.device)
+    tc, rc = refine_config(stage_params(args, params_file, "track_buffer_node"), args.device)
     results: dict[str, dict] = {}
     for name in args.variants:
         t0 = time.perf_counter()
@@ -234,8 +258,8 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_json_safe({
         "split": args.split, "presets": args.presets, "sequences": [s.name for s in seqs], "model": args.model,
-        "min_frames": args.min_frames, "params_file": str(params_file), "device": args.device,
+        "min_frames": args.min_frames, "params_file": str(params_file), "overrides": args.set, "device": args.device,
         "refine": {"window": tc.window, "num_points": rc.num_points, "max_iterations": rc.solver.max_iterations,
-                   "dtype": str(rc.dtype)}, "machine": machine_info(), "results": results}), indent=1))
+                   "dtype": str(rc.dtype), "surface_std_m": rc.surface_std_m}, "machine": machine_info(), "results": results}), indent=1))
     print(f"wrote {out}")
     return 0

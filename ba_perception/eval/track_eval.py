@@ -30,7 +30,7 @@ import numpy as np
 
 from ba_perception.core.tracking import STATUS_CONFIRMED, TrackerConfig
 from ba_perception.eval.mot import MotFrame, evaluate_mot, format_table
-from ba_perception.eval.oba_eval import _json_safe, add_world_arguments, load_world, machine_info
+from ba_perception.eval.oba_eval import _json_safe, add_world_arguments, load_world, machine_info, stage_params
 from ba_perception.eval.tracking_compare import VARIANTS as TRACKER_VARIANTS
 from ba_perception.eval.world_pipeline import (
     ObaVariant,
@@ -153,7 +153,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate; print tables and write JSON."""
-    from ba_perception.bench.pipeline import node_params, refine_config, tracker_config
+    from ba_perception.bench.pipeline import refine_config, tracker_config
     from ba_perception.cli import CommandError
 
     if (args.kitti_gt is None) != (args.kitti_results is None):
@@ -165,8 +165,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"KITTI tracking files {args.kitti_results} vs {args.kitti_gt}")
     else:
         seqs, params_file = load_world(args)
-        tc, rc = refine_config(node_params(params_file, "track_buffer_node"), args.device)
-        base = tracker_config(node_params(params_file, "tracker_node"))
+        tc, rc = refine_config(stage_params(args, params_file, "track_buffer_node"), args.device)
+        base = tracker_config(stage_params(args, params_file, "tracker_node"))
         rows = evaluate_world(seqs, base, tc, rc, args.methods, args.upstream, args.max_range, args.write_kitti)
         meta |= {"split": args.split, "presets": args.presets, "sequences": [s.name for s in seqs],
                  "frames": sum(len(s) for s in seqs), "max_range_m": args.max_range, "params_file": str(params_file),

@@ -16,8 +16,7 @@ import torch
 
 from ba_perception.core import geometry
 from ba_perception.core.ego_motion import EgoMotionError
-from ba_perception.core.oba.refine import RefineConfig, RefinedBox, refine_tracklets
-from ba_perception.core.oba.solver import SolverOptions
+from ba_perception.core.oba.refine import RefineConfig, RefinedBox, configs_from_params, refine_tracklets
 from ba_perception.core.oba.tracklets import Observation, TrackletBuffer, TrackletConfig
 from ba_perception.ros.convert import matrix_to_pose
 from ba_perception.ros.ego_motion import EGO_MOTION_PARAMS, EgoMotionInput
@@ -84,6 +83,8 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("yaw_only", _R.solver.yaw_only, "object rotation restricted to yaw on the ground plane"),
         ParamSpec("static_resolve", _R.static_resolve, "also solve each slow tracklet with one pose and keep it "
                   "when that explains the images (static/moving decision; doubles the solve for those)"),
+        ParamSpec("surface_std_m", _R.surface_std_m, "object points lie on the detected box's surface with this std, "
+                  "m (Cauchy-robust); ties the box to the triangulated surface; 0 = off", min=0.0),
         ParamSpec("device", "auto", "where the batch is solved", choices=("auto", "cpu", "cuda")),
         ParamSpec("dtype", "float32", "solver precision", choices=("float32", "float64")),
         ParamSpec("threads", 1, "torch CPU threads for the solve (more threads thrash next to the detector)", min=1),
@@ -102,16 +103,8 @@ class TrackBufferNode(PerceptionNode):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
             raise StartupError("device cuda requested but torch sees no CUDA GPU")
-        self.tracklet_config = TrackletConfig(window=self.p["window"], iou_min=self.p["iou_min"],
-                                              appearance_min=self.p["appearance_min"], max_misses=self.p["max_misses"],
-                                              max_tracklets=self.p["max_tracklets"])
+        self.tracklet_config, self.refine_config = configs_from_params(self.p, device)
         self.buffer = TrackletBuffer(self.tracklet_config)
-        self.refine_config = RefineConfig(
-            num_points=self.p["num_points"], correspondences=self.p["correspondences"], device=device,
-            static_resolve=self.p["static_resolve"],
-            dtype=torch.float64 if self.p["dtype"] == "float64" else torch.float32,
-            solver=SolverOptions(max_iterations=self.p["max_iterations"], loss=self.p["loss"],
-                                 loss_scale_px=self.p["loss_scale_px"], yaw_only=self.p["yaw_only"]))
         self.get_logger().info(f"object BA on {device} ({self.p['dtype']}), window {self.p['window']}")
         self.ego = EgoMotionInput(self)
         self.pub = self.create_publisher(Detection3DArray, self.p["output_topic"], self.output_qos())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,7 +12,7 @@ import torch
 from ba_perception.core.geometry import unproject_pixels
 from ba_perception.core.oba.correspondences import PointTracks, descriptor_tracks, oracle_tracks
 from ba_perception.core.oba.solver import OBAProblem, OBAResult, OBAState, SolverOptions, problem_cost, solve
-from ba_perception.core.oba.tracklets import ObjectTrack
+from ba_perception.core.oba.tracklets import ObjectTrack, TrackletConfig
 
 CORRESPONDENCES = ("descriptor", "oracle", "none")
 
@@ -37,6 +39,9 @@ class RefineConfig:
             batch); an object slower than ``static_candidate_mps`` is static when that raises the
             whitened reprojection cost by less than ``static_cost_per_obs`` per observation (needs
             ``min_points_for_selection`` tracks), and then the one-pose solution is reported.
+        surface_std_m: the object's points lie on the surface of its detected box, with this
+            std (m; Cauchy-robust); 0 turns the surface prior off. It ties the box centre to the
+            triangulated surface instead of the detector's depth.
         scene_static: scene-level BA: every object gets one pose for all frames of its window
             (the static-world assumption of classic SfM; the ablation BA-Det compares against).
         min_baseline_m: camera travel below which the window is degenerate (zero baseline).
@@ -58,6 +63,7 @@ class RefineConfig:
     static_candidate_mps: float = 5.0
     static_cost_per_obs: float = 0.5
     min_points_for_selection: int = 4
+    surface_std_m: float = 0.0
     scene_static: bool = False
     min_baseline_m: float = 0.05
     min_depth_m: float = 0.5
@@ -301,6 +307,9 @@ def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None, p
         prior_T_odom_obj=prior_T, prior_sqrt_info=L, prior_mask=fm.clone(),
         motion_sqrt_info=torch.tensor([1 / cfg.accel_std] * 3 + [1 / cfg.angular_accel_std] * 3, dtype=fd, device=cfg.device).expand(B, 6).clone(),
     )
+    if cfg.surface_std_m > 0:
+        problem.box_size_lwh = tt(sizes).to(fd)
+        problem.surface_sqrt_info = torch.full((B,), 1.0 / cfg.surface_std_m, dtype=fd, device=cfg.device)
     return RefineBatch(inc, problem, OBAState(R0, t0_, p0), idxs, sizes, excluded, lam)
 
 
@@ -398,7 +407,7 @@ def refine_tracklets(
         final = res
         if cfg.static_resolve:
             pure = OBAProblem(**{**p.__dict__, "prior_T_odom_obj": None, "prior_sqrt_info": None, "prior_mask": None,
-                                 "static": None, "motion_sqrt_info": None})
+                                 "static": None, "motion_sqrt_info": None, "box_size_lwh": None, "surface_sqrt_info": None})
             c_dyn = problem_cost(pure, res.state, cfg.solver)
             c_sta = problem_cost(pure, sres.state, cfg.solver)
             nobs = res.num_obs.clamp(min=1).to(c_dyn.dtype)
@@ -421,6 +430,30 @@ def _static_problem(p: OBAProblem, init: OBAState) -> tuple[OBAProblem, OBAState
     t_mean = (init.t_odom_obj * p.frame_mask[..., None]).sum(1) / nf  # window mean position
     return ps, OBAState(init.R_odom_obj[:, :1].expand_as(init.R_odom_obj), t_mean[:, None].expand_as(init.t_odom_obj),
                         init.points_obj)
+
+
+def configs_from_params(p: Mapping[str, Any], device: str = "cpu") -> tuple[TrackletConfig, RefineConfig]:
+    """Tracklet and refinement settings from track_buffer_node parameters (absent keys keep the defaults).
+
+    Args:
+        p: parameter name -> value (the node's ``ros__parameters``).
+        device: ``cpu`` or ``cuda`` (already resolved from ``auto``).
+    """
+    t, r = TrackletConfig(), RefineConfig()
+    tc = TrackletConfig(window=int(p.get("window", t.window)), iou_min=float(p.get("iou_min", t.iou_min)),
+                        appearance_min=float(p.get("appearance_min", t.appearance_min)),
+                        max_misses=int(p.get("max_misses", t.max_misses)),
+                        max_tracklets=int(p.get("max_tracklets", t.max_tracklets)))
+    rc = RefineConfig(
+        num_points=int(p.get("num_points", r.num_points)), correspondences=str(p.get("correspondences", r.correspondences)),
+        static_resolve=bool(p.get("static_resolve", r.static_resolve)),
+        surface_std_m=float(p.get("surface_std_m", r.surface_std_m)), device=device,
+        dtype=torch.float32 if p.get("dtype", "float64") == "float32" else torch.float64,
+        solver=SolverOptions(max_iterations=int(p.get("max_iterations", r.solver.max_iterations)),
+                             loss=str(p.get("loss", r.solver.loss)),
+                             loss_scale_px=float(p.get("loss_scale_px", r.solver.loss_scale_px)),
+                             yaw_only=bool(p.get("yaw_only", r.solver.yaw_only))))
+    return tc, rc
 
 
 def _take(res: OBAResult, m: torch.Tensor) -> OBAResult:
