@@ -123,7 +123,9 @@ class BagPlayer(PerceptionNode):
         deadline = time.monotonic() + self.p["wait_timeout_s"]
         while rclpy.ok() and time.monotonic() < deadline:
             if self._ready():
-                time.sleep(0.3)  # discovery is per pair of endpoints: let the last matches settle
+                # The graph view says the endpoints exist, not that every writer/reader pair between
+                # other processes has matched yet (measured up to 0.7 s under load): let them settle.
+                time.sleep(1.0)
                 return
             time.sleep(0.02)
         self.get_logger().warning("playing although the graph is not fully connected (wait_timeout_s passed)")
