@@ -211,3 +211,23 @@ def write_camera_bag(path: Path, n_frames: int = 20, width: int = 64, height: in
                 w.write(conns[topic], t, cdr)
                 written.append((topic, t, cdr))
     return written
+
+
+def export_kitti_sequence(root: Path, n: int, width: int, height: int, seed: int = 11) -> list:
+    """Render ``n`` urban world frames and export them with KittiWriter as sequence 0000 under ``root``."""
+    from ba_perception.data.kitti import KittiWriter
+    from ba_perception.data.world import World, WorldConfig
+
+    cfg = WorldConfig(preset="urban", seed=seed, width=width, height=height, n_frames=n)
+    with World(cfg) as world, KittiWriter(root, seq=0) as kw:
+        frames = [world.render(k) for k in range(n)]
+        for f in frames:
+            kw.write(f)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def small_kitti_sequence(tmp_path_factory):
+    """``(KITTI root, world frames)`` of a 20-frame 320x96 export."""
+    root = tmp_path_factory.mktemp("kitti")
+    return root, export_kitti_sequence(root, 20, 320, 96)

@@ -25,6 +25,7 @@ from ba_perception.eval.detection_ap import (
     substitute_ground_truth,
     valid_gt,
 )
+from ba_perception.eval.results import json_safe
 
 Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
@@ -178,16 +179,6 @@ def summary_rows(res: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def _json_safe(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    return o
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI options of `ba-perception eval-det`."""
     parser.add_argument("--model", default="models/detector.onnx", help="ONNX model (or a .pt checkpoint)")
@@ -237,6 +228,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {k:<{width}}  {v}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_json_safe(res), indent=1))
+    out.write_text(json.dumps(json_safe(res), indent=1))
     print(f"wrote {out}")
     return 0

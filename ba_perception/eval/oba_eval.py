@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import torch
 
 from ba_perception.core import geometry
 from ba_perception.eval.detection_ap import FrameBoxes, evaluate_all
+from ba_perception.eval.results import json_safe, machine_info
 from ba_perception.eval.world_pipeline import ObaVariant, SequenceData, WorldEvalError, load_split, run_track_buffer
 
 VARIANTS: dict[str, ObaVariant | None] = {
@@ -216,27 +216,6 @@ def load_world(args: argparse.Namespace) -> tuple[list[SequenceData], Path]:
     return seqs, params_file
 
 
-def machine_info() -> dict:
-    """Host facts stored with every result."""
-    import os
-
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-
-
-def _json_safe(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    if isinstance(o, (np.floating, np.integer)):
-        return _json_safe(o.item())
-    return o
-
-
 def run(args: argparse.Namespace) -> int:
     """Evaluate every variant on the split; print the ablation table and write JSON."""
     from ba_perception.bench.pipeline import refine_config
@@ -256,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_rows(results))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_json_safe({
+    out.write_text(json.dumps(json_safe({
         "split": args.split, "presets": args.presets, "sequences": [s.name for s in seqs], "model": args.model,
         "min_frames": args.min_frames, "params_file": str(params_file), "overrides": args.set, "device": args.device,
         "refine": {"window": tc.window, "num_points": rc.num_points, "max_iterations": rc.solver.max_iterations,

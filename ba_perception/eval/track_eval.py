@@ -30,7 +30,8 @@ import numpy as np
 
 from ba_perception.core.tracking import STATUS_CONFIRMED, TrackerConfig
 from ba_perception.eval.mot import MotFrame, evaluate_mot, format_table
-from ba_perception.eval.oba_eval import _json_safe, add_world_arguments, load_world, machine_info, stage_params
+from ba_perception.eval.oba_eval import add_world_arguments, load_world, stage_params
+from ba_perception.eval.results import json_safe, machine_info
 from ba_perception.eval.tracking_compare import VARIANTS as TRACKER_VARIANTS
 from ba_perception.eval.world_pipeline import (
     ObaVariant,
@@ -176,6 +177,6 @@ def run(args: argparse.Namespace) -> int:
     print_tables(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_json_safe(meta | {"results": rows}), indent=1))
+    out.write_text(json.dumps(json_safe(meta | {"results": rows}), indent=1))
     print(f"wrote {out}")
     return 0

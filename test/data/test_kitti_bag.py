@@ -9,31 +9,14 @@ import numpy as np
 import pytest
 
 from ba_perception.data.bag import read_bag
-from ba_perception.data.kitti import KittiWriter, occlusion_level, truncation_level
+from ba_perception.data.kitti import occlusion_level, truncation_level
 from ba_perception.data.kitti_bag import (DEFAULT_START_STAMP_NS, OCCLUSION_OF_LEVEL, TRUNCATION_OF_LEVEL,
                                           KittiBagError, check_sequence, kitti_to_bag)
-from ba_perception.data.world import World, WorldConfig
 from ba_perception.eval.replay import extrinsics_from_bag
 
 
-def _export(root: Path, n: int, width: int, height: int, seed: int = 11) -> list:
-    """Render ``n`` world frames and export them with KittiWriter as sequence 0000 under ``root``."""
-    cfg = WorldConfig(preset="urban", seed=seed, width=width, height=height, n_frames=n)
-    with World(cfg) as world, KittiWriter(root, seq=0) as kw:
-        frames = [world.render(k) for k in range(n)]
-        for f in frames:
-            kw.write(f)
-    return frames
-
-
-@pytest.fixture(scope="module")
-def small_sequence(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kitti")
-    return root, _export(root, 20, 320, 96)
-
-
-def test_bag_from_kitti_matches_the_world(small_sequence, tmp_path):
-    root, world = small_sequence
+def test_bag_from_kitti_matches_the_world(small_kitti_sequence, tmp_path):
+    root, world = small_kitti_sequence
     info = kitti_to_bag(root, "0000", tmp_path / "bag")
     assert (info.frames, info.width, info.height) == (20, 320, 96)
     back = list(read_bag(tmp_path / "bag", images=True))
@@ -76,8 +59,8 @@ def test_bag_from_kitti_matches_the_world(small_sequence, tmp_path):
     assert np.allclose(extrinsics_to_matrix(extrinsics_from_bag(tmp_path / "bag")), world[0].T_base_cam, atol=1e-9)
 
 
-def test_invalid_sequences_are_refused_with_the_reason(small_sequence, tmp_path):
-    src, _ = small_sequence
+def test_invalid_sequences_are_refused_with_the_reason(small_kitti_sequence, tmp_path):
+    src, _ = small_kitti_sequence
     root = tmp_path / "k"
     shutil.copytree(src, root)
     assert check_sequence(root, 0) == 20
@@ -96,11 +79,11 @@ def test_invalid_sequences_are_refused_with_the_reason(small_sequence, tmp_path)
     assert not (tmp_path / "bag").exists()
 
 
-def test_label_file_becomes_the_ground_truth_of_a_bag(small_sequence, tmp_path):
+def test_label_file_becomes_the_ground_truth_of_a_bag(small_kitti_sequence, tmp_path):
     from ba_perception.data.bag import BagWriter
     from ba_perception.data.kitti_bag import bag_with_labels
 
-    root, world = small_sequence
+    root, world = small_kitti_sequence
     with BagWriter(tmp_path / "src") as w:  # a world bag; its own ground truth is replaced
         for f in world:
             w.write(f)

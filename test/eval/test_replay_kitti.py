@@ -9,32 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from ba_perception.data.kitti import KittiWriter
-from ba_perception.data.world import World, WorldConfig
+from conftest import export_kitti_sequence
+
 from ba_perception.eval.replay import bag_frame_stamps, frame_accounting, input_stamp_map, remap_outputs
 
 CLI = [str(Path(sys.prefix) / "bin" / "ba-perception"), "replay-eval"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _export(root: Path, n: int, width: int, height: int, seed: int = 11) -> list:
-    """Render ``n`` world frames and export them with KittiWriter as sequence 0000 under ``root``."""
-    cfg = WorldConfig(preset="urban", seed=seed, width=width, height=height, n_frames=n)
-    with World(cfg) as world, KittiWriter(root, seq=0) as kw:
-        frames = [world.render(k) for k in range(n)]
-        for f in frames:
-            kw.write(f)
-    return frames
-
-
-@pytest.fixture(scope="module")
-def small_sequence(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kitti")
-    return root, _export(root, 20, 320, 96)
-
-
-def test_cli_reports_a_bad_kitti_sequence_in_one_line(small_sequence, tmp_path):
-    src, _ = small_sequence
+def test_cli_reports_a_bad_kitti_sequence_in_one_line(small_kitti_sequence, tmp_path):
+    src, _ = small_kitti_sequence
     import shutil
 
     root = tmp_path / "k"
@@ -74,7 +58,7 @@ def test_every_frame_is_processed_or_dropped():
 def full_size_sequence(tmp_path_factory):
     """20 frames at the world's default (KITTI) size, where the shipped detector works."""
     root = tmp_path_factory.mktemp("kitti_full")
-    _export(root, 20, 1242, 375, seed=200_000)
+    export_kitti_sequence(root, 20, 1242, 375, seed=200_000)
     return root
 
 
