@@ -273,3 +273,11 @@ def test_depth_jump_is_rescued_by_image_box_and_appearance_only_when_they_agree(
     assert run(cfg, np.array([[0.0, 1.0, 0.0, 0.0]])) == ({2}, 0)
     # The 3D-only baseline never rescues.
     assert run(replace(cfg, method="hungarian_3d"), e) == ({2}, 0)
+    # A track that still has a candidate inside its 3D gate is not rescued (the gated graph stays small).
+    tr = Tracker(cfg)
+    for k in range(4):
+        tr.step(k * DT_NS, _dets([[20.0, 0.0, 0.75]], emb=e, boxes=box))
+    other = np.array([[0.0, 0.0, 1.0, 0.0]])
+    tr.step(4 * DT_NS, _dets([[32.0, 0.0, 0.75], [20.3, 0.0, 0.75]], emb=np.concatenate([e, other]),
+                             boxes=np.concatenate([box, box + 300.0])))
+    assert tr.counters["rescued_pairs"] == 0

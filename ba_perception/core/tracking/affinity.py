@@ -3,7 +3,9 @@
 Node affinity (one track, one detection) combines 3D Mahalanobis distance under the predicted
 covariance, appearance cosine similarity and 2D IoU. Edge affinity (two tracks, two detections)
 scores how well the relative 3D position of two tracks agrees with that of two detections, the
-structural term of graph matching (GMTracker / BA2-Track). Frames: everything in ``odom``.
+structural term of graph matching (GMTracker / BA2-Track); it can also (or instead) compare the
+image layout of the two tracks' last boxes with that of the two detections' boxes, which is
+precise where monocular depth is not. Frames: 3D terms in ``odom``, image terms in pixels.
 """
 
 from __future__ import annotations

@@ -88,8 +88,8 @@ class TrackerConfig:
         rrwm_iters, rrwm_sk_iters: outer and Sinkhorn iteration caps of the ``rrwm`` solver.
         min_affinity: minimum node affinity of an accepted match.
         rescue_iou, rescue_cos, rescue_max_m: appearance rescue of the ``graph`` / ``hungarian_node``
-            gate (``rescue_iou`` 0 disables it). A pair outside the 3D gate still becomes a candidate
-            (3D term 0) when the track was matched last frame, its last 2D box overlaps the
+            gate (``rescue_iou`` 0 disables it). A track matched last frame with no candidate inside
+            the 3D gate gets a detection as a candidate (3D term 0) when its last 2D box overlaps the
             detection's by IoU >= ``rescue_iou``, their embeddings agree with cosine >= ``rescue_cos``
             and the centres are within ``rescue_max_m``: monocular depth jumps by metres from frame
             to frame while the image box and the appearance stay put.
@@ -514,16 +514,17 @@ class Tracker:
         ti: np.ndarray, di: np.ndarray, d2: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Add the appearance-rescued pairs (see ``TrackerConfig.rescue_iou``) to the 3D candidates,
-        with ``d2 = chi2_gate`` (a 3D node term of 0)."""
+        with ``d2 = chi2_gate`` (a 3D node term of 0). Only tracks without a 3D candidate are
+        rescued: it keeps the gated graph (and the QAPs) as small as before where 3D works."""
         cfg = self.config
         fresh = t.has_box & (t.misses == 0)
+        fresh[ti] = False  # a track with a candidate inside the 3D gate is not rescued
         if not fresh.any():
             return ti, di, d2
         iou = iou_2d_np(t.box, f.box)
         diff = f.pos[None, :, :] - t.x[:, None, :3]
         ok = (same & fresh[:, None] & f.has_box[None, :] & has_cos & (iou >= cfg.rescue_iou) & (cos >= cfg.rescue_cos)
               & (np.einsum("tnk,tnk->tn", diff, diff) <= cfg.rescue_max_m**2))
-        ok[ti, di] = False
         ri, rd = np.nonzero(ok)
         if ri.size == 0:
             return ti, di, d2
