@@ -294,14 +294,14 @@ def select_candidates(
         score = raw * torch.exp(-_relative_depth_std(logvar) / cfg.depth_confidence_scale)
         valid = valid & (score >= cfg.score_threshold)
     if cfg.peak_nms == "box":
-        r = reg[:, : REG_CHANNELS["ltrb"].stop].reshape(B, REG_CHANNELS["ltrb"].stop, -1)
-        r = r.gather(2, pix[:, None, :].expand(-1, r.shape[1], -1)).transpose(1, 2)  # (B, k, 6)
+        n_box = max(REG_CHANNELS["offset"].stop, REG_CHANNELS["ltrb"].stop)  # the channels a 2D box needs
+        r = reg[:, :n_box].reshape(B, n_box, -1)
+        r = r.gather(2, pix[:, None, :].expand(-1, n_box, -1)).transpose(1, 2)  # (B, k, n_box)
         cell = torch.stack([xs, ys], -1).to(r.dtype)
         boxes = _boxes_net(grid_to_net(cell + r[..., REG_CHANNELS["offset"]], stride), r[..., REG_CHANNELS["ltrb"]], stride)
         bidx = torch.arange(B, device=dev)[:, None].expand(B, k)
         vi = valid.nonzero(as_tuple=True)
         keep = box_nms(boxes[vi], score[vi], (bidx * C + cls)[vi], cfg.box_nms_iou)
-        valid = valid.clone()
         valid[vi] = keep
     masked = torch.where(valid, score, torch.full_like(score, -1.0))
     top, order = masked.topk(min(cfg.max_detections, k), dim=1)
