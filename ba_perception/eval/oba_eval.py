@@ -228,6 +228,12 @@ def run(args: argparse.Namespace) -> int:
         parts = [evaluate_sequence(s, VARIANTS[name], tc, rc, args.min_frames) for s in seqs]
         results[name] = summarize(np.concatenate([p["rows"] for p in parts]), [f for p in parts for f in p["ap_frames"]],
                                   [t for p in parts for t in p["seconds"]], args.min_frames, VARIANTS[name] is not None)
+        presets = sorted({s.name.rsplit("_", 1)[0] for s in seqs})
+        if len(presets) > 1:  # the gain depends on the scene (ego speed = baseline, share of parked cars)
+            results[name]["by_preset"] = {
+                pr: summarize(np.concatenate([p["rows"] for s, p in zip(seqs, parts) if s.name.startswith(pr + "_")]),
+                              [f for s, p in zip(seqs, parts) if s.name.startswith(pr + "_") for f in p["ap_frames"]], [],
+                              args.min_frames, VARIANTS[name] is not None)["depth"] for pr in presets}
         print(f"  {name}: {time.perf_counter() - t0:.1f} s")
     print(f"object BA on world split {args.split!r} ({len(seqs)} sequences, {sum(len(s) for s in seqs)} frames), cars, "
           f"tracklets >= {args.min_frames} frames; window {tc.window}, {rc.num_points} points, "
