@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
         # First, in a process that holds nothing else yet: one Detector, as the detector node holds it.
         images, K_img = render_images(args.memory_images)
         be_m = create_backend("auto", onnx_path=onnx_path, checkpoint=ck_path, threads=args.threads)
-        memory = memory_run(Detector(be_m, DecodeConfig(score_threshold=0.3)), images, K_img, args.memory_frames,
+        memory = memory_run(Detector(be_m, DecodeConfig()), images, K_img, args.memory_frames,
                             args.memory_every)
         memory["backend"] = be_m.name
         print_memory(memory, be_m.name)
@@ -346,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"skip tensorrt {prec}: {err}")
     # full pipeline on a KITTI-size image with the default backend
     be = create_backend("auto", onnx_path=onnx_path, checkpoint=ck_path, threads=args.threads)
-    det = Detector(be, DecodeConfig(score_threshold=0.3))
+    det = Detector(be, DecodeConfig())  # the node's defaults (config/stack.yaml)
     img = np.random.default_rng(0).integers(0, 255, (375, 1242, 3), dtype=np.uint8)
     K = np.array([[721.5, 0, 609.6], [0, 721.5, 172.9], [0, 0, 1.0]])
     stages: dict[str, list[float]] = {"preprocess": [], "inference": [], "decode": [], "total": []}

@@ -26,7 +26,8 @@ from ba_perception.core.detection.model import (
 
 DECODE_DOC = (
     "Outputs are raw maps; decode with ba_perception.core.detection.decode.decode(outputs, K, preprocess). "
-    "heatmap: sigmoid class scores of projected 3D centres at output_stride; peaks = 3x3 max-pool NMS. "
+    "heatmap: sigmoid class scores of projected 3D centres at output_stride; candidates = top-K cells, score x exp(-relative depth std / 0.05), class-wise 2D box NMS at IoU 0.5 "
+    "(DecodeConfig defaults; peak_nms='maxpool' and depth_confidence_scale=0 give the 3x3 max-pool peaks). "
     "regression channels: see reg_channels; z = exp(depth) * sqrt(fx_net*fy_net) / ref_focal_px; "
     "centre = unproject((cell + offset + 0.5) * stride - 0.5, z, K_net); size = class_mean * exp(size); "
     "alpha = atan2(sin, cos); rotation_y = alpha + atan2(x, z). embedding and features are L2-normalised."
