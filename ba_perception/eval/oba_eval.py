@@ -168,7 +168,7 @@ def add_world_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="models/detector.onnx")
     parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--score-threshold", type=float, default=None, help="detector threshold (default: detector_node's)")
+    parser.add_argument("--score-threshold", type=float, default=None, help="detector threshold (default: detector_node's; other decode settings: --set detector_node.NAME:=V)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="object BA device")
     parser.add_argument("--params-file", default="", help="node parameters (default: the package's config/stack.yaml)")
     parser.add_argument("--cache-dir", default="data/eval_cache", help="rendered + detected sequences are kept here")
@@ -196,8 +196,8 @@ def stage_params(args: argparse.Namespace, params_file: Path, node: str) -> dict
 
 def load_world(args: argparse.Namespace) -> tuple[list[SequenceData], Path]:
     """The split's sequences through the detector, and the parameter file (CommandError on bad input)."""
-    from ba_perception.bench.pipeline import node_params
     from ba_perception.cli import CommandError
+    from ba_perception.core.detection.decode import DecodeConfig
     from ba_perception.graph import default_params_file
 
     params_file = Path(args.params_file) if args.params_file else default_params_file()
@@ -205,12 +205,12 @@ def load_world(args: argparse.Namespace) -> tuple[list[SequenceData], Path]:
         raise CommandError(f"parameter file {params_file} not found")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CommandError("--device cuda: torch sees no CUDA GPU here; use --device cpu")
-    thr = args.score_threshold
-    if thr is None:
-        thr = float(node_params(params_file, "detector_node").get("score_threshold", 0.3))
+    dp = stage_params(args, params_file, "detector_node")
+    if args.score_threshold is not None:
+        dp["score_threshold"] = args.score_threshold
     try:
         seqs = load_split(args.split, args.presets, args.sequences, args.frames, Path(args.model), args.backend,
-                          args.threads, thr, Path(args.cache_dir) if args.cache_dir else None)
+                          args.threads, DecodeConfig.from_params(dp), Path(args.cache_dir) if args.cache_dir else None)
     except WorldEvalError as err:
         raise CommandError(str(err)) from err
     return seqs, params_file

@@ -196,7 +196,7 @@ def prepare_sequence(world_cfg: Any, detector: Any, model_hash: str, cache_dir: 
 
 
 def load_split(split: str, presets: Sequence[str] | None, sequences: int | None, frames: int | None,
-               model: Path, backend: str, threads: int, score_threshold: float, cache_dir: Path | None,
+               model: Path, backend: str, threads: int, decode: Any, cache_dir: Path | None,
                width: int = 1242, height: int = 375, log: Callable[[str], None] = print) -> list[SequenceData]:
     """Every sequence of a world split (as ``ba-perception synth`` plans it) through the detector.
 
@@ -204,7 +204,6 @@ def load_split(split: str, presets: Sequence[str] | None, sequences: int | None,
         WorldEvalError: unknown split, missing model, or a backend that cannot be created.
     """
     from ba_perception.core.detection.backends import BackendError, create_backend
-    from ba_perception.core.detection.decode import DecodeConfig
     from ba_perception.core.detection.detector import Detector
     from ba_perception.data.synth import SPLITS, plan
     from ba_perception.data.world import PRESETS, WorldConfig
@@ -222,7 +221,7 @@ def load_split(split: str, presets: Sequence[str] | None, sequences: int | None,
     except BackendError as err:
         raise WorldEvalError(str(err)) from err
     torch.set_num_threads(max(1, threads))
-    det = Detector(be, DecodeConfig(score_threshold=score_threshold, max_detections=50))
+    det = Detector(be, decode)
     cfgs = plan(split, list(presets or PRESETS), sequences, frames, WorldConfig(width=width, height=height))
     mh = _file_hash(model)
     log(f"world split {split!r}: {len(cfgs)} sequences x {cfgs[0].n_frames} frames, detector {model} [{be.name}]")

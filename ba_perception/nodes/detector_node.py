@@ -72,9 +72,7 @@ class DetectorNode(PerceptionNode):
             raise StartupError(str(err)) from err
         self.get_logger().info(f"detector backend: {type(backend).__name__} on {backend.device}, "
                                f"input {backend.input_hw[1]}x{backend.input_hw[0]}")
-        decode_keys = ("score_threshold", "max_detections", "samples_per_side", "peak_nms", "box_nms_iou",
-                       "candidate_top_k", "depth_confidence_scale")
-        self.detector = Detector(backend, DecodeConfig(**{k: self.p[k] for k in decode_keys}))
+        self.detector = Detector(backend, DecodeConfig.from_params(self.p))
         self.pub = self.create_publisher(ObjectObservationArray, self.p["output_topic"], self.output_qos("output"))
         self.input = CameraInput(self, self.on_frame)
 

@@ -281,3 +281,11 @@ def test_encoded_ground_truth_decodes_with_full_confidence_by_default():
     assert torch.allclose(det.scores, torch.tensor([0.9, 0.8, 0.7]), rtol=2e-3)
     assert torch.allclose(det.center_cam.double(), centers, atol=2e-3)
     assert (det.depth_std / det.center_cam[:, 2] < 1e-3).all()
+
+
+def test_decode_config_from_node_parameters_takes_known_fields_only():
+    from ba_perception.core.detection.decode import DecodeConfig
+
+    cfg = DecodeConfig.from_params({"score_threshold": 0.25, "peak_nms": "maxpool", "model": "x.onnx", "threads": 1})
+    assert cfg.score_threshold == 0.25 and cfg.peak_nms == "maxpool"
+    assert cfg.max_detections == DecodeConfig().max_detections

@@ -9,7 +9,9 @@ centre is assigned to cell ``round(g)`` (clamped into the grid) and the ``offset
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +68,12 @@ class DecodeConfig:
     box_nms_iou: float = 0.5
     candidate_top_k: int = 200
     depth_confidence_scale: float = 0.05
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> DecodeConfig:
+        """The fields present in ``params`` (e.g. detector_node's parameters), defaults for the rest."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names})
 
 
 @dataclass
