@@ -281,6 +281,22 @@ def ground_truth_from_message(msg) -> tuple[np.ndarray, "GroundTruth"]:
     )
 
 
+def open_reader(path: str | Path):
+    """An opened ``rosbags`` Reader of a rosbag2 folder (MCAP or sqlite3); close it when done.
+
+    Raises:
+        BagError: missing, truncated or otherwise unreadable bag (one line naming it).
+    """
+    from rosbags.rosbag2 import Reader
+
+    try:
+        reader = Reader(Path(path))
+        reader.open()
+    except Exception as err:  # noqa: BLE001 - rosbags raises several error types for bad bags
+        raise BagError(f"cannot open bag {path}: {err}") from err
+    return reader
+
+
 def read_bag(path: str | Path, images: bool = True) -> Iterator[BagFrame]:
     """Frames of a bag written by :class:`BagWriter` (or any bag with the same topics), in order.
 
@@ -290,15 +306,9 @@ def read_bag(path: str | Path, images: bool = True) -> Iterator[BagFrame]:
     Raises:
         BagError: the bag cannot be opened or has no ``/ground_truth/objects`` topic.
     """
-    from rosbags.rosbag2 import Reader
-
     store = typestore()
     path = Path(path)
-    try:
-        reader = Reader(path)
-        reader.open()
-    except Exception as err:  # noqa: BLE001 - rosbags raises several error types for bad bags
-        raise BagError(f"cannot open bag {path}: {err}") from err
+    reader = open_reader(path)
     try:
         topics = {TOPIC_INFO, TOPIC_ODOM, TOPIC_GT, TOPIC_TF_STATIC} | ({TOPIC_IMAGE} if images else set())
         conns = [c for c in reader.connections if c.topic in topics]

@@ -155,11 +155,11 @@ def bag_with_labels(src: str | Path, labels: str | Path, dst: str | Path, image_
     Raises:
         KittiBagError: unreadable bag or labels, a missing topic, more labelled frames than images, ``dst`` exists.
     """
-    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+    from rosbags.rosbag2 import StoragePlugin, Writer
 
     from ba_perception.core.geometry import R_BODY_OPTICAL
-    from ba_perception.data.bag import (FRAME_BASE, TOPIC_GT, TOPIC_IMAGE, TOPIC_INFO, TOPIC_ODOM, TOPIC_TF_STATIC,
-                                        _matrix, gt_message, typestore)
+    from ba_perception.data.bag import (FRAME_BASE, TOPIC_GT, TOPIC_IMAGE, TOPIC_INFO, TOPIC_ODOM, TOPIC_TF_STATIC, BagError,
+                                        _matrix, gt_message, open_reader, typestore)
     from ba_perception.data.kitti import fill_track_velocities, label_ground_truth, read_label_rows
     from ba_perception.ros.sync import header_stamp_ns
 
@@ -175,10 +175,9 @@ def bag_with_labels(src: str | Path, labels: str | Path, dst: str | Path, image_
     store = typestore()
     rename = {image_topic: TOPIC_IMAGE, info_topic: TOPIC_INFO, odom_topic: TOPIC_ODOM, TOPIC_TF_STATIC: TOPIC_TF_STATIC}
     try:
-        reader = Reader(src)
-        reader.open()
-    except Exception as err:  # noqa: BLE001 - rosbags raises several error types for damaged bags
-        raise KittiBagError(f"cannot read bag {str(src)!r}: {err}") from err
+        reader = open_reader(src)
+    except BagError as err:
+        raise KittiBagError(str(err)) from err
     try:
         conns = [c for c in reader.connections if c.topic in rename]
         present = {c.topic for c in conns}
