@@ -124,6 +124,7 @@ def gt_message(frame: "WorldFrame", store: "Typestore | None" = None):
             velocity_odom=_vec(store, g.velocity_odom[i]),
             box_2d_amodal=np.asarray(g.box_amodal[i], np.float32),
             box_2d_visible=np.asarray(g.box_visible[i], np.float32),
+            box_2d_full=np.asarray(g.box_full[i], np.float32),
             truncation=float(g.truncation[i]),
             occlusion=float(g.occlusion[i]),
         ))
@@ -139,7 +140,7 @@ class BagWriter:
 
     Usage::
 
-        with BagWriter("data/world-v1/test/seq_0000") as bag:
+        with BagWriter("data/world-v2/test/seq_0000") as bag:
             for frame in render_sequence(cfg):
                 bag.write(frame)
 
@@ -237,8 +238,8 @@ class BagFrame:
         image: ``(H, W, 3)`` uint8 RGB, or None when images were not read / not in the bag.
         K: 3x3.  T_odom_base, T_odom_cam, T_base_cam: 4x4 (camera optical frame).
         velocity_base: ego velocity in base_link, m/s.  yaw_rate: rad/s.
-        objects: :class:`~ba_perception.data.world.GroundTruth`; ``box_full`` is NaN and the pixel
-            counts are -1 (the message does not carry them).
+        objects: :class:`~ba_perception.data.world.GroundTruth`; the pixel counts are -1 (the
+            message does not carry them).
     """
 
     index: int
@@ -273,7 +274,7 @@ def ground_truth_from_message(msg) -> tuple[np.ndarray, "GroundTruth"]:
         yaw_odom=np.arctan2(T_odom[:, 1, 0], T_odom[:, 0, 0]),
         velocity_odom=np.array([[o.velocity_odom.x, o.velocity_odom.y, o.velocity_odom.z] for o in objs]),
         box_amodal=np.array([np.asarray(o.box_2d_amodal, np.float64) for o in objs]),
-        box_full=np.full((n, 4), np.nan),
+        box_full=np.array([np.asarray(o.box_2d_full, np.float64) for o in objs]),
         box_visible=np.array([np.asarray(o.box_2d_visible, np.float64) for o in objs]),
         truncation=np.array([o.truncation for o in objs], np.float64),
         occlusion=np.array([o.occlusion for o in objs], np.float64),

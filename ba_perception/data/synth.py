@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ba_perception.data.world.config import PRESETS, WorldConfig
 
-WORLD_VERSION = "v1"  # bump when the generator's output for a given config changes
+WORLD_VERSION = "v2"  # bump when the generator's output for a given config (or the bag format) changes; v2: box_2d_full
 # split -> (sequences, frames per sequence, seed base); presets cycle over the chosen list.
 SPLITS: dict[str, tuple[int, int, int]] = {
     "train": (32, 100, 0),

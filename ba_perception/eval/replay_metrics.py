@@ -21,8 +21,8 @@ def _stamp(msg: Any) -> int:
 
 
 def gt_boxes(objects: Any) -> FrameBoxes:
-    """Ground-truth FrameBoxes of one frame (2D box = projected 3D box clipped to the image)."""
-    box = np.asarray(objects.box_amodal, np.float64).reshape(-1, 4)
+    """Ground-truth FrameBoxes of one frame (2D box = complete-silhouette box, as ``eval-det`` and training use)."""
+    box = np.asarray(objects.box_full, np.float64).reshape(-1, 4)
     ok = np.isfinite(box).all(1) & (box[:, 2] > box[:, 0]) & (box[:, 3] > box[:, 1])
     idx = np.nonzero(ok)[0]
     return FrameBoxes(labels=np.array([objects.class_label[i] for i in idx], dtype=object), box_2d=box[idx],
@@ -95,7 +95,7 @@ def mot_frames(gt_frames: list[Any], tracks: dict[int, Any]) -> tuple[list[MotFr
         centers = np.array([[t.pose.position.x, t.pose.position.y, t.pose.position.z] for t in tr]).reshape(-1, 3)
         f3.append(MotFrame(gt_ids=np.asarray(g.track_id), gt_labels=list(g.class_label), pred_ids=pred_ids,
                            pred_labels=labels, gt_centers=np.asarray(g.center_odom).reshape(-1, 3), pred_centers=centers))
-        gb = np.asarray(g.box_amodal, np.float64).reshape(-1, 4)
+        gb = np.asarray(g.box_full, np.float64).reshape(-1, 4)
         ok = np.isfinite(gb).all(1)
         pb = np.array([list(t.box_2d) for t in tr]).reshape(-1, 4)
         pok = (pb >= 0).all(1) if len(pb) else np.zeros(0, bool)

@@ -10,6 +10,7 @@ import pytest
 from ba_perception.cli import main
 from ba_perception.data.bag import read_bag
 from ba_perception.data.kitti import read_kitti
+from ba_perception.data.synth import WORLD_VERSION
 from ba_perception.data.world import meshes as M
 
 ARGS = ["--sequences", "2", "--frames", "3", "--width", "160", "--height", "64"]
@@ -18,7 +19,7 @@ ARGS = ["--sequences", "2", "--frames", "3", "--width", "160", "--height", "64"]
 def test_synth_writes_versioned_split_with_bags_kitti_and_manifest(tmp_path, capsys):
     rc = main(["synth", "--split", "mini", "--preset", "urban,highway", "--out", str(tmp_path), "--kitti", *ARGS])
     assert rc == 0
-    root = tmp_path / "world-v1" / "mini"
+    root = tmp_path / f"world-{WORLD_VERSION}" / "mini"
     manifest = json.loads((root / "manifest.json").read_text())
     assert sorted(manifest["sequences"]) == ["seq_0000", "seq_0001"]
     assert [manifest["sequences"][s]["config"]["preset"] for s in ("seq_0000", "seq_0001")] == ["urban", "highway"]
@@ -32,7 +33,7 @@ def test_synth_writes_versioned_split_with_bags_kitti_and_manifest(tmp_path, cap
 def test_synth_resumes_finished_sequences_and_redoes_partial_ones(tmp_path):
     args = ["synth", "--split", "r", "--preset", "parking_lot", "--out", str(tmp_path), *ARGS]
     assert main(args) == 0
-    root = tmp_path / "world-v1" / "r"
+    root = tmp_path / f"world-{WORLD_VERSION}" / "r"
     first = (root / "seq_0000" / "seq_0000.mcap").stat().st_mtime_ns
     # simulate an interrupted second sequence
     manifest = json.loads((root / "manifest.json").read_text())
