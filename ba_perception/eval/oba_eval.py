@@ -105,6 +105,43 @@ def evaluate_sequence(seq: SequenceData, variant: ObaVariant | None, tracklet_cf
     return {"rows": np.array(rows, np.float64).reshape(-1, 9), "ap_frames": ap_frames, "seconds": secs}
 
 
+def descriptor_match_quality(seqs: list[SequenceData], refine_cfg, good_m: float = 0.25) -> dict:
+    """How the learned descriptors match between consecutive detections of the same ground-truth car.
+
+    A match (mutual nearest neighbour with the track buffer's ratio and similarity settings) is
+    *off the object* when either sample does not lie on that car, and *correct* when both do and
+    their object-frame surface points are within ``good_m``.
+    """
+    from ba_perception.core.oba.correspondences import mutual_nn_matches
+
+    n = off = good = 0
+    errs: list[float] = []
+    for s in seqs:
+        for i in range(1, len(s)):
+            prev = {int(s.gt[i - 1].track_id[j]): k for k, j in enumerate(s.gt_index[i - 1]) if j >= 0}
+            for k, j in enumerate(s.gt_index[i]):
+                if j < 0 or s.observations[i][k].class_label != "car":
+                    continue
+                kp = prev.get(int(s.gt[i].track_id[j]))
+                if kp is None:
+                    continue
+                a, b = s.observations[i][k], s.observations[i - 1][kp]
+                if not (len(a.descriptors) and len(b.descriptors)):
+                    continue
+                da, db = torch.as_tensor(a.descriptors), torch.as_tensor(b.descriptors)
+                m = mutual_nn_matches(da, db, torch.ones(len(da), dtype=torch.bool), torch.ones(len(db), dtype=torch.bool),
+                                      refine_cfg.match_ratio, refine_cfg.match_min_similarity).numpy()
+                ia = np.nonzero(m >= 0)[0]
+                pa, pb = s.sample_points[i][k][ia], s.sample_points[i - 1][kp][m[ia]]
+                on = np.isfinite(pa).all(1) & np.isfinite(pb).all(1)
+                e = np.linalg.norm(pa[on] - pb[on], axis=1)
+                n, off, good = n + len(ia), off + int((~on).sum()), good + int((e < good_m).sum())
+                errs += e.tolist()
+    return {"matches": n, "off_object_share": off / max(n, 1), "correct_share_on_object": good / max(len(errs), 1),
+            "correct_share": good / max(n, 1), "median_error_on_object_m": float(np.median(errs)) if errs else math.nan,
+            "good_m": good_m}
+
+
 def summarize(rows: np.ndarray, ap_frames: list, seconds: list[float], min_frames: int, refined_variant: bool) -> dict:
     """The table's numbers of one variant from :func:`evaluate_sequence` outputs of every sequence."""
     z, z1, zo, nf, ref, sta, speed, verr, moving = rows.T if len(rows) else [np.zeros(0)] * 9
@@ -239,12 +276,17 @@ def run(args: argparse.Namespace) -> int:
           f"tracklets >= {args.min_frames} frames; window {tc.window}, {rc.num_points} points, "
           f"{rc.solver.max_iterations} iterations, {str(rc.dtype).replace('torch.', '')}, {args.device}")
     print(format_rows(results))
+    mq = descriptor_match_quality(seqs, rc)
+    print(f"learned descriptor matches between consecutive detections of a car: {mq['matches']}; "
+          f"{100 * mq['off_object_share']:.0f} % have a sample off the car; of the rest "
+          f"{100 * mq['correct_share_on_object']:.0f} % land within {mq['good_m']} m (median {mq['median_error_on_object_m']:.2f} m)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(json_safe({
         "split": args.split, "presets": args.presets, "sequences": [s.name for s in seqs], "model": args.model,
         "min_frames": args.min_frames, "params_file": str(params_file), "overrides": args.set, "device": args.device,
         "refine": {"window": tc.window, "num_points": rc.num_points, "max_iterations": rc.solver.max_iterations,
-                   "dtype": str(rc.dtype), "surface_std_m": rc.surface_std_m}, "machine": machine_info(), "results": results}), indent=1))
+                   "dtype": str(rc.dtype), "surface_std_m": rc.surface_std_m}, "machine": machine_info(),
+        "learned_matches": mq, "results": results}), indent=1))
     print(f"wrote {out}")
     return 0

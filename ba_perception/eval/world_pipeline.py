@@ -32,7 +32,7 @@ from ba_perception.core.oba.tracklets import MAX_WINDOW, Observation, ObjectTrac
 from ba_perception.core.tracking import Detections, Tracker, TrackerConfig, TrackOutput
 from ba_perception.eval.detection_ap import iou_2d
 
-CACHE_VERSION = "1"  # bump when what is cached (or how observations are made) changes
+CACHE_VERSION = "2"  # bump when what is cached (or how observations are made) changes
 ORACLE_SAMPLES = 25  # the detector's 5x5 grid has as many samples
 GT_MATCH_IOU = 0.5
 
@@ -57,6 +57,8 @@ class SequenceData:
             their surface point ids ``(n,)`` (empty when unmatched).
         gray_png: per frame the grayscale image, PNG bytes (for ORB/KLT).
         detector_ms: per frame detector wall time (preprocess + network + decode), ms.
+        sample_points: per frame, per observation ``(n, 3)`` the matched object's surface point
+            (object frame, m) under each feature sample; NaN where the sample is off that object.
     """
 
     name: str
@@ -71,6 +73,7 @@ class SequenceData:
     oracle_ids: list[list[np.ndarray]]
     gray_png: list[bytes] = field(repr=False, default_factory=list)
     detector_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    sample_points: list[list[np.ndarray]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.stamps_ns)
@@ -101,6 +104,19 @@ def match_to_gt(boxes: np.ndarray, labels: Sequence[str], gt: Any, min_iou: floa
     keep = iou[r, c] >= min_iou
     out[r[keep]] = c[keep]
     return out
+
+
+def sample_surface_points(frame: Any, row: int, sample_uv: np.ndarray) -> np.ndarray:
+    """Object-frame points ``(n, 3)`` under pixel samples of GT object ``row``; NaN off the object (evaluation only)."""
+    H, W = frame.depth.shape
+    px = np.clip(np.rint(sample_uv).astype(np.int64), 0, [W - 1, H - 1])
+    z = frame.depth[px[:, 1], px[:, 0]].astype(np.float64)
+    on = (frame.instance[px[:, 1], px[:, 0]] == frame.objects.track_id[row]) & np.isfinite(z)
+    p_cam = (np.c_[sample_uv, np.ones(len(px))] @ np.linalg.inv(frame.K).T) * np.where(on, z, 1.0)[:, None]
+    T = np.linalg.inv(frame.objects.T_cam_obj[row])
+    p = p_cam @ T[:3, :3].T + T[:3, 3]
+    p[~on] = np.nan
+    return p
 
 
 def oracle_samples(frame: Any, track_id: int, n: int = ORACLE_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +173,7 @@ def prepare_sequence(world_cfg: Any, detector: Any, model_hash: str, cache_dir: 
         with open(path, "rb") as f:
             return pickle.load(f)
     t0 = time.perf_counter()
-    stamps, poses, gts, obs_all, gidx, ouv, oid, gray, det_ms = [], [], [], [], [], [], [], [], []
+    stamps, poses, gts, obs_all, gidx, ouv, oid, gray, det_ms, spts = [], [], [], [], [], [], [], [], [], []
     with World(world_cfg) as world:
         for i in range(world_cfg.n_frames):
             fr = world.render(i)
@@ -174,6 +190,8 @@ def prepare_sequence(world_cfg: Any, detector: Any, model_hash: str, cache_dir: 
                     u, k = np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
                 uvs.append(u)
                 ids.append(k)
+            spts.append([sample_surface_points(fr, int(j), np.asarray(o.sample_uv, np.float64)) if j >= 0
+                         else np.full((len(o.sample_uv), 3), np.nan) for o, j in zip(obs, g)])
             stamps.append(fr.stamp_ns)
             poses.append(fr.T_odom_cam)
             gts.append(fr.objects)
@@ -184,7 +202,7 @@ def prepare_sequence(world_cfg: Any, detector: Any, model_hash: str, cache_dir: 
             gray.append(cv2.imencode(".png", cv2.cvtColor(fr.image, cv2.COLOR_RGB2GRAY))[1].tobytes())
             K, hw = fr.K, fr.image.shape[:2]
     seq = SequenceData(name, np.array(stamps, np.int64), K, (int(hw[0]), int(hw[1])), np.stack(poses), gts,
-                       obs_all, gidx, ouv, oid, gray, np.array(det_ms))
+                       obs_all, gidx, ouv, oid, gray, np.array(det_ms), spts)
     log(f"  {name}: rendered + detected {len(seq)} frames in {time.perf_counter() - t0:.1f} s")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

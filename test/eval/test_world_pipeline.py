@@ -85,7 +85,11 @@ def test_eval_oba_and_eval_track_on_a_short_world_sequence(tmp_path, capsys):
                  "--out", str(tmp_path / "oba.json")]) == 0
     first = capsys.readouterr().out
     assert "rendered + detected 12 frames" in first and "oracle" in first
-    res = json.loads((tmp_path / "oba.json").read_text())["results"]
+    data = json.loads((tmp_path / "oba.json").read_text())
+    res = data["results"]
+    mq = data["learned_matches"]
+    # learned matches on the same car mostly hit the same surface point (chance would be far lower)
+    assert mq["matches"] > 20 and 0 <= mq["off_object_share"] <= 1 and mq["correct_share_on_object"] > 0.3
     assert set(res) == {"single", "learned", "oracle", "static"}
     assert res["single"]["depth"]["reduction"] == 0.0
     for name in ("learned", "oracle", "static"):
