@@ -7,8 +7,10 @@ enable it, and its topic remappings. Parameters of every node come from one file
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PACKAGE = "ba_perception"
 
@@ -76,6 +78,27 @@ def package_root() -> Path:
 
 def default_params_file() -> Path:
     return package_root() / "config" / "stack.yaml"
+
+
+def node_parameters(params_file: Path, node: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """``ros__parameters`` of ``node`` in a ROS 2 parameter YAML, with ``NODE.PARAM:=VALUE`` overrides
+    for that node applied (values parsed as YAML, like ``ros2 run ... -p``); ``{}`` when absent.
+
+    Raises:
+        ValueError: an override that is not ``NODE.PARAM:=VALUE``.
+    """
+    import yaml
+
+    data = yaml.safe_load(Path(params_file).read_text()) or {}
+    p = dict((data.get(node) or {}).get("ros__parameters") or {})
+    for item in overrides:
+        key, sep, value = item.partition(":=")
+        name, dot, param = key.partition(".")
+        if not sep or not dot or not param:
+            raise ValueError(f"{item!r}: expected NODE.PARAM:=VALUE")
+        if name == node:
+            p[param] = yaml.safe_load(value)
+    return p
 
 
 def fastdds_profile() -> Path:

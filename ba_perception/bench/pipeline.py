@@ -37,9 +37,8 @@ import numpy as np
 import torch
 
 from ba_perception.core import geometry
-from ba_perception.core.oba.refine import RefineConfig, RefinedBox, configs_from_params, refine_tracklets
-from ba_perception.core.oba.tracklets import Observation, TrackletBuffer, TrackletConfig
-from ba_perception.core.tracking import Detections as TrackDetections
+from ba_perception.core.oba.refine import RefineConfig, configs_from_params, refine_tracklets, tracker_detections
+from ba_perception.core.oba.tracklets import Observation, TrackletBuffer, TrackletConfig, observations_from_detections
 from ba_perception.core.tracking import Tracker, TrackerConfig
 
 DEFAULT_MODEL = Path("models/detector.onnx")
@@ -73,65 +72,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch / ONNX Runtime CPU threads (1: stable numbers on a shared 2-core machine)")
     parser.add_argument("--params-file", default="", help="parameter file (default: the package's config/stack.yaml)")
     parser.add_argument("--out", default="out/bench/pipeline.json", help="JSON output path")
-
-
-# ------------------------------------------------------------------------------------------------
-# parameters: the nodes' values from the parameter file
-# ------------------------------------------------------------------------------------------------
-def node_params(params_file: Path, node: str) -> dict[str, Any]:
-    """``ros__parameters`` of ``node`` in a ROS 2 parameter YAML (``{}`` when absent)."""
-    import yaml
-
-    data = yaml.safe_load(params_file.read_text()) or {}
-    return dict((data.get(node) or {}).get("ros__parameters") or {})
-
-
-def refine_config(p: dict[str, Any], device: str) -> tuple[TrackletConfig, RefineConfig]:
-    """Tracklet and refinement settings as track_buffer_node builds them from its parameters."""
-    return configs_from_params(p, device)
-
-
-def tracker_config(p: dict[str, Any]) -> TrackerConfig:
-    """TrackerConfig from tracker_node parameters (unknown keys ignored, like the node)."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(TrackerConfig)}
-    return TrackerConfig(**{k: v for k, v in p.items() if k in names})
-
-
-# ------------------------------------------------------------------------------------------------
-# conversions (what the nodes do through messages, done on arrays)
-# ------------------------------------------------------------------------------------------------
-def detections_to_observations(det: Any, names: list[str]) -> list[Observation]:
-    """Decoded detector output -> the tracklet buffer's records (camera optical frame)."""
-    n = len(det)
-    if n == 0:
-        return []
-    R = geometry.rotation_cam_from_yaw(det.yaw.double()).numpy()
-    box, ctr, size = det.box_2d.double().numpy(), det.center_cam.double().numpy(), det.size_lwh.double().numpy()
-    emb, uv, desc = det.embedding.float().numpy(), det.sample_uv.float().numpy(), det.descriptors.float().numpy()
-    sc = det.scores.float().numpy()
-    d_std, l_std, y_std = (t.float().numpy() for t in (det.depth_std, det.lateral_std, det.yaw_std))
-    return [Observation(box_2d=box[i], center_cam=ctr[i], R_cam_obj=R[i], size_lwh=size[i], depth_std=float(d_std[i]),
-                        lateral_std=float(l_std[i]), yaw_std=float(y_std[i]), score=float(sc[i]), class_label=names[i],
-                        embedding=emb[i], sample_uv=uv[i], descriptors=desc[i]) for i in range(n)]
-
-
-def refined_to_detections(boxes: list[RefinedBox]) -> TrackDetections:
-    """Refined boxes -> tracker input in odom, as tracker_node.to_detections reads a Detection3DArray."""
-    boxes = [b for b in boxes if np.isfinite(b.center_odom).all()]
-    if not boxes:
-        return TrackDetections.empty()
-    R = np.stack([b.R_odom_obj for b in boxes])
-    cov = np.stack([np.asarray(b.pose_covariance, np.float64).reshape(6, 6)[:3, :3] for b in boxes]).copy()
-    cov[~(np.diagonal(cov, axis1=1, axis2=2) > 0).all(axis=1)] = np.nan
-    emb = [np.asarray(b.embedding, np.float64).ravel() for b in boxes]
-    dims = {e.size for e in emb}
-    return TrackDetections(
-        centers=np.stack([b.center_odom for b in boxes]), yaws=np.arctan2(R[:, 1, 0], R[:, 0, 0]),
-        sizes=np.stack([b.size_lwh for b in boxes]), labels=[b.class_label for b in boxes],
-        scores=np.array([b.score for b in boxes]), boxes_2d=np.stack([np.asarray(b.box_2d, np.float64) for b in boxes]),
-        embeddings=np.stack(emb) if len(dims) == 1 and 0 not in dims else None, covariances=cov)
 
 
 class WorldObservations:
@@ -312,7 +252,7 @@ def run_pipeline(frames: list[Any], detector: Any, observe: Any, tracklet_cfg: T
         t2 = now()
         boxes = refine_tracklets(tracks, refine_cfg)
         t3 = now()
-        dets = refined_to_detections(boxes)
+        dets = tracker_detections(boxes)
         out = tracker.step(f.stamp_ns, dets)
         if ev:
             ev[1].record()
@@ -345,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
     from ba_perception.cli import CommandError
     from ba_perception.core.detection.decode import DecodeConfig
     from ba_perception.core.detection.detector import Detector
-    from ba_perception.graph import default_params_file
+    from ba_perception.graph import default_params_file, node_parameters
 
     if args.frames < 1 or args.warmup < 0 or args.objects < 1:
         raise CommandError("--frames and --objects must be >= 1 and --warmup >= 0")
@@ -363,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
         frames, source = load_frames(args, args.frames + args.warmup, need_world=mode == "world")
     except PipelineBenchError as err:
         raise CommandError(str(err)) from err
-    pd = node_params(params_file, "detector_node")
+    pd = node_parameters(params_file, "detector_node")
     threshold = float(pd.get("score_threshold", 0.3))
     if weights == "random" and mode == "detector":
         threshold = 0.0  # a random network scores ~0.1 everywhere: take the top --objects peaks
@@ -379,10 +319,10 @@ def run(args: argparse.Namespace) -> int:
             return made[i]
     else:
         def observe(_i, res):
-            return detections_to_observations(res.detections, res.class_names)
+            return observations_from_detections(res.detections, res.class_names)
 
-    tb_cfg, rf_cfg = refine_config(node_params(params_file, "track_buffer_node"), args.device)
-    tr_cfg = tracker_config(node_params(params_file, "tracker_node"))
+    tb_cfg, rf_cfg = configs_from_params(node_parameters(params_file, "track_buffer_node"), args.device)
+    tr_cfg = TrackerConfig.from_params(node_parameters(params_file, "tracker_node"))
     print(f"pipeline: {len(frames)} frames ({args.warmup} warm-up), backend {backend.name}, weights {weights}, "
           f"observations {mode}, BA on {args.device}")
     result = run_pipeline(frames, detector, observe, tb_cfg, rf_cfg, tr_cfg, args.warmup, torch.device(args.device))

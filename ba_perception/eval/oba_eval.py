@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ba_perception.core import geometry
+from ba_perception.core.oba.refine import configs_from_params
 from ba_perception.eval.detection_ap import FrameBoxes, evaluate_all
 from ba_perception.eval.results import json_safe, machine_info
 from ba_perception.eval.world_pipeline import ObaVariant, SequenceData, WorldEvalError, load_split, run_track_buffer
@@ -215,20 +216,13 @@ def add_world_arguments(parser: argparse.ArgumentParser) -> None:
 
 def stage_params(args: argparse.Namespace, params_file: Path, node: str) -> dict[str, Any]:
     """A node's parameters from the file with the command line's ``--set`` overrides applied."""
-    import yaml
-
-    from ba_perception.bench.pipeline import node_params
     from ba_perception.cli import CommandError
+    from ba_perception.graph import node_parameters
 
-    p = node_params(params_file, node)
-    for item in args.set:
-        key, sep, value = item.partition(":=")
-        name, dot, param = key.partition(".")
-        if not sep or not dot or not param:
-            raise CommandError(f"--set {item!r}: expected NODE.PARAM:=VALUE")
-        if name == node:
-            p[param] = yaml.safe_load(value)
-    return p
+    try:
+        return node_parameters(params_file, node, args.set)
+    except ValueError as err:
+        raise CommandError(f"--set {err}") from err
 
 
 def load_world(args: argparse.Namespace) -> tuple[list[SequenceData], Path]:
@@ -255,10 +249,8 @@ def load_world(args: argparse.Namespace) -> tuple[list[SequenceData], Path]:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate every variant on the split; print the ablation table and write JSON."""
-    from ba_perception.bench.pipeline import refine_config
-
     seqs, params_file = load_world(args)
-    tc, rc = refine_config(stage_params(args, params_file, "track_buffer_node"), args.device)
+    tc, rc = configs_from_params(stage_params(args, params_file, "track_buffer_node"), args.device)
     results: dict[str, dict] = {}
     for name in args.variants:
         t0 = time.perf_counter()

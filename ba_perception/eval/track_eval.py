@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ba_perception.core.oba.refine import configs_from_params, tracker_detections
 from ba_perception.core.tracking import STATUS_CONFIRMED, TrackerConfig
 from ba_perception.eval.mot import MotFrame, evaluate_mot, format_table
 from ba_perception.eval.oba_eval import add_world_arguments, load_world, stage_params
@@ -36,7 +37,6 @@ from ba_perception.eval.tracking_compare import VARIANTS as TRACKER_VARIANTS
 from ba_perception.eval.world_pipeline import (
     ObaVariant,
     SequenceData,
-    boxes_to_detections,
     observations_to_detections,
     run_track_buffer,
     run_tracker,
@@ -78,7 +78,7 @@ def mot_frames(seq: SequenceData, tracks_per_frame: list[list[Any]], max_range_m
 def tracker_inputs(seq: SequenceData, tracklet_cfg, refine_cfg) -> dict[str, list]:
     """The tracker's input per frame from each upstream: object BA (the graph's default) or single-frame detections."""
     ba = run_track_buffer(seq, ObaVariant("descriptor"), tracklet_cfg, refine_cfg)
-    return {"ba": [boxes_to_detections(f.boxes) for f in ba],
+    return {"ba": [tracker_detections(f.boxes) for f in ba],
             "none": [observations_to_detections(o, T) for o, T in zip(seq.observations, seq.T_odom_cam)]}
 
 
@@ -154,7 +154,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate; print tables and write JSON."""
-    from ba_perception.bench.pipeline import refine_config, tracker_config
     from ba_perception.cli import CommandError
 
     if (args.kitti_gt is None) != (args.kitti_results is None):
@@ -166,8 +165,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"KITTI tracking files {args.kitti_results} vs {args.kitti_gt}")
     else:
         seqs, params_file = load_world(args)
-        tc, rc = refine_config(stage_params(args, params_file, "track_buffer_node"), args.device)
-        base = tracker_config(stage_params(args, params_file, "tracker_node"))
+        tc, rc = configs_from_params(stage_params(args, params_file, "track_buffer_node"), args.device)
+        base = TrackerConfig.from_params(stage_params(args, params_file, "tracker_node"))
         rows = evaluate_world(seqs, base, tc, rc, args.methods, args.upstream, args.max_range, args.write_kitti)
         meta |= {"split": args.split, "presets": args.presets, "sequences": [s.name for s in seqs],
                  "frames": sum(len(s) for s in seqs), "max_range_m": args.max_range, "params_file": str(params_file),

@@ -28,11 +28,18 @@ import torch
 
 from ba_perception.core import geometry
 from ba_perception.core.oba.refine import RefineConfig, RefinedBox, refine_tracklets
-from ba_perception.core.oba.tracklets import MAX_WINDOW, Observation, ObjectTrack, TrackletBuffer, TrackletConfig
+from ba_perception.core.oba.tracklets import (
+    MAX_WINDOW,
+    Observation,
+    ObjectTrack,
+    TrackletBuffer,
+    TrackletConfig,
+    observations_from_detections,
+)
 from ba_perception.core.tracking import Detections, Tracker, TrackerConfig, TrackOutput
 from ba_perception.eval.detection_ap import iou_2d
 
-CACHE_VERSION = "2"  # bump when what is cached (or how observations are made) changes
+CACHE_VERSION = "3"  # bump when what is cached (or how observations are made) changes
 ORACLE_SAMPLES = 25  # the detector's 5x5 grid has as many samples
 GT_MATCH_IOU = 0.5
 
@@ -161,7 +168,6 @@ def prepare_sequence(world_cfg: Any, detector: Any, model_hash: str, cache_dir: 
     """
     import cv2
 
-    from ba_perception.bench.pipeline import detections_to_observations
     from ba_perception.data.synth import WORLD_VERSION
     from ba_perception.data.world import World
 
@@ -180,7 +186,7 @@ def prepare_sequence(world_cfg: Any, detector: Any, model_hash: str, cache_dir: 
             t1 = time.perf_counter()
             res = detector.detect(fr.image, fr.K)
             det_ms.append((time.perf_counter() - t1) * 1e3)
-            obs = detections_to_observations(res.detections, [res.class_names[k] for k in res.detections.labels.tolist()])
+            obs = observations_from_detections(res.detections, res.class_names)
             g = match_to_gt(np.array([o.box_2d for o in obs]).reshape(-1, 4), [o.class_label for o in obs], fr.objects)
             uvs, ids = [], []
             for o, j in zip(obs, g):
@@ -341,13 +347,6 @@ def run_track_buffer(seq: SequenceData, variant: ObaVariant, tracklet_cfg: Track
 # ------------------------------------------------------------------------------------------------
 # tracker
 # ------------------------------------------------------------------------------------------------
-def boxes_to_detections(boxes: Sequence[RefinedBox]) -> Detections:
-    """Track buffer output -> tracker input in odom (what tracker_node reads from a Detection3DArray)."""
-    from ba_perception.bench.pipeline import refined_to_detections
-
-    return refined_to_detections(list(boxes))
-
-
 def observations_to_detections(obs: Sequence[Observation], T_odom_cam: np.ndarray) -> Detections:
     """Single-frame observations -> tracker input in odom (tracker_node with ``input_type: observations``)."""
     if not obs:

@@ -8,7 +8,6 @@ ego-motion; with ``detections`` (the track buffer's output) they already are.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -45,11 +44,6 @@ TRACKER_PARAMS: tuple[ParamSpec, ...] = (
 )
 
 
-def _tracker_config(p: dict[str, Any]) -> TrackerConfig:
-    names = {f.name for f in dataclasses.fields(TrackerConfig)}
-    return TrackerConfig(**{k: v for k, v in p.items() if k in names})
-
-
 class TrackerNode(PerceptionNode):
     """See the module docstring."""
 
@@ -70,7 +64,7 @@ class TrackerNode(PerceptionNode):
         from ba_perception_msgs.msg import Detection3DArray, ObjectObservationArray, Track3DArray
 
         try:
-            self.tracker = Tracker(_tracker_config(self.p))
+            self.tracker = Tracker(TrackerConfig.from_params(self.p))
         except ValueError as err:
             raise StartupError(f"tracker configuration: {err}") from err
         self.ego = EgoMotionInput(self) if self.p["input_type"] == "observations" else None

@@ -8,13 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ba_perception.bench.pipeline import (
-    STAGES,
-    WorldObservations,
-    detections_to_observations,
-    refined_to_detections,
-)
+from ba_perception.bench.pipeline import STAGES, WorldObservations
 from ba_perception.cli import main
+from ba_perception.core.oba.refine import tracker_detections
+from ba_perception.core.oba.tracklets import observations_from_detections
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +39,7 @@ def test_world_descriptors_follow_the_surface_point(frames):
     assert np.median(sim) < 0.5
 
 
-def test_refined_to_detections_drops_unknown_and_marks_bad_covariance():
+def test_tracker_detections_drop_unknown_and_mark_bad_covariance():
     from ba_perception.core.oba.refine import RefinedBox
 
     def box(center, cov_diag):
@@ -53,15 +50,15 @@ def test_refined_to_detections_drops_unknown_and_marks_bad_covariance():
                           velocity_odom=np.zeros(3), pose_covariance=np.diag(cov_diag), velocity_covariance=-np.eye(3),
                           is_static=True, num_frames=3)
 
-    d = refined_to_detections([box([1, 2, 0], [0.1] * 6), box([np.nan, 0, 0], [0.1] * 6), box([5, 0, 0], [-1] * 6)])
+    d = tracker_detections([box([1, 2, 0], [0.1] * 6), box([np.nan, 0, 0], [0.1] * 6), box([5, 0, 0], [-1] * 6)])
     assert len(d) == 2
     np.testing.assert_allclose(d.centers, [[1, 2, 0], [5, 0, 0]])
     assert np.isfinite(d.covariances[0]).all() and np.isnan(d.covariances[1]).all()
     assert d.embeddings.shape == (2, 4)
-    assert len(refined_to_detections([])) == 0
+    assert len(tracker_detections([])) == 0
 
 
-def test_detections_to_observations_matches_decode_output():
+def test_observations_from_detections_match_decode_output():
     from ba_perception.core.detection.backends import TorchBackend
     from ba_perception.core.detection.decode import DecodeConfig
     from ba_perception.core.detection.detector import Detector
@@ -71,12 +68,17 @@ def test_detections_to_observations_matches_decode_output():
     det = Detector(TorchBackend(MonoDetector().eval(), device="cpu"), DecodeConfig(score_threshold=0.0, max_detections=7))
     K = np.array([[700.0, 0, 620], [0, 700.0, 187], [0, 0, 1]])
     res = det.detect(np.zeros((375, 1242, 3), np.uint8), K)
-    obs = detections_to_observations(res.detections, res.class_names)
+    obs = observations_from_detections(res.detections, res.class_names)
     assert len(obs) == 7
     for i, o in enumerate(obs):
         np.testing.assert_allclose(o.center_cam, res.detections.center_cam[i].double().numpy())
         assert np.linalg.det(o.R_cam_obj) == pytest.approx(1.0)
         assert o.descriptors.shape == tuple(res.detections.descriptors.shape[1:])
+        assert o.class_label == res.class_names[i]  # one name per detection, not per class index
+    from ba_perception.core.oba.tracklets import TrackletError
+
+    with pytest.raises(TrackletError):
+        observations_from_detections(res.detections, ["car", "pedestrian", "cyclist"])
 
 
 @pytest.mark.slow  # ~14 s: renders 4 frames and runs the network + BA on each

@@ -22,16 +22,24 @@ def _objects():
     centers = torch.tensor([[3.0, 1.2, 20.0], [-4.0, 0.9, 11.0], [6.5, 0.8, 30.0]], dtype=torch.float64)
     sizes = torch.tensor([[4.1, 1.7, 1.5], [0.7, 0.6, 1.8], [1.7, 0.5, 1.6]], dtype=torch.float64)
     yaw = torch.tensor([0.7, -2.5, 3.0], dtype=torch.float64)
-    corners = geo.box_corners_cam(centers, sizes, yaw)
-    box = geo.box2d_from_points(geo.project_points(corners, K_SRC))
-    return labels, centers, sizes, yaw, box
+    return labels, centers, sizes, yaw, _box_2d(centers, sizes, yaw)
+
+
+def _box_2d(centers, sizes, yaw):
+    """Projected 3D boxes in the source image, pixels."""
+    return geo.box2d_from_points(geo.project_points(geo.box_corners_cam(centers, sizes, yaw), K_SRC))
+
+
+def _encoded(pre, labels, centers, sizes, yaw, box):
+    """Training targets of the objects and empty heat / regression maps at the output stride."""
+    h, w = NET_HW[0] // 8, NET_HW[1] // 8
+    enc = encode_objects(labels, centers, sizes, yaw, box, K_SRC, pre, (h, w))
+    return enc, torch.zeros(1, 3, h, w), torch.zeros(1, NUM_REG, h, w)
 
 
 def _heads(pre, labels, centers, sizes, yaw, box, depth_logvar=0.0):
     h, w = NET_HW[0] // 8, NET_HW[1] // 8
-    enc = encode_objects(labels, centers, sizes, yaw, box, K_SRC, pre, (h, w))
-    heat = torch.zeros(1, 3, h, w)
-    reg = torch.zeros(1, NUM_REG, h, w)
+    enc, heat, reg = _encoded(pre, labels, centers, sizes, yaw, box)
     for i in range(len(labels)):
         x, y = enc.cell_xy[i].tolist()
         heat[0, labels[i], y, x] = 0.9 - 0.1 * i
@@ -170,12 +178,9 @@ def _blob_heads(pre, labels, centers, sizes, yaw, peaks, rel_depth_std):
     """Heads of a trained-looking network: each object is a 3x3 blob of heat around its centre cell
     (peak ``peaks[i]``, neighbours x0.6) and every blob cell regresses the same 2D/3D box (offsets
     relative to that cell); where blobs overlap, the cell belongs to the hotter one."""
-    corners = geo.box_corners_cam(centers, sizes, yaw)
-    box = geo.box2d_from_points(geo.project_points(corners, K_SRC))
+    box = _box_2d(centers, sizes, yaw)
     h, w = NET_HW[0] // 8, NET_HW[1] // 8
-    enc = encode_objects(labels, centers, sizes, yaw, box, K_SRC, pre, (h, w))
-    heat = torch.zeros(1, 3, h, w)
-    reg = torch.zeros(1, NUM_REG, h, w)
+    enc, heat, reg = _encoded(pre, labels, centers, sizes, yaw, box)
     for i in range(len(labels)):
         x0, y0 = enc.cell_xy[i].tolist()
         for dy in (-1, 0, 1):
@@ -188,7 +193,6 @@ def _blob_heads(pre, labels, centers, sizes, yaw, peaks, rel_depth_std):
                 heat[0, labels[i], y, x] = v
                 r = enc.regression[i].float().clone()
                 r[REG_CHANNELS["offset"]] -= torch.tensor([dx, dy], dtype=torch.float32)
-                r[REG_CHANNELS["ltrb"]] = torch.log(torch.exp(r[REG_CHANNELS["ltrb"]]))  # same sides around the same centre
                 reg[0, :, y, x] = r
                 reg[0, REG_CHANNELS["depth_logvar"], y, x] = 2.0 * math.log(rel_depth_std[i])
     emb = torch.nn.functional.normalize(torch.ones(1, 4, h, w), dim=1)

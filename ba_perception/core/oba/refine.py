@@ -13,6 +13,7 @@ from ba_perception.core.geometry import unproject_pixels
 from ba_perception.core.oba.correspondences import PointTracks, descriptor_tracks, oracle_tracks
 from ba_perception.core.oba.solver import OBAProblem, OBAResult, OBAState, SolverOptions, problem_cost, solve
 from ba_perception.core.oba.tracklets import ObjectTrack, TrackletConfig
+from ba_perception.core.tracking.types import Detections
 
 CORRESPONDENCES = ("descriptor", "oracle", "none")
 
@@ -430,6 +431,28 @@ def _static_problem(p: OBAProblem, init: OBAState) -> tuple[OBAProblem, OBAState
     t_mean = (init.t_odom_obj * p.frame_mask[..., None]).sum(1) / nf  # window mean position
     return ps, OBAState(init.R_odom_obj[:, :1].expand_as(init.R_odom_obj), t_mean[:, None].expand_as(init.t_odom_obj),
                         init.points_obj)
+
+
+def tracker_detections(boxes: list[RefinedBox]) -> Detections:
+    """Refined boxes -> the tracker's input in odom (what tracker_node reads from a Detection3DArray).
+
+    Boxes without ego-motion (NaN centre) are left out; a position covariance without a positive
+    diagonal becomes NaN (the tracker then uses its class default); embeddings are passed only
+    when every box has one of the same size.
+    """
+    boxes = [b for b in boxes if np.isfinite(b.center_odom).all()]
+    if not boxes:
+        return Detections.empty()
+    R = np.stack([b.R_odom_obj for b in boxes])
+    cov = np.stack([np.asarray(b.pose_covariance, np.float64).reshape(6, 6)[:3, :3] for b in boxes]).copy()
+    cov[~(np.diagonal(cov, axis1=1, axis2=2) > 0).all(axis=1)] = np.nan
+    emb = [np.asarray(b.embedding, np.float64).ravel() for b in boxes]
+    dims = {e.size for e in emb}
+    return Detections(
+        centers=np.stack([b.center_odom for b in boxes]), yaws=np.arctan2(R[:, 1, 0], R[:, 0, 0]),
+        sizes=np.stack([b.size_lwh for b in boxes]), labels=[b.class_label for b in boxes],
+        scores=np.array([b.score for b in boxes]), boxes_2d=np.stack([np.asarray(b.box_2d, np.float64) for b in boxes]),
+        embeddings=np.stack(emb) if len(dims) == 1 and 0 not in dims else None, covariances=cov)
 
 
 def configs_from_params(p: Mapping[str, Any], device: str = "cpu") -> tuple[TrackletConfig, RefineConfig]:

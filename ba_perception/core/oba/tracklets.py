@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from ba_perception.core.geometry import iou_2d
+from ba_perception.core.geometry import iou_2d, rotation_cam_from_yaw
 
 
 class TrackletError(ValueError):
@@ -266,6 +267,28 @@ class TrackletBuffer:
 
     def __len__(self) -> int:
         return len(self.tracks)
+
+
+def observations_from_detections(det: Any, names: list[str]) -> list[Observation]:
+    """Decoded detector output (``core.detection.decode.Detections``) -> the buffer's records, camera frame.
+
+    Args:
+        det: the decoded detections of one image.
+        names: class name of each detection (``DetectionResult.class_names``).
+    """
+    n = len(det)
+    if n == 0:
+        return []
+    if len(names) != n:
+        raise TrackletError(f"need one class name per detection ({n}), got {len(names)}")
+    R = rotation_cam_from_yaw(det.yaw.double()).numpy()
+    box, ctr, size = det.box_2d.double().numpy(), det.center_cam.double().numpy(), det.size_lwh.double().numpy()
+    emb, uv, desc = det.embedding.float().numpy(), det.sample_uv.float().numpy(), det.descriptors.float().numpy()
+    sc = det.scores.float().numpy()
+    d_std, l_std, y_std = (t.float().numpy() for t in (det.depth_std, det.lateral_std, det.yaw_std))
+    return [Observation(box_2d=box[i], center_cam=ctr[i], R_cam_obj=R[i], size_lwh=size[i], depth_std=float(d_std[i]),
+                        lateral_std=float(l_std[i]), yaw_std=float(y_std[i]), score=float(sc[i]), class_label=names[i],
+                        embedding=emb[i], sample_uv=uv[i], descriptors=desc[i]) for i in range(n)]
 
 
 def observation_from_box(

@@ -9,7 +9,9 @@ embeddings, time going backwards) is repaired or dropped and counted in ``Tracke
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 
@@ -147,6 +149,12 @@ class TrackerConfig:
     emb_window: int = 3
     min_score_new: float = 0.0
     class_params: dict[str, ClassParams] = field(default_factory=lambda: dict(DEFAULT_CLASS_PARAMS))
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> TrackerConfig:
+        """The fields present in ``params`` (e.g. tracker_node's parameters), defaults for the rest."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names})
 
     def validate(self) -> None:
         """Raise ``TrackerConfigError`` naming the first invalid field."""
