@@ -31,7 +31,7 @@ import torch
 
 from ba_perception.core.oba.reference import have_pycolmap, solve_with_pycolmap
 from ba_perception.core.oba.refine import RefineConfig, refine_tracklets
-from ba_perception.core.oba.solver import OBAProblem, SolverOptions, solve
+from ba_perception.core.oba.solver import CapturedSolve, OBAProblem, SolverOptions, solve
 from ba_perception.core.oba.synthetic import make_batch, make_tracklets
 
 
@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: OpenMP spin-waits hurt on a loaded 2-core machine); Ceres uses 1")
     parser.add_argument("--check", type=int, default=20, help="problems for the Ceres agreement check (0: skip)")
     parser.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
+    parser.add_argument("--profile", action="store_true",
+                        help="also write torch.profiler's kernel table of one eager float32 prior+motion solve (beside --out)")
     parser.add_argument("--out", default="out/bench/oba.json", help="JSON output path")
 
 
@@ -58,18 +60,26 @@ def _problem(B: int, F: int, K: int, seed: int, dtype: torch.dtype, full: bool) 
     return sb.problem, sb.init
 
 
-def _time_solve(problem: OBAProblem, init, options: SolverOptions, device: str, dtype: torch.dtype, repeats: int) -> dict:
+def _time_solve(problem: OBAProblem, init, options: SolverOptions, device: str, dtype: torch.dtype, repeats: int,
+                graph: bool = False) -> dict:
     p = problem.to(device=device, dtype=dtype)
     st = type(init)(*(x.to(device=device, dtype=dtype) for x in (init.R_odom_obj, init.t_odom_obj, init.points_obj)))
     cuda = device.startswith("cuda")
+    if graph:  # the same solve replayed from a CUDA graph (inputs copied in on every call)
+        captured = CapturedSolve(p, st, options)
+
+        def solve_fn(p_, st_, _options):
+            return captured(p_, st_)
+    else:
+        solve_fn = solve
     for _ in range(2):  # warm-up (allocator, kernels)
-        solve(p, st, options)
+        solve_fn(p, st, options)
     if cuda:
         torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        res = solve(p, st, options)
+        res = solve_fn(p, st, options)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
@@ -77,7 +87,32 @@ def _time_solve(problem: OBAProblem, init, options: SolverOptions, device: str, 
     return {
         "p50_ms": statistics.median(ms), "p90_ms": ms[int(0.9 * (len(ms) - 1))], "min_ms": ms[0],
         "iterations": int(res.iterations.max()), "final_cost_sum": float(torch.nansum(res.cost)),
+        "cuda_graph": graph,
     }
+
+
+def _write_profile(device: str, args: argparse.Namespace, F: int, K: int, options: SolverOptions) -> None:
+    """torch.profiler table (self time per op/kernel) of one eager float32 prior+motion solve."""
+    from torch.profiler import ProfilerActivity, profile
+
+    B = args.tracklets if device == "cuda" else args.cpu_tracklets
+    problem, init = _problem(B, F, K, seed=1, dtype=torch.float64, full=True)
+    p = problem.to(device=device, dtype=torch.float32)
+    st = type(init)(*(x.to(device=device, dtype=torch.float32) for x in (init.R_odom_obj, init.t_odom_obj, init.points_obj)))
+    solve(p, st, options)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        solve(p, st, options)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=40)
+    kernels = sum(1 for e in prof.events() if e.device_type.name == "CUDA") if device == "cuda" else None
+    path = Path(args.out).with_suffix(".profile.txt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{device} float32 prior+motion B={B} F={F} K={K} iterations={options.max_iterations}; "
+                    f"GPU kernels launched: {kernels}\n{table}\n")
+    print(f"  profile ({device}, {kernels} GPU kernels per solve) -> {path}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,11 +127,16 @@ def run(args: argparse.Namespace) -> int:
         for full in (True, False):
             problem, init = _problem(B, F, K, seed=1, dtype=torch.float64, full=full)
             for dt in dtypes:
-                r = _time_solve(problem, init, timed, device, dt, args.repeats)
-                r.update(device=device, dtype=str(dt).replace("torch.", ""), tracklets=B, frames=F, points=K,
-                         problem="prior+motion" if full else "reprojection")
-                rows.append(r)
-                print(f"  solved {device} {r['dtype']} {r['problem']}: p50 {r['p50_ms']:.1f} ms", flush=True)
+                for graph in ((False, True) if device == "cuda" else (False,)):
+                    r = _time_solve(problem, init, timed, device, dt, args.repeats, graph)
+                    r.update(device=device, dtype=str(dt).replace("torch.", ""), tracklets=B, frames=F, points=K,
+                             problem="prior+motion" if full else "reprojection")
+                    rows.append(r)
+                    print(f"  solved {device}{'+graph' if graph else ''} {r['dtype']} {r['problem']}: "
+                          f"p50 {r['p50_ms']:.2f} ms", flush=True)
+
+    if args.profile:
+        _write_profile(devices[-1], args, F, K, timed)
 
     # end to end: refine_tracklets (packing, descriptor matching, dynamic + one-pose solves, boxes)
     refine_rows = []
@@ -130,8 +170,7 @@ def run(args: argparse.Namespace) -> int:
             total_with_build_ms=float((ref.solve_s + ref.build_s).sum() * 1e3), mean_ceres_iterations=float(ref.iterations.mean()),
             observations_per_problem=obs,
         )
-        ours = {(r["device"], r["dtype"]): r for r in rows if r["problem"] == "reprojection"}
-        for (dev, dt), r in ours.items():
+        for r in (r for r in rows if r["problem"] == "reprojection"):
             # scale pycolmap's total to the batch size that row solved
             total_same = float(per.mean()) * r["tracklets"]
             r["pycolmap_sequential_ms"] = total_same
@@ -154,10 +193,11 @@ def run(args: argparse.Namespace) -> int:
         "solver": rows, "refine_tracklets": refine_rows, "pycolmap": ceres,
     }
     print()
-    print(f"{'device':6s} {'dtype':8s} {'problem':13s} {'B':>4s} {'F':>3s} {'K':>3s} {'p50 ms':>9s} {'p90 ms':>9s} {'vs pycolmap':>12s}")
+    print(f"{'device':11s} {'dtype':8s} {'problem':13s} {'B':>4s} {'F':>3s} {'K':>3s} {'p50 ms':>9s} {'p90 ms':>9s} {'vs pycolmap':>12s}")
     for r in rows:
         sp = f"{r['speedup_vs_pycolmap']:.1f}x" if "speedup_vs_pycolmap" in r else "-"
-        print(f"{r['device']:6s} {r['dtype']:8s} {r['problem']:13s} {r['tracklets']:4d} {r['frames']:3d} {r['points']:3d} "
+        dev = r["device"] + ("+graph" if r["cuda_graph"] else "")
+        print(f"{dev:11s} {r['dtype']:8s} {r['problem']:13s} {r['tracklets']:4d} {r['frames']:3d} {r['points']:3d} "
               f"{r['p50_ms']:9.2f} {r['p90_ms']:9.2f} {sp:>12s}")
     for r in refine_rows:
         print(f"refine_tracklets end to end ({r['device']}, {r['tracklets']} tracklets x {r['frames']} frames, "

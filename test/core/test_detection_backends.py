@@ -128,3 +128,27 @@ def test_detector_runs_full_size_images_and_rejects_bad_ones(exported):
         det.detect(img[..., :2], K)
     with pytest.raises(DetectorError):
         det.detect(img, np.full((3, 3), np.nan))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_torch_cuda_fp16_graph_matches_cpu_fp32(exported):
+    """Stated fp16 tolerance: 2 % of each output map's range (fp32 paths agree within 1e-4)."""
+    _, ck, _ = exported
+    x = torch.rand(1, 3, *CFG.input_hw, generator=torch.Generator().manual_seed(3))
+    ref = TorchBackend(ck, device="cpu")(x)
+    out = TorchBackend(ck, device="cuda", fp16=True, cuda_graph=True)(x)
+    for k in MonoDetector.OUTPUT_NAMES:
+        assert (out[k].cpu() - ref[k]).abs().max() < 2e-2 * max(1.0, ref[k].abs().max().item()), k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_auto_on_cuda_without_tensorrt_runs_the_checkpoint_beside_the_onnx(exported, tmp_path):
+    from ba_perception.core.detection.backends import _ort_gpu, tensorrt_available
+
+    if tensorrt_available() or _ort_gpu():
+        pytest.skip("a GPU ONNX runtime is installed: auto picks it")
+    _, ck, onnx_path = exported
+    (tmp_path / "m.onnx").write_bytes(onnx_path.read_bytes())
+    assert create_backend("auto", onnx_path=tmp_path / "m.onnx").name.startswith("onnxruntime")  # no .pt beside it
+    (tmp_path / "m.pt").write_bytes(ck.read_bytes())
+    assert create_backend("auto", onnx_path=tmp_path / "m.onnx").name == "torch[cuda,fp16,cudagraph]"

@@ -3,8 +3,8 @@
 Every backend is called with a preprocessed ``(B, 3, H, W)`` float32 tensor in [0, 1] at the
 model's input size and returns the four output maps of :class:`MonoDetector` as torch tensors
 (on the backend's device). ``create_backend("auto", ...)`` picks, in order: TensorRT (importable
-and a CUDA GPU), ONNX Runtime with a GPU execution provider, torch on CUDA, ONNX Runtime on CPU,
-torch on CPU, and logs which.
+and a CUDA GPU), ONNX Runtime with a GPU execution provider, torch on CUDA (the checkpoint given,
+or the ``.pt`` shipped beside the ONNX file), ONNX Runtime on CPU, torch on CPU, and logs which.
 
 Model sources: ONNX Runtime and TensorRT run the exported ONNX file; the torch backend runs a
 training checkpoint (``.pt``) of the same network.
@@ -417,6 +417,14 @@ def _ort_gpu() -> bool:
     return bool({"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()))
 
 
+def _sibling_checkpoint(onnx_path: str | Path | None) -> Path | None:
+    """The training checkpoint exported to ``onnx_path`` (same name, ``.pt``), when it is shipped beside it."""
+    if not onnx_path:
+        return None
+    ck = Path(onnx_path).with_suffix(".pt")
+    return ck if ck.is_file() else None
+
+
 def create_backend(
     kind: str = "auto",
     onnx_path: str | Path | None = None,
@@ -453,7 +461,9 @@ def create_backend(
             kind = "tensorrt"
         elif cuda and onnx_path and _ort_gpu():
             kind = "onnxruntime"
-        elif cuda and checkpoint:
+        elif cuda and (checkpoint or _sibling_checkpoint(onnx_path)):
+            # No TensorRT or CUDA ONNX Runtime here: the torch network (fp16 + CUDA graph) beats ONNX Runtime on the CPU.
+            checkpoint = checkpoint or _sibling_checkpoint(onnx_path)
             kind = "torch"
         elif onnx_path:
             kind = "onnxruntime"

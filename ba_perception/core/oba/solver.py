@@ -176,6 +176,9 @@ class SolverOptions:
     min_depth_m: float = 1e-3
     sync_every: int = 1
     compute_covariance: bool = True
+    # No host sync anywhere (CUDA-graph capture): a given ``static`` tensor always takes the
+    # shared-slot code path instead of asking the device whether any problem is static.
+    assume_static: bool = False
 
 
 @dataclass
@@ -293,7 +296,8 @@ def _prepare(problem: OBAProblem, state: OBAState, options: SolverOptions) -> _P
     static = torch.zeros(B, dtype=torch.bool, device=dev) if problem.static is None else problem.static.bool()
     ar = torch.arange(F, device=dev)
     slot = torch.where(static[:, None], torch.zeros_like(ar)[None], ar[None]).expand(B, F).contiguous()
-    any_static = problem.static is not None and bool(static.any())  # one host sync, outside the LM loop
+    # one host sync, outside the LM loop (none when capturing a CUDA graph)
+    any_static = problem.static is not None and (options.assume_static or bool(static.any()))
 
     prep = _Prep(
         uv=uv, m=m.to(dt), w=w, R_co=T_co[..., :3, :3], t_co=T_co[..., :3, 3],
@@ -764,3 +768,59 @@ def _pose_covariance(ne: _Normal, prep: _Prep, options: SolverOptions) -> torch.
     cov = cov * f[:, :, None] * f[:, None, :]
     cov = torch.where(ok[:, None, None], cov, torch.full_like(cov, float("nan")))
     return cov.reshape(B, P, 6, P, 6)
+
+
+class CapturedSolve:
+    """:func:`solve` recorded once as a CUDA graph and replayed on new inputs of the same shapes.
+
+    One LM solve launches hundreds of small kernels per iteration; replaying a graph removes the
+    per-launch host cost, which dominates at the node's sizes. The graph holds its own input and
+    output tensors: :meth:`__call__` copies the new problem and initial state into them, replays,
+    and returns the static :class:`OBAResult` (overwritten by the next call: clone what you keep).
+
+    Every optional field that is set on the capture problem must be set on later problems, and
+    vice versa (the graph records which terms exist). ``options.sync_every`` is forced to 0 and
+    ``assume_static`` to True (no host sync may happen inside a capture).
+
+    Raises:
+        OBASolverError: the problem is not on a CUDA device, or a later problem's fields or shapes differ.
+    """
+
+    def __init__(self, problem: OBAProblem, init: OBAState, options: SolverOptions | None = None, warmup: int = 2) -> None:
+        if problem.obs_uv.device.type != "cuda":
+            raise OBASolverError("CapturedSolve needs the problem on a CUDA device")
+        self.options = SolverOptions(**{**{f.name: getattr(options or SolverOptions(), f.name) for f in fields(SolverOptions)},
+                                        "sync_every": 0, "assume_static": True})
+        dev, dt = problem.obs_uv.device, problem.obs_uv.dtype
+        self.problem = problem.to(device=dev, dtype=dt)
+        self.problem = OBAProblem(**{f.name: (None if v is None else v.clone())
+                                     for f in fields(OBAProblem) for v in [getattr(self.problem, f.name)]})
+        self.init = OBAState(*(x.to(device=dev, dtype=dt).clone() for x in (init.R_odom_obj, init.t_odom_obj, init.points_obj)))
+        stream = torch.cuda.Stream(device=dev)
+        stream.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(stream):
+            for _ in range(max(1, warmup)):  # allocator and library handles settle outside the capture
+                solve(self.problem, self.init, self.options)
+        torch.cuda.current_stream(dev).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.result = solve(self.problem, self.init, self.options)
+
+    def __call__(self, problem: OBAProblem | None = None, init: OBAState | None = None) -> OBAResult:
+        """Copy ``problem`` / ``init`` (when given) into the graph's inputs, replay, return the graph's result."""
+        if problem is not None:
+            for f in fields(OBAProblem):
+                dst, src = getattr(self.problem, f.name), getattr(problem, f.name)
+                if (dst is None) != (src is None) or (src is not None and src.shape != dst.shape):
+                    raise OBASolverError(f"CapturedSolve: field {f.name} differs from the captured problem "
+                                         f"({None if src is None else tuple(src.shape)} vs {None if dst is None else tuple(dst.shape)})")
+                if src is not None:
+                    dst.copy_(src, non_blocking=True)
+        if init is not None:
+            for dst, src in zip((self.init.R_odom_obj, self.init.t_odom_obj, self.init.points_obj),
+                                (init.R_odom_obj, init.t_odom_obj, init.points_obj)):
+                if src.shape != dst.shape:
+                    raise OBASolverError(f"CapturedSolve: initial state shape {tuple(src.shape)} differs from {tuple(dst.shape)}")
+                dst.copy_(src, non_blocking=True)
+        self.graph.replay()
+        return self.result
