@@ -11,7 +11,7 @@ import torch
 
 from ba_perception.core.geometry import unproject_pixels
 from ba_perception.core.oba.correspondences import PointTracks, descriptor_tracks, oracle_tracks
-from ba_perception.core.oba.solver import OBAProblem, OBAResult, OBAState, SolverOptions, problem_cost, solve
+from ba_perception.core.oba.solver import GraphSolveCache, OBAProblem, OBAResult, OBAState, SolverOptions, problem_cost, solve
 from ba_perception.core.oba.tracklets import ObjectTrack, TrackletConfig
 from ba_perception.core.tracking.types import Detections
 
@@ -49,6 +49,8 @@ class RefineConfig:
         min_depth_m: detections nearer than this (or behind the camera) are dropped.
         solver: LM options (iterations, loss, yaw-only, ...).
         device, dtype: where the batch is solved.
+        cuda_graph: on CUDA, replay each solve from a CUDA graph (batch padded to a multiple of 16;
+            one graph per padded shape is captured on first use and kept).
     """
 
     num_points: int = 32
@@ -69,6 +71,7 @@ class RefineConfig:
     min_baseline_m: float = 0.05
     min_depth_m: float = 0.5
     solver: SolverOptions = field(default_factory=lambda: SolverOptions(loss="cauchy", loss_scale_px=2.0, max_iterations=10))
+    cuda_graph: bool = True
     device: str = "cpu"
     dtype: torch.dtype = torch.float64
 
@@ -379,7 +382,7 @@ def refine_tracklets(
         p, B = batch.problem, len(batch.tracks)
         if cfg.scene_static:
             ps, init_s = _static_problem(p, batch.init)
-            res = solve(ps, init_s, cfg.solver, initial_lambda=batch.initial_lambda)
+            res = _solve(cfg, ps, init_s, batch.initial_lambda)
             v, vcov = _velocity(res.state.t_odom_obj, p.stamps_s, p.frame_mask, res.pose_covariance)
             _write_back(batch, res, torch.zeros_like(v), vcov, res.valid.clone(), replace(cfg, static_resolve=True), out)
             return [out[t.tracklet_id] for t in tracks]
@@ -397,11 +400,11 @@ def refine_tracklets(
             both = OBAState(*(torch.cat([a, b]) for a, b in zip(
                 (init.R_odom_obj, init.t_odom_obj, init.points_obj), (init_s.R_odom_obj, init_s.t_odom_obj, init_s.points_obj))))
             lam = batch.initial_lambda
-            res_all = solve(joint, both, cfg.solver, initial_lambda=None if lam is None else torch.cat([lam, lam]))
+            res_all = _solve(cfg, joint, both, None if lam is None else torch.cat([lam, lam]))
             first = torch.arange(2 * B, device=dev) < B
             res, sres = _take(res_all, first), _take(res_all, ~first)
         else:
-            res = solve(p, batch.init, cfg.solver, initial_lambda=batch.initial_lambda)
+            res = _solve(cfg, p, batch.init, batch.initial_lambda)
         v, vcov = _velocity(res.state.t_odom_obj, p.stamps_s, p.frame_mask, res.pose_covariance)
         speed = v.norm(dim=-1)
         static = (speed < cfg.static_speed_mps) & res.valid
@@ -420,6 +423,16 @@ def refine_tracklets(
                 final = _merge(res, _take(sres, static), keep)
         _write_back(batch, final, v, vcov, static, cfg, out)
     return [out[t.tracklet_id] for t in tracks]
+
+
+_GRAPHS = GraphSolveCache()
+
+
+def _solve(cfg: RefineConfig, problem: OBAProblem, init: OBAState, initial_lambda: torch.Tensor | None) -> OBAResult:
+    """The batched LM solve: replayed from a cached CUDA graph on CUDA (``cuda_graph``), eager otherwise."""
+    if cfg.cuda_graph and problem.obs_uv.device.type == "cuda":
+        return _GRAPHS.solve(problem, init, cfg.solver, initial_lambda)
+    return solve(problem, init, cfg.solver, initial_lambda=initial_lambda)
 
 
 def _static_problem(p: OBAProblem, init: OBAState) -> tuple[OBAProblem, OBAState]:
@@ -504,19 +517,23 @@ def _write_back(batch: RefineBatch, res: OBAResult, v, vcov, static, cfg: Refine
     nfr = p.frame_mask.sum(1) - 1  # newest packed frame
     B = len(batch.tracks)
     ar = torch.arange(B, device=nfr.device)
-    R = res.state.R_odom_obj[ar, nfr].cpu().numpy()
-    t = res.state.t_odom_obj[ar, nfr].cpu().numpy()
-    T_co = p.T_cam_odom[ar, nfr].cpu().numpy()
     slot = torch.where(static if cfg.static_resolve else torch.zeros_like(static), torch.zeros_like(nfr), nfr)
-    cov = None
+    # Everything the boxes need, copied to the host once (per-element reads would sync the GPU each time).
+    host = {
+        "R": res.state.R_odom_obj[ar, nfr], "t": res.state.t_odom_obj[ar, nfr], "T_co": p.T_cam_odom[ar, nfr],
+        "v": v, "npts": (p.obs_mask.sum(1) >= 2).sum(-1), "valid": res.valid, "static": static,
+        "nframes": p.frame_mask.sum(1), "cost": res.cost, "iterations": res.iterations, "lam": res.lam,
+        "R_all": res.state.R_odom_obj, "t_all": res.state.t_odom_obj,
+    }
     if res.pose_covariance is not None:
-        cov = res.pose_covariance[ar, slot, :, slot, :].cpu().numpy()  # (B,6,6) [dt odom, dtheta obj]
-    v_np = v.cpu().numpy()
-    vc = vcov.cpu().numpy() if vcov is not None else None
-    npts = (p.obs_mask.sum(1) >= 2).sum(-1).cpu().numpy()
+        host["cov"] = res.pose_covariance[ar, slot, :, slot, :]  # (B,6,6) [dt odom, dtheta obj]
+    if vcov is not None:
+        host["vcov"] = vcov
+    h = {k: x.detach().cpu().numpy() for k, x in host.items()}
+    R, t, T_co, cov, vc = h["R"], h["t"], h["T_co"], h.get("cov"), h.get("vcov")
     for b, track in enumerate(batch.tracks):
         base = _box(track, "", cfg, batch.frame_index[b][-1])  # newest usable frame
-        if not bool(res.valid[b]):
+        if not h["valid"][b]:
             base.reason = "solver rejected the problem"
             out[track.tracklet_id] = base
             continue
@@ -528,16 +545,16 @@ def _write_back(batch: RefineBatch, res: OBAResult, v, vcov, static, cfg: Refine
         base.yaw_odom = float(np.arctan2(R[b][1, 0], R[b][0, 0]))
         base.center_cam = T_co[b, :3, :3] @ t[b] + T_co[b, :3, 3]
         base.size_lwh = batch.sizes[b]
-        base.is_static = bool(static[b])
-        base.velocity_odom = np.zeros(3) if base.is_static and cfg.static_resolve else v_np[b]
+        base.is_static = bool(h["static"][b])
+        base.velocity_odom = np.zeros(3) if base.is_static and cfg.static_resolve else h["v"][b]
         base.pose_covariance = pc
         base.velocity_covariance = vc[b] if vc is not None else -np.eye(3)
-        base.num_frames = int(p.frame_mask[b].sum())
-        base.num_points = int(npts[b])
-        base.cost = float(res.cost[b])
-        base.iterations = int(res.iterations[b])
+        base.num_frames = int(h["nframes"][b])
+        base.num_points = int(h["npts"][b])
+        base.cost = float(h["cost"][b])
+        base.iterations = int(h["iterations"][b])
         out[track.tracklet_id] = base
         track.warm = {
-            "poses": {track.frames[i].stamp_ns: (res.state.R_odom_obj[b, f].cpu().numpy(), res.state.t_odom_obj[b, f].cpu().numpy()) for f, i in enumerate(batch.frame_index[b])},
-            "lam": float(res.lam[b]),
+            "poses": {track.frames[i].stamp_ns: (h["R_all"][b, f], h["t_all"][b, f]) for f, i in enumerate(batch.frame_index[b])},
+            "lam": float(h["lam"][b]),
         }
