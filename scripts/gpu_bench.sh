@@ -13,13 +13,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 "$py" -c 'import torch, platform; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(), "python", platform.python_version())'
 step "CUDA tests"
 "$py" -m pytest -q -p no:cacheprovider -rs test/core/test_oba_cuda.py test/core/test_detection_backends.py \
-    test/core/test_oba_solver.py test/core/test_oba_refine.py 2>&1 | tee "$out/pytest.txt"
+    test/core/test_oba_refine.py 2>&1 | tee "$out/pytest.txt"
 step "bench detector"
 "$py" -m ba_perception.cli bench detector --iters 100 --out "$out/detector.json"
 step "bench oba"
-"$py" -m ba_perception.cli bench oba --profile --out "$out/oba.json"
+"$py" -m ba_perception.cli bench oba --compile --profile --out "$out/oba.json"
 step "bench pipeline (world observations, 30 objects)"
 "$py" -m ba_perception.cli bench pipeline --device cuda --observations world --objects 30 --out "$out/pipeline_world.json"
-step "bench pipeline (the trained detector's own output)"
-"$py" -m ba_perception.cli bench pipeline --device cuda --observations detector --objects 30 --out "$out/pipeline_detector.json"
+step "bench pipeline (world observations, 30 objects, object-BA iteration fused by torch.compile)"
+"$py" -m ba_perception.cli bench pipeline --device cuda --observations world --objects 30 --compile-ba --warmup 20 --out "$out/pipeline_world_compiled.json"
 step "done"

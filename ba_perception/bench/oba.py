@@ -24,6 +24,7 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: OpenMP spin-waits hurt on a loaded 2-core machine); Ceres uses 1")
     parser.add_argument("--check", type=int, default=20, help="problems for the Ceres agreement check (0: skip)")
     parser.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time float32 CUDA-graph solves with the LM iteration fused by torch.compile (compiles first: ~1 min)")
     parser.add_argument("--profile", action="store_true",
                         help="also write torch.profiler's kernel table of one eager float32 prior+motion solve (beside --out)")
     parser.add_argument("--out", default="out/bench/oba.json", help="JSON output path")
@@ -127,13 +130,19 @@ def run(args: argparse.Namespace) -> int:
         for full in (True, False):
             problem, init = _problem(B, F, K, seed=1, dtype=torch.float64, full=full)
             for dt in dtypes:
-                for graph in ((False, True) if device == "cuda" else (False,)):
-                    r = _time_solve(problem, init, timed, device, dt, args.repeats, graph)
+                variants = [(False, False)]
+                if device == "cuda":
+                    variants += [(True, False)] + ([(True, True)] if args.compile and dt == torch.float32 else [])
+                for graph, compiled in variants:
+                    opts = replace(timed, compiled=compiled)
+                    t0 = time.perf_counter()
+                    r = _time_solve(problem, init, opts, device, dt, args.repeats, graph)
                     r.update(device=device, dtype=str(dt).replace("torch.", ""), tracklets=B, frames=F, points=K,
-                             problem="prior+motion" if full else "reprojection")
+                             problem="prior+motion" if full else "reprojection", compiled=compiled,
+                             setup_s=time.perf_counter() - t0)
                     rows.append(r)
-                    print(f"  solved {device}{'+graph' if graph else ''} {r['dtype']} {r['problem']}: "
-                          f"p50 {r['p50_ms']:.2f} ms", flush=True)
+                    print(f"  solved {device}{'+graph' if graph else ''}{'+compiled' if compiled else ''} {r['dtype']} "
+                          f"{r['problem']}: p50 {r['p50_ms']:.2f} ms", flush=True)
 
     if args.profile:
         _write_profile(devices[-1], args, F, K, timed)
@@ -193,11 +202,11 @@ def run(args: argparse.Namespace) -> int:
         "solver": rows, "refine_tracklets": refine_rows, "pycolmap": ceres,
     }
     print()
-    print(f"{'device':11s} {'dtype':8s} {'problem':13s} {'B':>4s} {'F':>3s} {'K':>3s} {'p50 ms':>9s} {'p90 ms':>9s} {'vs pycolmap':>12s}")
+    print(f"{'device':20s} {'dtype':8s} {'problem':13s} {'B':>4s} {'F':>3s} {'K':>3s} {'p50 ms':>9s} {'p90 ms':>9s} {'vs pycolmap':>12s}")
     for r in rows:
         sp = f"{r['speedup_vs_pycolmap']:.1f}x" if "speedup_vs_pycolmap" in r else "-"
-        dev = r["device"] + ("+graph" if r["cuda_graph"] else "")
-        print(f"{dev:11s} {r['dtype']:8s} {r['problem']:13s} {r['tracklets']:4d} {r['frames']:3d} {r['points']:3d} "
+        dev = r["device"] + ("+graph" if r["cuda_graph"] else "") + ("+compiled" if r["compiled"] else "")
+        print(f"{dev:20s} {r['dtype']:8s} {r['problem']:13s} {r['tracklets']:4d} {r['frames']:3d} {r['points']:3d} "
               f"{r['p50_ms']:9.2f} {r['p90_ms']:9.2f} {sp:>12s}")
     for r in refine_rows:
         print(f"refine_tracklets end to end ({r['device']}, {r['tracklets']} tracklets x {r['frames']} frames, "

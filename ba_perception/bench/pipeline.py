@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=375)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch / ONNX Runtime CPU threads (1: stable numbers on a shared 2-core machine)")
+    parser.add_argument("--compile-ba", action="store_true",
+                        help="fuse the object-BA LM iteration with torch.compile (compiled during the warm-up frames)")
     parser.add_argument("--params-file", default="", help="parameter file (default: the package's config/stack.yaml)")
     parser.add_argument("--out", default="out/bench/pipeline.json", help="JSON output path")
 
@@ -322,6 +325,8 @@ def run(args: argparse.Namespace) -> int:
             return observations_from_detections(res.detections, res.class_names)
 
     tb_cfg, rf_cfg = configs_from_params(node_parameters(params_file, "track_buffer_node"), args.device)
+    if args.compile_ba:
+        rf_cfg = replace(rf_cfg, solver=replace(rf_cfg.solver, compiled=True))
     tr_cfg = TrackerConfig.from_params(node_parameters(params_file, "tracker_node"))
     print(f"pipeline: {len(frames)} frames ({args.warmup} warm-up), backend {backend.name}, weights {weights}, "
           f"observations {mode}, BA on {args.device}")
@@ -333,7 +338,8 @@ def run(args: argparse.Namespace) -> int:
         "network_input_hw": list(backend.input_hw), "frames": args.frames, "warmup": args.warmup,
         "objects_max": args.objects, "score_threshold": threshold, "params_file": str(params_file),
         "refine": {"window": tb_cfg.window, "num_points": rf_cfg.num_points, "correspondences": rf_cfg.correspondences,
-                   "max_iterations": rf_cfg.solver.max_iterations, "dtype": str(rf_cfg.dtype)},
+                   "max_iterations": rf_cfg.solver.max_iterations, "dtype": str(rf_cfg.dtype),
+                   "cuda_graph": rf_cfg.cuda_graph, "compiled": rf_cfg.solver.compiled},
         "tracker": {"method": tr_cfg.method, "solver": tr_cfg.solver},
         "method": ("CUDA: torch.cuda.synchronize() before each stage boundary, wall clock; total also by CUDA events"
                    if args.device == "cuda" else "CPU: wall clock (perf_counter) at each stage boundary")

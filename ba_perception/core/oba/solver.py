@@ -179,6 +179,9 @@ class SolverOptions:
     # No host sync anywhere (CUDA-graph capture): a given ``static`` tensor always takes the
     # shared-slot code path instead of asking the device whether any problem is static.
     assume_static: bool = False
+    # Fuse the LM iteration with torch.compile (Triton kernels on CUDA, C++ on CPU). Compiling
+    # takes tens of seconds once per process and shape; worth it for a long-running node on a GPU.
+    compiled: bool = False
 
 
 @dataclass
@@ -673,6 +676,49 @@ def _select(mask: torch.Tensor, a: OBAState, b: OBAState) -> OBAState:
     )
 
 
+def _lm_iteration(prep: _Prep, options: SolverOptions, state: OBAState, ne: _Normal, lam: torch.Tensor, nu: torch.Tensor,
+                  active: torch.Tensor, converged: torch.Tensor, iterations: torch.Tensor):
+    """One LM iteration for every problem (damped step, candidate evaluation, Nielsen update, masks)."""
+    dt = ne.cost.dtype
+    gmax = torch.cat([(ne.g * prep.free).flatten(1), (ne.gp * prep.point_active[..., None]).flatten(1)], 1).abs().amax(1)
+    gconv = gmax <= options.gradient_tolerance
+    converged = converged | (active & gconv)
+    active = active & ~gconv
+    dx, dp, ok, pred, _ = _solve_damped(ne, prep, lam, options)
+    cand = _apply(state, dx, dp)
+    # Normal equations at the candidate (its cost included): kept where the step is accepted,
+    # which saves a separate cost evaluation per iteration.
+    ne_c = _normal_equations(prep, cand, options)
+    new_cost = ne_c.cost
+    accept = active & ok & torch.isfinite(new_cost) & (new_cost < ne.cost)
+    rho = (ne.cost - new_cost) / pred.clamp(min=torch.finfo(dt).tiny)
+    lam = torch.where(accept, lam * torch.clamp(1 - (2 * rho - 1) ** 3, min=1 / 3), torch.where(active, lam * nu, lam))
+    nu = torch.where(accept, torch.full_like(nu, 2.0), torch.where(active, nu * 2, nu))
+    step = torch.cat([dx.flatten(1), dp.flatten(1)], 1).norm(dim=1)
+    xnorm = torch.cat([state.t_odom_obj.flatten(1), state.points_obj.flatten(1)], 1).norm(dim=1)
+    fconv = accept & ((ne.cost - new_cost) <= options.function_tolerance * ne.cost)
+    xconv = accept & (step <= options.parameter_tolerance * (xnorm + options.parameter_tolerance))
+    iterations = iterations + active.long()
+    state = _select(accept, cand, state)
+    converged = converged | fconv | xconv
+    stalled = active & (lam > 1e30)
+    active = active & ~(fconv | xconv) & ~stalled
+    ne = _select_normal(accept, ne_c, ne)
+    return state, ne, lam, nu, active, converged, iterations
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled(name: str):
+    """``torch.compile``d solver pieces (``SolverOptions.compiled``): elementwise chains fused into
+    few kernels; compiled once per process on first use (tens of seconds), then per new shape."""
+    if name not in _COMPILED:
+        fn = {"lm_iteration": _lm_iteration, "normal_equations": _normal_equations}[name]
+        _COMPILED[name] = torch.compile(fn, dynamic=False)
+    return _COMPILED[name]
+
+
 def solve(
     problem: OBAProblem,
     init: OBAState,
@@ -712,34 +758,12 @@ def solve(
     active = prep.valid.clone()
     converged = torch.zeros(B, dtype=torch.bool, device=dev)
     iterations = torch.zeros(B, dtype=torch.long, device=dev)
-    ne = _normal_equations(prep, state, options)
+    ne = (_compiled("normal_equations") if options.compiled else _normal_equations)(prep, state, options)
     initial_cost = ne.cost.clone()
     active = active & torch.isfinite(ne.cost)
+    step_fn = _compiled("lm_iteration") if options.compiled else _lm_iteration
     for it in range(options.max_iterations):
-        gmax = torch.cat([(ne.g * prep.free).flatten(1), (ne.gp * prep.point_active[..., None]).flatten(1)], 1).abs().amax(1)
-        gconv = gmax <= options.gradient_tolerance
-        converged = converged | (active & gconv)
-        active = active & ~gconv
-        dx, dp, ok, pred, _ = _solve_damped(ne, prep, lam, options)
-        cand = _apply(state, dx, dp)
-        # Normal equations at the candidate (its cost included): kept where the step is accepted,
-        # which saves a separate cost evaluation per iteration.
-        ne_c = _normal_equations(prep, cand, options)
-        new_cost = ne_c.cost
-        accept = active & ok & torch.isfinite(new_cost) & (new_cost < ne.cost)
-        rho = (ne.cost - new_cost) / pred.clamp(min=torch.finfo(dt).tiny)
-        lam = torch.where(accept, lam * torch.clamp(1 - (2 * rho - 1) ** 3, min=1 / 3), torch.where(active, lam * nu, lam))
-        nu = torch.where(accept, torch.full_like(nu, 2.0), torch.where(active, nu * 2, nu))
-        step = torch.cat([dx.flatten(1), dp.flatten(1)], 1).norm(dim=1)
-        xnorm = torch.cat([state.t_odom_obj.flatten(1), state.points_obj.flatten(1)], 1).norm(dim=1)
-        fconv = accept & ((ne.cost - new_cost) <= options.function_tolerance * ne.cost)
-        xconv = accept & (step <= options.parameter_tolerance * (xnorm + options.parameter_tolerance))
-        iterations = iterations + active.long()
-        state = _select(accept, cand, state)
-        converged = converged | fconv | xconv
-        stalled = active & (lam > 1e30)
-        active = active & ~(fconv | xconv) & ~stalled
-        ne = _select_normal(accept, ne_c, ne)
+        state, ne, lam, nu, active, converged, iterations = step_fn(prep, options, state, ne, lam, nu, active, converged, iterations)
         if options.sync_every and (it + 1) % options.sync_every == 0 and not bool(active.any()):
             break
     cost = torch.where(prep.valid, ne.cost, torch.full_like(ne.cost, float("nan")))
