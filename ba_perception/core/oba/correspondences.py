@@ -102,9 +102,12 @@ def tracks_from_ids(sample_uv: torch.Tensor, ids: torch.Tensor, num_points: int,
     chosen = torch.full((B, num_points), -1, dtype=torch.long, device=dev)
     if b.numel():
         tid = ids[valid]
-        # one vote per (problem, track, frame), then track lengths per (problem, track)
-        bif = torch.unique(torch.stack([b, tid, f], 1), dim=0)
-        bi, length = torch.unique(bif[:, :2], dim=0, return_counts=True)
+        # one vote per (problem, track, frame), then track lengths per (problem, track); the triple
+        # is packed into one integer key because 1-D unique is far faster than unique over rows
+        M = ids.max() + 1
+        bt = torch.unique((b * M + tid) * F + f) // F  # sorted by (problem, track)
+        bt, length = torch.unique_consecutive(bt, return_counts=True)
+        bi = torch.stack([bt // M, bt % M], 1)
         keep = length >= min_length
         bi, length = bi[keep], length[keep]
         # order: problem asc, length desc, id asc (stable sorts, least significant key first)
