@@ -22,11 +22,11 @@ def short_bag(tmp_path_factory):
     return demo_bag("urban", 20, tmp_path_factory.mktemp("world"))
 
 
-def _run(bag, out, ros_env):
+def _run(bag, out, ros_env, *sets):
     from ba_perception.eval.replay import RunConfig, read_outputs, replay_and_report
 
     os.environ.update({k: ros_env.env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOG_DIR")})
-    summary = replay_and_report(RunConfig(bag=bag, out=out, lockstep=True, sets=["detector_node.threads:=2"]))
+    summary = replay_and_report(RunConfig(bag=bag, out=out, lockstep=True, sets=["detector_node.threads:=2", *sets]))
     return summary, read_outputs(out / "outputs")
 
 
@@ -54,3 +54,15 @@ def test_replay_is_complete_scored_and_deterministic(short_bag, tmp_path, ros_en
         a = [(t.track_id, round(t.pose.position.x, 6), round(t.pose.position.y, 6)) for t in t1[k].tracks]
         b = [(t.track_id, round(t.pose.position.x, 6), round(t.pose.position.y, 6)) for t in t2[k].tracks]
         assert a == b
+
+
+def test_track_buffer_with_klt_correspondences_refines_from_the_camera_images(short_bag, tmp_path, ros_env):
+    s, out = _run(short_bag, tmp_path / "klt", ros_env, "track_buffer_node.correspondences:=klt")
+    assert s["frames"]["detections"] == 20 and s["dropped_frames"] == 0
+    refined = [d for m in out["/ba_perception/detections"].values() for d in m.detections if d.refined]
+    assert len(refined) > 50
+    depth = s["depth_ba"]
+    assert depth["objects"] > 20
+    # KLT tracks on the world's textured cars keep the refinement near the single-frame depth (they
+    # must not derail it: a missing image or a broken track would leave priors or noise)
+    assert depth["refined_abs_median_m"] < 1.15 * depth["single_abs_median_m"] + 0.05, depth

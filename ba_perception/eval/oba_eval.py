@@ -6,7 +6,8 @@ file) over the same cached detector output (``eval.world_pipeline``):
 - ``single``: the detector alone (the baseline; no BA).
 - ``priors``: no point correspondences: detector priors + constant-velocity motion prior only.
 - ``learned``: BA on mutual-nearest-neighbour matches of the network's learned descriptors (the node's default).
-- ``orb`` / ``klt``: BA on OpenCV ORB matches / KLT tracks inside the boxes.
+- ``orb`` / ``klt``: BA on OpenCV ORB matches / KLT tracks inside the boxes (``klt`` is the
+  track_buffer_node's incremental ``KltTracker``, ``correspondences: klt``).
 - ``oracle``: BA on the world's true surface-point correspondences (an upper bound for features).
 - ``static``: scene-level BA, one pose per object for the whole window (the static-world
   assumption BA-Det argues against; moving cars smear).

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ba_perception.core import geometry
+from ba_perception.core.oba.correspondences import KltTracker
 from ba_perception.core.oba.refine import RefineConfig, RefinedBox, refine_tracklets
 from ba_perception.core.oba.tracklets import (
     MAX_WINDOW,
@@ -283,13 +284,13 @@ class FrameBoxes3D:
     seconds: float
 
 
-def _external_tracks(seq: SequenceData, tracks: list[ObjectTrack], kind: str, frame_of: dict[int, int],
-                     num_points: int, cache: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """ORB or KLT point tracks over each tracklet's window (evaluation-side, OpenCV).
+def _orb_point_tracks(seq: SequenceData, tracks: list[ObjectTrack], frame_of: dict[int, int],
+                      num_points: int, cache: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """ORB point tracks over each tracklet's window (evaluation-side, OpenCV).
 
     ``cache`` keeps grayscale images by frame and ORB features by (frame, box) between calls.
     """
-    from ba_perception.core.oba.correspondences import klt_tracks, orb_features, orb_tracks
+    from ba_perception.core.oba.correspondences import orb_features, orb_tracks
 
     out = {}
     newest = 0
@@ -302,9 +303,6 @@ def _external_tracks(seq: SequenceData, tracks: list[ObjectTrack], kind: str, fr
             if i not in cache:
                 cache[i] = seq.gray(i)
         boxes = np.stack([np.asarray(f.observation.box_2d, np.float64) for f in t.frames])
-        if kind == "klt":
-            out[t.tracklet_id] = klt_tracks([cache[i] for i in idx], boxes, num_points)
-            continue
         feats = []
         for i, b in zip(idx, boxes):
             key = (i, tuple(b.tolist()))
@@ -325,6 +323,7 @@ def run_track_buffer(seq: SequenceData, variant: ObaVariant, tracklet_cfg: Track
     buffer = TrackletBuffer(tracklet_cfg)
     frame_of = {int(s): i for i, s in enumerate(seq.stamps_ns)}
     cv_cache: dict = {}
+    klt = KltTracker(rc.num_points)  # the track_buffer_node's incremental KLT
     out = []
     for i in range(len(seq)):
         obs = seq.observations[i]
@@ -334,8 +333,10 @@ def run_track_buffer(seq: SequenceData, variant: ObaVariant, tracklet_cfg: Track
         t0 = time.perf_counter()
         tracks, assignment = buffer.update(int(seq.stamps_ns[i]), obs, seq.T_odom_cam[i], seq.K)
         pt = None
-        if variant.correspondences in ("orb", "klt"):
-            pt = _external_tracks(seq, tracks, variant.correspondences, frame_of, rc.num_points, cv_cache)
+        if variant.correspondences == "orb":
+            pt = _orb_point_tracks(seq, tracks, frame_of, rc.num_points, cv_cache)
+        elif variant.correspondences == "klt":
+            pt = klt.step(int(seq.stamps_ns[i]), seq.gray(i), tracks)
         boxes = refine_tracklets(tracks, replace(rc, scene_static=variant.scene_static), pt)
         dt = time.perf_counter() - t0
         by_id = {b.tracklet_id: b for b in boxes}

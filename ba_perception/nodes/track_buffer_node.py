@@ -3,12 +3,16 @@
 BA-Det's second stage. Each frame's observations are linked into short-term tracklets
 (motion-compensated 2D IoU + appearance, conservative), each tracklet keeps a sliding window of
 its last frames with the camera poses from odometry, and all tracklets are refined in one batched
-Levenberg-Marquardt solve (GPU when present). Output: Detection3DArray in odom with velocity,
+Levenberg-Marquardt solve (GPU when present). The point tracks come from the detector's learned
+descriptors (default) or, with ``correspondences: klt``, from KLT on the camera images, followed
+incrementally per tracklet (:class:`~ba_perception.core.oba.correspondences.KltTracker`). Output: Detection3DArray in odom with velocity,
 covariance from the solver's information matrix and a static/moving flag, plus the stage trace.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -16,14 +20,16 @@ import torch
 
 from ba_perception.core import geometry
 from ba_perception.core.ego_motion import EgoMotionError
+from ba_perception.core.oba.correspondences import KltTracker
 from ba_perception.core.oba.refine import RefineConfig, RefinedBox, configs_from_params, refine_tracklets
 from ba_perception.core.oba.tracklets import Observation, TrackletBuffer, TrackletConfig
 from ba_perception.ros.convert import matrix_to_pose
 from ba_perception.ros.ego_motion import EGO_MOTION_PARAMS, EgoMotionInput
+from ba_perception.ros.image import ImageError, image_to_rgb
 from ba_perception.ros.inputs import FrameWorker
 from ba_perception.ros.node import PerceptionNode, StartupError, make_stage, run_node, wall_ns
 from ba_perception.ros.observations import FrameObservations, msg_to_observations
-from ba_perception.ros.params import ParamSpec
+from ba_perception.ros.params import ParamSpec, qos_profile
 from ba_perception.ros.sync import stamp_ns
 
 _T, _R = TrackletConfig(), RefineConfig()
@@ -75,8 +81,11 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("max_misses", _T.max_misses, "frames a tracklet survives unmatched", min=0),
         ParamSpec("max_tracklets", _T.max_tracklets, "bound on live tracklets (memory)", min=1),
         ParamSpec("num_points", _R.num_points, "point tracks per tracklet in the BA", min=1),
-        ParamSpec("correspondences", "descriptor", "point tracks from learned descriptors, or none (priors only)",
-                  choices=("descriptor", "none")),
+        ParamSpec("correspondences", "descriptor", "point tracks from learned descriptors, from incremental KLT on "
+                  "the camera images (klt: subscribes image_topic), or none (priors only)",
+                  choices=("descriptor", "klt", "none")),
+        ParamSpec("image_topic", "/camera/image_raw", "camera images for correspondences: klt (sensor_msgs/Image, "
+                  "the stamps of the detector's input)"),
         ParamSpec("max_iterations", _R.solver.max_iterations, "LM iterations per solve", min=1),
         ParamSpec("loss", _R.solver.loss, "robust loss of reprojection residuals", choices=("cauchy", "huber", "trivial")),
         ParamSpec("loss_scale_px", _R.solver.loss_scale_px, "robust loss scale, pixels", min=1e-6),
@@ -105,6 +114,15 @@ class TrackBufferNode(PerceptionNode):
             raise StartupError("device cuda requested but torch sees no CUDA GPU")
         self.tracklet_config, self.refine_config = configs_from_params(self.p, device)
         self.buffer = TrackletBuffer(self.tracklet_config)
+        self.klt: KltTracker | None = None
+        if self.p["correspondences"] == "klt":
+            from sensor_msgs.msg import Image
+
+            self.klt = KltTracker(self.refine_config.num_points)
+            self.gray: OrderedDict[int, np.ndarray] = OrderedDict()  # stamp_ns -> image, newest last
+            self.gray_lock = threading.Lock()
+            # sensor_data (best effort) matches both reliable and best-effort camera publishers
+            self.create_subscription(Image, self.p["image_topic"], self.on_image, qos_profile("sensor_data", 5))
         self.get_logger().info(f"object BA on {device} ({self.p['dtype']}), window {self.p['window']}")
         self.ego = EgoMotionInput(self)
         self.pub = self.create_publisher(Detection3DArray, self.p["output_topic"], self.output_qos())
@@ -115,6 +133,30 @@ class TrackBufferNode(PerceptionNode):
         self.frames = 0
         self.last_refined: dict[int, RefinedBox] = {}
 
+    def on_image(self, msg: Any) -> None:
+        """Keep the grayscale images of the last frames by stamp (the KLT input)."""
+        import cv2
+
+        try:
+            rgb = image_to_rgb(msg)
+        except ImageError as err:
+            self.reject(f"image_{err.reason}", str(err))
+            return
+        gray = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+        with self.gray_lock:
+            self.gray[stamp_ns(msg)] = gray
+            while len(self.gray) > 2 * self.tracklet_config.window + 8:
+                self.gray.popitem(last=False)
+
+    def _klt_tracks(self, stamp: int, tracks: list) -> dict | None:
+        """KLT point tracks of the tracklets updated at ``stamp``; None (priors only) when its image is missing."""
+        with self.gray_lock:
+            gray = self.gray.get(stamp)
+        if gray is None:
+            self.count("klt_image_missing")
+            return None
+        return self.klt.step(stamp, gray, tracks)
+
     def on_input(self, item: tuple[int, Any]) -> None:
         from ba_perception_msgs.msg import Detection3DArray
 
@@ -124,6 +166,8 @@ class TrackBufferNode(PerceptionNode):
         if self.last_stamp is not None and stamp < self.last_stamp:
             self.reject("stamp_backwards", "input stamp went backwards; tracklets reset (bag looped?)")
             self.buffer = TrackletBuffer(self.tracklet_config)
+            if self.klt is not None:
+                self.klt.reset()
             self.ego.reset()
             self.last_refined.clear()
         self.last_stamp = stamp
@@ -137,9 +181,10 @@ class TrackBufferNode(PerceptionNode):
             self.reject("intrinsics", "observation array carries invalid intrinsics")
             return
         tracks, _ = self.buffer.update(stamp, to_observations(frame), T_odom_cam, frame.K)
+        point_tracks = self._klt_tracks(stamp, tracks) if self.klt is not None else None  # followed every frame
         self.frames += 1
         if self.frames % self.p["solve_every_n"] == 0 or any(t.tracklet_id not in self.last_refined for t in tracks):
-            boxes = refine_tracklets(tracks, self.refine_config)
+            boxes = refine_tracklets(tracks, self.refine_config, point_tracks)
             self.last_refined = {b.tracklet_id: b for b in boxes}
             for b in boxes:
                 self.count("refined" if b.refined else f"unrefined.{b.reason.split(':')[0].replace(' ', '_')}")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ba_perception.core.oba.correspondences import (
+    KltTracker,
     chain_ids,
     descriptor_tracks,
     klt_tracks,
@@ -110,6 +111,37 @@ def test_klt_and_orb_follow_a_translating_texture():
         dy = uv[:, full, 1] - uv[0, full, 1]
         good = (np.abs(dx) < tol).all(0) & (np.abs(dy) < tol).all(0)
         assert good.mean() >= (1.0 if fn is klt_tracks else 0.8), (fn.__name__, dx, dy)
+
+
+def _tracklet(tid, stamps, boxes):
+    from types import SimpleNamespace as NS
+
+    return NS(tracklet_id=tid, frames=[NS(stamp_ns=s, observation=NS(box_2d=b)) for s, b in zip(stamps, boxes)])
+
+
+def test_incremental_klt_follows_a_translating_texture_and_restarts_after_a_gap():
+    base = _texture()
+    shifts = [0, 3, 6, 9, 12]
+    klt = KltTracker(16)
+    stamps, boxes = [], []
+    for f, s in enumerate(shifts):
+        stamps.append(100 * f)
+        boxes.append(np.array([80 + s, 60, 240 + s, 180], float))
+        out = klt.step(stamps[-1], np.roll(base, (0, s), axis=(0, 1)), [_tracklet(7, stamps[-4:], boxes[-4:])])
+    uv, mask = out[7]
+    assert uv.shape == (4, 16, 2) and mask.shape == (4, 16)
+    full = mask.all(0)
+    assert full.sum() >= 8  # the same corners followed through the whole window
+    dx = uv[:, full, 0] - uv[0, full, 0] - np.array(shifts[-4:], float)[:, None] + shifts[-4]
+    assert np.abs(dx).max() < 0.3 and np.abs(uv[:, full, 1] - uv[0, full, 1]).max() < 0.3
+    # a frame in which the tracklet was not updated breaks its tracks: none spans the gap
+    assert klt.step(500, np.roll(base, (0, 15), axis=(0, 1)), [_tracklet(7, stamps[-4:], boxes[-4:])]) == {}
+    out = klt.step(600, np.roll(base, (0, 18), axis=(0, 1)),
+                   [_tracklet(7, stamps[-3:] + [600], boxes[-3:] + [np.array([98, 60, 258, 180], float)])])
+    uv, mask = out[7]
+    assert not (mask[:-1].any(0) & mask[-1]).any()
+    assert klt._state[7].history[600][0].min() >= 32  # fresh ids in the new frame
+    assert klt.step(800, base, []) == {} and not klt._state  # a tracklet that disappeared is forgotten
 
 
 def test_shape_mismatch_is_reported():

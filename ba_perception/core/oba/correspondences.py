@@ -245,3 +245,116 @@ def orb_tracks(images: list[np.ndarray], boxes: np.ndarray, num_points: int, max
     ids = chain_ids(torch.from_numpy(nxt), torch.from_numpy(valid))
     tr = tracks_from_ids(torch.from_numpy(suv), ids, num_points)
     return tr.uv[0].numpy(), tr.mask[0].numpy()
+
+
+@dataclass
+class _KltState:
+    pts: np.ndarray  # (n, 2) float32 pixels in the tracklet's newest frame
+    ids: np.ndarray  # (n,) int64 point ids (unique within the tracklet)
+    next_id: int
+    last_stamp: int
+    history: dict  # stamp_ns -> (ids, uv) of that frame
+
+
+class KltTracker:
+    """Incremental KLT point tracks per tracklet (OpenCV pyramidal Lucas-Kanade), frame to frame.
+
+    Each frame, every tracklet updated in that frame has its points tracked from the previous image
+    into the new one (forward-backward check, points must stay inside the new box); when fewer than
+    ``num_points`` survive, Shi-Tomasi corners inside the box (away from the survivors) are added as
+    new tracks. The point tracks of a tracklet's window are read off its history, longest first.
+    This costs one forward-backward LK per tracklet and frame, where re-tracking a whole window
+    from its first frame (:func:`klt_tracks`) costs one per window frame.
+
+    Args:
+        num_points: K tracks returned per tracklet (up to 2K are followed).
+        fb_max_px: forward-backward consistency threshold, pixels.
+        min_distance_px: minimum spacing of seeded corners, pixels.
+    """
+
+    def __init__(self, num_points: int, fb_max_px: float = 1.0, min_distance_px: int = 4) -> None:
+        self.num_points, self.fb_max_px, self.min_distance_px = num_points, fb_max_px, min_distance_px
+        self._prev: tuple[int, np.ndarray] | None = None
+        self._state: dict[int, _KltState] = {}
+
+    def reset(self) -> None:
+        """Forget every tracklet and the previous image (stream restarted)."""
+        self._prev, self._state = None, {}
+
+    def _seed(self, gray: np.ndarray, box: np.ndarray, keep: np.ndarray, n: int) -> np.ndarray:
+        import cv2
+
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        roi = np.zeros_like(gray, np.uint8)
+        roi[max(y1, 0): max(y2, 0), max(x1, 0): max(x2, 0)] = 255
+        for x, y in keep:  # no new corner next to a surviving track
+            cv2.circle(roi, (int(round(x)), int(round(y))), self.min_distance_px, 0, -1)
+        pts = cv2.goodFeaturesToTrack(gray, n, 0.01, self.min_distance_px, mask=roi)
+        return np.zeros((0, 2), np.float32) if pts is None else pts[:, 0].astype(np.float32)
+
+    def _follow(self, prev: np.ndarray, gray: np.ndarray, st: _KltState, box: np.ndarray) -> None:
+        import cv2
+
+        if not len(st.pts):
+            return
+        cur = st.pts[:, None].astype(np.float32)
+        nxt, ok, _ = cv2.calcOpticalFlowPyrLK(prev, gray, cur, None)
+        back, ok2, _ = cv2.calcOpticalFlowPyrLK(gray, prev, nxt, None)
+        fb = np.linalg.norm(back - cur, axis=-1)[:, 0]
+        x, y = nxt[:, 0, 0], nxt[:, 0, 1]
+        alive = (ok[:, 0] == 1) & (ok2[:, 0] == 1) & (fb < self.fb_max_px)
+        alive &= (x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3])
+        st.pts, st.ids = nxt[alive, 0], st.ids[alive]
+
+    def step(self, stamp_ns: int, gray: np.ndarray, tracks: list) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Advance every tracklet whose newest frame is ``stamp_ns``; return their window point tracks.
+
+        Args:
+            stamp_ns: capture time of ``gray``.
+            gray: ``(H, W)`` uint8 image of that frame.
+            tracks: the live tracklets (``ObjectTrack``); state of tracklets not listed is dropped.
+
+        Returns:
+            ``{tracklet_id: (uv (F, K, 2), mask (F, K))}`` over each updated tracklet's window frames
+            (the format :func:`~ba_perception.core.oba.refine.refine_tracklets` takes).
+        """
+        prev = self._prev
+        live = {t.tracklet_id for t in tracks}
+        self._state = {k: v for k, v in self._state.items() if k in live}
+        out = {}
+        for t in tracks:
+            if not t.frames or t.frames[-1].stamp_ns != stamp_ns:
+                continue
+            box = np.asarray(t.frames[-1].observation.box_2d, np.float64)
+            st = self._state.get(t.tracklet_id)
+            if st is None:
+                st = self._state[t.tracklet_id] = _KltState(np.zeros((0, 2), np.float32), np.zeros(0, np.int64), 0, stamp_ns, {})
+            elif prev is not None and st.last_stamp == prev[0]:
+                self._follow(prev[1], gray, st, box)
+            else:  # the tracklet skipped a frame: its points cannot be followed
+                st.pts, st.ids = np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
+            want = 2 * self.num_points - len(st.pts)
+            if len(st.pts) < self.num_points and want > 0:
+                new = self._seed(gray, box, st.pts, want)
+                st.pts = np.concatenate([st.pts, new])
+                st.ids = np.concatenate([st.ids, np.arange(st.next_id, st.next_id + len(new))])
+                st.next_id += len(new)
+            st.last_stamp = stamp_ns
+            st.history[stamp_ns] = (st.ids.copy(), st.pts.copy())
+            window = [f.stamp_ns for f in t.frames]
+            st.history = {s: st.history[s] for s in window if s in st.history}
+            out[t.tracklet_id] = self._window_tracks(st, window)
+        self._prev = (stamp_ns, gray)
+        return out
+
+    def _window_tracks(self, st: _KltState, window: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        F = len(window)
+        N = max([len(st.history[s][0]) for s in window if s in st.history] + [1])
+        ids = np.full((1, F, N), -1, np.int64)
+        uv = np.zeros((1, F, N, 2), np.float32)
+        for f, s in enumerate(window):
+            if s in st.history:
+                i, p = st.history[s]
+                ids[0, f, : len(i)], uv[0, f, : len(i)] = i, p
+        tr = tracks_from_ids(torch.from_numpy(uv), torch.from_numpy(ids), self.num_points)
+        return tr.uv[0].numpy(), tr.mask[0].numpy()

@@ -480,8 +480,10 @@ def configs_from_params(p: Mapping[str, Any], device: str = "cpu") -> tuple[Trac
                         appearance_min=float(p.get("appearance_min", t.appearance_min)),
                         max_misses=int(p.get("max_misses", t.max_misses)),
                         max_tracklets=int(p.get("max_tracklets", t.max_tracklets)))
+    corr = str(p.get("correspondences", r.correspondences))
     rc = RefineConfig(
-        num_points=int(p.get("num_points", r.num_points)), correspondences=str(p.get("correspondences", r.correspondences)),
+        # klt: the point tracks come from the images (KltTracker), passed to refine_tracklets
+        num_points=int(p.get("num_points", r.num_points)), correspondences="none" if corr == "klt" else corr,
         static_resolve=bool(p.get("static_resolve", r.static_resolve)),
         surface_std_m=float(p.get("surface_std_m", r.surface_std_m)), device=device,
         dtype=torch.float32 if p.get("dtype", "float64") == "float32" else torch.float64,
