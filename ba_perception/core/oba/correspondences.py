@@ -282,29 +282,40 @@ class KltTracker:
         self._prev, self._state = None, {}
 
     def _seed(self, gray: np.ndarray, box: np.ndarray, keep: np.ndarray, n: int) -> np.ndarray:
+        """Up to ``n`` Shi-Tomasi corners inside ``box``, away from the points in ``keep``."""
         import cv2
 
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        roi = np.zeros_like(gray, np.uint8)
-        roi[max(y1, 0): max(y2, 0), max(x1, 0): max(x2, 0)] = 255
-        for x, y in keep:  # no new corner next to a surviving track
-            cv2.circle(roi, (int(round(x)), int(round(y))), self.min_distance_px, 0, -1)
-        pts = cv2.goodFeaturesToTrack(gray, n, 0.01, self.min_distance_px, mask=roi)
-        return np.zeros((0, 2), np.float32) if pts is None else pts[:, 0].astype(np.float32)
+        H, W = gray.shape
+        x1, y1 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
+        x2, y2 = min(int(np.ceil(box[2])), W), min(int(np.ceil(box[3])), H)
+        if x2 - x1 < 3 or y2 - y1 < 3:
+            return np.zeros((0, 2), np.float32)
+        roi = np.full((y2 - y1, x2 - x1), 255, np.uint8)  # corners of the crop only: far cheaper than masking the image
+        for x, y in keep:
+            cv2.circle(roi, (int(round(x)) - x1, int(round(y)) - y1), self.min_distance_px, 0, -1)
+        pts = cv2.goodFeaturesToTrack(gray[y1:y2, x1:x2], n, 0.01, self.min_distance_px, mask=roi)
+        if pts is None:
+            return np.zeros((0, 2), np.float32)
+        return (pts[:, 0] + np.array([x1, y1], np.float32)).astype(np.float32)
 
-    def _follow(self, prev: np.ndarray, gray: np.ndarray, st: _KltState, box: np.ndarray) -> None:
+    def _follow(self, prev: np.ndarray, gray: np.ndarray, follow: list[tuple[_KltState, np.ndarray]]) -> None:
+        """Track every listed tracklet's points into ``gray`` in one forward and one backward LK call."""
         import cv2
 
-        if not len(st.pts):
+        follow = [(st, box) for st, box in follow if len(st.pts)]
+        if not follow:
             return
-        cur = st.pts[:, None].astype(np.float32)
+        cur = np.concatenate([st.pts for st, _ in follow])[:, None].astype(np.float32)
         nxt, ok, _ = cv2.calcOpticalFlowPyrLK(prev, gray, cur, None)
         back, ok2, _ = cv2.calcOpticalFlowPyrLK(gray, prev, nxt, None)
-        fb = np.linalg.norm(back - cur, axis=-1)[:, 0]
-        x, y = nxt[:, 0, 0], nxt[:, 0, 1]
-        alive = (ok[:, 0] == 1) & (ok2[:, 0] == 1) & (fb < self.fb_max_px)
-        alive &= (x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3])
-        st.pts, st.ids = nxt[alive, 0], st.ids[alive]
+        alive = (ok[:, 0] == 1) & (ok2[:, 0] == 1) & (np.linalg.norm(back - cur, axis=-1)[:, 0] < self.fb_max_px)
+        start = 0
+        for st, box in follow:
+            n = len(st.pts)
+            p, a = nxt[start: start + n, 0], alive[start: start + n]
+            a = a & (p[:, 0] >= box[0]) & (p[:, 0] <= box[2]) & (p[:, 1] >= box[1]) & (p[:, 1] <= box[3])
+            st.pts, st.ids = p[a], st.ids[a]
+            start += n
 
     def step(self, stamp_ns: int, gray: np.ndarray, tracks: list) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Advance every tracklet whose newest frame is ``stamp_ns``; return their window point tracks.
@@ -321,7 +332,7 @@ class KltTracker:
         prev = self._prev
         live = {t.tracklet_id for t in tracks}
         self._state = {k: v for k, v in self._state.items() if k in live}
-        out = {}
+        updated, follow = [], []
         for t in tracks:
             if not t.frames or t.frames[-1].stamp_ns != stamp_ns:
                 continue
@@ -330,9 +341,13 @@ class KltTracker:
             if st is None:
                 st = self._state[t.tracklet_id] = _KltState(np.zeros((0, 2), np.float32), np.zeros(0, np.int64), 0, stamp_ns, {})
             elif prev is not None and st.last_stamp == prev[0]:
-                self._follow(prev[1], gray, st, box)
+                follow.append((st, box))
             else:  # the tracklet skipped a frame: its points cannot be followed
                 st.pts, st.ids = np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
+            updated.append((t, st, box))
+        if prev is not None:
+            self._follow(prev[1], gray, follow)
+        for t, st, box in updated:
             want = 2 * self.num_points - len(st.pts)
             if len(st.pts) < self.num_points and want > 0:
                 new = self._seed(gray, box, st.pts, want)
@@ -342,19 +357,24 @@ class KltTracker:
             st.last_stamp = stamp_ns
             st.history[stamp_ns] = (st.ids.copy(), st.pts.copy())
             window = [f.stamp_ns for f in t.frames]
-            st.history = {s: st.history[s] for s in window if s in st.history}
-            out[t.tracklet_id] = self._window_tracks(st, window)
+            st.history = {s_: st.history[s_] for s_ in window if s_ in st.history}
         self._prev = (stamp_ns, gray)
-        return out
+        return self._window_tracks(updated)
 
-    def _window_tracks(self, st: _KltState, window: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        F = len(window)
-        N = max([len(st.history[s][0]) for s in window if s in st.history] + [1])
-        ids = np.full((1, F, N), -1, np.int64)
-        uv = np.zeros((1, F, N, 2), np.float32)
-        for f, s in enumerate(window):
-            if s in st.history:
-                i, p = st.history[s]
-                ids[0, f, : len(i)], uv[0, f, : len(i)] = i, p
+    def _window_tracks(self, updated: list) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Each updated tracklet's window as padded id/pixel arrays, K longest tracks kept (one batched call)."""
+        if not updated:
+            return {}
+        windows = [[f.stamp_ns for f in t.frames] for t, _, _ in updated]
+        F = max(len(w) for w in windows)
+        N = max([len(st.history[s][0]) for (_, st, _), w in zip(updated, windows) for s in w if s in st.history] + [1])
+        ids = np.full((len(updated), F, N), -1, np.int64)
+        uv = np.zeros((len(updated), F, N, 2), np.float32)
+        for b, ((_, st, _), w) in enumerate(zip(updated, windows)):
+            for f, s in enumerate(w):
+                if s in st.history:
+                    i, p = st.history[s]
+                    ids[b, f, : len(i)], uv[b, f, : len(i)] = i, p
         tr = tracks_from_ids(torch.from_numpy(uv), torch.from_numpy(ids), self.num_points)
-        return tr.uv[0].numpy(), tr.mask[0].numpy()
+        tuv, tmask = tr.uv.numpy(), tr.mask.numpy()
+        return {t.tracklet_id: (tuv[b, : len(w)], tmask[b, : len(w)]) for b, ((t, _, _), w) in enumerate(zip(updated, windows))}
