@@ -76,8 +76,9 @@ def mot_frames(seq: SequenceData, tracks_per_frame: list[list[Any]], max_range_m
 
 
 def tracker_inputs(seq: SequenceData, tracklet_cfg, refine_cfg) -> dict[str, list]:
-    """The tracker's input per frame from each upstream: object BA (the graph's default) or single-frame detections."""
-    ba = run_track_buffer(seq, ObaVariant("descriptor"), tracklet_cfg, refine_cfg)
+    """The tracker's input per frame from each upstream: object BA (with the track buffer's configured
+    correspondences) or single-frame detections."""
+    ba = run_track_buffer(seq, ObaVariant(refine_cfg.correspondences), tracklet_cfg, refine_cfg)
     return {"ba": [tracker_detections(f.boxes) for f in ba],
             "none": [observations_to_detections(o, T) for o, T in zip(seq.observations, seq.T_odom_cam)]}
 

@@ -81,7 +81,7 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("max_misses", _T.max_misses, "frames a tracklet survives unmatched", min=0),
         ParamSpec("max_tracklets", _T.max_tracklets, "bound on live tracklets (memory)", min=1),
         ParamSpec("num_points", _R.num_points, "point tracks per tracklet in the BA", min=1),
-        ParamSpec("correspondences", "descriptor", "point tracks from learned descriptors, from incremental KLT on "
+        ParamSpec("correspondences", "klt", "point tracks from learned descriptors, from incremental KLT on "
                   "the camera images (klt: subscribes image_topic), or none (priors only)",
                   choices=("descriptor", "klt", "none")),
         ParamSpec("image_topic", "/camera/image_raw", "camera images for correspondences: klt (sensor_msgs/Image, "

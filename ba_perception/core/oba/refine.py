@@ -15,7 +15,7 @@ from ba_perception.core.oba.solver import GraphSolveCache, OBAProblem, OBAResult
 from ba_perception.core.oba.tracklets import ObjectTrack, TrackletConfig
 from ba_perception.core.tracking.types import Detections
 
-CORRESPONDENCES = ("descriptor", "oracle", "none")
+CORRESPONDENCES = ("descriptor", "klt", "oracle", "none")
 
 
 class RefineError(ValueError):
@@ -28,8 +28,9 @@ class RefineConfig:
 
     Attributes:
         num_points: K point tracks per tracklet.
-        correspondences: ``descriptor`` (mutual NN of learned descriptors), ``oracle`` (ground
-            truth sample ids), ``none`` (priors and motion only); KLT/ORB tracks are passed in.
+        correspondences: ``descriptor`` (mutual NN of learned descriptors), ``klt`` (KLT tracks on
+            the images, passed in as ``point_tracks`` by the caller's ``KltTracker``), ``oracle``
+            (ground truth sample ids), ``none`` (priors and motion only); ORB tracks are passed in too.
         match_ratio: Lowe ratio on cosine distance; match_min_similarity: cosine floor.
         pixel_std: assumed reprojection noise, pixels (sets the residual weights and hence the
             covariance scale; the robust loss scale is in these whitened units).
@@ -480,10 +481,8 @@ def configs_from_params(p: Mapping[str, Any], device: str = "cpu") -> tuple[Trac
                         appearance_min=float(p.get("appearance_min", t.appearance_min)),
                         max_misses=int(p.get("max_misses", t.max_misses)),
                         max_tracklets=int(p.get("max_tracklets", t.max_tracklets)))
-    corr = str(p.get("correspondences", r.correspondences))
     rc = RefineConfig(
-        # klt: the point tracks come from the images (KltTracker), passed to refine_tracklets
-        num_points=int(p.get("num_points", r.num_points)), correspondences="none" if corr == "klt" else corr,
+        num_points=int(p.get("num_points", r.num_points)), correspondences=str(p.get("correspondences", r.correspondences)),
         static_resolve=bool(p.get("static_resolve", r.static_resolve)),
         surface_std_m=float(p.get("surface_std_m", r.surface_std_m)), device=device,
         dtype=torch.float32 if p.get("dtype", "float64") == "float32" else torch.float64,
