@@ -91,3 +91,56 @@ def test_refined_depth_error_below_single_frame(ros_env):
     centre = np.array([det.pose.position.x, det.pose.position.y, det.pose.position.z])
     assert np.linalg.norm(centre - CAR_ODOM) < 0.5
     assert proc.poll() is None
+
+
+def test_klt_without_images_falls_back_to_priors_and_counts_it(ros_env):
+    """correspondences: klt (the default) with a missing or undecodable image still refines every frame."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from nav_msgs.msg import Odometry
+    from sensor_msgs.msg import Image
+
+    from ba_perception.ros.convert import extrinsics_to_matrix
+    from ba_perception.ros.image import numpy_to_image
+    from ba_perception.ros.node import ns_to_time
+    from ba_perception_msgs.msg import Detection3DArray, ObjectObservationArray
+
+    rng = np.random.default_rng(5)
+    points_obj = rng.uniform(-0.5, 0.5, (20, 3)) * SIZE
+    desc = rng.normal(size=(20, 16))
+    node = ros_env.node("feeder_klt")
+    obs_pub = node.create_publisher(ObjectObservationArray, "/ba_perception/observations", 10)
+    odom_pub = node.create_publisher(Odometry, "/odom", 50)
+    img_pub = node.create_publisher(Image, "/camera/image_raw", 10)
+    out: list = []
+    counters: dict[str, int] = {}
+
+    def on_diag(msg):
+        for st in msg.status:
+            if st.hardware_id == "track_buffer_node":
+                counters.update({kv.key: int(kv.value) for kv in st.values})
+
+    node.create_subscription(Detection3DArray, "/ba_perception/detections", out.append, 50)
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
+    spin = ros_env.spinner()
+    proc = ros_env.start("track_buffer_node", {"device": "cpu", "ego_wait_s": 0.5, "diagnostics_period_s": 0.1})
+    wait_for(lambda: obs_pub.get_subscription_count() and img_pub.get_subscription_count(), 30, spin, "subscribe")
+    T_base_cam = extrinsics_to_matrix([1.2, 0.0, 1.65, 0.0, 0.0, 0.0])
+    for k in range(6):
+        T_odom_base = np.eye(4)
+        T_odom_base[0, 3] = 1.0 * k
+        odom = Odometry()
+        odom.header.stamp, odom.header.frame_id = ns_to_time(T0 + k * DT), "odom"
+        odom.pose.pose.position.x, odom.pose.pose.orientation.w = T_odom_base[0, 3], 1.0
+        odom_pub.publish(odom)
+        if k == 3:  # one undecodable image; the others are simply missing
+            bad = numpy_to_image(np.zeros((4, 4, 3), np.uint8), "rgb8")
+            bad.encoding, bad.header.stamp = "yuv422_yuy2", odom.header.stamp
+            img_pub.publish(bad)
+            wait_for(lambda: counters.get("rejected.image_encoding", 0) >= 1, 30, spin, "bad image counted")
+        msg, _, _ = _frame(k, rng, points_obj, desc, T_odom_base @ T_base_cam)
+        n = len(out)
+        obs_pub.publish(msg)
+        wait_for(lambda: len(out) > n, 30, spin, f"output of frame {k}")
+    assert out[-1].detections[0].refined and out[-1].detections[0].num_frames == 6
+    wait_for(lambda: counters.get("klt_image_missing", 0) >= 6, 30, spin, "missing images counted")
+    assert proc.poll() is None
