@@ -1,8 +1,8 @@
 """`ba-perception bench pipeline`: the graph's stages in one process, no DDS: detector -> track buffer (object BA) -> tracker.
 
 The same core objects the nodes run, configured from the same parameter file (config/stack.yaml):
-``Detector`` (preprocess, network, decode), ``TrackletBuffer.update`` + ``refine_tracklets``
-(the track_buffer_node's work), and ``Tracker.step`` on the refined boxes (the tracker_node's
+``Detector`` (preprocess, network, decode), ``TrackletBuffer.update`` + ``KltTracker.step`` (with
+``correspondences: klt``, on the frame's image) + ``refine_tracklets`` (the track_buffer_node's work), and ``Tracker.step`` on the refined boxes (the tracker_node's
 work), frame after frame over a rendered synthetic-world sequence (or a bag). Message
 (de)serialisation and DDS transport are *not* included: that is ``bench stack``.
 
@@ -34,10 +34,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
 from ba_perception.core import geometry
+from ba_perception.core.oba.correspondences import KltTracker
 from ba_perception.core.oba.refine import RefineConfig, configs_from_params, refine_tracklets, tracker_detections
 from ba_perception.core.oba.tracklets import Observation, TrackletBuffer, TrackletConfig, observations_from_detections
 from ba_perception.core.tracking import Tracker, TrackerConfig
@@ -238,6 +240,7 @@ def run_pipeline(frames: list[Any], detector: Any, observe: Any, tracklet_cfg: T
         return time.perf_counter(), time.process_time()
 
     buffer, tracker = TrackletBuffer(tracklet_cfg), Tracker(tracker_cfg)
+    klt = KltTracker(refine_cfg.num_points) if refine_cfg.correspondences == "klt" else None
     samples: dict[str, list[float]] = {s: [] for s in STAGES}
     samples["total.cuda_events"] = []
     cpu: dict[str, list[float]] = {s: [] for s in ("detector", "track_buffer", "tracker", "total")}
@@ -253,7 +256,10 @@ def run_pipeline(frames: list[Any], detector: Any, observe: Any, tracklet_cfg: T
         obs = observe(i, res)  # the track buffer's input records (conversion timed with the association)
         tracks, _ = buffer.update(f.stamp_ns, obs, f.T_odom_cam, f.K)
         t2 = now()
-        boxes = refine_tracklets(tracks, refine_cfg)
+        point_tracks = None
+        if klt is not None:  # the node converts its image message to gray on arrival, then follows the tracklets
+            point_tracks = klt.step(f.stamp_ns, cv2.cvtColor(np.ascontiguousarray(f.image), cv2.COLOR_RGB2GRAY), tracks)
+        boxes = refine_tracklets(tracks, refine_cfg, point_tracks)
         t3 = now()
         dets = tracker_detections(boxes)
         out = tracker.step(f.stamp_ns, dets)
