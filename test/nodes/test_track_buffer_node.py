@@ -45,11 +45,25 @@ def _frame(k, rng, points_obj, desc, T_odom_cam):
     return msg, float(np.linalg.norm(c_noisy) - np.linalg.norm(c_true)), c_true
 
 
+def _publish_odom(odom_pub, k: int) -> tuple[np.ndarray, object]:
+    """Ego pose of frame k (1 m/frame along odom x) published as Odometry; returns T_odom_base and the stamp."""
+    from nav_msgs.msg import Odometry
+
+    from ba_perception.ros.node import ns_to_time
+
+    T_odom_base = np.eye(4)
+    T_odom_base[0, 3] = 1.0 * k
+    odom = Odometry()
+    odom.header.stamp, odom.header.frame_id = ns_to_time(T0 + k * DT), "odom"
+    odom.pose.pose.position.x, odom.pose.pose.orientation.w = T_odom_base[0, 3], 1.0
+    odom_pub.publish(odom)
+    return T_odom_base, odom.header.stamp
+
+
 def test_refined_depth_error_below_single_frame(ros_env):
     from nav_msgs.msg import Odometry
 
     from ba_perception.ros.convert import extrinsics_to_matrix
-    from ba_perception.ros.node import ns_to_time
     from ba_perception_msgs.msg import Detection3DArray, ObjectObservationArray
 
     rng = np.random.default_rng(3)
@@ -68,12 +82,7 @@ def test_refined_depth_error_below_single_frame(ros_env):
     T_base_cam = extrinsics_to_matrix([1.2, 0.0, 1.65, 0.0, 0.0, 0.0])
     single, refined = [], []
     for k in range(12):
-        T_odom_base = np.eye(4)
-        T_odom_base[0, 3] = 1.0 * k
-        odom = Odometry()
-        odom.header.stamp, odom.header.frame_id = ns_to_time(T0 + k * DT), "odom"
-        odom.pose.pose.position.x, odom.pose.pose.orientation.w = T_odom_base[0, 3], 1.0
-        odom_pub.publish(odom)
+        T_odom_base, _ = _publish_odom(odom_pub, k)
         msg, err, c_true = _frame(k, rng, points_obj, desc, T_odom_base @ T_base_cam)
         obs_pub.publish(msg)
         n = len(out)
@@ -101,7 +110,6 @@ def test_klt_without_images_falls_back_to_priors_and_counts_it(ros_env):
 
     from ba_perception.ros.convert import extrinsics_to_matrix
     from ba_perception.ros.image import numpy_to_image
-    from ba_perception.ros.node import ns_to_time
     from ba_perception_msgs.msg import Detection3DArray, ObjectObservationArray
 
     rng = np.random.default_rng(5)
@@ -126,15 +134,10 @@ def test_klt_without_images_falls_back_to_priors_and_counts_it(ros_env):
     wait_for(lambda: obs_pub.get_subscription_count() and img_pub.get_subscription_count(), 30, spin, "subscribe")
     T_base_cam = extrinsics_to_matrix([1.2, 0.0, 1.65, 0.0, 0.0, 0.0])
     for k in range(6):
-        T_odom_base = np.eye(4)
-        T_odom_base[0, 3] = 1.0 * k
-        odom = Odometry()
-        odom.header.stamp, odom.header.frame_id = ns_to_time(T0 + k * DT), "odom"
-        odom.pose.pose.position.x, odom.pose.pose.orientation.w = T_odom_base[0, 3], 1.0
-        odom_pub.publish(odom)
+        T_odom_base, stamp = _publish_odom(odom_pub, k)
         if k == 3:  # one undecodable image; the others are simply missing
             bad = numpy_to_image(np.zeros((4, 4, 3), np.uint8), "rgb8")
-            bad.encoding, bad.header.stamp = "yuv422_yuy2", odom.header.stamp
+            bad.encoding, bad.header.stamp = "yuv422_yuy2", stamp
             img_pub.publish(bad)
             wait_for(lambda: counters.get("rejected.image_encoding", 0) >= 1, 30, spin, "bad image counted")
         msg, _, _ = _frame(k, rng, points_obj, desc, T_odom_base @ T_base_cam)
