@@ -84,8 +84,10 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("correspondences", "klt", "point tracks from learned descriptors, from incremental KLT on "
                   "the camera images (klt: subscribes image_topic), or none (priors only)",
                   choices=("descriptor", "klt", "none")),
-        ParamSpec("image_topic", "/camera/image_raw", "camera images for correspondences: klt (sensor_msgs/Image, "
-                  "the stamps of the detector's input)"),
+        ParamSpec("image_topic", "/camera/image_raw", "camera images for correspondences: klt (the detector's "
+                  "input: same stamps)"),
+        ParamSpec("image_transport", "raw", "raw sensor_msgs/Image or compressed (JPEG/PNG) for correspondences: klt",
+                  choices=("raw", "compressed")),
         ParamSpec("max_iterations", _R.solver.max_iterations, "LM iterations per solve", min=1),
         ParamSpec("loss", _R.solver.loss, "robust loss of reprojection residuals", choices=("cauchy", "huber", "trivial")),
         ParamSpec("loss_scale_px", _R.solver.loss_scale_px, "robust loss scale, pixels", min=1e-6),
@@ -116,13 +118,16 @@ class TrackBufferNode(PerceptionNode):
         self.buffer = TrackletBuffer(self.tracklet_config)
         self.klt: KltTracker | None = None
         if self.p["correspondences"] == "klt":
-            from sensor_msgs.msg import Image
+            from sensor_msgs.msg import CompressedImage, Image
 
             self.klt = KltTracker(self.refine_config.num_points)
             self.gray: OrderedDict[int, np.ndarray] = OrderedDict()  # stamp_ns -> image, newest last
             self.gray_lock = threading.Lock()
+            compressed = self.p["image_transport"] == "compressed"
+            self.image_topic = self.p["image_topic"] + ("/compressed" if compressed else "")
             # sensor_data (best effort) matches both reliable and best-effort camera publishers
-            self.create_subscription(Image, self.p["image_topic"], self.on_image, qos_profile("sensor_data", 5))
+            self.create_subscription(CompressedImage if compressed else Image, self.image_topic, self.on_image,
+                                     qos_profile("sensor_data", 5))
         self.get_logger().info(f"object BA on {device} ({self.p['dtype']}), window {self.p['window']}")
         self.ego = EgoMotionInput(self)
         self.pub = self.create_publisher(Detection3DArray, self.p["output_topic"], self.output_qos())
@@ -152,8 +157,9 @@ class TrackBufferNode(PerceptionNode):
         """KLT point tracks of the tracklets updated at ``stamp``; None (priors only) when its image is missing."""
         with self.gray_lock:
             gray = self.gray.get(stamp)
-        if gray is None:
-            self.count("klt_image_missing")
+        if gray is None:  # counted as rejected.klt_image_missing, logged once per throttle period
+            self.reject("klt_image_missing", f"no image on {self.image_topic} with the observations' stamp: "
+                        "this frame's KLT point tracks are skipped (priors only)")
             return None
         return self.klt.step(stamp, gray, tracks)
 

@@ -145,5 +145,5 @@ def test_klt_without_images_falls_back_to_priors_and_counts_it(ros_env):
         obs_pub.publish(msg)
         wait_for(lambda: len(out) > n, 30, spin, f"output of frame {k}")
     assert out[-1].detections[0].refined and out[-1].detections[0].num_frames == 6
-    wait_for(lambda: counters.get("klt_image_missing", 0) >= 6, 30, spin, "missing images counted")
+    wait_for(lambda: counters.get("rejected.klt_image_missing", 0) >= 6, 30, spin, "missing images counted")
     assert proc.poll() is None
