@@ -94,6 +94,8 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("yaw_only", _R.solver.yaw_only, "object rotation restricted to yaw on the ground plane"),
         ParamSpec("static_resolve", _R.static_resolve, "also solve each slow tracklet with one pose and keep it "
                   "when that explains the images (static/moving decision; doubles the solve for those)"),
+        ParamSpec("static_candidate_mps", _R.static_candidate_mps, "with static_resolve: only tracklets whose "
+                  "refined speed is below this (m/s) may be declared static", min=0.0),
         ParamSpec("surface_std_m", _R.surface_std_m, "object points lie on the detected box's surface with this std, "
                   "m (Cauchy-robust); ties the box to the triangulated surface; 0 = off", min=0.0),
         ParamSpec("device", "auto", "where the batch is solved", choices=("auto", "cpu", "cuda")),

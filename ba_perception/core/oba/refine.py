@@ -484,6 +484,7 @@ def configs_from_params(p: Mapping[str, Any], device: str = "cpu") -> tuple[Trac
     rc = RefineConfig(
         num_points=int(p.get("num_points", r.num_points)), correspondences=str(p.get("correspondences", r.correspondences)),
         static_resolve=bool(p.get("static_resolve", r.static_resolve)),
+        static_candidate_mps=float(p.get("static_candidate_mps", r.static_candidate_mps)),
         surface_std_m=float(p.get("surface_std_m", r.surface_std_m)), device=device,
         dtype=torch.float32 if p.get("dtype", "float64") == "float32" else torch.float64,
         solver=SolverOptions(max_iterations=int(p.get("max_iterations", r.solver.max_iterations)),
