@@ -3,10 +3,11 @@
 BA-Det's second stage. Each frame's observations are linked into short-term tracklets
 (motion-compensated 2D IoU + appearance, conservative), each tracklet keeps a sliding window of
 its last frames with the camera poses from odometry, and all tracklets are refined in one batched
-Levenberg-Marquardt solve (GPU when present). The point tracks come from the detector's learned
-descriptors (default) or, with ``correspondences: klt``, from KLT on the camera images, followed
-incrementally per tracklet (:class:`~ba_perception.core.oba.correspondences.KltTracker`). Output: Detection3DArray in odom with velocity,
-covariance from the solver's information matrix and a static/moving flag, plus the stage trace.
+Levenberg-Marquardt solve (GPU when present). The point tracks come from KLT on the camera images,
+followed incrementally per tracklet (``correspondences: klt``, the default;
+:class:`~ba_perception.core.oba.correspondences.KltTracker`), or from the detector's learned
+descriptors (``descriptor``). Output: Detection3DArray in odom with velocity, covariance from the
+solver's information matrix and a static/moving flag, plus the stage trace.
 """
 
 from __future__ import annotations
