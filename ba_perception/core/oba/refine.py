@@ -163,8 +163,9 @@ def _usable_frames(track: ObjectTrack, config: RefineConfig) -> tuple[list[int],
     finite = []
     for i in ego:
         o = frames[i].observation
-        vals = (o.box_2d, o.center_cam, o.R_cam_obj, o.size_lwh, [o.depth_std, o.lateral_std, o.yaw_std])
-        if all(np.isfinite(np.asarray(v, np.float64)).all() for v in vals):
+        vals = np.concatenate([np.ravel(o.box_2d), np.ravel(o.center_cam), np.ravel(o.R_cam_obj), np.ravel(o.size_lwh),
+                               [o.depth_std, o.lateral_std, o.yaw_std]]).astype(np.float64)
+        if np.isfinite(vals).all():
             finite.append(i)
     if len(finite) < 2:
         return [], "NaN observations"
