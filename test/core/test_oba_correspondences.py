@@ -10,7 +10,6 @@ from ba_perception.core.oba.correspondences import (
     KltTracker,
     chain_ids,
     descriptor_tracks,
-    klt_tracks,
     mutual_nn_matches,
     oracle_tracks,
     orb_tracks,
@@ -98,19 +97,19 @@ def _texture(h=240, w=320, seed=0):
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
-def test_klt_and_orb_follow_a_translating_texture():
+def test_orb_follows_a_translating_texture():
     base = _texture()
     shifts = [0, 3, 6, 9]
     images = [np.roll(base, (0, s), axis=(0, 1)) for s in shifts]
     boxes = np.array([[80 + s, 60, 240 + s, 180] for s in shifts], float)
-    for fn, tol in ((klt_tracks, 0.3), (orb_tracks, 1.5)):  # ORB keypoints on pyramid levels are coarser
-        uv, mask = fn(images, boxes, 16)
-        full = mask.all(0)
-        assert full.sum() >= 4, fn.__name__
-        dx = uv[:, full, 0] - uv[0, full, 0] - np.array(shifts, float)[:, None]
-        dy = uv[:, full, 1] - uv[0, full, 1]
-        good = (np.abs(dx) < tol).all(0) & (np.abs(dy) < tol).all(0)
-        assert good.mean() >= (1.0 if fn is klt_tracks else 0.8), (fn.__name__, dx, dy)
+    uv, mask = orb_tracks(images, boxes, 16)
+    full = mask.all(0)
+    assert full.sum() >= 4
+    dx = uv[:, full, 0] - uv[0, full, 0] - np.array(shifts, float)[:, None]
+    dy = uv[:, full, 1] - uv[0, full, 1]
+    tol = 1.5  # ORB keypoints on pyramid levels are coarser than KLT's (test below: 0.3 px)
+    good = (np.abs(dx) < tol).all(0) & (np.abs(dy) < tol).all(0)
+    assert good.mean() >= 0.8, (dx, dy)
 
 
 def _tracklet(tid, stamps, boxes):
