@@ -152,3 +152,12 @@ def test_auto_on_cuda_without_tensorrt_runs_the_checkpoint_beside_the_onnx(expor
     assert create_backend("auto", onnx_path=tmp_path / "m.onnx").name.startswith("onnxruntime")  # no .pt beside it
     (tmp_path / "m.pt").write_bytes(ck.read_bytes())
     assert create_backend("auto", onnx_path=tmp_path / "m.onnx").name == "torch[cuda,fp16,cudagraph]"
+
+
+def test_torch_backend_finds_the_checkpoint_beside_the_onnx(exported, tmp_path):
+    _, ck, onnx_path = exported
+    (tmp_path / "m.onnx").write_bytes(onnx_path.read_bytes())
+    with pytest.raises(BackendError, match="checkpoint"):
+        create_backend("torch", onnx_path=tmp_path / "m.onnx", device="cpu")
+    (tmp_path / "m.pt").write_bytes(ck.read_bytes())
+    assert create_backend("torch", onnx_path=tmp_path / "m.onnx", device="cpu").name.startswith("torch[cpu")

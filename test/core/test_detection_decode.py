@@ -293,3 +293,10 @@ def test_decode_config_from_node_parameters_takes_known_fields_only():
     cfg = DecodeConfig.from_params({"score_threshold": 0.25, "peak_nms": "maxpool", "model": "x.onnx", "threads": 1})
     assert cfg.score_threshold == 0.25 and cfg.peak_nms == "maxpool"
     assert cfg.max_detections == DecodeConfig().max_detections
+
+
+def test_bad_decode_settings_fail_when_the_config_is_made():
+    with pytest.raises(DecodeError, match="peak_nms"):
+        DecodeConfig(peak_nms="soft")
+    with pytest.raises(DecodeError, match="box_nms_iou"):
+        DecodeConfig.from_params({"box_nms_iou": 0.0, "unrelated_param": 1})

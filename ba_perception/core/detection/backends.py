@@ -455,15 +455,15 @@ def create_backend(
     if kind not in BACKENDS:
         raise BackendError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
     fp16 = precision == "fp16"
+    checkpoint = checkpoint or _sibling_checkpoint(onnx_path)  # the .pt exported beside the ONNX serves torch
     if kind == "auto":
         cuda = torch.cuda.is_available() and device != "cpu"
         if cuda and onnx_path and tensorrt_available():
             kind = "tensorrt"
         elif cuda and onnx_path and _ort_gpu():
             kind = "onnxruntime"
-        elif cuda and (checkpoint or _sibling_checkpoint(onnx_path)):
+        elif cuda and checkpoint:
             # No TensorRT or CUDA ONNX Runtime here: the torch network (fp16 + CUDA graph) beats ONNX Runtime on the CPU.
-            checkpoint = checkpoint or _sibling_checkpoint(onnx_path)
             kind = "torch"
         elif onnx_path:
             kind = "onnxruntime"

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ba_perception.core import geometry as geo
+from ba_perception.core.config import config_from_params
 from ba_perception.core.detection.model import (
     CLASS_MEAN_SIZE_LWH,
     FEATURE_STRIDE,
@@ -69,11 +70,20 @@ class DecodeConfig:
     candidate_top_k: int = 200
     depth_confidence_scale: float = 0.05
 
+    def __post_init__(self) -> None:
+        if self.peak_nms not in PEAK_NMS_MODES:
+            raise DecodeError(f"peak_nms must be one of {PEAK_NMS_MODES}, got {self.peak_nms!r}")
+        if self.depth_confidence_scale < 0 or not 0 < self.box_nms_iou <= 1:
+            raise DecodeError("depth_confidence_scale must be >= 0 and box_nms_iou in (0, 1]")
+
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> DecodeConfig:
-        """The fields present in ``params`` (e.g. detector_node's parameters), defaults for the rest."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names})
+        """The fields present in ``params`` (e.g. detector_node's parameters), defaults for the rest.
+
+        Raises:
+            DecodeError: unknown ``peak_nms`` or a negative scale / IoU outside (0, 1].
+        """
+        return config_from_params(cls, params)
 
 
 @dataclass
@@ -277,14 +287,7 @@ def select_candidates(
     Returns:
         ``(M,)`` tensors: image index, row, column, class, final score; per image sorted by
         descending score, at most ``max_detections`` each.
-
-    Raises:
-        DecodeError: unknown ``peak_nms`` or a negative scale / IoU outside (0, 1].
     """
-    if cfg.peak_nms not in PEAK_NMS_MODES:
-        raise DecodeError(f"peak_nms must be one of {PEAK_NMS_MODES}, got {cfg.peak_nms!r}")
-    if cfg.depth_confidence_scale < 0 or not 0 < cfg.box_nms_iou <= 1:
-        raise DecodeError("depth_confidence_scale must be >= 0 and box_nms_iou in (0, 1]")
     B, C, h, w = heat.shape
     dev = heat.device
     if cfg.peak_nms == "maxpool":
@@ -440,7 +443,7 @@ def sample_descriptors(
     # one grid_sample per image over all of its points (no copy of the feature map per object)
     for b in range(feats.shape[0]):
         sel = batch_index == b
-        if M == 0 or not bool(sel.any()):
+        if not bool(sel.any()):
             continue
         g = grid[sel].reshape(1, -1, 1, 2).to(feats.dtype)
         d = F.grid_sample(feats[b : b + 1], g, mode="bilinear", align_corners=False, padding_mode="border")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ba_perception.core.config import config_from_params
 from ba_perception.core.tracking import kalman
 from ba_perception.core.tracking.affinity import (
     cosine_matrix,
@@ -153,8 +154,7 @@ class TrackerConfig:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> TrackerConfig:
         """The fields present in ``params`` (e.g. tracker_node's parameters), defaults for the rest."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names})
+        return config_from_params(cls, params)
 
     def validate(self) -> None:
         """Raise ``TrackerConfigError`` naming the first invalid field."""
