@@ -34,8 +34,9 @@ import torch
 
 from ba_perception.core import geometry
 from ba_perception.core.oba.refine import configs_from_params
-from ba_perception.eval.detection_ap import FrameBoxes, evaluate_all
+from ba_perception.eval.detection_ap import FrameBoxes, evaluate_ap
 from ba_perception.eval.results import json_safe, machine_info
+from ba_perception.eval.replay_metrics import gt_boxes
 from ba_perception.eval.world_pipeline import ObaVariant, SequenceData, WorldEvalError, load_split, run_track_buffer
 
 VARIANTS: dict[str, ObaVariant | None] = {
@@ -48,15 +49,6 @@ VARIANTS: dict[str, ObaVariant | None] = {
     "static": ObaVariant("descriptor", scene_static=True),
 }
 PARKED_MPS, MOVING_MPS = 0.05, 1.0
-
-
-def gt_boxes(gt: Any) -> FrameBoxes:
-    """Ground truth of one world frame for AP (objects with a complete-silhouette box in the image)."""
-    box = np.asarray(gt.box_full, np.float64).reshape(-1, 4)
-    ok = np.nonzero(np.isfinite(box).all(1))[0]
-    return FrameBoxes(labels=np.array([gt.class_label[i] for i in ok], dtype=object), box_2d=box[ok],
-                      center_cam=gt.center_cam[ok], size_lwh=gt.size_lwh[ok], yaw=gt.rotation_y[ok],
-                      occlusion=gt.occlusion[ok], truncation=gt.truncation[ok])
 
 
 def _frame_boxes(labels, boxes, centers, R_cam_obj, sizes, scores) -> FrameBoxes:
@@ -168,9 +160,11 @@ def summarize(rows: np.ndarray, ap_frames: list, seconds: list[float], min_frame
                                "parked_correct": float(correct[parked].mean()) if parked.any() else math.nan,
                                "moving_correct": float(correct[mov].mean()) if mov.any() else math.nan}
         res["velocity"] = {"count": int(mov.sum()), "error_median_mps": float(np.nanmedian(verr[mov])) if mov.any() else math.nan}
-    det = evaluate_all(ap_frames, "moderate")["classes"]["car"]
-    res["ap3d_r40@0.5"], res["ap3d_r40@0.7"] = det["ap3d_r40@0.5"], det["ap3d_r40@0.7"]
-    res["apbev_r40@0.5"] = det["apbev_r40@0.5"]
+    if ap_frames:  # the car numbers of the table only (rotated-box IoU is the expensive part)
+        res["ap3d_r40@0.5"], res["ap3d_r40@0.7"] = (evaluate_ap(ap_frames, "car", t, "3d", "moderate") for t in (0.5, 0.7))
+        res["apbev_r40@0.5"] = evaluate_ap(ap_frames, "car", 0.5, "bev", "moderate")
+    else:
+        res["ap3d_r40@0.5"] = res["ap3d_r40@0.7"] = res["apbev_r40@0.5"] = math.nan
     res["track_buffer_ms_p50"] = float(np.percentile(seconds, 50) * 1e3) if seconds else 0.0
     return res
 
@@ -262,8 +256,7 @@ def run(args: argparse.Namespace) -> int:
         if len(presets) > 1:  # the gain depends on the scene (ego speed = baseline, share of parked cars)
             results[name]["by_preset"] = {
                 pr: summarize(np.concatenate([p["rows"] for s, p in zip(seqs, parts) if s.name.startswith(pr + "_")]),
-                              [f for s, p in zip(seqs, parts) if s.name.startswith(pr + "_") for f in p["ap_frames"]], [],
-                              args.min_frames, VARIANTS[name] is not None)["depth"] for pr in presets}
+                              [], [], args.min_frames, VARIANTS[name] is not None)["depth"] for pr in presets}
         print(f"  {name}: {time.perf_counter() - t0:.1f} s")
     print(f"object BA on world split {args.split!r} ({len(seqs)} sequences, {sum(len(s) for s in seqs)} frames), cars, "
           f"tracklets >= {args.min_frames} frames; window {tc.window}, {rc.num_points} points, "

@@ -75,12 +75,16 @@ def mot_frames(seq: SequenceData, tracks_per_frame: list[list[Any]], max_range_m
     return f3, f2
 
 
-def tracker_inputs(seq: SequenceData, tracklet_cfg, refine_cfg) -> dict[str, list]:
-    """The tracker's input per frame from each upstream: object BA (with the track buffer's configured
-    correspondences) or single-frame detections."""
-    ba = run_track_buffer(seq, ObaVariant(refine_cfg.correspondences), tracklet_cfg, refine_cfg)
-    return {"ba": [tracker_detections(f.boxes) for f in ba],
-            "none": [observations_to_detections(o, T) for o, T in zip(seq.observations, seq.T_odom_cam)]}
+def tracker_inputs(seq: SequenceData, tracklet_cfg, refine_cfg, upstreams=("ba", "none")) -> dict[str, list]:
+    """The tracker's input per frame from each requested upstream: object BA (with the track buffer's
+    configured correspondences) or single-frame detections."""
+    out = {}
+    if "ba" in upstreams:
+        ba = run_track_buffer(seq, ObaVariant(refine_cfg.correspondences), tracklet_cfg, refine_cfg)
+        out["ba"] = [tracker_detections(f.boxes) for f in ba]
+    if "none" in upstreams:
+        out["none"] = [observations_to_detections(o, T) for o, T in zip(seq.observations, seq.T_odom_cam)]
+    return out
 
 
 def evaluate_world(seqs: list[SequenceData], base: TrackerConfig, tracklet_cfg, refine_cfg, methods, upstreams,
@@ -91,7 +95,7 @@ def evaluate_world(seqs: list[SequenceData], base: TrackerConfig, tracklet_cfg, 
     inputs = {}
     for s in seqs:
         t0 = time.perf_counter()
-        inputs[s.name] = tracker_inputs(s, tracklet_cfg, refine_cfg)
+        inputs[s.name] = tracker_inputs(s, tracklet_cfg, refine_cfg, upstreams)
         log(f"  {s.name}: upstream stages {time.perf_counter() - t0:.1f} s")
     rows: dict[str, dict] = {}
     for up in upstreams:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ba_perception.core import geometry
+from ba_perception.core.detection.backends import file_sha256
 from ba_perception.core.oba.correspondences import KltTracker
 from ba_perception.core.oba.refine import RefineConfig, RefinedBox, refine_tracklets
 from ba_perception.core.oba.tracklets import (
@@ -38,9 +39,10 @@ from ba_perception.core.oba.tracklets import (
     observations_from_detections,
 )
 from ba_perception.core.tracking import Detections, Tracker, TrackerConfig, TrackOutput
+from ba_perception.core.tracking.matching import hungarian
 from ba_perception.eval.detection_ap import iou_2d
 
-CACHE_VERSION = "3"  # bump when what is cached (or how observations are made) changes
+CACHE_VERSION = "4"  # bump when what is cached (or how observations are made) changes
 ORACLE_SAMPLES = 25  # the detector's 5x5 grid has as many samples
 GT_MATCH_IOU = 0.5
 
@@ -97,9 +99,10 @@ class SequenceData:
 # rendering + detection, cached
 # ------------------------------------------------------------------------------------------------
 def match_to_gt(boxes: np.ndarray, labels: Sequence[str], gt: Any, min_iou: float = GT_MATCH_IOU) -> np.ndarray:
-    """One-to-one match of 2D boxes to ground truth (``box_full``, same class) by IoU; -1 unmatched."""
-    from scipy.optimize import linear_sum_assignment
+    """One-to-one match of 2D boxes to ground truth (``box_full``, same class) by IoU; -1 unmatched.
 
+    Only pairs with IoU >= ``min_iou`` compete (maximising the summed IoU over all pairs first
+    could leave a clear match unmatched for two weak ones)."""
     out = np.full(len(boxes), -1, np.int64)
     gb = np.asarray(gt.box_full, np.float64).reshape(-1, 4)
     if not len(boxes) or not len(gb):
@@ -107,10 +110,8 @@ def match_to_gt(boxes: np.ndarray, labels: Sequence[str], gt: Any, min_iou: floa
     ok = np.isfinite(gb).all(1)
     iou = iou_2d(np.asarray(boxes, np.float64).reshape(-1, 4), np.where(ok[:, None], gb, 0.0))
     same = np.asarray(labels, dtype=object)[:, None] == np.asarray(gt.class_label, dtype=object)[None, :]
-    iou = np.where(same & ok[None], iou, 0.0)
-    r, c = linear_sum_assignment(-iou)
-    keep = iou[r, c] >= min_iou
-    out[r[keep]] = c[keep]
+    r, c = hungarian(iou, same & ok[None] & (iou >= min_iou))
+    out[r] = c
     return out
 
 
@@ -137,14 +138,6 @@ def oracle_samples(frame: Any, track_id: int, n: int = ORACLE_SAMPLES) -> tuple[
 
     idx, uv = visible_surface_points(frame, track_id)
     return uv[:n].astype(np.float32), idx[:n].astype(np.int64)
-
-
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def _code_hash() -> str:
@@ -248,7 +241,7 @@ def load_split(split: str, presets: Sequence[str] | None, sequences: int | None,
     torch.set_num_threads(max(1, threads))
     det = Detector(be, decode)
     cfgs = plan(split, list(presets or PRESETS), sequences, frames, WorldConfig(width=width, height=height))
-    mh = _file_hash(model)
+    mh = file_sha256(model)[:16]
     log(f"world split {split!r}: {len(cfgs)} sequences x {cfgs[0].n_frames} frames, detector {model} [{be.name}]")
     return [prepare_sequence(c, det, mh, cache_dir, log) for c in cfgs]
 
