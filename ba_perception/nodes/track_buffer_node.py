@@ -26,7 +26,7 @@ from ba_perception.core.oba.refine import RefineConfig, RefinedBox, configs_from
 from ba_perception.core.oba.tracklets import Observation, TrackletBuffer, TrackletConfig
 from ba_perception.ros.convert import matrix_to_pose
 from ba_perception.ros.ego_motion import EGO_MOTION_PARAMS, EgoMotionInput
-from ba_perception.ros.image import ImageError, image_to_rgb
+from ba_perception.ros.image import ImageError, image_to_gray
 from ba_perception.ros.inputs import FrameWorker
 from ba_perception.ros.node import PerceptionNode, StartupError, make_stage, run_node, wall_ns
 from ba_perception.ros.observations import FrameObservations, msg_to_observations
@@ -124,8 +124,8 @@ class TrackBufferNode(PerceptionNode):
             from sensor_msgs.msg import CompressedImage, Image
 
             self.klt = KltTracker(self.refine_config.num_points)
-            self.gray: OrderedDict[int, np.ndarray] = OrderedDict()  # stamp_ns -> image, newest last
-            self.gray_lock = threading.Lock()
+            self.images: OrderedDict[int, Any] = OrderedDict()  # stamp_ns -> image message, newest last
+            self.images_lock = threading.Lock()
             compressed = self.p["image_transport"] == "compressed"
             self.image_topic = self.p["image_topic"] + ("/compressed" if compressed else "")
             # sensor_data (best effort) matches both reliable and best-effort camera publishers
@@ -142,27 +142,24 @@ class TrackBufferNode(PerceptionNode):
         self.last_refined: dict[int, RefinedBox] = {}
 
     def on_image(self, msg: Any) -> None:
-        """Keep the grayscale images of the last frames by stamp (the KLT input)."""
-        import cv2
-
-        try:
-            rgb = image_to_rgb(msg)
-        except ImageError as err:
-            self.reject(f"image_{err.reason}", str(err))
-            return
-        gray = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
-        with self.gray_lock:
-            self.gray[stamp_ns(msg)] = gray
-            while len(self.gray) > 2 * self.tracklet_config.window + 8:
-                self.gray.popitem(last=False)
+        """Keep the image messages of the last frames by stamp (converted only when a frame uses one)."""
+        with self.images_lock:
+            self.images[stamp_ns(msg)] = msg
+            while len(self.images) > 2 * self.tracklet_config.window + 8:
+                self.images.popitem(last=False)
 
     def _klt_tracks(self, stamp: int, tracks: list) -> dict | None:
         """KLT point tracks of the tracklets updated at ``stamp``; None (priors only) when its image is missing."""
-        with self.gray_lock:
-            gray = self.gray.get(stamp)
-        if gray is None:  # counted as rejected.klt_image_missing, logged once per throttle period
+        with self.images_lock:
+            msg = self.images.get(stamp)
+        if msg is None:  # counted as rejected.klt_image_missing, logged once per throttle period
             self.reject("klt_image_missing", f"no image on {self.image_topic} with the observations' stamp: "
                         "this frame's KLT point tracks are skipped (priors only)")
+            return None
+        try:
+            gray = image_to_gray(msg)
+        except ImageError as err:
+            self.reject(f"image_{err.reason}", str(err))
             return None
         return self.klt.step(stamp, gray, tracks)
 

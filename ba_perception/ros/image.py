@@ -83,6 +83,25 @@ def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     raise ImageError("encoding", f"encoding {enc!r} is not a colour or mono image")
 
 
+def image_to_gray(msg: Image | CompressedImage) -> np.ndarray:
+    """Any supported image message -> ``(H, W)`` uint8 grayscale (mono8 is a view, no colour round trip)."""
+    if isinstance(msg, CompressedImage):
+        if len(msg.data) == 0:
+            raise ImageError("empty", "compressed image has no data")
+        gray = cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if gray is None:
+            raise ImageError("decode", f"cannot decode compressed image (format {msg.format!r})")
+        return gray
+    enc = msg.encoding
+    if enc in ("mono8", "8UC1"):
+        return image_to_numpy(msg)
+    if enc in ("rgb8", "bgr8", "rgba8", "bgra8"):
+        code = {"rgb8": cv2.COLOR_RGB2GRAY, "bgr8": cv2.COLOR_BGR2GRAY, "rgba8": cv2.COLOR_RGBA2GRAY,
+                "bgra8": cv2.COLOR_BGRA2GRAY}[enc]
+        return cv2.cvtColor(np.ascontiguousarray(image_to_numpy(msg)), code)
+    return cv2.cvtColor(np.ascontiguousarray(image_to_rgb(msg)), cv2.COLOR_RGB2GRAY)
+
+
 def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     """Decode a JPEG/PNG ``sensor_msgs/CompressedImage`` to ``(H, W, 3)`` uint8 RGB."""
     if len(msg.data) == 0:

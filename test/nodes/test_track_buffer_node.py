@@ -110,6 +110,7 @@ def test_klt_without_images_falls_back_to_priors_and_counts_it(ros_env):
 
     from ba_perception.ros.convert import extrinsics_to_matrix
     from ba_perception.ros.image import numpy_to_image
+    from ba_perception.ros.node import ns_to_time
     from ba_perception_msgs.msg import Detection3DArray, ObjectObservationArray
 
     rng = np.random.default_rng(5)
@@ -133,17 +134,19 @@ def test_klt_without_images_falls_back_to_priors_and_counts_it(ros_env):
     proc = ros_env.start("track_buffer_node", {"device": "cpu", "ego_wait_s": 0.5, "diagnostics_period_s": 0.1})
     wait_for(lambda: obs_pub.get_subscription_count() and img_pub.get_subscription_count(), 30, spin, "subscribe")
     T_base_cam = extrinsics_to_matrix([1.2, 0.0, 1.65, 0.0, 0.0, 0.0])
+    # one undecodable image, for frame 3, sent two frames ahead of it; the others are simply missing
+    bad = numpy_to_image(np.zeros((4, 4, 3), np.uint8), "rgb8")
+    bad.encoding, bad.header.stamp = "yuv422_yuy2", ns_to_time(T0 + 3 * DT)
     for k in range(6):
-        T_odom_base, stamp = _publish_odom(odom_pub, k)
-        if k == 3:  # one undecodable image; the others are simply missing
-            bad = numpy_to_image(np.zeros((4, 4, 3), np.uint8), "rgb8")
-            bad.encoding, bad.header.stamp = "yuv422_yuy2", stamp
+        if k == 1:
             img_pub.publish(bad)
-            wait_for(lambda: counters.get("rejected.image_encoding", 0) >= 1, 30, spin, "bad image counted")
+        T_odom_base, _ = _publish_odom(odom_pub, k)
         msg, _, _ = _frame(k, rng, points_obj, desc, T_odom_base @ T_base_cam)
         n = len(out)
         obs_pub.publish(msg)
         wait_for(lambda: len(out) > n, 30, spin, f"output of frame {k}")
     assert out[-1].detections[0].refined and out[-1].detections[0].num_frames == 6
-    wait_for(lambda: counters.get("rejected.klt_image_missing", 0) >= 6, 30, spin, "missing images counted")
+    # the undecodable image is rejected when its frame needs it; the five others are missing
+    wait_for(lambda: counters.get("rejected.image_encoding", 0) >= 1, 30, spin, "bad image counted")
+    wait_for(lambda: counters.get("rejected.klt_image_missing", 0) >= 5, 30, spin, "missing images counted")
     assert proc.poll() is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ba_perception.ros.image import (ImageError, compressed_to_rgb, image_to_numpy, image_to_rgb, numpy_to_image,
+from ba_perception.ros.image import (ImageError, compressed_to_rgb, image_to_gray, image_to_numpy, image_to_rgb, numpy_to_image,
                                      rgb_to_compressed)
 
 RNG = np.random.default_rng(0)
@@ -73,3 +73,17 @@ def test_undecodable_compressed():
     msg.data = b"not an image"
     with pytest.raises(ImageError, match="decode"):
         compressed_to_rgb(msg)
+
+
+def test_gray_from_every_encoding_agrees():
+    rgb = np.random.default_rng(2).integers(0, 255, (6, 8, 3), dtype=np.uint8)
+    ref = image_to_gray(numpy_to_image(rgb, "rgb8"))
+    assert ref.shape == (6, 8) and ref.dtype == np.uint8
+    assert np.array_equal(image_to_gray(numpy_to_image(rgb[..., ::-1], "bgr8")), ref)
+    assert np.array_equal(image_to_gray(numpy_to_image(ref, "mono8")), ref)
+    png = rgb_to_compressed(rgb, "png")
+    assert np.abs(image_to_gray(png).astype(int) - ref).max() <= 1
+    bad = numpy_to_image(rgb, "rgb8")
+    bad.encoding = "yuv422_yuy2"
+    with pytest.raises(ImageError):
+        image_to_gray(bad)
