@@ -3,7 +3,11 @@
 # and in-process pipeline benchmarks. Usage: scripts/gpu_bench.sh [OUT_DIR] (default out/gpu).
 # Everything is written under OUT_DIR: log.txt (all output), pytest.txt and the benches' JSON.
 set -u -o pipefail
+cd "$(dirname "$0")/.."
 out=${1:-out/gpu}
+# The project's venv when set up with `make setup` (that installs CPU torch: on a GPU machine point
+# PYTHON at an interpreter whose torch has CUDA, with requirements.txt installed next to it).
+if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
 py=${PYTHON:-python3}
 mkdir -p "$out"
 exec > >(tee -a "$out/log.txt") 2>&1

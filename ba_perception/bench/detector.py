@@ -123,13 +123,11 @@ def node_memory_run(bag: Path, onnx_path: Path, frames: int, every: int, threads
     Raises:
         RuntimeError: the node exits early or no output arrives within ``timeout_s``.
     """
-    import tempfile as _tempfile
-
     from ba_perception.bench.stack import NodeProcess, _spec, ros_environment
     from ba_perception.graph import default_params_file
     from ba_perception.ros.params import qos_profile
 
-    tmp = Path(_tempfile.mkdtemp(prefix="bench_det_node_"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_det_node_"))
     domain = 150 + os.getpid() % 80
     params = default_params_file()
     with ros_environment(domain, tmp) as env:
@@ -272,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from ba_perception.core.detection.decode import DecodeConfig
     from ba_perception.core.detection.detector import Detector
+    from ba_perception.graph import default_params_file, node_parameters
     from ba_perception.core.detection.model import MonoDetector, save_checkpoint
     from ba_perception.train.export import export_onnx
 
@@ -280,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
     if args.memory_only and args.memory_frames == 0 and args.node_frames == 0:
         raise CommandError("--memory-only needs --memory-frames N or --node-frames N (N > 0)")
     torch.set_num_threads(max(1, args.threads))
+    node_decode = DecodeConfig.from_params(node_parameters(default_params_file(), "detector_node"))
     tmp = Path(tempfile.mkdtemp(prefix="bench_det_"))
     onnx_path, ck_path = Path(args.onnx), Path(args.checkpoint)
     weights = "shipped"
@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
         # First, in a process that holds nothing else yet: one Detector, as the detector node holds it.
         images, K_img = render_images(args.memory_images)
         be_m = create_backend("auto", onnx_path=onnx_path, checkpoint=ck_path, threads=args.threads)
-        memory = memory_run(Detector(be_m, DecodeConfig()), images, K_img, args.memory_frames,
+        memory = memory_run(Detector(be_m, node_decode), images, K_img, args.memory_frames,
                             args.memory_every)
         memory["backend"] = be_m.name
         print_memory(memory, be_m.name)
@@ -346,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"skip tensorrt {prec}: {err}")
     # full pipeline on a KITTI-size image with the default backend
     be = create_backend("auto", onnx_path=onnx_path, checkpoint=ck_path, threads=args.threads)
-    det = Detector(be, DecodeConfig())  # the node's defaults (config/stack.yaml)
+    det = Detector(be, node_decode)  # the node's settings (config/stack.yaml)
     img = np.random.default_rng(0).integers(0, 255, (375, 1242, 3), dtype=np.uint8)
     K = np.array([[721.5, 0, 609.6], [0, 721.5, 172.9], [0, 0, 1.0]])
     stages: dict[str, list[float]] = {"preprocess": [], "inference": [], "decode": [], "total": []}

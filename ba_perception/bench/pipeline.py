@@ -313,14 +313,14 @@ def run(args: argparse.Namespace) -> int:
     except PipelineBenchError as err:
         raise CommandError(str(err)) from err
     pd = node_parameters(params_file, "detector_node")
-    threshold = float(pd.get("score_threshold", 0.3))
+    decode_cfg = replace(DecodeConfig.from_params(pd), max_detections=args.objects)  # the node's decode settings
     if weights == "random" and mode == "detector":
-        threshold = 0.0  # a random network scores ~0.1 everywhere: take the top --objects peaks
-    detector = Detector(backend, DecodeConfig(score_threshold=threshold, max_detections=args.objects,
-                                              samples_per_side=int(pd.get("samples_per_side", 5))))
+        decode_cfg = replace(decode_cfg, score_threshold=0.0)  # a random network scores ~0.1 everywhere: top --objects peaks
+    threshold = decode_cfg.score_threshold
+    detector = Detector(backend, decode_cfg)
     mcfg = (backend.metadata or {}).get("config", {})
     if mode == "world":  # made before the timed loop: generating them is not part of the pipeline
-        world_obs = WorldObservations(args.objects, int(pd.get("samples_per_side", 5)),
+        world_obs = WorldObservations(args.objects, decode_cfg.samples_per_side,
                                       int(mcfg.get("feature_dim", 32)), int(mcfg.get("embedding_dim", 64)))
         made = [world_obs(f) for f in frames]
 
