@@ -24,7 +24,7 @@ from ba_perception.core.ego_motion import EgoMotionError
 from ba_perception.core.oba.correspondences import KltTracker
 from ba_perception.core.oba.refine import RefineConfig, RefinedBox, configs_from_params, refine_tracklets
 from ba_perception.core.oba.tracklets import Observation, TrackletBuffer, TrackletConfig
-from ba_perception.ros.convert import matrix_to_pose
+from ba_perception.ros.convert import matrices_to_poses, matrix_to_pose
 from ba_perception.ros.ego_motion import EGO_MOTION_PARAMS, EgoMotionInput
 from ba_perception.ros.image import ImageError, image_to_gray
 from ba_perception.ros.inputs import FrameWorker
@@ -49,16 +49,22 @@ def to_observations(frame: FrameObservations) -> list[Observation]:
     ]
 
 
-def refined_to_msg(box: RefinedBox) -> Any:
-    """A :class:`RefinedBox` -> ``ba_perception_msgs/Detection3D`` (odom)."""
+def refined_to_msgs(boxes: list[RefinedBox]) -> list[Any]:
+    """Refined boxes -> ``ba_perception_msgs/Detection3D`` messages (odom); boxes without a finite centre are left out."""
+    boxes = [b for b in boxes if np.isfinite(b.center_odom).all()]
+    T = np.tile(np.eye(4), (len(boxes), 1, 1))
+    for i, b in enumerate(boxes):
+        T[i, :3, :3], T[i, :3, 3] = b.R_odom_obj, b.center_odom
+    return [_refined_to_msg(b, pose) for b, pose in zip(boxes, matrices_to_poses(T))]
+
+
+def _refined_to_msg(box: RefinedBox, pose: Any) -> Any:
     from geometry_msgs.msg import Point
 
     from ba_perception_msgs.msg import Detection3D
 
-    T = np.eye(4)
-    T[:3, :3], T[:3, 3] = box.R_odom_obj, box.center_odom
     d = Detection3D(tracklet_id=int(box.tracklet_id), class_label=box.class_label, score=float(box.score),
-                    box_2d=[float(v) for v in box.box_2d], pose=matrix_to_pose(T),
+                    box_2d=[float(v) for v in box.box_2d], pose=pose,
                     center_camera=Point(x=float(box.center_cam[0]), y=float(box.center_cam[1]), z=float(box.center_cam[2])),
                     pose_covariance=np.asarray(box.pose_covariance, np.float64).ravel().tolist(),
                     velocity_covariance=np.asarray(box.velocity_covariance, np.float64).ravel().tolist(),
@@ -199,7 +205,7 @@ class TrackBufferNode(PerceptionNode):
         out = Detection3DArray(camera_pose=matrix_to_pose(T_odom_cam), image_width=msg.image_width,
                                image_height=msg.image_height, k=list(msg.k))
         out.header.stamp, out.header.frame_id = msg.header.stamp, self.p["odom_frame"]
-        out.detections = [refined_to_msg(b) for b in boxes if np.isfinite(b.center_odom).all()]
+        out.detections = refined_to_msgs(boxes)
         out.trace = list(msg.trace) + [make_stage("track_buffer", received, start)]
         self.pub.publish(out)
         self.count("frames_out")

@@ -16,7 +16,7 @@ import torch
 from ba_perception.core import geometry
 from ba_perception.core.ego_motion import EgoMotionError
 from ba_perception.core.tracking import METHODS, QAP_SOLVERS, Detections, Tracker, TrackerConfig, TrackingInputError
-from ba_perception.ros.convert import matrix_to_pose, pose_to_matrix
+from ba_perception.ros.convert import matrices_to_poses, matrix_to_pose, pose_to_matrix
 from ba_perception.ros.ego_motion import EGO_MOTION_PARAMS, EgoMotionInput
 from ba_perception.ros.inputs import FrameWorker
 from ba_perception.ros.node import PerceptionNode, StartupError, make_stage, run_node, wall_ns
@@ -125,16 +125,15 @@ class TrackerNode(PerceptionNode):
         out.header.stamp = msg.header.stamp
         out.header.frame_id = self.p["odom_frame"]
         tracks = [t for t in tracks if t.status != 0 or self.p["publish_tentative"]]
-        R = geometry.rot_z(torch.tensor([float(t.yaw) for t in tracks], dtype=torch.float64)).numpy()
-        for t, R_t in zip(tracks, R):
-            T = np.eye(4)
-            T[:3, :3] = R_t
-            T[:3, 3] = t.center
+        T = np.tile(np.eye(4), (len(tracks), 1, 1))
+        T[:, :3, :3] = geometry.rot_z(torch.tensor([float(t.yaw) for t in tracks], dtype=torch.float64)).numpy()
+        T[:, :3, 3] = np.array([t.center for t in tracks], np.float64).reshape(-1, 3)
+        for t, pose in zip(tracks, matrices_to_poses(T)):
             cov = np.full((6, 6), 0.0)
             cov[:3, :3] = t.position_cov
             cov[3:, 3:] = np.diag([-1.0, -1.0, -1.0])  # orientation covariance unknown
             tr = Track3D(track_id=int(t.track_id), class_label=str(t.class_label), score=float(t.score),
-                         status=int(t.status), pose=matrix_to_pose(T), pose_covariance=cov.ravel().tolist(),
+                         status=int(t.status), pose=pose, pose_covariance=cov.ravel().tolist(),
                          age=int(t.age), hits=int(t.hits), frames_since_update=int(t.frames_since_update),
                          box_2d=[float(v) if np.isfinite(v) else -1.0 for v in t.box_2d])
             tr.size.x, tr.size.y, tr.size.z = (float(v) for v in t.size)

@@ -33,11 +33,16 @@ def pose_to_matrix(pose: Pose) -> np.ndarray:
 
 def matrix_to_pose(T: np.ndarray) -> Pose:
     """4x4 ``T_frame_child`` -> ``geometry_msgs/Pose``."""
-    q = geometry.quaternion_from_matrix(torch.as_tensor(np.asarray(T, dtype=np.float64)[:3, :3])).tolist()
-    return Pose(
-        position=Point(x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
-        orientation=Quaternion(x=q[0], y=q[1], z=q[2], w=q[3]),
-    )
+    return matrices_to_poses(np.asarray(T, dtype=np.float64)[None])[0]
+
+
+def matrices_to_poses(T: np.ndarray) -> list[Pose]:
+    """``(N, 4, 4)`` poses -> ``geometry_msgs/Pose`` each (one batched quaternion conversion)."""
+    T = np.asarray(T, dtype=np.float64).reshape(-1, 4, 4)
+    q = geometry.quaternion_from_matrix(torch.as_tensor(T[:, :3, :3])).numpy().tolist()
+    p = T[:, :3, 3].tolist()
+    return [Pose(position=Point(x=pi[0], y=pi[1], z=pi[2]), orientation=Quaternion(x=qi[0], y=qi[1], z=qi[2], w=qi[3]))
+            for pi, qi in zip(p, q)]
 
 
 def camera_info_to_k(info: CameraInfo) -> np.ndarray:

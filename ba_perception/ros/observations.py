@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ba_perception.core import geometry
-from ba_perception.ros.convert import matrix_to_pose, pose_to_matrix
+from ba_perception.ros.convert import matrices_to_poses, pose_to_matrix
 
 
 @dataclass
@@ -51,7 +51,7 @@ def detections_to_msg(det: Any, names: list[str], header: Any, K: np.ndarray, im
     if n == 0:
         return out
     R = geometry.rotation_cam_from_yaw(det.yaw.double())
-    T = geometry.make_pose(R, det.center_cam.double()).numpy()
+    poses = matrices_to_poses(geometry.make_pose(R, det.center_cam.double()).numpy())
     box = det.box_2d.float().numpy()
     size = det.size_lwh.double().numpy()
     emb = det.embedding.float().numpy()
@@ -61,7 +61,7 @@ def detections_to_msg(det: Any, names: list[str], header: Any, K: np.ndarray, im
     d_std, l_std, y_std = (t.float().numpy() for t in (det.depth_std, det.lateral_std, det.yaw_std))
     for i in range(n):
         o = ObjectObservation(class_label=names[i], score=float(scores[i]), box_2d=box[i].tolist(),
-                              pose=matrix_to_pose(T[i]), depth_std=float(d_std[i]), lateral_std=float(l_std[i]),
+                              pose=poses[i], depth_std=float(d_std[i]), lateral_std=float(l_std[i]),
                               yaw_std=float(y_std[i]), descriptor_dim=int(desc.shape[-1]))
         o.size.x, o.size.y, o.size.z = (float(v) for v in size[i])
         o.embedding = emb[i].ravel().tolist()
