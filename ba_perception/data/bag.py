@@ -282,6 +282,34 @@ def ground_truth_from_message(msg) -> tuple[np.ndarray, "GroundTruth"]:
     )
 
 
+def camera_mount(path: str | Path, image_topic: str = TOPIC_IMAGE) -> np.ndarray | None:
+    """``T_base_camera`` (4x4) from a bag's ``/tf_static``: the ``base_link`` -> transform whose child is the
+    frame the images on ``image_topic`` are stamped in (a lidar or IMU mount is never taken for the
+    camera's). None when the bag has no such transform.
+
+    Raises:
+        BagError: unreadable bag.
+    """
+    reader = open_reader(path)
+    try:
+        images = [c for c in reader.connections if c.topic == image_topic]
+        tfs = [c for c in reader.connections if c.topic == TOPIC_TF_STATIC]
+        if not images or not tfs:
+            return None
+        first = next(reader.messages(connections=images), None)
+        if first is None:
+            return None
+        store = typestore()
+        camera = store.deserialize_cdr(first[2], images[0].msgtype).header.frame_id
+        for conn, _, raw in reader.messages(connections=tfs):
+            for tf in store.deserialize_cdr(raw, conn.msgtype).transforms:
+                if tf.header.frame_id == FRAME_BASE and tf.child_frame_id == camera:
+                    return _matrix(tf.transform)
+        return None
+    finally:
+        reader.close()
+
+
 def open_reader(path: str | Path):
     """An opened ``rosbags`` Reader of a rosbag2 folder (MCAP or sqlite3); close it when done.
 

@@ -157,10 +157,11 @@ def bag_with_labels(src: str | Path, labels: str | Path, dst: str | Path, image_
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from ba_perception.core.geometry import R_BODY_OPTICAL
-    from ba_perception.data.bag import (FRAME_BASE, TOPIC_GT, TOPIC_IMAGE, TOPIC_INFO, TOPIC_ODOM, TOPIC_TF_STATIC, BagError,
-                                        _matrix, gt_message, open_reader, typestore)
+    from ba_perception.data.bag import (TOPIC_GT, TOPIC_IMAGE, TOPIC_INFO, TOPIC_ODOM, TOPIC_TF_STATIC, BagError,
+                                        _matrix, camera_mount, gt_message, open_reader, typestore)
     from ba_perception.data.kitti import fill_track_velocities, label_ground_truth, read_label_rows
+    from ba_perception.ros.convert import extrinsics_to_matrix
+    from ba_perception.ros.ego_motion import DEFAULT_CAMERA_EXTRINSICS
     from ba_perception.ros.sync import header_stamp_ns
 
     src, labels, dst = Path(src), Path(labels), Path(dst)
@@ -189,9 +190,9 @@ def bag_with_labels(src: str | Path, labels: str | Path, dst: str | Path, image_
         image_stamps: list[int] = []
         odom: dict[int, np.ndarray] = {}
         K = size_wh = None
-        T_base_cam = np.eye(4)
-        T_base_cam[:3, :3] = R_BODY_OPTICAL.numpy()
-        T_base_cam[:3, 3] = (1.2, 0.0, 1.65)
+        T_base_cam = camera_mount(src, image_topic)
+        if T_base_cam is None:  # no mounting in the bag: the nodes' default camera_extrinsics
+            T_base_cam = extrinsics_to_matrix(DEFAULT_CAMERA_EXTRINSICS)
         for conn, _, raw in reader.messages(connections=conns):
             if conn.topic == image_topic:
                 stamp = header_stamp_ns(bytes(raw[:16]))
@@ -204,10 +205,6 @@ def bag_with_labels(src: str | Path, labels: str | Path, dst: str | Path, image_
                 K, size_wh = np.reshape(np.asarray(msg.k, np.float64), (3, 3)), (int(msg.width), int(msg.height))
             elif conn.topic == odom_topic:
                 odom[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = _matrix(msg.pose.pose)
-            elif conn.topic == TOPIC_TF_STATIC:
-                for tf in msg.transforms:
-                    if tf.header.frame_id == FRAME_BASE and tf.child_frame_id:
-                        T_base_cam = _matrix(tf.transform)
         if not image_stamps or not odom or K is None:
             raise KittiBagError(f"bag {src} has no messages on {image_topic}, {info_topic} or {odom_topic}")
         if rows and max(rows) >= len(image_stamps):

@@ -88,29 +88,27 @@ class RunConfig:
 EXTRINSICS_NODES = ("track_buffer_node", "tracker_node")  # nodes with the camera_extrinsics parameter
 
 
-def extrinsics_from_bag(bag: Path) -> list[float] | None:
+def extrinsics_from_bag(bag: Path, image_topic: str = "/camera/image_raw") -> list[float] | None:
     """``[x, y, z, roll, pitch, yaw]`` (camera body frame in base_link) from the bag's ``/tf_static``.
 
     The player does not replay ``/tf_static`` (its publishers are volatile, the nodes' tf
     subscription is transient-local), so the mounting reaches the nodes as their
-    ``camera_extrinsics`` parameter instead. None when the bag has no base_link -> camera transform.
+    ``camera_extrinsics`` parameter instead. None when the bag has no base_link -> camera transform
+    (:func:`~ba_perception.data.bag.camera_mount`: the camera is the images' frame).
     """
-    from rosbags.rosbag2 import Reader
-
-    from ba_perception.data.bag import FRAME_BASE, TOPIC_TF_STATIC, _matrix, typestore
     from ba_perception.core.geometry import R_BODY_OPTICAL
+    from ba_perception.data.bag import BagError, camera_mount
 
-    with Reader(bag) as reader:
-        conns = [c for c in reader.connections if c.topic == TOPIC_TF_STATIC]
-        for conn, _, raw in reader.messages(connections=conns):
-            for tf in typestore().deserialize_cdr(raw, conn.msgtype).transforms:
-                if tf.header.frame_id == FRAME_BASE and tf.child_frame_id:
-                    T = _matrix(tf.transform)
-                    R = T[:3, :3] @ R_BODY_OPTICAL.numpy().T  # body = optical rotated back (REP-103)
-                    yaw, pitch = math.atan2(R[1, 0], R[0, 0]), math.asin(-max(-1.0, min(1.0, R[2, 0])))
-                    roll = math.atan2(R[2, 1], R[2, 2])
-                    return [float(v) for v in (*T[:3, 3], roll, pitch, yaw)]
-    return None
+    try:
+        T = camera_mount(bag, image_topic)
+    except BagError as err:
+        raise ReplayError(str(err)) from err
+    if T is None:
+        return None
+    R = T[:3, :3] @ R_BODY_OPTICAL.numpy().T  # body = optical rotated back (REP-103)
+    yaw, pitch = math.atan2(R[1, 0], R[0, 0]), math.asin(-max(-1.0, min(1.0, R[2, 0])))
+    roll = math.atan2(R[2, 1], R[2, 2])
+    return [float(v) for v in (*T[:3, 3], roll, pitch, yaw)]
 
 
 def run_graph(cfg: RunConfig, log=print) -> tuple[Path, Path]:
@@ -123,7 +121,7 @@ def run_graph(cfg: RunConfig, log=print) -> tuple[Path, Path]:
     for path in (record, inputs):
         if path.exists():
             raise ReplayError(f"{path} exists; choose a new --out folder")
-    ext = extrinsics_from_bag(cfg.bag)
+    ext = extrinsics_from_bag(cfg.bag, cfg.image_topic)
     extrinsics_sets = [] if ext is None else [f"{n}.camera_extrinsics:=[{','.join(repr(v) for v in ext)}]"
                                               for n in EXTRINSICS_NODES]
     args = {"source": "bag", "bag": str(cfg.bag), "lockstep": "true" if cfg.lockstep else "false",

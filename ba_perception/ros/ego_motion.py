@@ -19,9 +19,11 @@ from ba_perception.ros.sync import stamp_ns
 if TYPE_CHECKING:
     from ba_perception.ros.node import PerceptionNode
 
+DEFAULT_CAMERA_EXTRINSICS = [1.2, 0.0, 1.65, 0.0, 0.0, 0.0]  # [x, y, z, roll, pitch, yaw] of the camera body frame
+
 EGO_MOTION_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("odom_topic", "/odom", "nav_msgs/Odometry of base_link in odom"),
-    ParamSpec("camera_extrinsics", [1.2, 0.0, 1.65, 0.0, 0.0, 0.0],
+    ParamSpec("camera_extrinsics", DEFAULT_CAMERA_EXTRINSICS,
               "camera body frame in base_link [x, y, z, roll, pitch, yaw] (m, rad); /tf_static overrides"),
     ParamSpec("ego_max_extrapolation_s", 0.06, "largest gap between a frame and the nearest odometry, seconds", min=0.0),
     ParamSpec("ego_wait_s", 0.2, "how long a frame waits for late odometry before it is rejected", min=0.0),

@@ -105,3 +105,31 @@ def test_label_file_becomes_the_ground_truth_of_a_bag(small_kitti_sequence, tmp_
     (tmp_path / "late.txt").write_text("\n".join([*lines, "25 " + lines[0].split(" ", 1)[1]]) + "\n")
     with pytest.raises(KittiBagError, match="labels frame 25 but .* only 20 images"):
         bag_with_labels(tmp_path / "src", tmp_path / "late.txt", tmp_path / "dst2")
+
+
+def test_camera_mount_is_the_transform_to_the_images_frame(tmp_path):
+    """A real bag's /tf_static carries other sensors too (lidar first here): only the camera's counts."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from ba_perception.data.bag import camera_mount, typestore
+
+    store = typestore()
+    T = store.types
+    Header, Time = T["std_msgs/msg/Header"], T["builtin_interfaces/msg/Time"]
+
+    def tf(child, x):
+        return T["geometry_msgs/msg/TransformStamped"](
+            header=Header(stamp=Time(sec=0, nanosec=0), frame_id="base_link"), child_frame_id=child,
+            transform=T["geometry_msgs/msg/Transform"](translation=T["geometry_msgs/msg/Vector3"](x=x, y=0.0, z=1.0),
+                                                       rotation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0)))
+
+    image = T["sensor_msgs/msg/Image"](header=Header(stamp=Time(sec=1, nanosec=0), frame_id="cam_front"), height=1,
+                                       width=1, encoding="mono8", is_bigendian=0, step=1, data=np.zeros(1, np.uint8))
+    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        c_tf = w.add_connection("/tf_static", "tf2_msgs/msg/TFMessage", typestore=store)
+        c_im = w.add_connection("/cam/image", "sensor_msgs/msg/Image", typestore=store)
+        w.write(c_tf, 0, store.serialize_cdr(T["tf2_msgs/msg/TFMessage"](transforms=[tf("lidar", 0.5), tf("cam_front", 2.0)]),
+                                             "tf2_msgs/msg/TFMessage"))
+        w.write(c_im, 1, store.serialize_cdr(image, "sensor_msgs/msg/Image"))
+    assert camera_mount(tmp_path / "bag", "/cam/image")[0, 3] == 2.0
+    assert camera_mount(tmp_path / "bag", "/no/such/topic") is None
