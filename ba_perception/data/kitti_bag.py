@@ -159,6 +159,7 @@ def bag_with_labels(src: str | Path, labels: str | Path, dst: str | Path, image_
 
     from ba_perception.data.bag import (TOPIC_GT, TOPIC_IMAGE, TOPIC_INFO, TOPIC_ODOM, TOPIC_TF_STATIC, BagError,
                                         _matrix, camera_mount, gt_message, open_reader, typestore)
+    from ba_perception.core.ego_motion import EgoMotionBuffer
     from ba_perception.data.kitti import fill_track_velocities, label_ground_truth, read_label_rows
     from ba_perception.ros.convert import extrinsics_to_matrix
     from ba_perception.ros.ego_motion import DEFAULT_CAMERA_EXTRINSICS
@@ -210,11 +211,12 @@ def bag_with_labels(src: str | Path, labels: str | Path, dst: str | Path, image_
         if rows and max(rows) >= len(image_stamps):
             raise KittiBagError(f"frame counts disagree: {labels} labels frame {max(rows)} but {src} has only "
                                 f"{len(image_stamps)} images on {image_topic}")
-        odom_stamps = np.array(sorted(odom), np.int64)
+        ego = EgoMotionBuffer(capacity=len(odom), max_extrapolation_s=1e6)  # the nodes' interpolation; nearest pose beyond the span
+        for t in sorted(odom):
+            ego.add(t, odom[t])
         gts, poses = [], []
         for k, stamp in enumerate(image_stamps):
-            j = int(np.argmin(np.abs(odom_stamps - stamp)))
-            T_odom_cam = odom[int(odom_stamps[j])] @ T_base_cam
+            T_odom_cam = ego.lookup(stamp) @ T_base_cam
             poses.append(T_odom_cam)
             gts.append(_levels_to_fractions(label_ground_truth(rows.get(k, []), K, np.zeros(3), T_odom_cam, size_wh)))
         periods = np.diff(image_stamps)
