@@ -18,6 +18,10 @@ the single-frame box on the same detections, for detections whose tracklet spans
 >= ``--min-frames`` frames; static/moving classification accuracy (parked: GT speed < 0.05 m/s,
 moving: > 1 m/s); velocity error for moving cars (odom, horizontal); AP3D|R40 at IoU 0.5 / 0.7
 of all published boxes (moderate); track buffer wall time per frame.
+
+The depth error is also broken down by range (ground-truth camera z) and by how far the camera
+travelled over the detection's window (its last ``num_frames`` frames): triangulation needs a
+baseline, so what BA can gain depends on the scene (a stopped ego car gives none).
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ VARIANTS: dict[str, ObaVariant | None] = {
     "static": ObaVariant("descriptor", scene_static=True),
 }
 PARKED_MPS, MOVING_MPS = 0.05, 1.0
+RANGE_BINS_M = (0.0, 20.0, 40.0, math.inf)
+TRAVEL_BINS_M = (0.0, 1.0, 4.0, math.inf)
 
 
 def _frame_boxes(labels, boxes, centers, R_cam_obj, sizes, scores) -> FrameBoxes:
@@ -63,8 +69,9 @@ def evaluate_sequence(seq: SequenceData, variant: ObaVariant | None, tracklet_cf
     """Per-detection rows and AP inputs of one variant on one sequence.
 
     Returns:
-        ``{"rows": (N, 9) array [z_gt, z_single, z_out, num_frames, refined, is_static, gt_speed,
-        vel_err, moving_gt], "ap_frames": [(gt, pred)], "seconds": per-frame track buffer times}``.
+        ``{"rows": (N, 10) array [z_gt, z_single, z_out, num_frames, refined, is_static, gt_speed,
+        vel_err, moving_gt, ego_travel_m], "ap_frames": [(gt, pred)], "seconds": per-frame track buffer
+        times}``; ``ego_travel_m`` is the camera's travel over the row's last ``num_frames`` frames.
     """
     out = None if variant is None else run_track_buffer(seq, variant, tracklet_cfg, refine_cfg)
     rows, ap_frames, secs = [], [], []
@@ -84,6 +91,7 @@ def evaluate_sequence(seq: SequenceData, variant: ObaVariant | None, tracklet_cf
                                 [T_cam_odom[:3, :3] @ b.R_odom_obj for b in bs], [b.size_lwh for b in bs], [b.score for b in bs])
             items = list(zip(fb.obs_index.tolist(), bs))
         ap_frames.append((gt_boxes(gt), pred))
+        cam = seq.T_odom_cam[: i + 1, :3, 3]
         for k, b in items:
             j = int(seq.gt_index[i][k])
             if j < 0 or obs[k].class_label != "car":
@@ -91,12 +99,13 @@ def evaluate_sequence(seq: SequenceData, variant: ObaVariant | None, tracklet_cf
             v_gt = np.asarray(gt.velocity_odom[j], np.float64)
             speed = float(np.linalg.norm(v_gt[:2]))
             if b is None:
-                rows.append([gt.center_cam[j, 2], obs[k].center_cam[2], obs[k].center_cam[2], 1, 0, 0, speed, math.nan, speed > MOVING_MPS])
+                rows.append([gt.center_cam[j, 2], obs[k].center_cam[2], obs[k].center_cam[2], 1, 0, 0, speed, math.nan, speed > MOVING_MPS, math.nan])
                 continue
             verr = float(np.linalg.norm((np.asarray(b.velocity_odom) - v_gt)[:2])) if b.refined else math.nan
+            travel = float(np.linalg.norm(cam[-1] - cam[max(0, i + 1 - b.num_frames)]))
             rows.append([gt.center_cam[j, 2], obs[k].center_cam[2], b.center_cam[2], b.num_frames, b.refined, b.is_static,
-                         speed, verr, speed > MOVING_MPS])
-    return {"rows": np.array(rows, np.float64).reshape(-1, 9), "ap_frames": ap_frames, "seconds": secs}
+                         speed, verr, speed > MOVING_MPS, travel])
+    return {"rows": np.array(rows, np.float64).reshape(-1, 10), "ap_frames": ap_frames, "seconds": secs}
 
 
 def descriptor_match_quality(seqs: list[SequenceData], refine_cfg, good_m: float = 0.25) -> dict:
@@ -138,7 +147,7 @@ def descriptor_match_quality(seqs: list[SequenceData], refine_cfg, good_m: float
 
 def summarize(rows: np.ndarray, ap_frames: list, seconds: list[float], min_frames: int, refined_variant: bool) -> dict:
     """The table's numbers of one variant from :func:`evaluate_sequence` outputs of every sequence."""
-    z, z1, zo, nf, ref, sta, speed, verr, moving = rows.T if len(rows) else [np.zeros(0)] * 9
+    z, z1, zo, nf, ref, sta, speed, verr, moving, travel = rows.T if len(rows) else [np.zeros(0)] * 10
     res: dict[str, Any] = {}
     sel = nf >= min_frames if refined_variant else np.ones(len(z), bool)
     e1, eo = np.abs(z1 - z)[sel], np.abs(zo - z)[sel]
@@ -146,10 +155,16 @@ def summarize(rows: np.ndarray, ap_frames: list, seconds: list[float], min_frame
                     "out_abs_median_m": float(np.median(eo)) if sel.any() else math.nan}
     res["depth"]["reduction"] = 1 - res["depth"]["out_abs_median_m"] / res["depth"]["single_abs_median_m"] if sel.any() else math.nan
     res["refined_share"] = float(ref[sel].mean()) if sel.any() else math.nan
-    for name, m in (("parked", sel & (speed < PARKED_MPS)), ("moving", sel & (moving > 0))):
+    def split(m: np.ndarray) -> dict:
         a, b = np.abs(z1 - z)[m], np.abs(zo - z)[m]
-        res["depth"][name] = {"count": int(m.sum()), "single_abs_median_m": float(np.median(a)) if m.any() else math.nan,
-                              "out_abs_median_m": float(np.median(b)) if m.any() else math.nan}
+        return {"count": int(m.sum()), "single_abs_median_m": float(np.median(a)) if m.any() else math.nan,
+                "out_abs_median_m": float(np.median(b)) if m.any() else math.nan}
+
+    for name, m in (("parked", sel & (speed < PARKED_MPS)), ("moving", sel & (moving > 0))):
+        res["depth"][name] = split(m)
+    res["depth"]["by_range"] = {_bin_name(lo, hi): split(sel & (z >= lo) & (z < hi)) for lo, hi in zip(RANGE_BINS_M, RANGE_BINS_M[1:])}
+    res["depth"]["parked_by_ego_travel"] = {_bin_name(lo, hi): split(sel & (speed < PARKED_MPS) & (travel >= lo) & (travel < hi))
+                                            for lo, hi in zip(TRAVEL_BINS_M, TRAVEL_BINS_M[1:])}
     if refined_variant:
         r = sel & (ref > 0)
         parked, mov = r & (speed < PARKED_MPS), r & (moving > 0)
@@ -167,6 +182,25 @@ def summarize(rows: np.ndarray, ap_frames: list, seconds: list[float], min_frame
         res["ap3d_r40@0.5"] = res["ap3d_r40@0.7"] = res["apbev_r40@0.5"] = math.nan
     res["track_buffer_ms_p50"] = float(np.percentile(seconds, 50) * 1e3) if seconds else 0.0
     return res
+
+
+def _bin_name(lo: float, hi: float) -> str:
+    return f"{lo:g}-{hi:g}m" if math.isfinite(hi) else f">={lo:g}m"
+
+
+def format_breakdown(results: dict[str, dict]) -> str:
+    """Median |dz| single -> out per range bin and, for parked cars, per camera travel over the window."""
+    keys = [("by_range", k) for k in results[next(iter(results))]["depth"]["by_range"]]
+    keys += [("parked_by_ego_travel", k) for k in results[next(iter(results))]["depth"]["parked_by_ego_travel"]]
+    head = f"{'variant':9s} " + " ".join(f"{('z ' if g == 'by_range' else 'parked, ego ') + k:>17s}" for g, k in keys)
+    lines = [head, "-" * len(head)]
+    for name, r in results.items():
+        cells = []
+        for g, k in keys:
+            d = r["depth"][g][k]
+            cells.append(f"{d['single_abs_median_m']:5.2f}->{d['out_abs_median_m']:5.2f} ({d['count']:4d})" if d["count"] else f"{'n/a':>17s}")
+        lines.append(f"{name:9s} " + " ".join(f"{c:>17s}" for c in cells))
+    return "\n".join(lines)
 
 
 def format_rows(results: dict[str, dict]) -> str:
@@ -262,6 +296,8 @@ def run(args: argparse.Namespace) -> int:
           f"tracklets >= {args.min_frames} frames; window {tc.window}, {rc.num_points} points, "
           f"{rc.solver.max_iterations} iterations, {str(rc.dtype).replace('torch.', '')}, {args.device}")
     print(format_rows(results))
+    print("median |dz| (m) single -> refined (count), by range and, for parked cars, by camera travel over the window:")
+    print(format_breakdown(results))
     mq = descriptor_match_quality(seqs, rc)
     print(f"learned descriptor matches between consecutive detections of a car: {mq['matches']}; "
           f"{100 * mq['off_object_share']:.0f} % have a sample off the car; of the rest "

@@ -95,6 +95,11 @@ def test_eval_oba_and_eval_track_on_a_short_world_sequence(tmp_path, capsys):
     for name in ("learned", "oracle", "static"):
         assert res[name]["depth"]["count"] > 10 and 0 <= res[name]["ap3d_r40@0.5"] <= 100
         assert res[name]["refined_share"] > 0.5
+        # the range bins partition the counted detections; the camera-travel bins partition the parked ones
+        d = res[name]["depth"]
+        assert sum(b["count"] for b in d["by_range"].values()) == d["count"]
+        assert sum(b["count"] for b in d["parked_by_ego_travel"].values()) == d["parked"]["count"]
+    assert "parked, ego" in first and "z 0-20m" in first
     # scene-level BA calls every car static; object BA does not
     assert res["static"]["motion_state"]["moving_correct"] in (0.0, None)
     # the second evaluation reuses the rendered + detected sequence
