@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,7 +27,10 @@ def test_rss_summary_hand_computed():
 
 
 class _FakeDetector:
-    """Returns 3 detections per frame; optionally keeps 1 MiB of written memory per frame (a leak)."""
+    """Returns 3 detections per frame; optionally keeps 1 MiB of written memory per frame (a leak).
+
+    The leak is an anonymous mapping, so its pages are new to the process whatever earlier tests
+    freed (a numpy buffer could reuse heap that an earlier test grew, and RSS would not move)."""
 
     def __init__(self, leak: bool) -> None:
         self.leak = leak
@@ -34,7 +38,9 @@ class _FakeDetector:
 
     def detect(self, image, K):
         if self.leak:
-            self.kept.append(np.ones(2**18, np.float32))  # 1 MiB, pages touched
+            page = mmap.mmap(-1, 2**20)
+            page.write(b"\x01" * 2**20)  # 1 MiB, pages touched
+            self.kept.append(page)
         return SimpleNamespace(detections=[0, 1, 2])
 
 
