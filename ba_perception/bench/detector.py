@@ -15,16 +15,16 @@ and samples that process tree's RSS the same way. Prints a table and writes JSON
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ba_perception.eval.results import machine_info
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +83,13 @@ def render_images(n: int, width: int = 1242, height: int = 375) -> tuple[list[np
     return [np.ascontiguousarray(f.image) for f in frames], frames[0].K.copy()
 
 
+def process_rss_mb() -> float:
+    """Resident memory of this process, MiB."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
 def memory_run(detector, images: list[np.ndarray], K: np.ndarray, frames: int, every: int) -> dict:
     """Run ``detector.detect`` on ``frames`` frames cycling through ``images``; sample RSS every ``every`` frames.
 
@@ -91,13 +98,7 @@ def memory_run(detector, images: list[np.ndarray], K: np.ndarray, frames: int, e
         ``rss_before_mb`` (before the first frame), the summary of :func:`rss_summary` with
         ``every`` frames as warm-up, detections per frame and the mean wall time per frame.
     """
-    import psutil
-
-    proc = psutil.Process()
-
-    def rss() -> float:
-        return proc.memory_info().rss / 2**20
-
+    rss = process_rss_mb
     before = rss()
     samples: list[tuple[int, float]] = []
     n_det = 0
@@ -131,7 +132,6 @@ def node_memory_run(bag: Path, onnx_path: Path, frames: int, every: int, threads
     domain = 150 + os.getpid() % 80
     params = default_params_file()
     with ros_environment(domain, tmp) as env:
-        import psutil
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
@@ -154,13 +154,7 @@ def node_memory_run(bag: Path, onnx_path: Path, frames: int, every: int, threads
             "bag_player.topics:=[/camera/image_raw,/camera/camera_info]", "bag_player.wait_for_subscribers:=1",
             "bag_player.lockstep_timeout_s:=30.0", "bag_player.exit_when_done:=false"], env, tmp / "bag_player.log")
 
-        def rss() -> float:
-            tot = 0.0
-            for p in [node_proc.ps] + node_proc.ps.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    tot += p.memory_info().rss / 2**20
-            return tot
-
+        rss = node_proc.tree_rss_mb
         samples: list[tuple[int, float]] = []
         t0 = time.monotonic()
         next_sample = 1
@@ -307,14 +301,12 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(f"node memory run failed: {err}") from err
         print_memory(node_memory, "detector_node")
     if args.memory_only:
-        load = os.getloadavg() if hasattr(os, "getloadavg") else None
         res = {"weights": weights, "threads": args.threads, "memory": memory, "node_memory": node_memory,
-               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "loadavg_after": load,
-                           "torch": torch.__version__}}
+               "machine": machine_info()}
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=1))
-        print(f"wrote {out} (load average after: {load})")
+        print(f"wrote {out} (load average after: {res['machine']['loadavg']})")
         return 0
     ort_cpu = OnnxRuntimeBackend(onnx_path, device="cpu", threads=args.threads)
     h, w = ort_cpu.input_hw
@@ -350,13 +342,10 @@ def run(args: argparse.Namespace) -> int:
     img = np.random.default_rng(0).integers(0, 255, (375, 1242, 3), dtype=np.uint8)
     K = np.array([[721.5, 0, 609.6], [0, 721.5, 172.9], [0, 0, 1.0]])
     stages: dict[str, list[float]] = {"preprocess": [], "inference": [], "decode": [], "total": []}
-    import psutil
-
-    proc = psutil.Process()
     rss = []
     for i in range(args.iters + args.warmup):
         if i == args.warmup:
-            rss.append(proc.memory_info().rss / 2**20)
+            rss.append(process_rss_mb())
         t0 = time.perf_counter()
         r = det.detect(img, K)
         tot = (time.perf_counter() - t0) * 1e3
@@ -364,13 +353,10 @@ def run(args: argparse.Namespace) -> int:
             for k, v in r.timings_ms.items():
                 stages[k].append(v)
             stages["total"].append(tot)
-    rss.append(proc.memory_info().rss / 2**20)
+    rss.append(process_rss_mb())
     pipeline = {k: _stats(v) for k, v in stages.items()}
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     res = {
-        "input_hw": [h, w], "weights": weights, "threads": args.threads,
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "loadavg_after": load,
-                    "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "input_hw": [h, w], "weights": weights, "threads": args.threads, "machine": machine_info(),
         "network": rows, "pipeline_1242x375": {"backend": be.name, **pipeline},
         "process_rss_mb": {"after_warmup": rss[0], "after_all": rss[-1], "frames": args.iters},
         "method": "CPU: wall clock per call; CUDA: CUDA events per call; batch 1",
@@ -387,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     print(f"process RSS {rss[0]:.0f} MB after warm-up, {rss[-1]:.0f} MB after {args.iters} more frames")
-    print(f"wrote {out} (load average after: {load})")
+    print(f"wrote {out} (load average after: {res['machine']['loadavg']})")
     if not rows:
         raise CommandError("no backend could be benchmarked")
     return 0

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import statistics
 import time
 from dataclasses import replace
@@ -34,6 +32,7 @@ from ba_perception.core.oba.reference import have_pycolmap, solve_with_pycolmap
 from ba_perception.core.oba.refine import RefineConfig, refine_tracklets
 from ba_perception.core.oba.solver import CapturedSolve, OBAProblem, SolverOptions, solve
 from ba_perception.core.oba.synthetic import make_batch, make_tracklets
+from ba_perception.eval.results import machine_info
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -192,11 +191,8 @@ def run(args: argparse.Namespace) -> int:
             ceres.update(check_problems=args.check, check_max_rel_cost_diff=float(rel.max()), check_median_rel_cost_diff=float(np.median(rel)),
                          check_pass_1e6=bool(rel.max() < 1e-6))
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     out = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                    "cuda": torch.cuda.get_device_name(0) if "cuda" in devices else None, "loadavg": load},
+        "machine": {**machine_info(), "torch_threads": torch.get_num_threads()},
         "config": {"frames": F, "points": K, "iterations": it, "repeats": args.repeats, "loss": "cauchy(2px)",
                    "cuda_measured": "cuda" in devices},
         "solver": rows, "refine_tracklets": refine_rows, "pycolmap": ceres,
@@ -219,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
     if "check_max_rel_cost_diff" in ceres:
         print(f"agreement with Ceres on {ceres['check_problems']} problems (converged): max relative cost difference "
               f"{ceres['check_max_rel_cost_diff']:.2e} ({'pass' if ceres['check_pass_1e6'] else 'FAIL'} at 1e-6)")
+    load = out["machine"]["loadavg"]
     if load:
         print(f"load average during the run: {load[0]:.2f} (shared machine: timings are noisy)")
     path = Path(args.out)

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -43,6 +41,7 @@ from ba_perception.core.oba.correspondences import KltTracker
 from ba_perception.core.oba.refine import RefineConfig, configs_from_params, refine_tracklets, tracker_detections
 from ba_perception.core.oba.tracklets import Observation, TrackletBuffer, TrackletConfig, observations_from_detections
 from ba_perception.core.tracking import Tracker, TrackerConfig
+from ba_perception.eval.results import machine_info
 
 DEFAULT_MODEL = Path("models/detector.onnx")
 STAGES = ("detector.preprocess", "detector.inference", "detector.decode", "detector",
@@ -337,7 +336,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"pipeline: {len(frames)} frames ({args.warmup} warm-up), backend {backend.name}, weights {weights}, "
           f"observations {mode}, BA on {args.device}")
     result = run_pipeline(frames, detector, observe, tb_cfg, rf_cfg, tr_cfg, args.warmup, torch.device(args.device))
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     data = {
         "device": args.device, "backend": backend.name, "weights": weights, "observations": mode,
         "input": source, "image_wh": [int(frames[0].image.shape[1]), int(frames[0].image.shape[0])],
@@ -354,9 +352,7 @@ def run(args: argparse.Namespace) -> int:
                  if weights == "random" and mode == "detector" else
                  "world observations: BA/tracker load of real objects; detector output timed then discarded"
                  if mode == "world" else "trained detector output drives the track buffer"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-                    "torch": torch.__version__, "threads": args.threads, "loadavg_after": load,
-                    "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None},
+        "machine": {**machine_info(), "threads": args.threads},
         **result,
     }
     print(f"{'stage':26s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'mean ms':>8s} {'n':>5s}")
@@ -371,5 +367,5 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1))
-    print(f"wrote {out} (load average after: {load})")
+    print(f"wrote {out} (load average after: {data['machine']['loadavg']})")
     return 0

@@ -201,6 +201,16 @@ class NodeProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def tree_rss_mb(self) -> float:
+        """Resident memory of the node's process tree now, MiB (processes that exit meanwhile count 0)."""
+        import psutil
+
+        total = 0.0
+        for p in [self.ps, *self.ps.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss / 2**20
+        return total
+
     def sample(self) -> None:
         """CPU percent (100 = one core) since the last call and RSS, summed over the process tree."""
         import psutil
@@ -516,27 +526,16 @@ def next_peak_rate(runs: list[dict], limit: float, max_rate: float) -> float | N
 # report
 # ------------------------------------------------------------------------------------------------
 def host_info() -> dict:
-    """Machine, OS and library versions."""
-    import psutil
-    import torch
+    """Machine, OS and library versions (:func:`~ba_perception.eval.results.machine_info`) plus the ROS middleware."""
+    from ba_perception.eval.results import machine_info
 
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     try:
         from importlib.metadata import version
 
         rclpy_v = version("ros-jazzy-rclpy")
     except Exception:  # noqa: BLE001 - metadata lookup is best effort
         rclpy_v = None
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "mem_total_gb": psutil.virtual_memory().total / 2**30,
-            "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "rclpy_pkg": rclpy_v, "rmw": os.environ.get("RMW_IMPLEMENTATION", "default (rmw_fastrtps_cpp)"),
-            "loadavg": os.getloadavg()}
+    return {**machine_info(), "rclpy_pkg": rclpy_v, "rmw": os.environ.get("RMW_IMPLEMENTATION", "default (rmw_fastrtps_cpp)")}
 
 
 def print_runs(runs: list[dict]) -> None:

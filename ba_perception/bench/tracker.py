@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+from ba_perception.eval.results import machine_info
 
 GOAL_P50_MS = 2.0
 GOAL_P99_MS = 5.0
@@ -112,9 +113,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                 "node": platform.node(), "numpy": np.__version__},
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": machine_info(),
         "goal": {"p50_ms": GOAL_P50_MS, "p99_ms": GOAL_P99_MS},
         "config": vars(args),
         "results": rows,

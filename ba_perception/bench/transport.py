@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ba_perception.eval.results import machine_info
 from ba_perception.graph import fastdds_profile
 
 
@@ -150,9 +150,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\np99 ratio shipped/reference: {rows[0]['p99_ms'] / rows[1]['p99_ms']:.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"host": {"machine": platform.machine(), "cpus": os.cpu_count(),
-                                        "python": platform.python_version(), "node": platform.node()},
-                               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "config": vars(args) | {"role": None},
+    out.write_text(json.dumps({"host": machine_info(), "config": vars(args) | {"role": None},
                                "results": rows}, indent=2, default=str))
     print(f"wrote {out}")
     return 0

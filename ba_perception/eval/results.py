@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,9 +27,17 @@ def json_safe(o: Any) -> Any:
 
 
 def machine_info() -> dict[str, Any]:
-    """Host facts stored with every result (platform, CPUs, torch, load average, date)."""
+    """Host facts stored with every result and benchmark: platform, CPU model and count, memory (GiB),
+    Python, numpy, torch, the CUDA GPU if torch sees one, load average and date."""
     import torch
 
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+    cpu = ""
+    with contextlib.suppress(OSError):
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), "")
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
+    return {"platform": platform.platform(), "node": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "mem_total_gb": mem, "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
