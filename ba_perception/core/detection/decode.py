@@ -274,7 +274,7 @@ def box_nms(
 
 def select_candidates(
     heat: torch.Tensor, reg: torch.Tensor, stride: int, cfg: DecodeConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pick the detections of a batch: candidate cells, depth-confidence scoring, duplicate removal.
 
     Args:
@@ -285,7 +285,8 @@ def select_candidates(
             ``score_threshold``, ``max_detections``.
 
     Returns:
-        ``(M,)`` tensors: image index, row, column, class, final score; per image sorted by
+        ``(M,)`` tensors: image index, row, column, class, final score; and ``(M, 13)`` the
+        regression values at those cells (gathered once for all candidates). Per image sorted by
         descending score, at most ``max_detections`` each.
     """
     B, C, h, w = heat.shape
@@ -297,17 +298,16 @@ def select_candidates(
     raw, idx = heat.reshape(B, -1).topk(k, dim=1)  # (B, k)
     cls, pix = idx // (h * w), idx % (h * w)
     ys, xs = pix // w, pix % w
+    n_reg = reg.shape[1]
+    r = reg.reshape(B, n_reg, -1).gather(2, pix[:, None, :].expand(-1, n_reg, -1)).transpose(1, 2)  # (B, k, 13)
     # depth confidence <= 1, so a cell below the threshold can never reach it
     valid = raw >= cfg.score_threshold
     score = raw
     if cfg.depth_confidence_scale > 0:
-        logvar = reg[:, REG_CHANNELS["depth_logvar"]].reshape(B, -1).gather(1, pix)
+        logvar = r[..., REG_CHANNELS["depth_logvar"]][..., 0]
         score = raw * torch.exp(-_relative_depth_std(logvar) / cfg.depth_confidence_scale)
         valid = valid & (score >= cfg.score_threshold)
     if cfg.peak_nms == "box":
-        n_box = max(REG_CHANNELS["offset"].stop, REG_CHANNELS["ltrb"].stop)  # the channels a 2D box needs
-        r = reg[:, :n_box].reshape(B, n_box, -1)
-        r = r.gather(2, pix[:, None, :].expand(-1, n_box, -1)).transpose(1, 2)  # (B, k, n_box)
         cell = torch.stack([xs, ys], -1).to(r.dtype)
         boxes = _boxes_net(grid_to_net(cell + r[..., REG_CHANNELS["offset"]], stride), r[..., REG_CHANNELS["ltrb"]], stride)
         bidx = torch.arange(B, device=dev)[:, None].expand(B, k)
@@ -319,7 +319,7 @@ def select_candidates(
     sel = top >= 0
     bsel = torch.arange(B, device=dev)[:, None].expand_as(order)[sel]
     o = order[sel]
-    return bsel, ys[bsel, o], xs[bsel, o], cls[bsel, o], score[bsel, o]
+    return bsel, ys[bsel, o], xs[bsel, o], cls[bsel, o], score[bsel, o], r[bsel, o]
 
 
 def decode(
@@ -363,9 +363,7 @@ def decode(
         raise DecodeError(f"intrinsics must be finite (B, 3, 3) with positive focal lengths, got shape {tuple(K.shape)}")
     heat, reg, emb, feats = heat.to(dt), reg.to(dt), emb.to(dt), feats.to(dt)
 
-    b, ys, xs, labels, scores = select_candidates(heat, reg, stride, cfg)
-
-    r = _gather(reg, b, ys, xs)  # (M, 13)
+    b, ys, xs, labels, scores, r = select_candidates(heat, reg, stride, cfg)
     Kn = pre.K_net(K)[b]  # (M, 3, 3)
     cell = torch.stack([xs, ys], -1).to(dt)
     c_net = grid_to_net(cell + r[:, REG_CHANNELS["offset"]], stride)
