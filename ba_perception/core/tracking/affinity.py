@@ -42,6 +42,12 @@ def pair_iou_2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.nan_to_num(inter / np.maximum(area_a + area_b - inter, 1e-12), nan=0.0)
 
 
+def centre_dist2(pred_pos: np.ndarray, det_pos: np.ndarray) -> np.ndarray:
+    """``(T, N)`` squared distances (m^2) between ``(T, 3)`` and ``(N, 3)`` centres."""
+    diff = det_pos[None, :, :] - pred_pos[:, None, :]
+    return np.einsum("tnk,tnk->tn", diff, diff)
+
+
 def gate_3d(
     pred_pos: np.ndarray,
     pred_cov: np.ndarray,
@@ -50,6 +56,7 @@ def gate_3d(
     allowed: np.ndarray,
     chi2_gate: float,
     max_dist_m: float,
+    dist2: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate (track, detection) pairs inside the 3D gate and their Mahalanobis distance.
 
@@ -62,19 +69,20 @@ def gate_3d(
         allowed: ``(T, N)`` bool, pairs that may match at all (same class, ...).
         chi2_gate: gate on the squared Mahalanobis distance (3 dof; 11.34 is 99%).
         max_dist_m: hard cap on the Euclidean distance, metres.
+        dist2: ``(T, N)`` squared centre distances if the caller has them already (m^2).
 
     Returns:
         ``(ti, di, d2)``: track and detection indices of candidates and squared distances.
     """
-    diff = det_pos[None, :, :] - pred_pos[:, None, :]  # (T, N, 3)
-    dist2 = np.einsum("tnk,tnk->tn", diff, diff)
+    if dist2 is None:
+        dist2 = centre_dist2(pred_pos, det_pos)
     bound2 = chi2_gate * (np.trace(pred_cov, axis1=1, axis2=2)[:, None] + np.trace(det_cov, axis1=1, axis2=2)[None, :])
     pre = allowed & (dist2 <= np.minimum(bound2, max_dist_m**2))
     ti, di = np.nonzero(pre)
     if ti.size == 0:
         return ti, di, np.zeros(0)
     S = pred_cov[ti] + det_cov[di]
-    d = diff[ti, di]
+    d = det_pos[di] - pred_pos[ti]
     sol = np.linalg.solve(S, d[:, :, None])[:, :, 0]
     d2 = np.einsum("ki,ki->k", d, sol)
     keep = d2 <= chi2_gate

@@ -18,6 +18,7 @@ import numpy as np
 from ba_perception.core.config import config_from_params
 from ba_perception.core.tracking import kalman
 from ba_perception.core.tracking.affinity import (
+    centre_dist2,
     cosine_matrix,
     edge_affinity_batch,
     gate_3d,
@@ -486,9 +487,10 @@ class Tracker:
             cos, has_cos = cosine_matrix(t.emb, t.has_emb, f.emb, f.has_emb)
             if cfg.app_gate > -1.0:
                 same = same & ~(has_cos & (cos < cfg.app_gate))
-        ti, di, d2 = gate_3d(t.x[:, :3], t.P[:, :3, :3], f.pos, f.R, same, cfg.chi2_gate, cfg.max_gate_m)
+        dist2 = centre_dist2(t.x[:, :3], f.pos)
+        ti, di, d2 = gate_3d(t.x[:, :3], t.P[:, :3, :3], f.pos, f.R, same, cfg.chi2_gate, cfg.max_gate_m, dist2)
         if use_app and cfg.rescue_iou > 0:
-            ti, di, d2 = self._rescue(t, f, same, cos, has_cos, ti, di, d2)
+            ti, di, d2 = self._rescue(t, f, same, cos, has_cos, dist2, ti, di, d2)
         if ti.size == 0:
             return none
         if cfg.method == "hungarian_3d":
@@ -518,7 +520,7 @@ class Tracker:
         return hungarian(score, gate)
 
     def _rescue(
-        self, t: _Tracks, f: _Frame, same: np.ndarray, cos: np.ndarray, has_cos: np.ndarray,
+        self, t: _Tracks, f: _Frame, same: np.ndarray, cos: np.ndarray, has_cos: np.ndarray, dist2: np.ndarray,
         ti: np.ndarray, di: np.ndarray, d2: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Add the appearance-rescued pairs (see ``TrackerConfig.rescue_iou``) to the 3D candidates,
@@ -529,11 +531,12 @@ class Tracker:
         fresh[ti] = False  # a track with a candidate inside the 3D gate is not rescued
         if not fresh.any():
             return ti, di, d2
-        iou = iou_2d_np(t.box, f.box)
-        diff = f.pos[None, :, :] - t.x[:, None, :3]
-        ok = (same & fresh[:, None] & f.has_box[None, :] & has_cos & (iou >= cfg.rescue_iou) & (cos >= cfg.rescue_cos)
-              & (np.einsum("tnk,tnk->tn", diff, diff) <= cfg.rescue_max_m**2))
+        rows = np.nonzero(fresh)[0]  # the 2D overlap only of the tracks that may be rescued
+        iou = iou_2d_np(t.box[rows], f.box)
+        ok = (same[rows] & f.has_box[None, :] & has_cos[rows] & (iou >= cfg.rescue_iou) & (cos[rows] >= cfg.rescue_cos)
+              & (dist2[rows] <= cfg.rescue_max_m**2))
         ri, rd = np.nonzero(ok)
+        ri = rows[ri]
         if ri.size == 0:
             return ti, di, d2
         self.counters["rescued_pairs"] += int(ri.size)
