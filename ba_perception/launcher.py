@@ -63,11 +63,20 @@ def graph_env() -> dict[str, str]:
 
 
 class Launcher:
-    """Starts, supervises and stops the processes of the graph."""
+    """Starts, supervises and stops the processes of the graph.
+
+    Args:
+        drain_s: when a ``shutdown_on_exit`` node finishes cleanly (the bag player at the end of
+            the bag), keep the rest of the graph running this many seconds more so the frames
+            still in the pipeline reach the outputs; a failure stops the graph at once.
+    """
 
     def __init__(self, specs: list[NodeSpec], args: dict[str, str], params_file: Path, extra_params: list[str],
-                 remaps: list[str], respawn_delay_s: float = 1.0, max_restarts: int = 5, log=print) -> None:
+                 remaps: list[str], respawn_delay_s: float = 1.0, max_restarts: int = 5, log=print,
+                 drain_s: float = 0.0) -> None:
         self.cmds = [(s, node_command(s, args, params_file, extra_params, remaps)) for s in specs]
+        self.drain_s = drain_s
+        self._drain_until: float | None = None
         self.respawn_delay_s = respawn_delay_s
         self.max_restarts = max_restarts
         self.running: list[Running] = []
@@ -89,6 +98,12 @@ class Launcher:
             if code is None or self.stopping:
                 continue
             if r.spec.shutdown_on_exit:
+                if code == 0 and self.drain_s > 0:
+                    if self._drain_until is None:
+                        self._drain_until = time.monotonic() + self.drain_s
+                        self.log(f"[launch] {r.spec.name} finished; letting the pipeline drain for {self.drain_s:.0f} s")
+                    if time.monotonic() < self._drain_until:
+                        continue
                 self.log(f"[launch] {r.spec.name} {'finished' if code == 0 else f'failed (exit {code})'}; "
                          "shutting down the graph")
                 self.exit_code = self.exit_code or (0 if code == 0 else 1)

@@ -28,7 +28,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -161,40 +161,17 @@ def run_graph(cfg: RunConfig, log=print) -> tuple[Path, Path]:
     if cfg.odom_topic != "/odom":
         remaps.append(f"/odom:={cfg.odom_topic}")
     specs = [s for s in NODES if s.name in PIPELINE_NODES] + ([] if cfg.lockstep else [INPUT_RECORDER])
-    if not cfg.lockstep:  # real time: the frames still in the pipeline when the player finishes may drain
-        specs = [replace(s, shutdown_on_exit=False) if s.name == "bag_player" else s for s in specs]
-    try:
-        launcher = Launcher(specs, args, default_params_file(), sets, remaps, log=log)
+    try:  # real time: the frames still in the pipeline when the player finishes may drain
+        launcher = Launcher(specs, args, default_params_file(), sets, remaps, log=log, drain_s=0.0 if cfg.lockstep else cfg.drain_s)
     except LaunchError as err:
         raise ReplayError(str(err)) from err
     # The player must not start before the recorder and the pipeline listen: it waits for subscribers.
-    code = launcher.run() if cfg.lockstep else _run_and_drain(launcher, cfg.drain_s, log)
+    code = launcher.run()
     if code != 0:
         log(f"[replay] a node exited with an error (exit {code}); evaluating what was recorded")
     if not (record / "metadata.yaml").exists() and not any(record.glob("*.mcap")):
         raise ReplayError("the recorder wrote nothing; see the node logs above")
     return record, latency
-
-
-def _run_and_drain(launcher: Any, drain_s: float, log=print) -> int:
-    """Run the graph until the bag player exits, then ``drain_s`` more seconds; returns the exit code."""
-    launcher.start()
-    player = next(r for r in launcher.running if r.spec.name == "bag_player")
-    finished = None
-    try:
-        while launcher.poll():
-            if finished is None and player.proc.poll() is not None:
-                finished = time.monotonic()
-                if player.proc.returncode != 0:
-                    launcher.exit_code = 1
-                    break
-                log(f"[replay] player finished; letting the pipeline drain for {drain_s:.0f} s")
-            if finished is not None and time.monotonic() - finished >= drain_s:
-                break
-            time.sleep(0.05)
-    finally:
-        launcher.shutdown()
-    return launcher.exit_code
 
 
 def bag_frame_stamps(bag: Path, topic: str) -> list[int]:
