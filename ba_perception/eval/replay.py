@@ -91,9 +91,10 @@ EXTRINSICS_NODES = ("track_buffer_node", "tracker_node")  # nodes with the camer
 def extrinsics_from_bag(bag: Path, image_topic: str = "/camera/image_raw") -> list[float] | None:
     """``[x, y, z, roll, pitch, yaw]`` (camera body frame in base_link) from the bag's ``/tf_static``.
 
-    The player does not replay ``/tf_static`` (its publishers are volatile, the nodes' tf
-    subscription is transient-local), so the mounting reaches the nodes as their
-    ``camera_extrinsics`` parameter instead. None when the bag has no base_link -> camera transform
+    The player replays ``/tf_static`` latched, but a node reads it only where ``tf2_msgs`` is
+    installed (not on these machines), so the mounting also reaches the nodes as their
+    ``camera_extrinsics`` parameter (``/tf_static`` overrides it where it arrives). None when the
+    bag has no base_link -> camera transform
     (:func:`~ba_perception.data.bag.camera_mount`: the camera is the images' frame).
     """
     from ba_perception.core.geometry import R_BODY_OPTICAL

@@ -5,6 +5,8 @@ publish the next frame of ``lockstep_trigger_topic`` only after the pipeline out
 previous one arrived on ``lockstep_topic`` (matched by header stamp), for drop-free evaluation.
 Messages are published as the bag's serialized CDR bytes, so any standard-typed bag plays
 byte-identical; topics whose types are not installed here are skipped with one log line.
+Topics recorded from a transient-local publisher (``/tf_static``, map-like data; the bag's offered
+QoS) are played latched, keeping all of their messages, so a node that starts late still gets them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ from ba_perception.ros.node import PerceptionNode, StartupError, run_node, wall_
 from ba_perception.ros.params import ParamSpec, qos_profile
 from ba_perception.ros.sync import header_stamp_ns, restamp
 
+def recorded_latched(conn: Any) -> bool:
+    """Whether a bag connection was recorded from a transient-local (latched) publisher."""
+    from rosbags.interfaces import QosDurability
+
+    profiles = getattr(getattr(conn, "ext", None), "offered_qos_profiles", None) or []
+    return any(getattr(q, "durability", None) == QosDurability.TRANSIENT_LOCAL for q in profiles)
+
+
 class BagPlayer(PerceptionNode):
     """Publishes a bag's messages; see the module docstring."""
 
@@ -33,7 +43,7 @@ class BagPlayer(PerceptionNode):
         ParamSpec("loop", False, "restart from the beginning after the last message"),
         ParamSpec("topics", [""], "topics to play; empty = every topic whose type is installed"),
         ParamSpec("publish_clock", False, "publish /clock from the bag's timestamps (for use_sim_time)"),
-        ParamSpec("qos", "reliable", "QoS of the published topics", choices=("reliable", "sensor_data", "best_effort")),
+        ParamSpec("qos", "reliable", "QoS of the published topics (topics recorded latched, e.g. /tf_static, play latched)", choices=("reliable", "sensor_data", "best_effort")),
         ParamSpec("qos_depth", 10, "queue depth of the published topics", min=1),
         ParamSpec("wait_for_subscribers", 0, "before playing, wait until every played topic has this many subscribers", min=0),
         ParamSpec("ready_topics", [""], "before playing, wait until each 'topic=N' has a publisher and N subscribers "
@@ -75,7 +85,8 @@ class BagPlayer(PerceptionNode):
                 self.get_logger().info(f"skipping {conn.topic}: {err}")
                 self.count("skipped_topics")
                 continue
-            self.publishers_by_topic[conn.topic] = self.create_publisher(cls, conn.topic, qos)
+            self.publishers_by_topic[conn.topic] = self.create_publisher(
+                cls, conn.topic, qos_profile("reliable_history", max(1, conn.msgcount)) if recorded_latched(conn) else qos)
             self.connections.append(conn)
         missing = wanted - set(self.publishers_by_topic)
         if missing:

@@ -95,3 +95,43 @@ def test_player_rejects_missing_and_corrupt_bags(ros_env, tmp_path):
     assert p.wait(20) == 2
     log = ros_env.logs()
     assert "does not exist" in log and "cannot open bag" in log
+
+
+def test_topics_recorded_latched_are_played_latched(ros_env, tmp_path):
+    """A node that subscribes after the bag was played still gets every message of a topic recorded
+    from a transient-local publisher (as /tf_static is), and none of a volatile one."""
+    from nav_msgs.msg import Odometry
+    from rclpy.serialization import serialize_message
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+    from rosbags.rosbag2 import Writer
+
+    from ba_perception.ros.bag_types import default_typestore
+    from ba_perception.ros.node import ns_to_time
+    from ba_perception.ros.params import qos_profile
+
+    zero = QosTime(0, 0)
+    latched = Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, zero, zero,
+                  QosLiveliness.AUTOMATIC, zero, False)
+    src = tmp_path / "src"
+    store = default_typestore()
+    with Writer(src, version=9) as w:
+        static = w.add_connection("/static_odom", "nav_msgs/msg/Odometry", typestore=store, offered_qos_profiles=(latched,))
+        live = w.add_connection("/odom", "nav_msgs/msg/Odometry", typestore=store)
+        for i in range(3):
+            msg = Odometry()
+            msg.header.stamp = ns_to_time(1_700_000_000_000_000_000 + i)
+            for conn in (static, live):
+                w.write(conn, 1_700_000_000_000_000_000 + i * 1000, serialize_message(msg))
+    counters = _diag_counter(ros_env, "bag_player")
+    spin = ros_env.spinner()
+    player = ros_env.start("bag_player", {"bag": str(src), "rate": 100.0, "exit_when_done": False, "diagnostics_period_s": 0.1})
+    wait_for(lambda: counters.get("published", 0) >= 6, 30, spin, "the bag played")
+    got = {"/static_odom": [], "/odom": []}
+    late = ros_env.node("late_listener")
+    for topic in got:
+        late.create_subscription(Odometry, topic, lambda m, t=topic: got[t].append(m.header.stamp.nanosec), qos_profile("reliable_history", 10))
+    spin = ros_env.spinner()
+    wait_for(lambda: len(got["/static_odom"]) == 3, 20, spin, "the latched messages")
+    assert sorted(got["/static_odom"]) == sorted(1_700_000_000_000_000_000 % 10**9 + i for i in range(3))
+    assert got["/odom"] == []
+    assert ros_env.stop(player) == 0
