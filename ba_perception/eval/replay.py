@@ -11,9 +11,9 @@ and after object BA, HOTA / MOTA / IDF1 / ID switches, and per-stage latency. ``
 FILE`` scores a bag against a KITTI tracking label file (copied with it as ground truth to
 ``<out>/labelled``).
 
-In real-time mode the player rewrites header stamps to the wall clock (for end-to-end latency);
-a second recorder keeps the restamped camera_info of every frame it played (``<out>/inputs``),
-which maps each output back to its frame. Every camera frame of the bag is then either
+In real-time mode the player rewrites header stamps to the wall clock (for end-to-end latency)
+and writes which stamp it gave each frame (``<out>/stamp_map.json``), which maps each output back
+to its frame. Every camera frame of the bag is then either
 *processed* (a track message came out for it) or *dropped*; ``summary.json`` reports both under
 ``frame_accounting`` (``dropped_frames`` = its ``dropped``; ``dropped_at_end`` = those after the last
 processed one). Outputs arriving up to ``RunConfig.drain_s`` (3 s) after the player's last frame
@@ -32,9 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ba_perception.graph import NODES, NodeSpec, default_params_file
+from ba_perception.graph import NODES, default_params_file
 
 OUTPUT_TOPICS = {
     "/ba_perception/observations": "ba_perception_msgs/msg/ObjectObservationArray",
@@ -43,7 +41,6 @@ OUTPUT_TOPICS = {
 }
 PIPELINE_NODES = ("bag_player", "detector_node", "track_buffer_node", "tracker_node", "latency_monitor", "bag_recorder")
 # Records the camera_info of every played frame (restamped in real-time mode): the stamp map.
-INPUT_RECORDER = NodeSpec("input_recorder", "bag_recorder", enabled_unless_empty="record", respawn=False)
 
 
 class ReplayError(RuntimeError):
@@ -85,6 +82,7 @@ class RunConfig:
     drain_s: float = 3.0  # real time: after the last frame is played, outputs still arriving this long are kept
 
 
+STAMP_MAP = "stamp_map.json"  # real time: the player's {restamped: original} frame stamps
 EXTRINSICS_NODES = ("track_buffer_node", "tracker_node")  # nodes with the camera_extrinsics parameter
 
 
@@ -118,8 +116,7 @@ def run_graph(cfg: RunConfig, log=print) -> tuple[Path, Path]:
 
     record = cfg.out / "outputs"
     latency = cfg.out / "latency.json"
-    inputs = cfg.out / "inputs"
-    for path in (record, inputs):
+    for path in (record, cfg.out / STAMP_MAP):
         if path.exists():
             raise ReplayError(f"{path} exists; choose a new --out folder")
     ext = extrinsics_from_bag(cfg.bag, cfg.image_topic)
@@ -147,11 +144,7 @@ def run_graph(cfg: RunConfig, log=print) -> tuple[Path, Path]:
         "bag_recorder.qos:=reliable_history",
         "bag_recorder.topics:=[" + ",".join(OUTPUT_TOPICS) + "]",
         "bag_recorder.types:=[" + ",".join(OUTPUT_TOPICS.values()) + "]",
-        f"input_recorder.output:={inputs}",
-        f"input_recorder.topics:=[{cfg.info_topic}]",
-        "input_recorder.types:=[sensor_msgs/msg/CameraInfo]",
-        "input_recorder.qos:=reliable",  # the player's publishers are volatile
-        "input_recorder.qos_depth:=1000",
+        *([] if cfg.lockstep else [f"bag_player.stamp_map_path:={cfg.out / STAMP_MAP}"]),
         *cfg.sets,
     ]
     remaps = []
@@ -161,7 +154,7 @@ def run_graph(cfg: RunConfig, log=print) -> tuple[Path, Path]:
         remaps.append(f"/camera/camera_info:={cfg.info_topic}")
     if cfg.odom_topic != "/odom":
         remaps.append(f"/odom:={cfg.odom_topic}")
-    specs = [s for s in NODES if s.name in PIPELINE_NODES] + ([] if cfg.lockstep else [INPUT_RECORDER])
+    specs = [s for s in NODES if s.name in PIPELINE_NODES]
     try:  # real time: the frames still in the pipeline when the player finishes may drain
         launcher = Launcher(specs, args, default_params_file(), sets, remaps, log=log, drain_s=0.0 if cfg.lockstep else cfg.drain_s)
     except LaunchError as err:
@@ -186,29 +179,12 @@ def bag_frame_stamps(bag: Path, topic: str) -> list[int]:
         return [s for _, _, raw in reader.messages(connections=conns) if (s := header_stamp_ns(bytes(raw))) is not None]
 
 
-def input_stamp_map(played: list[int], original: list[int], rate: float) -> tuple[dict[int, int], str]:
-    """Map the stamps the player published (``played``, in order) to the bag's frame stamps.
-
-    The player publishes the frames in bag order, one stamp per frame, so with every frame
-    recorded the map is positional. If the recorder missed some (it should not: reliable QoS, deep
-    queue), each played stamp goes to the frame whose recorded-timing offset (bag offset / rate) is
-    nearest to its offset from the first played stamp, and the method says so.
-
-    Returns:
-        ``({played stamp: original stamp}, method)`` with method ``"identity"``, ``"order"`` or ``"time"``.
-    """
-    if played == original:
-        return {s: s for s in original}, "identity"
-    if len(played) == len(original):
-        return dict(zip(played, original)), "order"
-    if not played or not original:
-        return {}, "time"
-    o = np.asarray(original, np.float64)
-    offsets = (o - o[0]) / rate
-    out = {}
-    for s in played:
-        out[s] = int(original[int(np.argmin(np.abs(offsets - (s - played[0]))))])
-    return out, "time"
+def read_stamp_map(path: Path) -> dict[int, int]:
+    """The player's ``{restamped: original}`` header stamps (ns); ReplayError if it wrote none."""
+    try:
+        return {int(k): int(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError) as err:
+        raise ReplayError(f"the bag player left no readable stamp map ({path}: {err}); see its log above") from err
 
 
 def remap_outputs(outputs: dict[str, dict[int, Any]], stamp_map: dict[int, int]) -> tuple[dict[str, dict[int, Any]], int]:
@@ -294,13 +270,8 @@ def replay_and_report(cfg: RunConfig, plots: bool = True, log=print) -> dict:
     frames = bag_frame_stamps(cfg.bag, cfg.info_topic)
     method, unknown = "identity", 0
     if not cfg.lockstep:  # outputs carry the player's wall-clock stamps: map them back to the bag's frames
-        inputs = cfg.out / "inputs"
-        played = bag_frame_stamps(inputs, cfg.info_topic) if (inputs / "metadata.yaml").exists() else []
-        stamp_map, method = input_stamp_map(played, frames, cfg.rate)
-        if len(played) != len(frames):
-            log(f"[replay] the input recorder kept {len(played)} of {len(frames)} frames; outputs mapped to frames "
-                "by timing")
-        outputs, unknown = remap_outputs(outputs, stamp_map)
+        outputs, unknown = remap_outputs(outputs, read_stamp_map(cfg.out / STAMP_MAP))
+        method = "player"
     summary = evaluate_run(cfg.bag, outputs, latency)
     acc = frame_accounting(frames, outputs["/ba_perception/tracks"])
     summary["frame_accounting"] = acc

@@ -11,6 +11,7 @@ QoS) are played latched, keeping all of their messages, so a node that starts la
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -55,6 +56,8 @@ class BagPlayer(PerceptionNode):
         ParamSpec("lockstep_type", "ba_perception_msgs/msg/Track3DArray", "message type of lockstep_topic"),
         ParamSpec("lockstep_timeout_s", 5.0, "count a frame as dropped if no output arrives within this", min=0.01),
         ParamSpec("restamp", False, "rewrite header stamps to the wall-clock publish time (latency benchmarks)"),
+        ParamSpec("stamp_map_path", "", "with restamp: when playback ends, write {restamped: original} header stamps "
+                  "(ns) here as JSON, so outputs can be traced back to the bag's frames"),
         ParamSpec("start_delay_s", 0.0, "sleep before the first message", min=0.0),
         ParamSpec("exit_when_done", True, "shut down the node after the last message"),
     )
@@ -156,6 +159,8 @@ class BagPlayer(PerceptionNode):
             self.get_logger().info(
                 f"played {self.counters['published']} messages, "
                 f"{self.counters['lockstep_timeouts']} lockstep timeouts")
+            if self.p["stamp_map_path"]:
+                self._write_stamp_map(Path(self.p["stamp_map_path"]))
             self.done.set()
             if self.p["exit_when_done"]:
                 self.publish_diagnostics()
@@ -196,6 +201,16 @@ class BagPlayer(PerceptionNode):
             self._wait_ack(pending)
         for pub in self.publishers_by_topic.values():  # let reliable readers take the tail
             pub.wait_for_all_acked(rclpy.duration.Duration(seconds=5.0))
+
+    def _write_stamp_map(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({str(k): v for k, v in self.stamp_map.items()}))
+            tmp.replace(path)  # a reader never sees half a file
+        except OSError as err:
+            self.get_logger().error(f"cannot write the stamp map {path}: {err}")
+            self.count("errors")
 
     def _restamped(self, original: int) -> int:
         for new, orig in reversed(list(self.stamp_map.items())[-16:]):

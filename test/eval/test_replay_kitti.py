@@ -11,7 +11,7 @@ import pytest
 
 from conftest import export_kitti_sequence
 
-from ba_perception.eval.replay import bag_frame_stamps, frame_accounting, input_stamp_map, remap_outputs
+from ba_perception.eval.replay import ReplayError, bag_frame_stamps, frame_accounting, read_stamp_map, remap_outputs
 
 CLI = [str(Path(sys.prefix) / "bin" / "ba-perception"), "replay-eval"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,16 +36,16 @@ def test_cli_reports_a_bad_kitti_sequence_in_one_line(small_kitti_sequence, tmp_
     assert out.returncode == 2 and "--labels scores a BAG" in out.stderr and not (tmp_path / "o").exists()
 
 
-def test_played_stamps_map_back_to_bag_frames():
-    original = [1_000 + 100 * k for k in range(6)]
-    assert input_stamp_map(original, original, 1.0) == ({s: s for s in original}, "identity")
-    played = [50_000 + 7 * k for k in range(6)]
-    assert input_stamp_map(played, original, 20.0) == (dict(zip(played, original)), "order")
-    # the recorder missed frame 2: played stamps go to the frame with the nearest recorded timing / rate
-    m, how = input_stamp_map([50_000, 50_005, 50_015, 50_020, 50_025], original, 20.0)
-    assert how == "time" and list(m.values()) == [1_000, 1_100, 1_300, 1_400, 1_500]
+def test_played_stamps_map_back_to_bag_frames(tmp_path):
+    (tmp_path / "map.json").write_text(json.dumps({"50000": 1_000, "50015": 1_300}))
+    m = read_stamp_map(tmp_path / "map.json")
+    assert m == {50_000: 1_000, 50_015: 1_300}
     outs, unknown = remap_outputs({"/t": {50_000: "a", 50_015: "b", 99: "c"}}, m)
     assert outs == {"/t": {1_000: "a", 1_300: "b"}} and unknown == 1
+    (tmp_path / "bad.json").write_text("{")
+    for path in (tmp_path / "bad.json", tmp_path / "missing.json"):
+        with pytest.raises(ReplayError, match="stamp map"):
+            read_stamp_map(path)
 
 
 def test_every_frame_is_processed_or_dropped():
@@ -97,12 +97,14 @@ def test_real_time_replay_reports_dropped_frames_honestly(full_size_sequence, tm
     assert acc["camera"] == 20 and acc["processed"] + acc["dropped"] == 20, why
     assert acc["dropped"] > 0 and acc["processed"] >= 1, why
     assert s["dropped_frames"] == acc["dropped"]
-    assert s["run"]["stamp_mapping"] == "order" and s["run"]["unmapped_outputs"] == 0, why
+    assert s["run"]["stamp_mapping"] == "player" and s["run"]["unmapped_outputs"] == 0, why
     # outputs were mapped back to the bag's frames: every track message belongs to a processed frame
     assert s["frames"]["tracks"] == acc["processed"]
     # ... to the right frames: the detections of the processed frames match their ground truth
     assert s["detection"]["classes"]["car"]["ap2d_r40@0.7"] > 40.0, why  # percent; 80-100 measured (2 frames)
-    assert len(bag_frame_stamps(tmp_path / "run" / "inputs", "/camera/camera_info")) == 20
+    # the player's map holds one restamped stamp per camera frame it played
+    played = read_stamp_map(tmp_path / "run" / "stamp_map.json")
+    assert sorted(set(played.values())) == sorted(bag_frame_stamps(tmp_path / "run" / "kitti_0000", "/camera/camera_info"))
 
 
 @pytest.mark.dds
