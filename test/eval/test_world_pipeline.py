@@ -100,6 +100,9 @@ def test_eval_oba_and_eval_track_on_a_short_world_sequence(tmp_path, capsys):
         assert sum(b["count"] for b in d["by_range"].values()) == d["count"]
         assert sum(b["count"] for b in d["parked_by_ego_travel"].values()) == d["parked"]["count"]
     assert "parked, ego" in first and "z 0-20m" in first
+    dp = data["detector_depth_persistence"]
+    assert dp["count"] > 10 and dp["pairs"] > 10 and -1 <= dp["lag1_correlation"] <= 1
+    assert 0 < dp["ideal_average_abs_median_m"] and 0 < dp["single_abs_median_m"]
     # scene-level BA calls every car static; object BA does not
     assert res["static"]["motion_state"]["moving_correct"] in (0.0, None)
     # the second evaluation reuses the rendered + detected sequence
