@@ -99,7 +99,8 @@ def evaluate_sequence(seq: SequenceData, variant: ObaVariant | None, tracklet_cf
             v_gt = np.asarray(gt.velocity_odom[j], np.float64)
             speed = float(np.linalg.norm(v_gt[:2]))
             if b is None:
-                rows.append([gt.center_cam[j, 2], obs[k].center_cam[2], obs[k].center_cam[2], 1, 0, 0, speed, math.nan, speed > MOVING_MPS, math.nan])
+                rows.append([gt.center_cam[j, 2], obs[k].center_cam[2], obs[k].center_cam[2], 1, 0, 0, speed, math.nan,
+                             speed > MOVING_MPS, math.nan])
                 continue
             verr = float(np.linalg.norm((np.asarray(b.velocity_odom) - v_gt)[:2])) if b.refined else math.nan
             travel = float(np.linalg.norm(cam[-1] - cam[max(0, i + 1 - b.num_frames)]))

@@ -27,6 +27,7 @@ from ba_perception.ros.node import PerceptionNode, StartupError, run_node, wall_
 from ba_perception.ros.params import ParamSpec, qos_profile
 from ba_perception.ros.sync import header_stamp_ns, restamp
 
+
 def recorded_latched(conn: Any) -> bool:
     """Whether a bag connection was recorded from a transient-local (latched) publisher."""
     from rosbags.interfaces import QosDurability
@@ -44,7 +45,8 @@ class BagPlayer(PerceptionNode):
         ParamSpec("loop", False, "restart from the beginning after the last message"),
         ParamSpec("topics", [""], "topics to play; empty = every topic whose type is installed"),
         ParamSpec("publish_clock", False, "publish /clock from the bag's timestamps (for use_sim_time)"),
-        ParamSpec("qos", "reliable", "QoS of the published topics (topics recorded latched, e.g. /tf_static, play latched)", choices=("reliable", "sensor_data", "best_effort")),
+        ParamSpec("qos", "reliable", "QoS of the published topics (topics recorded latched, e.g. /tf_static, play latched)",
+                  choices=("reliable", "sensor_data", "best_effort")),
         ParamSpec("qos_depth", 10, "queue depth of the published topics", min=1),
         ParamSpec("wait_for_subscribers", 0, "before playing, wait until every played topic has this many subscribers", min=0),
         ParamSpec("ready_topics", [""], "before playing, wait until each 'topic=N' has a publisher and N subscribers "
