@@ -133,10 +133,9 @@ def run_graph(cfg: RunConfig, log=print) -> tuple[Path, Path]:
         # Endpoint counts can be seen before every pair of endpoints has matched: let matching settle.
         "bag_player.start_delay_s:=2.0",
         "bag_player.wait_for_subscribers:=1",
-        # tracks: monitor + recorder (+ the player's lockstep acknowledgements); real time: the input
-        # recorder listens to camera_info too (2 = detector + input recorder)
+        # tracks: monitor + recorder (+ the player's lockstep acknowledgements)
         "bag_player.ready_topics:=[/ba_perception/observations=2,/ba_perception/detections=2,"
-        + ("/ba_perception/tracks=3]" if cfg.lockstep else f"/ba_perception/tracks=2,{cfg.info_topic}=2]"),
+        + f"/ba_perception/tracks={3 if cfg.lockstep else 2}]",
         f"bag_player.restamp:={'false' if cfg.lockstep else 'true'}",
         f"latency_monitor.summary_path:={latency}",
         f"latency_monitor.capture_clock:={'sim' if cfg.lockstep else 'wall'}",
