@@ -346,8 +346,24 @@ def depth_yaw_errors(frames: list[tuple[FrameBoxes, FrameBoxes]], cls: str, iou_
 GT_FIELDS = ("depth", "yaw", "size", "centre")
 
 
+def ground_truth_matches(frames: list[tuple[FrameBoxes, FrameBoxes]], cls: str,
+                         iou_2d_thr: float = 0.5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per frame, the ``cls`` detections matched to a ``cls`` GT by 2D IoU (greedy by score, all GT
+    regardless of difficulty): ``(detection rows, GT rows)``."""
+    out = []
+    for gt, det in frames:
+        gi, di = np.nonzero(gt.labels == cls)[0], np.nonzero(det.labels == cls)[0]
+        if len(gi) and len(di):
+            m = _match_frame(iou_2d(det.box_2d[di], gt.box_2d[gi]), det.scores[di], iou_2d_thr)
+            out.append((di[m >= 0], gi[m[m >= 0]]))
+        else:
+            out.append((np.zeros(0, np.int64), np.zeros(0, np.int64)))
+    return out
+
+
 def substitute_ground_truth(frames: list[tuple[FrameBoxes, FrameBoxes]], cls: str, fields: tuple[str, ...],
-                            iou_2d_thr: float = 0.5) -> list[tuple[FrameBoxes, FrameBoxes]]:
+                            iou_2d_thr: float = 0.5,
+                            matches: list[tuple[np.ndarray, np.ndarray]] | None = None) -> list[tuple[FrameBoxes, FrameBoxes]]:
     """Oracle analysis: copy of ``frames`` where each ``cls`` detection matched to a ``cls`` GT by 2D IoU
     (greedy by score, like :func:`depth_yaw_errors`, all GT regardless of difficulty) takes the named
     GT quantities; unmatched detections and the 2D boxes and scores stay as they are.
@@ -358,18 +374,16 @@ def substitute_ground_truth(frames: list[tuple[FrameBoxes, FrameBoxes]], cls: st
         fields: subset of ``GT_FIELDS``: ``depth`` moves the centre along its camera ray to the GT
             depth z, ``yaw`` and ``size`` copy rotation_y / (l, w, h), ``centre`` copies the whole centre.
         iou_2d_thr: 2D IoU for a detection to count as a detection of that GT object.
+        matches: :func:`ground_truth_matches` of ``frames`` when the caller has them (several oracles).
     """
     bad = set(fields) - set(GT_FIELDS)
     if bad:
         raise DetectionEvalError(f"unknown fields {sorted(bad)}; choose from {GT_FIELDS}")
     out = []
-    for gt, det in frames:
+    for (gt, det), (k, j) in zip(frames, matches if matches is not None else ground_truth_matches(frames, cls, iou_2d_thr)):
         d = FrameBoxes(det.labels.copy(), det.box_2d.copy(), det.center_cam.copy(), det.size_lwh.copy(), det.yaw.copy(),
                        det.scores.copy(), det.occlusion.copy(), det.truncation.copy())
-        gi, di = np.nonzero(gt.labels == cls)[0], np.nonzero(det.labels == cls)[0]
-        if len(gi) and len(di):
-            m = _match_frame(iou_2d(det.box_2d[di], gt.box_2d[gi]), det.scores[di], iou_2d_thr)
-            k, j = di[m >= 0], gi[m[m >= 0]]
+        if len(k):
             if "depth" in fields:
                 d.center_cam[k] = det.center_cam[k] * (gt.center_cam[j, 2] / det.center_cam[k, 2])[:, None]
             if "centre" in fields:

@@ -21,6 +21,7 @@ from ba_perception.eval.detection_ap import (
     FrameBoxes,
     evaluate_all,
     evaluate_ap,
+    ground_truth_matches,
     localisation_bounds,
     substitute_ground_truth,
     valid_gt,
@@ -97,8 +98,9 @@ def diagnose(frames: list[tuple[FrameBoxes, FrameBoxes]], cells: list[np.ndarray
     strict, loose = IOU_THRESHOLDS[cls]
     thr2d = 0.7 if cls == "car" else 0.5
     oracle = []
+    matches = ground_truth_matches(frames, cls)  # once for every oracle row
     for fields in ORACLE_ROWS:
-        f = substitute_ground_truth(frames, cls, fields) if fields else frames
+        f = substitute_ground_truth(frames, cls, fields, matches=matches) if fields else frames
         oracle.append({"gt_fields": list(fields), **{f"{m}@{t}": evaluate_ap(f, cls, t, m, difficulty)
                                                      for m in ("3d", "bev") for t in (strict, loose)}})
     res = {"class": cls, "difficulty": difficulty, "oracle": oracle,
