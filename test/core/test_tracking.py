@@ -252,6 +252,22 @@ def test_ego_std_widens_the_gate_for_a_frame_shared_shift():
     assert run(TrackerConfig(reid=False, ego_std_m=0.5)) == {1}
 
 
+def test_input_cov_scale_widens_overconfident_input_covariances():
+    # The upstream claims 0.1 m std but jumps 1.2 m along x: only a calibrated (scaled) covariance
+    # keeps the detection on its track; the scale must be positive.
+    def run(cfg):
+        tr = Tracker(cfg)
+        for k in range(6):
+            tr.step(k * DT_NS, _dets([[10.0, 0.0, 0.75]], cov=np.eye(3)[None] * 0.01))
+        out = tr.step(6 * DT_NS, _dets([[11.2, 0.0, 0.75]], cov=np.eye(3)[None] * 0.01))
+        return {o.track_id for o in out if o.detection_index == 0}
+
+    assert run(TrackerConfig(reid=False)) != {1}
+    assert run(TrackerConfig(reid=False, input_cov_scale=25.0)) == {1}
+    with pytest.raises(TrackerConfigError, match="input_cov_scale"):
+        Tracker(TrackerConfig(input_cov_scale=0.0))
+
+
 def test_depth_jump_is_rescued_by_image_box_and_appearance_only_when_they_agree():
     # A monocular detector puts a car 12 m further away for one frame (far outside the 3D gate
     # and max_gate_m) while its image box and embedding stay put: the appearance rescue keeps
