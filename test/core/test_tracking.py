@@ -238,32 +238,27 @@ def test_yaw_front_back_flip_and_size_and_appearance_averaging():
     np.testing.assert_allclose(emb, np.array([1, 1, 0, 0]) / np.sqrt(2), atol=1e-12)
 
 
+def _ids_after_jump(cfg: TrackerConfig, jumped) -> set[int]:
+    """Track ids of a static car's detection (claimed std 0.1 m) after it jumps to ``jumped`` in frame 6."""
+    tr = Tracker(cfg)
+    for k in range(6):
+        tr.step(k * DT_NS, _dets([[10.0, 0.0, 0.75]], cov=np.eye(3)[None] * 0.01))
+    out = tr.step(6 * DT_NS, _dets([jumped], cov=np.eye(3)[None] * 0.01))
+    return {o.track_id for o in out if o.detection_index == 0}
+
+
 def test_ego_std_widens_the_gate_for_a_frame_shared_shift():
     # Every detection of frame 6 is shifted 1.2 m sideways (ego-motion error): without ego_std_m
     # the tight gate of a well-tracked static car rejects it and a second track starts.
-    def run(cfg):
-        tr = Tracker(cfg)
-        for k in range(6):
-            tr.step(k * DT_NS, _dets([[10.0, 0.0, 0.75]], cov=np.eye(3)[None] * 0.01))
-        out = tr.step(6 * DT_NS, _dets([[10.0, 1.2, 0.75]], cov=np.eye(3)[None] * 0.01))
-        return {o.track_id for o in out if o.detection_index == 0}
-
-    assert run(TrackerConfig(reid=False)) != {1}
-    assert run(TrackerConfig(reid=False, ego_std_m=0.5)) == {1}
+    assert _ids_after_jump(TrackerConfig(reid=False), [10.0, 1.2, 0.75]) != {1}
+    assert _ids_after_jump(TrackerConfig(reid=False, ego_std_m=0.5), [10.0, 1.2, 0.75]) == {1}
 
 
 def test_input_cov_scale_widens_overconfident_input_covariances():
     # The upstream claims 0.1 m std but jumps 1.2 m along x: only a calibrated (scaled) covariance
     # keeps the detection on its track; the scale must be positive.
-    def run(cfg):
-        tr = Tracker(cfg)
-        for k in range(6):
-            tr.step(k * DT_NS, _dets([[10.0, 0.0, 0.75]], cov=np.eye(3)[None] * 0.01))
-        out = tr.step(6 * DT_NS, _dets([[11.2, 0.0, 0.75]], cov=np.eye(3)[None] * 0.01))
-        return {o.track_id for o in out if o.detection_index == 0}
-
-    assert run(TrackerConfig(reid=False)) != {1}
-    assert run(TrackerConfig(reid=False, input_cov_scale=25.0)) == {1}
+    assert _ids_after_jump(TrackerConfig(reid=False), [11.2, 0.0, 0.75]) != {1}
+    assert _ids_after_jump(TrackerConfig(reid=False, input_cov_scale=25.0), [11.2, 0.0, 0.75]) == {1}
     with pytest.raises(TrackerConfigError, match="input_cov_scale"):
         Tracker(TrackerConfig(input_cov_scale=0.0))
 
