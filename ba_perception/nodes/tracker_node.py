@@ -30,8 +30,6 @@ TRACKER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("solver", _DEFAULTS.solver, "graph-matching solver", choices=tuple(QAP_SOLVERS)),
     ParamSpec("chi2_gate", _DEFAULTS.chi2_gate, "gate on squared Mahalanobis distance (3 dof)", min=0.0),
     ParamSpec("max_gate_m", _DEFAULTS.max_gate_m, "largest centre distance of any match, metres", min=0.0),
-    ParamSpec("input_cov_scale", _DEFAULTS.input_cov_scale, "factor on each input detection's position covariance "
-              "(object BA's is overconfident)", min=1e-6),
     ParamSpec("w_3d", _DEFAULTS.w_3d, "node affinity weight of 3D distance", min=0.0),
     ParamSpec("w_app", _DEFAULTS.w_app, "node affinity weight of appearance cosine", min=0.0),
     ParamSpec("w_iou", _DEFAULTS.w_iou, "node affinity weight of 2D IoU", min=0.0),

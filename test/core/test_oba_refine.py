@@ -26,6 +26,18 @@ def _errors(sb, boxes):
     return ref, det
 
 
+def test_covariance_scale_scales_the_published_covariances_only(scene):
+    _, tracks = scene
+    base = refine_tracklets(copy.deepcopy(tracks), RefineConfig())
+    scaled = refine_tracklets(copy.deepcopy(tracks), RefineConfig(covariance_scale=6.0))
+    for a, b in zip(base, scaled):
+        assert np.allclose(b.center_odom, a.center_odom) and b.is_static == a.is_static
+        assert np.allclose(b.pose_covariance, 6.0 * a.pose_covariance)
+        assert np.allclose(b.velocity_covariance, 6.0 * a.velocity_covariance)
+    with pytest.raises(RefineError, match="covariance_scale"):
+        refine_tracklets(copy.deepcopy(tracks), RefineConfig(covariance_scale=0.0))
+
+
 def test_refined_boxes_beat_single_frame_detections(scene):
     sb, tracks = scene
     boxes = refine_tracklets(copy.deepcopy(tracks), RefineConfig())

@@ -254,15 +254,6 @@ def test_ego_std_widens_the_gate_for_a_frame_shared_shift():
     assert _ids_after_jump(TrackerConfig(reid=False, ego_std_m=0.5), [10.0, 1.2, 0.75]) == {1}
 
 
-def test_input_cov_scale_widens_overconfident_input_covariances():
-    # The upstream claims 0.1 m std but jumps 1.2 m along x: only a calibrated (scaled) covariance
-    # keeps the detection on its track; the scale must be positive.
-    assert _ids_after_jump(TrackerConfig(reid=False), [11.2, 0.0, 0.75]) != {1}
-    assert _ids_after_jump(TrackerConfig(reid=False, input_cov_scale=25.0), [11.2, 0.0, 0.75]) == {1}
-    with pytest.raises(TrackerConfigError, match="input_cov_scale"):
-        Tracker(TrackerConfig(input_cov_scale=0.0))
-
-
 def test_depth_jump_is_rescued_by_image_box_and_appearance_only_when_they_agree():
     # A monocular detector puts a car 12 m further away for one frame (far outside the 3D gate
     # and max_gate_m) while its image box and embedding stay put: the appearance rescue keeps

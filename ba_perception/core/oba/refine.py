@@ -44,6 +44,11 @@ class RefineConfig:
         surface_std_m: the object's points lie on the surface of its detected box, with this
             std (m; Cauchy-robust); 0 turns the surface prior off. It ties the box centre to the
             triangulated surface instead of the detector's depth.
+        covariance_scale: factor on the published pose and velocity covariances of refined boxes.
+            The solver's covariance treats the detector's depth errors as independent from frame to
+            frame while they persist, so it is overconfident (val: median squared Mahalanobis error
+            of the refined centres 5.2 where 2.37 is calibrated); consumers (the tracker's gate and
+            Kalman filter) see the scaled one.
         scene_static: scene-level BA: every object gets one pose for all frames of its window
             (the static-world assumption of classic SfM; the ablation BA-Det compares against).
         min_baseline_m: camera travel below which the window is degenerate (zero baseline).
@@ -68,6 +73,7 @@ class RefineConfig:
     static_cost_per_obs: float = 0.5
     min_points_for_selection: int = 4
     surface_std_m: float = 0.0
+    covariance_scale: float = 1.0
     scene_static: bool = False
     min_baseline_m: float = 0.05
     min_depth_m: float = 0.5
@@ -193,6 +199,8 @@ def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None, p
     cfg = config or RefineConfig()
     if cfg.correspondences not in CORRESPONDENCES:
         raise RefineError(f"correspondences must be one of {CORRESPONDENCES}, got {cfg.correspondences!r}")
+    if not cfg.covariance_scale > 0:
+        raise RefineError(f"covariance_scale must be > 0, got {cfg.covariance_scale}")
     inc, idxs, excluded = [], [], []
     for t in tracks:
         use, reason = _usable_frames(t, cfg)
@@ -486,7 +494,8 @@ def configs_from_params(p: Mapping[str, Any], device: str = "cpu") -> tuple[Trac
         num_points=int(p.get("num_points", r.num_points)), correspondences=str(p.get("correspondences", r.correspondences)),
         static_resolve=bool(p.get("static_resolve", r.static_resolve)),
         static_candidate_mps=float(p.get("static_candidate_mps", r.static_candidate_mps)),
-        surface_std_m=float(p.get("surface_std_m", r.surface_std_m)), device=device,
+        surface_std_m=float(p.get("surface_std_m", r.surface_std_m)),
+        covariance_scale=float(p.get("covariance_scale", r.covariance_scale)), device=device,
         dtype=torch.float32 if p.get("dtype", "float64") == "float32" else torch.float64,
         solver=SolverOptions(max_iterations=int(p.get("max_iterations", r.solver.max_iterations)),
                              loss=str(p.get("loss", r.solver.loss)),
@@ -542,7 +551,7 @@ def _write_back(batch: RefineBatch, res: OBAResult, v, vcov, static, cfg: Refine
             continue
         G = np.eye(6)
         G[3:, 3:] = R[b]  # object-frame rotation increment -> odom frame
-        pc = G @ cov[b] @ G.T if cov is not None else -np.eye(6)
+        pc = cfg.covariance_scale * (G @ cov[b] @ G.T) if cov is not None else -np.eye(6)
         base.refined = True
         base.center_odom, base.R_odom_obj = t[b], R[b]
         base.yaw_odom = float(np.arctan2(R[b][1, 0], R[b][0, 0]))
@@ -551,7 +560,7 @@ def _write_back(batch: RefineBatch, res: OBAResult, v, vcov, static, cfg: Refine
         base.is_static = bool(h["static"][b])
         base.velocity_odom = np.zeros(3) if base.is_static and cfg.static_resolve else h["v"][b]
         base.pose_covariance = pc
-        base.velocity_covariance = vc[b] if vc is not None else -np.eye(3)
+        base.velocity_covariance = cfg.covariance_scale * vc[b] if vc is not None else -np.eye(3)
         base.num_frames = int(h["nframes"][b])
         base.num_points = int(h["npts"][b])
         base.cost = float(h["cost"][b])

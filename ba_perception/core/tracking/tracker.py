@@ -107,10 +107,6 @@ class TrackerConfig:
         dup_dist_m: same-class detections closer than this are duplicates (lower score dropped).
         ego_std_m: ego-motion / camera pose uncertainty added to every detection's x and y
             variance, metres (errors shared by a whole frame, which edges are invariant to).
-        input_cov_scale: factor on the position covariance that comes with each detection (the
-            gate, the Kalman update and the edges use it). Object BA's covariance is overconfident
-            because it treats the detector's depth errors as independent from frame to frame while
-            they persist (val: median squared Mahalanobis error 5.2 where 2.37 is calibrated).
         time_reset_gap_s: a forward stamp jump larger than this resets like a backward jump.
         yaw_gain: blend factor of a new yaw measurement. size_window, emb_window: running-mean
             lengths of size and appearance embedding.
@@ -149,7 +145,6 @@ class TrackerConfig:
     reid_speed_tol_mps: float = 2.0
     dup_dist_m: float = 0.25
     ego_std_m: float = 0.0
-    input_cov_scale: float = 1.0
     time_reset_gap_s: float = 10.0
     yaw_gain: float = 0.5
     size_window: int = 20
@@ -170,8 +165,8 @@ class TrackerConfig:
             raise TrackerConfigError(f"solver {self.solver!r} unknown; choose one of {QAP_SOLVERS}")
         if self.n_init < 1 or self.max_age < 0 or self.tentative_max_age < 0:
             raise TrackerConfigError("n_init must be >= 1 and max ages >= 0")
-        if self.chi2_gate <= 0 or self.max_gate_m <= 0 or self.edge_sigma_m <= 0 or self.input_cov_scale <= 0:
-            raise TrackerConfigError("chi2_gate, max_gate_m, edge_sigma_m and input_cov_scale must be > 0")
+        if self.chi2_gate <= 0 or self.max_gate_m <= 0 or self.edge_sigma_m <= 0:
+            raise TrackerConfigError("chi2_gate, max_gate_m and edge_sigma_m must be > 0")
         if self.edge_image not in ("off", "add", "replace") or self.edge_image_sigma <= 0:
             raise TrackerConfigError("edge_image must be off, add or replace and edge_image_sigma > 0")
         if "default" not in self.class_params:
@@ -411,7 +406,7 @@ class Tracker:
             Rd = 0.5 * (Rd + Rd.transpose(0, 2, 1))
             good = np.isfinite(Rd).all((1, 2)) & (np.diagonal(Rd, axis1=1, axis2=2) > 0).all(1)
             c["bad_covariance"] += int(m - good.sum())
-            R = np.where(good[:, None, None], Rd * self.config.input_cov_scale, R)
+            R = np.where(good[:, None, None], Rd, R)
         R_own = R
         if self.config.ego_std_m > 0:
             R = R.copy()
