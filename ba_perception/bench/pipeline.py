@@ -2,9 +2,10 @@
 
 The same core objects the nodes run, configured from the same parameter file (config/stack.yaml):
 ``Detector`` (preprocess, network, decode), ``TrackletBuffer.update`` + ``KltTracker.step`` (with
-``correspondences: klt``, on the frame's image) + ``refine_tracklets`` (the track_buffer_node's work), and ``Tracker.step`` on the refined boxes (the tracker_node's
-work), frame after frame over a rendered synthetic-world sequence (or a bag). Message
-(de)serialisation and DDS transport are *not* included: that is ``bench stack``.
+``correspondences: klt``, on the frame's image) + ``refine_tracklets`` (the track_buffer_node's
+work), and ``Tracker.step`` on the refined boxes (the tracker_node's work), frame after frame
+over a rendered synthetic-world sequence (or a bag). Message (de)serialisation and DDS transport
+are *not* included: that is ``bench stack``.
 
 Timing: on CPU wall clock (``time.perf_counter``) at every stage boundary; on CUDA
 ``torch.cuda.synchronize()`` before every boundary reading (so queued kernels are charged to the
@@ -256,7 +257,7 @@ def run_pipeline(frames: list[Any], detector: Any, observe: Any, tracklet_cfg: T
         tracks, _ = buffer.update(f.stamp_ns, obs, f.T_odom_cam, f.K)
         t2 = now()
         point_tracks = None
-        if klt is not None:  # the node converts its image message to gray on arrival, then follows the tracklets
+        if klt is not None:  # as the node: the frame's image to gray (image_to_gray on its worker), then KLT
             point_tracks = klt.step(f.stamp_ns, cv2.cvtColor(np.ascontiguousarray(f.image), cv2.COLOR_RGB2GRAY), tracks)
         boxes = refine_tracklets(tracks, refine_cfg, point_tracks)
         t3 = now()

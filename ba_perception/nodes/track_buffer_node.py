@@ -53,8 +53,9 @@ def refined_to_msgs(boxes: list[RefinedBox]) -> list[Any]:
     """Refined boxes -> ``ba_perception_msgs/Detection3D`` messages (odom); boxes without a finite centre are left out."""
     boxes = [b for b in boxes if np.isfinite(b.center_odom).all()]
     T = np.tile(np.eye(4), (len(boxes), 1, 1))
-    for i, b in enumerate(boxes):
-        T[i, :3, :3], T[i, :3, 3] = b.R_odom_obj, b.center_odom
+    if boxes:
+        T[:, :3, :3] = np.stack([b.R_odom_obj for b in boxes])
+        T[:, :3, 3] = np.stack([b.center_odom for b in boxes])
     return [_refined_to_msg(b, pose) for b, pose in zip(boxes, matrices_to_poses(T))]
 
 
