@@ -37,6 +37,8 @@ class DetectorNode(PerceptionNode):
                   "NMS (keeps objects in adjacent cells); maxpool = CenterNet 3x3 max-pool peaks", choices=("box", "maxpool")),
         ParamSpec("box_nms_iou", 0.5, "2D IoU above which a lower-scored box of the same class is suppressed (peak_nms box)",
                   min=0.05, max=1.0),
+        ParamSpec("box_vote_iou", 0.6, "each kept detection's regression is the score-weighted mean over the same-class "
+                  "candidates overlapping it above this 2D IoU (box voting, peak_nms box); 0 = off", min=0.0, max=0.99),
         ParamSpec("candidate_top_k", 200, "highest heatmap cells per image scored and NMS-ed (bounds decode time)", min=1),
         ParamSpec("depth_confidence_scale", 0.05, "score x exp(-relative depth std / scale) from the depth "
                   "log-variance head; 0 = heatmap score only", min=0.0),

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from ba_perception.core import geometry as geo
-from ba_perception.core.detection.decode import DecodeConfig, DecodeError, box_nms, decode, encode_objects
+from ba_perception.core.detection.decode import DecodeConfig, DecodeError, box_nms, box_vote, decode, encode_objects
 from ba_perception.core.detection.model import NUM_REG, REG_CHANNELS
 from ba_perception.core.detection.preprocess import Preprocess, PreprocessError, apply_preprocess
 
@@ -300,3 +301,49 @@ def test_bad_decode_settings_fail_when_the_config_is_made():
         DecodeConfig(peak_nms="soft")
     with pytest.raises(DecodeError, match="box_nms_iou"):
         DecodeConfig.from_params({"box_nms_iou": 0.0, "unrelated_param": 1})
+    with pytest.raises(DecodeError, match="box_vote_iou"):
+        DecodeConfig(box_vote_iou=1.0)
+
+
+def test_box_vote_averages_overlapping_candidates_of_the_same_group_by_score():
+    stride = 8
+    cells = torch.tensor([[10.0, 5.0], [11.0, 5.0], [30.0, 5.0], [10.0, 5.0]])
+    reg = torch.zeros(4, NUM_REG)
+    reg[:, REG_CHANNELS["offset"]] = torch.tensor([[0.2, 0.1], [-0.6, 0.1], [0.0, 0.0], [0.0, 0.0]])
+    reg[:, REG_CHANNELS["ltrb"]] = math.log(2.0)  # 16 px to every side
+    reg[:, REG_CHANNELS["depth"]] = torch.tensor([[1.0], [2.0], [5.0], [7.0]])
+    reg[:, REG_CHANNELS["alpha"]] = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    centre = (cells + reg[:, :2] + 0.5) * stride - 0.5
+    boxes = torch.cat([centre - 16.0, centre + 16.0], -1)
+    scores = torch.tensor([0.6, 0.2, 0.5, 0.9])
+    groups = torch.tensor([0, 0, 0, 1])  # candidate 3: same place, other class -> never votes for 0
+    keep = torch.tensor([True, False, True, True])
+    assert geo.iou_2d(boxes[:1], boxes[1:3]).tolist()[0][0] > 0.8 > 0.0 == geo.iou_2d(boxes[:1], boxes[2:3]).item()
+    voted = box_vote(boxes, cells, reg, scores, groups, keep, stride, 0.6)
+    assert voted.shape == (3, NUM_REG)
+    # kept candidate 0: 3/4 of itself + 1/4 of candidate 1, expressed relative to cell 0
+    w = torch.tensor([0.75, 0.25])
+    assert voted[0, REG_CHANNELS["depth"]].item() == pytest.approx(1.25)
+    assert voted[0, REG_CHANNELS["offset"]].tolist() == pytest.approx((w @ (cells[:2] + reg[:2, :2]) - cells[0]).tolist())
+    assert voted[0, REG_CHANNELS["ltrb"]].tolist() == pytest.approx([math.log(2.0)] * 4, abs=1e-6)
+    assert voted[0, REG_CHANNELS["alpha"]].tolist() == pytest.approx([0.25, 0.75])
+    # lone candidates keep their own regression
+    assert torch.allclose(voted[1:], reg[2:], atol=1e-6)
+
+
+def test_decode_box_voting_averages_the_blob_cells_regressions():
+    # One car; the neighbour cells regress the true box but the peak cell's depth is 10 % too far.
+    pre = Preprocess.letterbox(SRC_HW, NET_HW)
+    labels, centers, sizes, yaw, _ = _objects()
+    enc, _, outs = _blob_heads(pre, labels[:1], centers[:1], sizes[:1], yaw[:1], peaks=[0.9], rel_depth_std=[0.01])
+    x0, y0 = enc.cell_xy[0].tolist()
+    outs["regression"][0, REG_CHANNELS["depth"], y0, x0] += math.log(1.1)
+    cfg = DecodeConfig(score_threshold=0.3, depth_confidence_scale=0.0)
+    (peak,) = decode(outs, K_SRC, pre, replace(cfg, box_vote_iou=0.0))
+    (voted,) = decode(outs, K_SRC, pre, replace(cfg, box_vote_iou=0.6))
+    assert len(peak) == len(voted) == 1
+    z = centers[0, 2].item()
+    assert peak.center_cam[0, 2].item() == pytest.approx(1.1 * z, rel=1e-4)
+    # 9 cells vote (peak 0.9, eight at 0.54): log-depth error log(1.1) x 0.9 / (0.9 + 8 x 0.54)
+    assert voted.center_cam[0, 2].item() == pytest.approx(z * 1.1 ** (0.9 / (0.9 + 8 * 0.54)), rel=1e-4)
+    assert torch.allclose(voted.box_2d.double(), peak.box_2d.double(), atol=1e-3)  # every cell had the same box

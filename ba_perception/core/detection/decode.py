@@ -58,6 +58,9 @@ class DecodeConfig:
         depth_confidence_scale: the final score is ``heatmap x exp(-rel_depth_std / scale)`` with
             ``rel_depth_std = depth_std / z`` from the log-variance head (uncertainty-aware scoring as
             in GUPNet / MonoFlex); 0 disables it (score = heatmap score).
+        box_vote_iou: ``box`` only; each kept detection's regression becomes the score-weighted mean
+            over the candidates of its class whose 2D box overlaps it with IoU > this (box voting);
+            0 disables it (the kept cell's own regression).
     """
 
     score_threshold: float = 0.1
@@ -69,12 +72,13 @@ class DecodeConfig:
     box_nms_iou: float = 0.5
     candidate_top_k: int = 200
     depth_confidence_scale: float = 0.05
+    box_vote_iou: float = 0.6
 
     def __post_init__(self) -> None:
         if self.peak_nms not in PEAK_NMS_MODES:
             raise DecodeError(f"peak_nms must be one of {PEAK_NMS_MODES}, got {self.peak_nms!r}")
-        if self.depth_confidence_scale < 0 or not 0 < self.box_nms_iou <= 1:
-            raise DecodeError("depth_confidence_scale must be >= 0 and box_nms_iou in (0, 1]")
+        if self.depth_confidence_scale < 0 or not 0 < self.box_nms_iou <= 1 or not 0 <= self.box_vote_iou < 1:
+            raise DecodeError("depth_confidence_scale must be >= 0, box_nms_iou in (0, 1] and box_vote_iou in [0, 1)")
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> DecodeConfig:
@@ -272,6 +276,39 @@ def box_nms(
     return out
 
 
+def box_vote(boxes: torch.Tensor, cells: torch.Tensor, reg: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
+             keep: torch.Tensor, stride: int, iou_threshold: float) -> torch.Tensor:
+    """Regression of the kept candidates averaged over their overlapping candidates (box voting).
+
+    Each kept box's centre, box sides, log-depth, log-depth variance, log-size and (sin, cos) of the
+    observation angle become the score-weighted mean over the candidates of its group whose box
+    overlaps it with IoU > ``iou_threshold`` (itself included), then are re-expressed relative to the
+    kept cell. Neighbouring cells see the object from shifted receptive fields, so their mean is a
+    less noisy estimate than the single peak cell (as in box voting / weighted box fusion).
+
+    Args:
+        boxes: ``(N, 4)`` candidate boxes, network pixels.
+        cells: ``(N, 2)`` (column, row) output cells, float.
+        reg: ``(N, 13)`` regression values (``REG_CHANNELS`` layout).
+        scores: ``(N,)`` vote weights.
+        groups: ``(N,)`` ids; only candidates of the same id vote.
+        keep: ``(N,)`` bool, the detections kept by NMS.
+        stride: output stride, network pixels per cell.
+        iou_threshold: votes come from boxes with IoU above this.
+
+    Returns:
+        ``(K, 13)`` voted regression of the ``K`` kept candidates, in the order of ``keep.nonzero()``.
+    """
+    kb, kc, kg = boxes[keep], cells[keep], groups[keep]
+    w = ((geo.iou_2d(kb, boxes) > iou_threshold) & (kg[:, None] == groups[None, :])).to(scores.dtype) * scores[None, :]
+    w = w / w.sum(1, keepdim=True).clamp(min=1e-12)  # (K, N); the kept box always votes for itself
+    centre = grid_to_net(cells + reg[:, REG_CHANNELS["offset"]], stride)
+    mean = w @ torch.cat([centre, boxes, reg[:, 6:]], dim=-1)  # depth, depth_logvar, size, alpha share the grid
+    c, b = mean[:, :2], mean[:, 2:6]
+    ltrb = torch.cat([c - b[:, :2], b[:, 2:] - c], dim=-1).clamp(min=0.25) / stride
+    return torch.cat([net_to_grid(c, stride) - kc, ltrb.log(), mean[:, 6:]], dim=-1)
+
+
 def select_candidates(
     heat: torch.Tensor, reg: torch.Tensor, stride: int, cfg: DecodeConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -313,6 +350,10 @@ def select_candidates(
         bidx = torch.arange(B, device=dev)[:, None].expand(B, k)
         vi = valid.nonzero(as_tuple=True)
         keep = box_nms(boxes[vi], score[vi], (bidx * C + cls)[vi], cfg.box_nms_iou)
+        if cfg.box_vote_iou > 0:
+            r = r.clone()
+            r[vi[0][keep], vi[1][keep]] = box_vote(boxes[vi], cell[vi], r[vi], score[vi], (bidx * C + cls)[vi], keep,
+                                                   stride, cfg.box_vote_iou)
         valid[vi] = keep
     masked = torch.where(valid, score, torch.full_like(score, -1.0))
     top, order = masked.topk(min(cfg.max_detections, k), dim=1)
