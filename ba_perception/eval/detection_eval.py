@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ba_perception.core import geometry as geo
-from ba_perception.core.detection.decode import DecodeConfig, decode, net_to_grid
+from ba_perception.core.detection.decode import DecodeConfig, decode, forward_flip_averaged, net_to_grid
 from ba_perception.core.detection.model import CLASSES, OUTPUT_STRIDE
 from ba_perception.eval.detection_ap import (
     DIFFICULTIES,
@@ -154,7 +154,7 @@ def evaluate_on_split(forward: Forward, split, decode_cfg: DecodeConfig | None =
         x = torch.from_numpy(split.images[idx]).permute(0, 3, 1, 2).float() / 255.0
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = forward(x)
+            out = forward_flip_averaged(forward, x) if decode_cfg.flip_test else forward(x)
         t_fwd += time.perf_counter() - t0
         dets = decode({k: v.float().cpu() for k, v in out.items()}, torch.from_numpy(split.K_src[idx]), pre, decode_cfg)
         for i, d in zip(idx, dets):
@@ -192,6 +192,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--difficulty", default="moderate", choices=("easy", "moderate", "hard"))
     parser.add_argument("--score-threshold", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-flip-test", action="store_true",
+                        help="one forward pass per image (default: mean with the mirrored image's, as detector_node's flip_test)")
     parser.add_argument("--diagnose", action="store_true",
                         help="also print what limits car AP: GT-substitution oracles, 2D localisation bounds, crowding")
     parser.add_argument("--out", default="out/eval/detection.json")
@@ -219,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         split = build_split(spec, be.input_hw, args.cache_dir)
     except DataError as err:
         raise CommandError(str(err)) from err
-    res = evaluate_on_split(lambda x: be(x), split, DecodeConfig(score_threshold=args.score_threshold),
+    res = evaluate_on_split(lambda x: be(x), split, DecodeConfig(score_threshold=args.score_threshold, flip_test=not args.no_flip_test),
                             batch_size=1, difficulty=args.difficulty, diagnosis=args.diagnose)
     res.update({"model": str(model), "backend": be.name, "split": spec.__dict__ | {"presets": list(spec.presets)},
                 "frames": len(split)})

@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from ba_perception.core import geometry as geo
-from ba_perception.core.detection.decode import DecodeConfig, DecodeError, box_nms, box_vote, decode, encode_objects
+from ba_perception.core.detection.decode import (
+    DecodeConfig,
+    DecodeError,
+    box_nms,
+    box_vote,
+    decode,
+    encode_objects,
+    forward_flip_averaged,
+    unflip_outputs,
+)
 from ba_perception.core.detection.model import NUM_REG, REG_CHANNELS
 from ba_perception.core.detection.preprocess import Preprocess, PreprocessError, apply_preprocess
 
@@ -347,3 +356,43 @@ def test_decode_box_voting_averages_the_blob_cells_regressions():
     # 9 cells vote (peak 0.9, eight at 0.54): log-depth error log(1.1) x 0.9 / (0.9 + 8 x 0.54)
     assert voted.center_cam[0, 2].item() == pytest.approx(z * 1.1 ** (0.9 / (0.9 + 8 * 0.54)), rel=1e-4)
     assert torch.allclose(voted.box_2d.double(), peak.box_2d.double(), atol=1e-3)  # every cell had the same box
+
+
+def test_flip_test_maps_the_mirrored_images_outputs_back_exactly():
+    # A perfect network's outputs on the image and on its mirror: the mirror is the world seen by a
+    # camera with cx' = W - 1 - cx, objects at x -> -x with rotation_y -> pi - rotation_y.
+    pre = Preprocess.letterbox(SRC_HW, NET_HW)
+    labels, centers, sizes, yaw, box = _objects()
+    enc, outs = _heads(pre, labels, centers, sizes, yaw, box, depth_logvar=-6.0)
+    K_m = K_SRC.clone()
+    K_m[0, 2] = SRC_HW[1] - 1 - K_SRC[0, 2]
+    c_m, yaw_m = centers * centers.new_tensor([-1.0, 1.0, 1.0]), math.pi - yaw
+    box_m = geo.box2d_from_points(geo.project_points(geo.box_corners_cam(c_m, sizes, yaw_m), K_m))
+    h, w = NET_HW[0] // 8, NET_HW[1] // 8
+    enc_m = encode_objects(labels, c_m, sizes, yaw_m, box_m, K_m, pre, (h, w))
+    heat_m, reg_m = torch.zeros(1, 3, h, w), torch.zeros(1, NUM_REG, h, w)
+    for i in range(len(labels)):
+        x, y = enc_m.cell_xy[i].tolist()
+        assert (x, y) == (w - 1 - enc.cell_xy[i, 0].item(), enc.cell_xy[i, 1].item())
+        heat_m[0, labels[i], y, x] = 0.9 - 0.1 * i
+        reg_m[0, :, y, x] = enc_m.regression[i].float()
+        reg_m[0, REG_CHANNELS["depth_logvar"], y, x] = -6.0
+    heat_b, reg_b = unflip_outputs({"heatmap": heat_m, "regression": reg_m})
+    assert torch.equal(heat_b, outs["heatmap"])
+    assert torch.allclose(reg_b, outs["regression"], atol=1e-5)
+
+    image = torch.rand(1, 3, *NET_HW)
+    seen = []
+
+    def network(x):
+        seen.append("mirror" if torch.equal(x, image.flip(-1)) else "image" if torch.equal(x, image) else "?")
+        return {"heatmap": heat_m, "regression": reg_m} if seen[-1] == "mirror" else outs
+
+    fused = forward_flip_averaged(network, image)
+    assert seen == ["mirror", "image"]
+    assert fused["embedding"] is outs["embedding"] and fused["features"] is outs["features"]
+    (det,) = decode(fused, K_SRC, pre, DecodeConfig(score_threshold=0.5, depth_confidence_scale=0.0))
+    assert det.labels.tolist() == [0, 1, 2]
+    assert torch.allclose(det.center_cam.double(), centers, atol=2e-3)
+    assert geo.wrap_angle(det.yaw.double() - yaw).abs().max() < 1e-4
+    assert torch.allclose(det.box_2d.double(), box, atol=2e-2)

@@ -28,12 +28,24 @@ _spec.loader.exec_module(_fixture)
 
 
 def _perfect_forward(split):
-    t = frame_targets(split, 0, False, TrainObjectFilter())
-    h, w = t["heatmap"].shape[1:]
-    reg = torch.zeros(1, NUM_REG, h * w)
-    reg[0, :, t["ind"]] = t["reg"].t()
-    return lambda x: {"heatmap": t["heatmap"][None] * 0.9, "regression": reg.view(1, NUM_REG, h, w),
+    """A network that outputs frame 0's encoded ground truth, and the mirrored world's for the
+    mirrored image (what test-time flip feeds it)."""
+    split.images[0, 0, 0] = 255 - split.images[0, 0, -1]  # the fixture image is symmetric; this tells the mirror apart
+    image = torch.from_numpy(split.images[[0]]).permute(0, 3, 1, 2).float() / 255.0
+    outs = {}
+    for flip in (False, True):
+        t = frame_targets(split, 0, flip, TrainObjectFilter())
+        h, w = t["heatmap"].shape[1:]
+        reg = torch.zeros(1, NUM_REG, h * w)
+        reg[0, :, t["ind"]] = t["reg"].t()
+        outs[flip] = {"heatmap": t["heatmap"][None] * 0.9, "regression": reg.view(1, NUM_REG, h, w),
                       "embedding": torch.ones(1, 4, h, w), "features": torch.ones(1, 4, 2 * h, 2 * w)}
+
+    def forward(x):
+        assert x.shape == (1, 3, 192, 640)
+        return outs[torch.equal(x, image.flip(-1))]
+
+    return forward
 
 
 def test_diagnosis_of_perfect_outputs_and_centre_cells_match_the_targets():
@@ -64,16 +76,7 @@ def test_crowded_fraction_counts_valid_gt_with_a_neighbour_centre_cell():
 
 def test_perfect_outputs_score_full_ap_and_zero_errors():
     split = _fixture._split()
-    t = frame_targets(split, 0, False, TrainObjectFilter())
-    h, w = t["heatmap"].shape[1:]
-    reg = torch.zeros(1, NUM_REG, h * w)
-    reg[0, :, t["ind"]] = t["reg"].t()
-
-    def forward(x):
-        assert x.shape == (1, 3, 192, 640)
-        return {"heatmap": t["heatmap"][None] * 0.9, "regression": reg.view(1, NUM_REG, h, w),
-                "embedding": torch.ones(1, 4, h, w), "features": torch.ones(1, 4, 2 * h, 2 * w)}
-
+    forward = _perfect_forward(split)
     res = evaluate_on_split(forward, split, batch_size=1)
     car = res["classes"]["car"]
     # The 95 %-occluded car is outside "moderate": ignored, so the one valid car is found with AP 100.

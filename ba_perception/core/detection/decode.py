@@ -9,7 +9,7 @@ centre is assigned to cell ``round(g)`` (clamped into the grid) and the ``offset
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,9 @@ class DecodeConfig:
         box_vote_iou: ``box`` only; each kept detection's regression becomes the score-weighted mean
             over the candidates of its class whose 2D box overlaps it with IoU > this (box voting);
             0 disables it (the kept cell's own regression).
+        flip_test: run the network on the image and on its horizontal mirror and decode the mean
+            of the two heatmaps and regressions (test-time flip, :func:`forward_flip_averaged`;
+            the network runs twice). Read by the callers of the network, not by :func:`decode`.
     """
 
     score_threshold: float = 0.1
@@ -73,6 +76,7 @@ class DecodeConfig:
     candidate_top_k: int = 200
     depth_confidence_scale: float = 0.05
     box_vote_iou: float = 0.6
+    flip_test: bool = True
 
     def __post_init__(self) -> None:
         if self.peak_nms not in PEAK_NMS_MODES:
@@ -132,6 +136,36 @@ class Detections:
     def select(self, keep: torch.Tensor) -> Detections:
         """Subset by boolean mask or index tensor."""
         return Detections(**{k: v[keep] for k, v in self.__dict__.items()})
+
+
+def unflip_outputs(flipped: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heatmap and regression of a horizontally mirrored network input, mapped back to the unmirrored image.
+
+    Mirroring the ``nw``-wide network image maps pixel ``c`` to ``nw - 1 - c`` and output cell ``x``
+    to ``w - 1 - x`` (``nw = stride * w``), whatever the letterbox padding. In the mirrored view the
+    horizontal centre offset changes sign, the left and right box sides swap, and the observation
+    angle becomes ``pi - alpha`` (sin kept, cos negated); depth, its variance and size are unchanged.
+    """
+    ch = REG_CHANNELS
+    heat = flipped["heatmap"].flip(-1)
+    reg = flipped["regression"].flip(-1).clone()
+    reg[:, ch["offset"].start] = -reg[:, ch["offset"].start]
+    left, right = ch["ltrb"].start, ch["ltrb"].start + 2
+    reg[:, [left, right]] = reg[:, [right, left]]
+    reg[:, ch["alpha"].start + 1] = -reg[:, ch["alpha"].start + 1]
+    return heat, reg
+
+
+def forward_flip_averaged(forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Network outputs for ``(B, 3, h, w)`` inputs ``x`` with test-time flip: the heatmap and the
+    regression are the means over ``x`` and its horizontal mirror (:func:`unflip_outputs`); the
+    appearance embedding and dense features are those of ``x``. ``forward`` runs twice (mirror
+    first; its outputs are copied, since graph-replaying backends reuse their output buffers)."""
+    heat_f, reg_f = unflip_outputs({k: v.float().clone() for k, v in forward(x.flip(-1)).items() if k in ("heatmap", "regression")})
+    out = dict(forward(x))
+    out["heatmap"] = 0.5 * (out["heatmap"].float() + heat_f.to(out["heatmap"].device))
+    out["regression"] = 0.5 * (out["regression"].float() + reg_f.to(out["regression"].device))
+    return out
 
 
 def focal_net(K_net: torch.Tensor) -> torch.Tensor:
