@@ -3,7 +3,8 @@
 CPU numbers are wall-clock (``time.perf_counter``) around one call; CUDA numbers use CUDA events.
 Rows: network only per backend (ONNX Runtime CPU, torch CPU; on a GPU also torch CUDA fp16 with
 and without a CUDA graph, ONNX Runtime GPU providers and TensorRT when importable), plus the full
-single-image pipeline (letterbox of a 1242x375 image + network + decode) on the default backend.
+single-image pipeline (letterbox of a 1242x375 image + network (twice with the node's test-time flip)
++ decode) on the default backend.
 With ``--memory-frames N`` it first runs the full :class:`Detector` (as the detector node holds it) on
 N frames cycling through a few rendered world images and samples the process RSS (psutil) every
 ``--memory-every`` frames: start / peak / end and the least-squares slope. With ``--node-frames N`` it
@@ -357,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
     pipeline = {k: _stats(v) for k, v in stages.items()}
     res = {
         "input_hw": [h, w], "weights": weights, "threads": args.threads, "machine": machine_info(),
-        "network": rows, "pipeline_1242x375": {"backend": be.name, **pipeline},
+        "network": rows, "pipeline_1242x375": {"backend": be.name, "flip_test": node_decode.flip_test, **pipeline},
         "process_rss_mb": {"after_warmup": rss[0], "after_all": rss[-1], "frames": args.iters},
         "method": "CPU: wall clock per call; CUDA: CUDA events per call; batch 1",
         "memory": memory,
@@ -367,8 +368,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'backend':42s} {'device':22s} {'p50 ms':>8s} {'p95 ms':>8s} {'mean ms':>8s} {'n':>5s}")
     for r_ in rows:
         print(f"{r_['backend']:42s} {str(r_['device'])[:22]:22s} {r_['p50_ms']:8.2f} {r_['p95_ms']:8.2f} {r_['mean_ms']:8.2f} {r_['n']:5d}")
+    image = "1242x375, flip test" if node_decode.flip_test else "1242x375 image"
     for k, v in pipeline.items():
-        print(f"{'pipeline ' + k + ' (' + be.name + ')':42s} {'1242x375 image':22s} {v['p50_ms']:8.2f} {v['p95_ms']:8.2f} {v['mean_ms']:8.2f} {v['n']:5d}")
+        print(f"{'pipeline ' + k + ' (' + be.name + ')':42s} {image:22s} {v['p50_ms']:8.2f} {v['p95_ms']:8.2f} {v['mean_ms']:8.2f} {v['n']:5d}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
