@@ -110,7 +110,8 @@ class TrackerConfig:
         time_reset_gap_s: a forward stamp jump larger than this resets like a backward jump.
         yaw_gain: blend factor of a new yaw measurement. size_window, emb_window: running-mean
             lengths of size and appearance embedding.
-        min_score_new: minimum detection score to start a track.
+        min_score_new: minimum detection score to start a track (lower-scored detections only
+            extend existing tracks).
         class_params: per-class noise; unknown classes use ``"default"``.
     """
 
@@ -136,7 +137,7 @@ class TrackerConfig:
     rescue_cos: float = 0.5
     rescue_max_m: float = 25.0
     n_init: int = 3
-    max_age: int = 10
+    max_age: int = 20
     tentative_max_age: int = 1
     reid: bool = True
     reid_window_s: float = 5.0
@@ -149,7 +150,7 @@ class TrackerConfig:
     yaw_gain: float = 0.5
     size_window: int = 20
     emb_window: int = 3
-    min_score_new: float = 0.0
+    min_score_new: float = 0.25
     class_params: dict[str, ClassParams] = field(default_factory=lambda: dict(DEFAULT_CLASS_PARAMS))
 
     @classmethod
