@@ -336,8 +336,9 @@ def box_vote(boxes: torch.Tensor, cells: torch.Tensor, reg: torch.Tensor, scores
     kb, kc, kg = boxes[keep], cells[keep], groups[keep]
     w = ((geo.iou_2d(kb, boxes) > iou_threshold) & (kg[:, None] == groups[None, :])).to(scores.dtype) * scores[None, :]
     w = w / w.sum(1, keepdim=True).clamp(min=1e-12)  # (K, N); the kept box always votes for itself
+    rest = REG_CHANNELS["depth"].start  # depth, its log-variance, size and alpha do not depend on the cell
     centre = grid_to_net(cells + reg[:, REG_CHANNELS["offset"]], stride)
-    mean = w @ torch.cat([centre, boxes, reg[:, 6:]], dim=-1)  # depth, depth_logvar, size, alpha share the grid
+    mean = w @ torch.cat([centre, boxes, reg[:, rest:]], dim=-1)
     c, b = mean[:, :2], mean[:, 2:6]
     ltrb = torch.cat([c - b[:, :2], b[:, 2:] - c], dim=-1).clamp(min=0.25) / stride
     return torch.cat([net_to_grid(c, stride) - kc, ltrb.log(), mean[:, 6:]], dim=-1)
