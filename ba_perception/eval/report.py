@@ -15,6 +15,13 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return f"{100 * v:.1f}" if pct else (f"{v:.2f}" if isinstance(v, float) else str(v))
 
 
+def _change(reduction: Any) -> str:
+    """``reduction`` (fraction, positive = lower) as "x.y% lower" / "x.y% higher"."""
+    if reduction is None or (isinstance(reduction, float) and math.isnan(reduction)):
+        return "n/a"
+    return f"{_fmt(abs(reduction), True)}% {'lower' if reduction >= 0 else 'higher'}"
+
+
 def summary_lines(s: dict) -> list[str]:
     """The one-screen summary as text lines."""
     lines = [f"run: {s.get('run', {}).get('mode', '?')} over {s.get('run', {}).get('bag', '?')} "
@@ -43,7 +50,7 @@ def summary_lines(s: dict) -> list[str]:
         lines.append("")
         lines.append(f"depth error, cars seen in >= {d['min_frames']} frames ({d['objects']} boxes): single-frame median "
                      f"{_fmt(d.get('single_abs_median_m'))} m -> after object BA {_fmt(d.get('refined_abs_median_m'))} m "
-                     f"({_fmt(d.get('reduction'), True)}% lower)")
+                     f"({_change(d.get('reduction'))})")
     for key, name in (("mot_3d", "tracking, 3D (centre distance)"), ("mot_2d", "tracking, 2D (IoU)")):
         m = s.get(key)
         if m:
