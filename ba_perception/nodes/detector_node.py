@@ -40,7 +40,7 @@ class DetectorNode(PerceptionNode):
         ParamSpec("box_vote_iou", 0.6, "each kept detection's regression is the score-weighted mean over the same-class "
                   "candidates overlapping it above this 2D IoU (box voting, peak_nms box); 0 = off", min=0.0, max=0.99),
         ParamSpec("flip_test", True, "run the network on the image and its mirror and decode the mean outputs "
-                  "(test-time flip; two network passes per frame)"),
+                  "(test-time flip; the network sees two images per frame)"),
         ParamSpec("candidate_top_k", 200, "highest heatmap cells per image scored and NMS-ed (bounds decode time)", min=1),
         ParamSpec("depth_confidence_scale", 0.05, "score x exp(-relative depth std / scale) from the depth "
                   "log-variance head; 0 = heatmap score only", min=0.0),

@@ -161,3 +161,28 @@ def test_torch_backend_finds_the_checkpoint_beside_the_onnx(exported, tmp_path):
         create_backend("torch", onnx_path=tmp_path / "m.onnx", device="cpu")
     (tmp_path / "m.pt").write_bytes(ck.read_bytes())
     assert create_backend("torch", onnx_path=tmp_path / "m.onnx", device="cpu").name.startswith("torch[cpu")
+
+
+def test_flip_test_batches_image_and_mirror_when_the_backend_takes_any_batch(exported):
+    from ba_perception.core.detection.decode import forward_flip_averaged
+
+    model, ck, onnx_path = exported
+    x = torch.rand(1, 3, *CFG.input_hw, generator=torch.Generator().manual_seed(2))
+    torch_be = TorchBackend(ck, device="cpu")
+    static_be = OnnxRuntimeBackend(export_onnx(model, onnx_path.with_name("static.onnx")), device="cpu", threads=1)
+    assert torch_be.fixed_batch is None and static_be.fixed_batch == 1
+    calls = []
+
+    def counted(be):
+        def forward(images):
+            calls.append(images.shape[0])
+            return be(images)
+        forward.fixed_batch = be.fixed_batch
+        return forward
+
+    one = forward_flip_averaged(counted(torch_be), x)
+    two = forward_flip_averaged(counted(static_be), x)
+    assert calls == [2, 1, 1]  # one 2-image pass; the static-batch model runs mirror and image separately
+    for k in MonoDetector.OUTPUT_NAMES:
+        assert one[k].shape == two[k].shape == torch_be(x)[k].shape
+        assert (one[k] - two[k]).abs().max() < 1e-4, k

@@ -43,6 +43,7 @@ class Backend(Protocol):
     device: torch.device
     input_hw: tuple[int, int]
     metadata: dict
+    fixed_batch: int | None  # the only batch size the model takes; None: any
 
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the network on ``(B, 3, H, W)`` float32 images in [0, 1]."""
@@ -187,6 +188,7 @@ class TorchBackend:
             self.model.half()
         self.input_hw = tuple(model.cfg.input_hw)
         self.use_graph = cuda_graph and self.device.type == "cuda"
+        self.fixed_batch = None  # a CUDA graph is captured per input shape
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static_in: torch.Tensor | None = None
         self._static_out: dict[str, torch.Tensor] | None = None
@@ -369,6 +371,7 @@ class TensorRTBackend:
             (self.inputs if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT else self.outputs).append(n)
         shape = tuple(self.engine.get_tensor_shape(self.inputs[0]))
         self.input_hw = (int(shape[2]), int(shape[3]))
+        self.fixed_batch = int(shape[0]) if shape[0] > 0 else None  # dynamic: the build profile allows 1-8
         self._trt = trt
         self._buffers: dict[str, torch.Tensor] = {}
         self._batch = -1

@@ -63,7 +63,7 @@ class DecodeConfig:
             0 disables it (the kept cell's own regression).
         flip_test: run the network on the image and on its horizontal mirror and decode the mean
             of the two heatmaps and regressions (test-time flip, :func:`forward_flip_averaged`;
-            the network runs twice). Read by the callers of the network, not by :func:`decode`.
+            the network sees each image twice). Read by the callers of the network, not by :func:`decode`.
     """
 
     score_threshold: float = 0.1
@@ -159,10 +159,19 @@ def unflip_outputs(flipped: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, t
 def forward_flip_averaged(forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Network outputs for ``(B, 3, h, w)`` inputs ``x`` with test-time flip: the heatmap and the
     regression are the means over ``x`` and its horizontal mirror (:func:`unflip_outputs`); the
-    appearance embedding and dense features are those of ``x``. ``forward`` runs twice (mirror
-    first; its outputs are copied, since graph-replaying backends reuse their output buffers)."""
-    heat_f, reg_f = unflip_outputs({k: v.float().clone() for k, v in forward(x.flip(-1)).items() if k in ("heatmap", "regression")})
-    out = dict(forward(x))
+    appearance embedding and dense features are those of ``x``.
+
+    A ``forward`` whose ``fixed_batch`` attribute is None (a backend that takes any batch size)
+    runs once on the ``2B`` images; any other runs twice, mirror first, and its outputs are
+    copied before the second call, since graph-replaying backends reuse their output buffers."""
+    if getattr(forward, "fixed_batch", 1) is None:
+        both = forward(torch.cat([x, x.flip(-1)]))
+        B = x.shape[0]
+        heat_f, reg_f = unflip_outputs({k: both[k][B:].float() for k in ("heatmap", "regression")})
+        out = {k: v[:B] for k, v in both.items()}
+    else:
+        heat_f, reg_f = unflip_outputs({k: v.float().clone() for k, v in forward(x.flip(-1)).items() if k in ("heatmap", "regression")})
+        out = dict(forward(x))
     out["heatmap"] = 0.5 * (out["heatmap"].float() + heat_f.to(out["heatmap"].device))
     out["regression"] = 0.5 * (out["regression"].float() + reg_f.to(out["regression"].device))
     return out
