@@ -106,6 +106,8 @@ class TrackBufferNode(PerceptionNode):
                   "refined speed is below this (m/s) may be declared static", min=0.0),
         ParamSpec("covariance_scale", _R.covariance_scale, "factor on the published pose and velocity covariances "
                   "(the solver's is overconfident: the detector's depth errors persist from frame to frame)", min=1e-6),
+        ParamSpec("heading_from_velocity_mps", _R.heading_from_velocity_mps, "moving refined objects at least this "
+                  "fast (m/s) take their yaw from the velocity direction (the one nearer the solved yaw); 0 = off", min=0.0),
         ParamSpec("surface_std_m", _R.surface_std_m, "object points lie on the detected box's surface with this std, "
                   "m (Cauchy-robust); ties the box to the triangulated surface; 0 = off", min=0.0),
         ParamSpec("device", "auto", "where the batch is solved", choices=("auto", "cpu", "cuda")),

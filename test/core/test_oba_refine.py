@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ba_perception.core.oba.refine import RefineConfig, RefineError, build_batch, refine_tracklets
+from ba_perception.core.oba.refine import RefineConfig, RefineError, build_batch, heading_from_velocity, refine_tracklets
 from ba_perception.core.oba.synthetic import make_batch, make_tracklets
 
 
@@ -36,6 +36,25 @@ def test_covariance_scale_scales_the_published_covariances_only(scene):
         assert np.allclose(b.velocity_covariance, 6.0 * a.velocity_covariance)
     with pytest.raises(RefineError, match="covariance_scale"):
         refine_tracklets(copy.deepcopy(tracks), RefineConfig(covariance_scale=0.0))
+    with pytest.raises(RefineError, match="heading_from_velocity_mps"):
+        refine_tracklets(copy.deepcopy(tracks), RefineConfig(heading_from_velocity_mps=-1.0))
+
+
+def test_heading_from_velocity_sets_the_yaw_of_fast_moving_objects_only():
+    def rz(a):
+        c, s = np.cos(a), np.sin(a)
+        return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+    tilt = rz(0.3) @ np.array([[1.0, 0.0, 0.0], [0.0, np.cos(0.05), -np.sin(0.05)], [0.0, np.sin(0.05), np.cos(0.05)]])
+    R = np.stack([tilt, rz(0.3), rz(2.9), rz(0.3)])
+    v = np.array([[5.0, 1.0, 0.3], [1.0, 0.5, 0.0], [5.0, 1.0, 0.0], [5.0, 1.0, 0.0]])
+    moving = np.array([True, True, True, False])
+    out = heading_from_velocity(R, v, moving, 2.0)
+    h = np.arctan2(1.0, 5.0)
+    assert np.allclose(out[0], rz(h))  # fast and moving: along the velocity, roll/pitch dropped
+    assert np.allclose(out[1], R[1]) and np.allclose(out[3], R[3])  # slower than 2 m/s / static: unchanged
+    assert np.allclose(out[2], rz(h + np.pi))  # solved yaw points against the motion: the nearer heading
+    assert np.allclose(R[0], tilt)  # input untouched
 
 
 def test_refined_boxes_beat_single_frame_detections(scene):

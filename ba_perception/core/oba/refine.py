@@ -49,6 +49,12 @@ class RefineConfig:
             frame while they persist, so it is overconfident (val: median squared Mahalanobis error
             of the refined centres 5.2 where 2.37 is calibrated); consumers (the tracker's gate and
             Kalman filter) see the scaled one.
+        heading_from_velocity_mps: a refined moving object at least this fast (m/s, horizontal)
+            gets its yaw from its velocity direction (of the two headings along it, the one nearer
+            the solved yaw, so a detector's flipped box stays flipped and reversing is allowed), roll
+            and pitch zero: vehicles move along their heading and the window's velocity is a steadier
+            yaw cue than the per-frame box. 0 turns it off. The published pose covariance is the
+            solver's (it does not shrink the yaw variance).
         scene_static: scene-level BA: every object gets one pose for all frames of its window
             (the static-world assumption of classic SfM; the ablation BA-Det compares against).
         min_baseline_m: camera travel below which the window is degenerate (zero baseline).
@@ -74,6 +80,7 @@ class RefineConfig:
     min_points_for_selection: int = 4
     surface_std_m: float = 0.0
     covariance_scale: float = 1.0
+    heading_from_velocity_mps: float = 2.0
     scene_static: bool = False
     min_baseline_m: float = 0.05
     min_depth_m: float = 0.5
@@ -199,8 +206,9 @@ def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None, p
     cfg = config or RefineConfig()
     if cfg.correspondences not in CORRESPONDENCES:
         raise RefineError(f"correspondences must be one of {CORRESPONDENCES}, got {cfg.correspondences!r}")
-    if not cfg.covariance_scale > 0:
-        raise RefineError(f"covariance_scale must be > 0, got {cfg.covariance_scale}")
+    if not cfg.covariance_scale > 0 or not cfg.heading_from_velocity_mps >= 0:
+        raise RefineError(f"covariance_scale must be > 0 and heading_from_velocity_mps >= 0, got "
+                          f"{cfg.covariance_scale}, {cfg.heading_from_velocity_mps}")
     inc, idxs, excluded = [], [], []
     for t in tracks:
         use, reason = _usable_frames(t, cfg)
@@ -495,7 +503,8 @@ def configs_from_params(p: Mapping[str, Any], device: str = "cpu") -> tuple[Trac
         static_resolve=bool(p.get("static_resolve", r.static_resolve)),
         static_candidate_mps=float(p.get("static_candidate_mps", r.static_candidate_mps)),
         surface_std_m=float(p.get("surface_std_m", r.surface_std_m)),
-        covariance_scale=float(p.get("covariance_scale", r.covariance_scale)), device=device,
+        covariance_scale=float(p.get("covariance_scale", r.covariance_scale)),
+        heading_from_velocity_mps=float(p.get("heading_from_velocity_mps", r.heading_from_velocity_mps)), device=device,
         dtype=torch.float32 if p.get("dtype", "float64") == "float32" else torch.float64,
         solver=SolverOptions(max_iterations=int(p.get("max_iterations", r.solver.max_iterations)),
                              loss=str(p.get("loss", r.solver.loss)),
@@ -524,6 +533,28 @@ def _merge(res: OBAResult, sres: OBAResult, idx: torch.Tensor) -> OBAResult:
     return OBAResult(st, cost, res.initial_cost, iters, res.converged, res.valid, res.lam, cov, res.num_obs)
 
 
+def heading_from_velocity(R_odom_obj: np.ndarray, velocity_odom: np.ndarray, moving: np.ndarray, min_speed_mps: float) -> np.ndarray:
+    """Orientations ``(B, 3, 3)`` (odom) with the yaw of moving objects taken from their velocity.
+
+    Where ``moving`` and the horizontal speed of ``velocity_odom`` ``(B, 3)`` (m/s, odom) is at least
+    ``min_speed_mps``, the orientation becomes a pure yaw about odom +z along the velocity, or
+    against it when that is nearer the given yaw (more than 90 deg from the velocity direction);
+    the others are returned unchanged.
+    """
+    R = R_odom_obj.copy()
+    vx, vy = velocity_odom[:, 0], velocity_odom[:, 1]
+    sel = moving & (np.hypot(vx, vy) >= min_speed_mps)
+    if not sel.any():
+        return R
+    heading = np.arctan2(vy[sel], vx[sel])
+    yaw = np.arctan2(R[sel, 1, 0], R[sel, 0, 0])
+    heading = np.where(np.cos(heading - yaw) < 0, heading + np.pi, heading)
+    c, s = np.cos(heading), np.sin(heading)
+    z, o = np.zeros_like(c), np.ones_like(c)
+    R[sel] = np.stack([np.stack([c, -s, z], -1), np.stack([s, c, z], -1), np.stack([z, z, o], -1)], -2)
+    return R
+
+
 def _write_back(batch: RefineBatch, res: OBAResult, v, vcov, static, cfg: RefineConfig, out: dict) -> None:
     p = batch.problem
     nfr = p.frame_mask.sum(1) - 1  # newest packed frame
@@ -543,6 +574,8 @@ def _write_back(batch: RefineBatch, res: OBAResult, v, vcov, static, cfg: Refine
         host["vcov"] = vcov
     h = {k: x.detach().cpu().numpy() for k, x in host.items()}
     R, t, T_co, cov, vc = h["R"], h["t"], h["T_co"], h.get("cov"), h.get("vcov")
+    if cfg.heading_from_velocity_mps > 0:
+        R = heading_from_velocity(R, h["v"], ~h["static"], cfg.heading_from_velocity_mps)
     for b, track in enumerate(batch.tracks):
         base = _box(track, "", cfg, batch.frame_index[b][-1])  # newest usable frame
         if not h["valid"][b]:
@@ -550,7 +583,7 @@ def _write_back(batch: RefineBatch, res: OBAResult, v, vcov, static, cfg: Refine
             out[track.tracklet_id] = base
             continue
         G = np.eye(6)
-        G[3:, 3:] = R[b]  # object-frame rotation increment -> odom frame
+        G[3:, 3:] = h["R"][b]  # object-frame rotation increment -> odom frame (the solver's orientation)
         pc = cfg.covariance_scale * (G @ cov[b] @ G.T) if cov is not None else -np.eye(6)
         base.refined = True
         base.center_odom, base.R_odom_obj = t[b], R[b]
