@@ -108,6 +108,8 @@ class TrackBufferNode(PerceptionNode):
                   "(the solver's is overconfident: the detector's depth errors persist from frame to frame)", min=1e-6),
         ParamSpec("heading_from_velocity_mps", _R.heading_from_velocity_mps, "moving refined objects at least this "
                   "fast (m/s) take their yaw from the velocity direction (the one nearer the solved yaw); 0 = off", min=0.0),
+        ParamSpec("lateral_speed_std_mps", _R.lateral_speed_std_mps, "std (m/s) of a car's velocity across its heading "
+                  "in the motion prior (vehicles do not slide sideways); 0 = off", min=0.0),
         ParamSpec("surface_std_m", _R.surface_std_m, "object points lie on the detected box's surface with this std, "
                   "m (Cauchy-robust); ties the box to the triangulated surface; 0 = off", min=0.0),
         ParamSpec("device", "auto", "where the batch is solved", choices=("auto", "cpu", "cuda")),

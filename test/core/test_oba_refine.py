@@ -165,3 +165,14 @@ def test_scene_static_ba_gives_one_pose_and_smears_moving_objects(scene):
     e_sta, _ = _errors(sb, sta)
     # one pose for a whole window cannot follow a moving car: the object-centric solution is far better there
     assert np.median(e_sta[moving]) > 2 * np.median(e_obj[moving])
+
+
+def test_lateral_velocity_prior_applies_to_cars_only(scene):
+    _, tracks = scene
+    tracks = copy.deepcopy(tracks)
+    tracks[1].class_label = "pedestrian"
+    assert build_batch(tracks, RefineConfig()).problem.lateral_sqrt_info is None  # off by default
+    w = build_batch(tracks, RefineConfig(lateral_speed_std_mps=0.5)).problem.lateral_sqrt_info
+    assert w[1] == 0.0 and torch.all(w[torch.arange(len(w)) != 1] == 2.0)
+    boxes = refine_tracklets(tracks, RefineConfig(lateral_speed_std_mps=0.5))
+    assert all(b.refined for b in boxes)

@@ -252,6 +252,37 @@ def test_shape_errors_are_reported():
         solve(sb.problem, sb.init, SolverOptions(loss="l1"))
 
 
+def test_lateral_velocity_residual_and_jacobians():
+    B, F = 2, 5
+    sb = make_batch(B, F, 6, seed=3, with_prior=False)
+    _motion_on(sb.problem, B)
+    sb.problem.lateral_sqrt_info = torch.tensor([2.0, 0.0], dtype=D)  # problem 1: off
+    g = torch.Generator().manual_seed(6)
+    state = OBAState(sb.init.R_odom_obj @ so3_exp(0.5 * torch.randn(B, F, 3, generator=g, dtype=D)),
+                     sb.init.t_odom_obj + torch.randn(B, F, 3, generator=g, dtype=D), sb.init.points_obj)
+    sb.problem.stamps_s = torch.tensor([[0.0, 0.1, 0.25, 0.3, 0.42]], dtype=D).expand(B, F).clone()
+    prep = S._prepare(sb.problem, state, SolverOptions())
+    r, J = S.motion_residuals(prep, state, jacobians=True)  # (B, F-2, 7), (B, F-2, 3, 7, 6)
+    assert r.shape == (B, F - 2, 7) and J.shape == (B, F - 2, 3, 7, 6)
+    # by definition: 2 x (velocity across the middle frame's heading), m/s
+    t, R, st = state.t_odom_obj, state.R_odom_obj, sb.problem.stamps_s
+    v = (t[0, 3] - t[0, 1]) / (st[0, 3] - st[0, 1])
+    assert float(r[0, 1, 6]) == pytest.approx(2.0 * float(R[0, 2, :, 1] @ v), rel=1e-12)
+    assert (r[1, :, 6] == 0).all()
+
+    def fun(st_, slot=None, d=None):
+        if slot is None:
+            return S.motion_residuals(prep, st_)
+        out = torch.zeros(B, F - 2, 7, dtype=D)
+        for i in range(3):
+            a = slot - i
+            if 0 <= a < F - 2:
+                out[:, a] = J[:, a, i, :, d]
+        return out
+
+    assert _fd_check(fun, state, F, 6) < 1e-6
+
+
 def test_cost_matches_definition():
     sb = make_batch(2, 3, 5, seed=14, noise_px=2.0, with_prior=False)
     opts = SolverOptions(loss="cauchy", loss_scale_px=1.5)

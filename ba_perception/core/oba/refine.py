@@ -55,6 +55,8 @@ class RefineConfig:
             and pitch zero: vehicles move along their heading and the window's velocity is a steadier
             yaw cue than the per-frame box. 0 turns it off. The published pose covariance is the
             solver's (it does not shrink the yaw variance).
+        lateral_speed_std_mps: std (m/s) of a car's velocity across its own heading in the motion
+            prior (vehicles do not slide sideways); 0 turns it off.
         scene_static: scene-level BA: every object gets one pose for all frames of its window
             (the static-world assumption of classic SfM; the ablation BA-Det compares against).
         min_baseline_m: camera travel below which the window is degenerate (zero baseline).
@@ -81,6 +83,7 @@ class RefineConfig:
     surface_std_m: float = 0.0
     covariance_scale: float = 1.0
     heading_from_velocity_mps: float = 2.0
+    lateral_speed_std_mps: float = 0.0
     scene_static: bool = False
     min_baseline_m: float = 0.05
     min_depth_m: float = 0.5
@@ -329,6 +332,9 @@ def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None, p
         prior_T_odom_obj=prior_T, prior_sqrt_info=L, prior_mask=fm.clone(),
         motion_sqrt_info=torch.tensor([1 / cfg.accel_std] * 3 + [1 / cfg.angular_accel_std] * 3, dtype=fd, device=cfg.device).expand(B, 6).clone(),
     )
+    if cfg.lateral_speed_std_mps > 0:  # cars move along their heading (cyclists and pedestrians need not)
+        car = torch.tensor([t.class_label == "car" for t in inc], dtype=torch.bool, device=cfg.device)
+        problem.lateral_sqrt_info = torch.where(car, 1.0 / cfg.lateral_speed_std_mps, 0.0).to(fd)
     if cfg.surface_std_m > 0:
         problem.box_size_lwh = tt(sizes).to(fd)
         problem.surface_sqrt_info = torch.full((B,), 1.0 / cfg.surface_std_m, dtype=fd, device=cfg.device)
@@ -504,7 +510,8 @@ def configs_from_params(p: Mapping[str, Any], device: str = "cpu") -> tuple[Trac
         static_candidate_mps=float(p.get("static_candidate_mps", r.static_candidate_mps)),
         surface_std_m=float(p.get("surface_std_m", r.surface_std_m)),
         covariance_scale=float(p.get("covariance_scale", r.covariance_scale)),
-        heading_from_velocity_mps=float(p.get("heading_from_velocity_mps", r.heading_from_velocity_mps)), device=device,
+        heading_from_velocity_mps=float(p.get("heading_from_velocity_mps", r.heading_from_velocity_mps)),
+        lateral_speed_std_mps=float(p.get("lateral_speed_std_mps", r.lateral_speed_std_mps)), device=device,
         dtype=torch.float32 if p.get("dtype", "float64") == "float32" else torch.float64,
         solver=SolverOptions(max_iterations=int(p.get("max_iterations", r.solver.max_iterations)),
                              loss=str(p.get("loss", r.solver.loss)),

@@ -98,6 +98,9 @@ class OBAProblem:
         problem_mask: ``(B,)`` bool, problem enabled.
         box_size_lwh: ``(B, 3)`` box size (length, width, height) for the surface prior, metres.
         surface_sqrt_info: ``(B,)`` ``1/sigma_surface`` (1/m) of the surface prior; zeros disable it.
+        lateral_sqrt_info: ``(B,)`` ``1/sigma`` (1/(m/s)) of the vehicle prior: the velocity across
+            the object's heading (object y axis, central difference over frames f, f+2, at frame
+            f+1's orientation) is zero; part of the motion prior (same frames), zeros disable it.
     """
 
     obs_uv: torch.Tensor
@@ -116,6 +119,7 @@ class OBAProblem:
     problem_mask: torch.Tensor | None = None
     box_size_lwh: torch.Tensor | None = None
     surface_sqrt_info: torch.Tensor | None = None
+    lateral_sqrt_info: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -242,6 +246,7 @@ class _Prep:
     mot_dt1: torch.Tensor | None
     mot_dtm: torch.Tensor | None
     mot_w: torch.Tensor | None  # (B,1,6)
+    lat_w: torch.Tensor | None  # (B,1) or None
     valid: torch.Tensor  # (B,) bool
     surf_half: torch.Tensor | None = None  # (B,1,3) half box size
     surf_w: torch.Tensor | None = None  # (B,1) 1/sigma, zero where off (or point inactive: see surface_residuals)
@@ -258,6 +263,7 @@ def _check(problem: OBAProblem) -> None:
         "stamps_s": (B, F), "obs_sqrt_weight": (B, F, K), "prior_T_odom_obj": (B, F, 4, 4),
         "prior_sqrt_info": (B, F, 6, 6), "prior_mask": (B, F), "fixed_frames": (B, F), "static": (B,),
         "motion_sqrt_info": (B, 6), "problem_mask": (B,), "box_size_lwh": (B, 3), "surface_sqrt_info": (B,),
+        "lateral_sqrt_info": (B,),
     }
     for name, shape in expect.items():
         v = getattr(problem, name)
@@ -311,7 +317,7 @@ def _prepare(problem: OBAProblem, state: OBAState, options: SolverOptions) -> _P
         cxcy=torch.stack([Kmat[:, 0, 2], Kmat[:, 1, 2]], -1)[:, None, None, :],
         slot=slot, free=torch.zeros(B, F, 6, dtype=dt, device=dev), point_active=torch.zeros(B, K, dtype=dt, device=dev),
         prior_R=None, prior_t=None, prior_L=None, prior_m=None,
-        mot_m=None, mot_dt0=None, mot_dt1=None, mot_dtm=None, mot_w=None, valid=valid, any_static=any_static,
+        mot_m=None, mot_dt0=None, mot_dt1=None, mot_dtm=None, mot_w=None, lat_w=None, valid=valid, any_static=any_static,
     )
     # Drop observations behind the camera at the initial state (they have no projection).
     Xc = _camera_points(prep, state)
@@ -348,6 +354,9 @@ def _prepare(problem: OBAProblem, state: OBAState, options: SolverOptions) -> _P
         prep.mot_dtm = 0.5 * (prep.mot_dt0 + prep.mot_dt1)
         prep.mot_m = mm.to(dt)
         prep.mot_w = mw[:, None, :]
+        if problem.lateral_sqrt_info is not None:
+            lw = problem.lateral_sqrt_info
+            prep.lat_w = torch.where(torch.isfinite(lw), lw, torch.zeros_like(lw))[:, None]
 
     if problem.box_size_lwh is not None:
         size_ok = _finite_rows(problem.box_size_lwh, 1) & (problem.box_size_lwh > 0).all(-1)
@@ -445,7 +454,8 @@ def prior_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
 
 def motion_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
     """Constant-velocity residuals ``(B, F-2, 6)`` on slots (a, b, c) = (f, f+1, f+2) and Jacobians
-    ``(B, F-2, 3, 6, 6)`` ``[slot a|b|c, residual, dof]``."""
+    ``(B, F-2, 3, 6, 6)`` ``[slot a|b|c, residual, dof]``; with ``lateral_sqrt_info`` a 7th residual,
+    the velocity across the heading ``y_b . (t_c - t_a) / (dt0 + dt1)``."""
     R, t = state.R_odom_obj, state.t_odom_obj
     Ra, Rb, Rc = R[:, :-2], R[:, 1:-1], R[:, 2:]
     M0 = Ra.transpose(-1, -2) @ Rb
@@ -457,6 +467,12 @@ def motion_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
     r_t = ((t[:, 2:] - t[:, 1:-1]) / dt1 - (t[:, 1:-1] - t[:, :-2]) / dt0) / dtm * wt
     r_r = (phi1 / dt1 - phi0 / dt0) / dtm * wr
     r = torch.cat([r_t, r_r], -1) * mm
+    if prep.lat_w is not None:
+        span = (dt0 + dt1)[..., 0]
+        y_b = Rb[..., :, 1]  # the object's left axis in odom at the middle frame
+        dtc = t[:, 2:] - t[:, :-2]
+        lw = prep.lat_w * prep.mot_m / span  # (B,T)
+        r = torch.cat([r, ((y_b * dtc).sum(-1) * lw)[..., None]], -1)
     if not jacobians:
         return r, None
     eye = torch.eye(3, dtype=R.dtype, device=R.device)
@@ -472,7 +488,19 @@ def motion_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
     def blk(Jt, Jr):
         return torch.cat([torch.cat([Jt, z3], -1), torch.cat([z3, Jr], -1)], -2)
 
-    return r, torch.stack([blk(Jt_a, Jr_a), blk(Jt_b, Jr_b), blk(Jt_c, Jr_c)], 2)
+    J = torch.stack([blk(Jt_a, Jr_a), blk(Jt_b, Jr_b), blk(Jt_c, Jr_c)], 2)
+    if prep.lat_w is not None:
+        # d/dt_a = -y_b, d/dt_c = +y_b; R_b -> R_b exp(delta): (delta x e_y) . u = delta . (e_y x u), u = R_b^T dtc
+        ey = torch.zeros(3, dtype=R.dtype, device=R.device)
+        ey[1] = 1.0
+        rot = torch.cross(ey.expand_as(dtc), (Rb.transpose(-1, -2) @ dtc[..., None])[..., 0], dim=-1)
+        zero3 = torch.zeros_like(dtc)
+        lw_ = lw[..., None]
+        row_a = torch.cat([-y_b * lw_, zero3], -1)
+        row_b = torch.cat([zero3, rot * lw_], -1)
+        row_c = torch.cat([y_b * lw_, zero3], -1)
+        J = torch.cat([J, torch.stack([row_a, row_b, row_c], 2)[..., None, :]], -2)
+    return r, J
 
 
 def surface_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
