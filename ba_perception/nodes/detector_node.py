@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ba_perception.core.detection.decode import DecodeConfig
 from ba_perception.graph import package_root
 from ba_perception.ros.inputs import CAMERA_INPUT_PARAMS, CameraFrame, CameraInput
 from ba_perception.ros.node import PerceptionNode, StartupError, make_stage, run_node, wall_ns
@@ -18,6 +19,7 @@ from ba_perception.ros.observations import detections_to_msg
 from ba_perception.ros.params import ParamSpec
 
 DEFAULT_MODEL = "models/detector.onnx"
+_D = DecodeConfig()  # the decode parameters' defaults are the core config's
 
 
 class DetectorNode(PerceptionNode):
@@ -31,20 +33,20 @@ class DetectorNode(PerceptionNode):
         ParamSpec("precision", "fp16", "GPU precision (CPU always runs fp32)", choices=("fp16", "fp32")),
         ParamSpec("threads", 0, "CPU threads for the engine; 0 = library default", min=0),
         ParamSpec("engine_cache_dir", "", "TensorRT engine cache; '' = the default cache folder"),
-        ParamSpec("score_threshold", 0.1, "minimum detection score (heatmap score x depth confidence)", min=0.0, max=1.0),
-        ParamSpec("max_detections", 50, "detections kept per image", min=1),
-        ParamSpec("peak_nms", "box", "duplicate removal: box = every heatmap cell a candidate, then class-wise 2D-box "
+        ParamSpec("score_threshold", _D.score_threshold, "minimum detection score (heatmap score x depth confidence)", min=0.0, max=1.0),
+        ParamSpec("max_detections", _D.max_detections, "detections kept per image", min=1),
+        ParamSpec("peak_nms", _D.peak_nms, "duplicate removal: box = every heatmap cell a candidate, then class-wise 2D-box "
                   "NMS (keeps objects in adjacent cells); maxpool = CenterNet 3x3 max-pool peaks", choices=("box", "maxpool")),
-        ParamSpec("box_nms_iou", 0.5, "2D IoU above which a lower-scored box of the same class is suppressed (peak_nms box)",
+        ParamSpec("box_nms_iou", _D.box_nms_iou, "2D IoU above which a lower-scored box of the same class is suppressed (peak_nms box)",
                   min=0.05, max=1.0),
-        ParamSpec("box_vote_iou", 0.6, "each kept detection's regression is the score-weighted mean over the same-class "
+        ParamSpec("box_vote_iou", _D.box_vote_iou, "each kept detection's regression is the score-weighted mean over the same-class "
                   "candidates overlapping it above this 2D IoU (box voting, peak_nms box); 0 = off", min=0.0, max=0.99),
-        ParamSpec("flip_test", True, "run the network on the image and its mirror and decode the mean outputs "
+        ParamSpec("flip_test", _D.flip_test, "run the network on the image and its mirror and decode the mean outputs "
                   "(test-time flip; the network sees two images per frame)"),
-        ParamSpec("candidate_top_k", 200, "highest heatmap cells per image scored and NMS-ed (bounds decode time)", min=1),
-        ParamSpec("depth_confidence_scale", 0.05, "score x exp(-relative depth std / scale) from the depth "
+        ParamSpec("candidate_top_k", _D.candidate_top_k, "highest heatmap cells per image scored and NMS-ed (bounds decode time)", min=1),
+        ParamSpec("depth_confidence_scale", _D.depth_confidence_scale, "score x exp(-relative depth std / scale) from the depth "
                   "log-variance head; 0 = heatmap score only", min=0.0),
-        ParamSpec("samples_per_side", 5, "feature samples per object are an n x n grid in the box", min=1),
+        ParamSpec("samples_per_side", _D.samples_per_side, "feature samples per object are an n x n grid in the box", min=1),
         ParamSpec("output_topic", "/ba_perception/observations", "ObjectObservationArray output"),
         ParamSpec("output_qos", "reliable", "output QoS", choices=("reliable", "sensor_data", "best_effort")),
         ParamSpec("output_qos_depth", 10, "output queue depth", min=1),
@@ -53,7 +55,6 @@ class DetectorNode(PerceptionNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("detector_node", **kwargs)
         from ba_perception.core.detection.backends import BackendError, create_backend
-        from ba_perception.core.detection.decode import DecodeConfig
         from ba_perception.core.detection.detector import Detector
         from ba_perception_msgs.msg import ObjectObservationArray
 

@@ -394,8 +394,7 @@ def select_candidates(
         bidx = torch.arange(B, device=dev)[:, None].expand(B, k)
         vi = valid.nonzero(as_tuple=True)
         keep = box_nms(boxes[vi], score[vi], (bidx * C + cls)[vi], cfg.box_nms_iou)
-        if cfg.box_vote_iou > 0:
-            r = r.clone()
+        if cfg.box_vote_iou > 0:  # r is this call's own gather, so it can be written in place
             r[vi[0][keep], vi[1][keep]] = box_vote(boxes[vi], cell[vi], r[vi], score[vi], (bidx * C + cls)[vi], keep,
                                                    stride, cfg.box_vote_iou)
         valid[vi] = keep

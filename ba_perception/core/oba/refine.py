@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ba_perception.core.config import config_from_params
 from ba_perception.core.geometry import unproject_pixels
 from ba_perception.core.oba.correspondences import PointTracks, descriptor_tracks, oracle_tracks
 from ba_perception.core.oba.solver import GraphSolveCache, OBAProblem, OBAResult, OBAState, SolverOptions, problem_cost, solve
@@ -91,6 +92,13 @@ class RefineConfig:
     cuda_graph: bool = True
     device: str = "cpu"
     dtype: torch.dtype = torch.float64
+
+    def __post_init__(self) -> None:
+        if self.correspondences not in CORRESPONDENCES:
+            raise RefineError(f"correspondences must be one of {CORRESPONDENCES}, got {self.correspondences!r}")
+        if not self.covariance_scale > 0 or not self.heading_from_velocity_mps >= 0 or not self.lateral_speed_std_mps >= 0:
+            raise RefineError(f"covariance_scale must be > 0, heading_from_velocity_mps and lateral_speed_std_mps >= 0; got "
+                              f"{self.covariance_scale}, {self.heading_from_velocity_mps}, {self.lateral_speed_std_mps}")
 
 
 @dataclass
@@ -207,11 +215,6 @@ def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None, p
         A :class:`RefineBatch` (``problem`` is None when every tracklet was excluded).
     """
     cfg = config or RefineConfig()
-    if cfg.correspondences not in CORRESPONDENCES:
-        raise RefineError(f"correspondences must be one of {CORRESPONDENCES}, got {cfg.correspondences!r}")
-    if not cfg.covariance_scale > 0 or not cfg.heading_from_velocity_mps >= 0:
-        raise RefineError(f"covariance_scale must be > 0 and heading_from_velocity_mps >= 0, got "
-                          f"{cfg.covariance_scale}, {cfg.heading_from_velocity_mps}")
     inc, idxs, excluded = [], [], []
     for t in tracks:
         use, reason = _usable_frames(t, cfg)
@@ -492,6 +495,9 @@ def tracker_detections(boxes: list[RefinedBox]) -> Detections:
         embeddings=np.stack(emb) if len(dims) == 1 and 0 not in dims else None, covariances=cov)
 
 
+SOLVER_PARAMS = ("max_iterations", "loss", "loss_scale_px", "yaw_only")  # track_buffer_node parameters of SolverOptions
+
+
 def configs_from_params(p: Mapping[str, Any], device: str = "cpu") -> tuple[TrackletConfig, RefineConfig]:
     """Tracklet and refinement settings from track_buffer_node parameters (absent keys keep the defaults).
 
@@ -499,25 +505,12 @@ def configs_from_params(p: Mapping[str, Any], device: str = "cpu") -> tuple[Trac
         p: parameter name -> value (the node's ``ros__parameters``).
         device: ``cpu`` or ``cuda`` (already resolved from ``auto``).
     """
-    t, r = TrackletConfig(), RefineConfig()
-    tc = TrackletConfig(window=int(p.get("window", t.window)), iou_min=float(p.get("iou_min", t.iou_min)),
-                        appearance_min=float(p.get("appearance_min", t.appearance_min)),
-                        max_misses=int(p.get("max_misses", t.max_misses)),
-                        max_tracklets=int(p.get("max_tracklets", t.max_tracklets)))
-    rc = RefineConfig(
-        num_points=int(p.get("num_points", r.num_points)), correspondences=str(p.get("correspondences", r.correspondences)),
-        static_resolve=bool(p.get("static_resolve", r.static_resolve)),
-        static_candidate_mps=float(p.get("static_candidate_mps", r.static_candidate_mps)),
-        surface_std_m=float(p.get("surface_std_m", r.surface_std_m)),
-        covariance_scale=float(p.get("covariance_scale", r.covariance_scale)),
-        heading_from_velocity_mps=float(p.get("heading_from_velocity_mps", r.heading_from_velocity_mps)),
-        lateral_speed_std_mps=float(p.get("lateral_speed_std_mps", r.lateral_speed_std_mps)), device=device,
-        dtype=torch.float32 if p.get("dtype", "float64") == "float32" else torch.float64,
-        solver=SolverOptions(max_iterations=int(p.get("max_iterations", r.solver.max_iterations)),
-                             loss=str(p.get("loss", r.solver.loss)),
-                             loss_scale_px=float(p.get("loss_scale_px", r.solver.loss_scale_px)),
-                             yaw_only=bool(p.get("yaw_only", r.solver.yaw_only))))
-    return tc, rc
+    flat = {k: v for k, v in p.items() if k not in ("device", "dtype", "solver")}  # resolved / typed below
+    rc = config_from_params(RefineConfig, flat)
+    solver = replace(rc.solver, **{k: p[k] for k in SOLVER_PARAMS if k in p})
+    rc = replace(rc, device=device, dtype=torch.float32 if p.get("dtype", "float64") == "float32" else torch.float64,
+                 solver=solver)
+    return config_from_params(TrackletConfig, p), rc
 
 
 def _take(res: OBAResult, m: torch.Tensor) -> OBAResult:
