@@ -26,8 +26,11 @@ from ba_perception.core.detection.model import (
 
 DECODE_DOC = (
     "Outputs are raw maps; decode with ba_perception.core.detection.decode.decode(outputs, K, preprocess). "
-    "heatmap: sigmoid class scores of projected 3D centres at output_stride; candidates = top-K cells, score x exp(-relative depth std / 0.05), class-wise 2D box NMS at IoU 0.5 "
-    "(DecodeConfig defaults; peak_nms='maxpool' and depth_confidence_scale=0 give the 3x3 max-pool peaks). "
+    "DecodeConfig defaults: test-time flip (the mirrored image's heatmap and regression, mapped back by decode.unflip_outputs, "
+    "averaged with the image's); heatmap: sigmoid class scores of projected 3D centres at output_stride; candidates = top-K cells, "
+    "score x exp(-relative depth std / 0.05), class-wise 2D box NMS at IoU 0.5, then box voting (score-weighted mean regression "
+    "of the same-class candidates at 2D IoU > 0.6); peak_nms='maxpool', depth_confidence_scale=0, box_vote_iou=0 and "
+    "flip_test=False give the plain CenterNet decode (3x3 max-pool peaks). "
     "regression channels: see reg_channels; z = exp(depth) * sqrt(fx_net*fy_net) / ref_focal_px; "
     "centre = unproject((cell + offset + 0.5) * stride - 0.5, z, K_net); size = class_mean * exp(size); "
     "alpha = atan2(sin, cos); rotation_y = alpha + atan2(x, z). embedding and features are L2-normalised."

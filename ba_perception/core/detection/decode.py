@@ -74,7 +74,7 @@ class DecodeConfig:
     peak_nms: str = "box"
     box_nms_iou: float = 0.5
     candidate_top_k: int = 200
-    depth_confidence_scale: float = 0.05
+    depth_confidence_scale: float = 0.03
     box_vote_iou: float = 0.6
     flip_test: bool = True
 
