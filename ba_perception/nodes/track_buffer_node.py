@@ -110,6 +110,8 @@ class TrackBufferNode(PerceptionNode):
                   "fast (m/s) take their yaw from the velocity direction (the one nearer the solved yaw); 0 = off", min=0.0),
         ParamSpec("lateral_speed_std_mps", _R.lateral_speed_std_mps, "std (m/s) of a car's velocity across its heading "
                   "in the motion prior (vehicles do not slide sideways); 0 = off", min=0.0),
+        ParamSpec("depth_error_correlation", _R.depth_error_correlation, "correlation of the detector's depth errors "
+                  "between the frames of a window (they persist); 0 = independent frames", min=0.0, max=0.99),
         ParamSpec("surface_std_m", _R.surface_std_m, "object points lie on the detected box's surface with this std, "
                   "m (Cauchy-robust); ties the box to the triangulated surface; 0 = off", min=0.0),
         ParamSpec("device", "auto", "where the batch is solved", choices=("auto", "cpu", "cuda")),

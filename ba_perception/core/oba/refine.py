@@ -58,6 +58,9 @@ class RefineConfig:
             solver's (it does not shrink the yaw variance).
         lateral_speed_std_mps: std (m/s) of a car's velocity across its own heading in the motion
             prior (vehicles do not slide sideways); 0 turns it off.
+        depth_error_correlation: correlation in ``[0, 0.99]`` of the detector's depth errors
+            between the frames of a window (``OBAProblem.prior_depth_correlation``); 0 treats
+            the frames' depths as independent measurements.
         scene_static: scene-level BA: every object gets one pose for all frames of its window
             (the static-world assumption of classic SfM; the ablation BA-Det compares against).
         min_baseline_m: camera travel below which the window is degenerate (zero baseline).
@@ -85,6 +88,7 @@ class RefineConfig:
     covariance_scale: float = 1.0
     heading_from_velocity_mps: float = 2.0
     lateral_speed_std_mps: float = 0.0
+    depth_error_correlation: float = 0.0
     scene_static: bool = False
     min_baseline_m: float = 0.05
     min_depth_m: float = 0.5
@@ -99,6 +103,8 @@ class RefineConfig:
         if not self.covariance_scale > 0 or not self.heading_from_velocity_mps >= 0 or not self.lateral_speed_std_mps >= 0:
             raise RefineError(f"covariance_scale must be > 0, heading_from_velocity_mps and lateral_speed_std_mps >= 0; got "
                               f"{self.covariance_scale}, {self.heading_from_velocity_mps}, {self.lateral_speed_std_mps}")
+        if not 0.0 <= self.depth_error_correlation <= 0.99:
+            raise RefineError(f"depth_error_correlation must be in [0, 0.99], got {self.depth_error_correlation}")
 
 
 @dataclass
@@ -273,10 +279,15 @@ def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None, p
     sd = tt(stds[..., 0]).to(fd).clamp(min=1e-3)[..., None, None]
     sl = tt(stds[..., 1]).to(fd).clamp(min=1e-3)[..., None, None]
     sy = tt(stds[..., 2]).to(fd).clamp(min=1e-4)
-    uu = ray[..., :, None] * ray[..., None, :]
-    eye3 = torch.eye(3, dtype=fd, device=cfg.device)
+    # rows: along the viewing ray over the depth std (first: the solver's correlated row), then two
+    # directions across it over the lateral std: weak along the ray, strong across it
+    helper = torch.zeros_like(ray)
+    helper[..., 2] = 1.0
+    across1 = torch.linalg.cross(ray, helper)
+    across1 = across1 / across1.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+    across2 = torch.linalg.cross(ray, across1)
     L = torch.zeros(B, F, 6, 6, dtype=fd, device=cfg.device)
-    L[..., :3, :3] = uu / sd + (eye3 - uu) / sl  # weak along the ray, strong across it
+    L[..., :3, :3] = torch.stack([ray / sd[..., 0], across1 / sl[..., 0], across2 / sl[..., 0]], -2)
     rp = torch.full_like(sy, 1.0 / cfg.roll_pitch_std)
     L[..., 3:, 3:] = torch.diag_embed(torch.stack([rp, rp, 1.0 / sy], -1))
     prior_T = torch.zeros(B, F, 4, 4, dtype=fd, device=cfg.device)
@@ -338,6 +349,8 @@ def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None, p
     if cfg.lateral_speed_std_mps > 0:  # cars move along their heading (cyclists and pedestrians need not)
         car = torch.tensor([t.class_label == "car" for t in inc], dtype=torch.bool, device=cfg.device)
         problem.lateral_sqrt_info = torch.where(car, 1.0 / cfg.lateral_speed_std_mps, 0.0).to(fd)
+    if cfg.depth_error_correlation > 0:
+        problem.prior_depth_correlation = torch.full((B,), cfg.depth_error_correlation, dtype=fd, device=cfg.device)
     if cfg.surface_std_m > 0:
         problem.box_size_lwh = tt(sizes).to(fd)
         problem.surface_sqrt_info = torch.full((B,), 1.0 / cfg.surface_std_m, dtype=fd, device=cfg.device)

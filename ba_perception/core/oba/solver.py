@@ -16,6 +16,11 @@ Problem (one per tracklet ``b``; ``B`` problems padded to ``F`` frames and ``K``
   box (size ``box_size_lwh``, centred on the object frame's origin) over ``sigma_surface``, with a
   Cauchy loss of unit scale (points that are not on the object — background seen through the
   box — are down-weighted).
+  Optionally the first row of every frame's whitened prior residual (the detector's error along
+  the viewing ray) is equicorrelated across the frames of a problem with coefficient ``rho``
+  (covariance ``(1 - rho) I + rho 11^T``): a monocular detector's depth error persists from frame
+  to frame, so ``F`` frames do not carry ``F`` independent depth measurements. The level of the
+  depth track then weighs about one frame's worth while its frame-to-frame shape is tied tightly.
   The cost is Ceres': ``0.5 * sum(rho(|r|^2))`` for reprojection plus ``0.5 * |r|^2`` for priors.
 
 Solver: analytic Jacobians; Gauss-Newton normal equations with IRLS weights ``rho'(s)``; Schur
@@ -101,6 +106,9 @@ class OBAProblem:
         lateral_sqrt_info: ``(B,)`` ``1/sigma`` (1/(m/s)) of the vehicle prior: the velocity across
             the object's heading (object y axis, central difference over frames f, f+2, at frame
             f+1's orientation) is zero; part of the motion prior (same frames), zeros disable it.
+        prior_depth_correlation: ``(B,)`` correlation ``rho`` in ``[0, 1)`` across frames of the
+            first row of the whitened prior residual ``(prior_sqrt_info @ e)[0]`` (make that row
+            the viewing ray over the depth std); zeros = independent frames (clamped to 0.99).
     """
 
     obs_uv: torch.Tensor
@@ -120,6 +128,7 @@ class OBAProblem:
     box_size_lwh: torch.Tensor | None = None
     surface_sqrt_info: torch.Tensor | None = None
     lateral_sqrt_info: torch.Tensor | None = None
+    prior_depth_correlation: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -241,6 +250,7 @@ class _Prep:
     prior_t: torch.Tensor | None
     prior_L: torch.Tensor | None
     prior_m: torch.Tensor | None  # (B,F) float
+    prior_rho: torch.Tensor | None  # (B,1) correlation of the first prior row across frames, or None
     mot_m: torch.Tensor | None  # (B,F-2) float
     mot_dt0: torch.Tensor | None
     mot_dt1: torch.Tensor | None
@@ -263,7 +273,7 @@ def _check(problem: OBAProblem) -> None:
         "stamps_s": (B, F), "obs_sqrt_weight": (B, F, K), "prior_T_odom_obj": (B, F, 4, 4),
         "prior_sqrt_info": (B, F, 6, 6), "prior_mask": (B, F), "fixed_frames": (B, F), "static": (B,),
         "motion_sqrt_info": (B, 6), "problem_mask": (B,), "box_size_lwh": (B, 3), "surface_sqrt_info": (B,),
-        "lateral_sqrt_info": (B,),
+        "lateral_sqrt_info": (B,), "prior_depth_correlation": (B,),
     }
     for name, shape in expect.items():
         v = getattr(problem, name)
@@ -316,7 +326,7 @@ def _prepare(problem: OBAProblem, state: OBAState, options: SolverOptions) -> _P
         fxfy=torch.stack([Kmat[:, 0, 0], Kmat[:, 1, 1]], -1)[:, None, None, :],
         cxcy=torch.stack([Kmat[:, 0, 2], Kmat[:, 1, 2]], -1)[:, None, None, :],
         slot=slot, free=torch.zeros(B, F, 6, dtype=dt, device=dev), point_active=torch.zeros(B, K, dtype=dt, device=dev),
-        prior_R=None, prior_t=None, prior_L=None, prior_m=None,
+        prior_R=None, prior_t=None, prior_L=None, prior_m=None, prior_rho=None,
         mot_m=None, mot_dt0=None, mot_dt1=None, mot_dtm=None, mot_w=None, lat_w=None, valid=valid, any_static=any_static,
     )
     # Drop observations behind the camera at the initial state (they have no projection).
@@ -338,6 +348,9 @@ def _prepare(problem: OBAProblem, state: OBAState, options: SolverOptions) -> _P
         prep.prior_t = torch.where(pm[..., None], problem.prior_T_odom_obj[..., :3, 3], torch.zeros((), dtype=dt, device=dev))
         prep.prior_L = torch.where(pm[..., None, None], problem.prior_sqrt_info, eye6)
         prep.prior_m = pm.to(dt)
+        if problem.prior_depth_correlation is not None:
+            rho = problem.prior_depth_correlation
+            prep.prior_rho = torch.where(torch.isfinite(rho), rho, torch.zeros_like(rho)).clamp(0.0, 0.99)[:, None]
     else:
         pm = torch.zeros(B, F, dtype=torch.bool, device=dev)
 
@@ -452,6 +465,21 @@ def prior_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
     return r, J
 
 
+def correlated_prior_weights(prep: _Prep) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, c)``, each ``(B, 1)``: with ``s`` the first rows of the whitened prior residuals of a
+    problem's ``n`` prior frames, the equicorrelated cost ``0.5 s^T ((1-rho) I + rho 11^T)^-1 s``
+    equals the independent ``0.5 |s|^2`` plus ``0.5 (a |s|^2 - c (sum s)^2)`` (Sherman-Morrison)."""
+    rho = prep.prior_rho
+    n = prep.prior_m.sum(1, keepdim=True)
+    return rho / (1 - rho), rho / ((1 - rho) * (1 - rho + n * rho))
+
+
+def _correlated_prior_cost(prep: _Prep, rp: torch.Tensor) -> torch.Tensor:
+    a, c = correlated_prior_weights(prep)
+    s = rp[..., 0]
+    return 0.5 * (a * (s * s).sum(1, keepdim=True) - c * s.sum(1, keepdim=True) ** 2)[:, 0]
+
+
 def motion_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
     """Constant-velocity residuals ``(B, F-2, 6)`` on slots (a, b, c) = (f, f+1, f+2) and Jacobians
     ``(B, F-2, 3, 6, 6)`` ``[slot a|b|c, residual, dof]``; with ``lateral_sqrt_info`` a 7th residual,
@@ -537,6 +565,8 @@ def _cost(prep: _Prep, state: OBAState, options: SolverOptions) -> torch.Tensor:
     if prep.prior_m is not None:
         rp, _ = prior_residuals(prep, state)
         cost = cost + 0.5 * (rp * rp).flatten(1).sum(-1)
+        if prep.prior_rho is not None:
+            cost = cost + _correlated_prior_cost(prep, rp)
     if prep.mot_m is not None:
         rm, _ = motion_residuals(prep, state)
         cost = cost + 0.5 * (rm * rm).flatten(1).sum(-1)
@@ -622,6 +652,12 @@ def _normal_equations(prep: _Prep, state: OBAState, options: SolverOptions) -> _
         cost = cost + 0.5 * (rp * rp).flatten(1).sum(-1)
         Hf = Hf + Jpr.transpose(-1, -2) @ Jpr
         gf = gf + (Jpr.transpose(-1, -2) @ rp[..., None])[..., 0]
+        if prep.prior_rho is not None:  # per-frame part here, the rank-1 cross-frame part below
+            a_corr, c_corr = correlated_prior_weights(prep)
+            s0, j0 = rp[..., 0], Jpr[..., 0, :]  # (B,F), (B,F,6)
+            cost = cost + _correlated_prior_cost(prep, rp)
+            Hf = Hf + a_corr[..., None, None] * j0[..., :, None] * j0[..., None, :]
+            gf = gf + (a_corr * s0)[..., None] * j0
     # frames -> pose slots (identity for moving objects, all -> 0 for static ones)
     idx = prep.slot
     Hs = torch.zeros_like(Hf).scatter_add_(1, idx[..., None, None].expand_as(Hf), Hf)
@@ -632,6 +668,12 @@ def _normal_equations(prep: _Prep, state: OBAState, options: SolverOptions) -> _
     H = torch.zeros(B, 6 * F, 6 * F, dtype=Hf.dtype, device=Hf.device)
     H5 = H.view(B, F, 6, F, 6)  # H5[b, p, i, q, j] = block (p, q), entry (i, j)
     H5.diagonal(dim1=1, dim2=3).add_(Hs.permute(0, 2, 3, 1))
+    if prep.prior_m is not None and prep.prior_rho is not None:
+        v = torch.zeros_like(gf).scatter_add_(1, idx[..., None].expand_as(j0), j0)  # (B,F,6) in pose slots
+        vf = v.reshape(B, 6 * F)
+        H = H - c_corr[..., None] * vf[:, :, None] * vf[:, None, :]
+        H5 = H.view(B, F, 6, F, 6)
+        g = g - (c_corr * s0.sum(1, keepdim=True))[..., None] * v
     if prep.mot_m is not None:
         rm, Jm = motion_residuals(prep, state, jacobians=True)
         cost = cost + 0.5 * (rm * rm).flatten(1).sum(-1)
