@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ba_perception.core.detection.backends import file_sha256
+from ba_perception.core.detection.decode import DecodeConfig
 from ba_perception.core.detection.model import (
     CLASS_MEAN_SIZE_LWH,
     FEATURE_STRIDE,
@@ -24,12 +25,14 @@ from ba_perception.core.detection.model import (
     load_checkpoint,
 )
 
+_D = DecodeConfig()
 DECODE_DOC = (
     "Outputs are raw maps; decode with ba_perception.core.detection.decode.decode(outputs, K, preprocess). "
     "DecodeConfig defaults: test-time flip (the mirrored image's heatmap and regression, mapped back by decode.unflip_outputs, "
     "averaged with the image's); heatmap: sigmoid class scores of projected 3D centres at output_stride; candidates = top-K cells, "
-    "score x exp(-relative depth std / 0.05), class-wise 2D box NMS at IoU 0.5, then box voting (score-weighted mean regression "
-    "of the same-class candidates at 2D IoU > 0.6); peak_nms='maxpool', depth_confidence_scale=0, box_vote_iou=0 and "
+    f"score x exp(-relative depth std / {_D.depth_confidence_scale}), class-wise 2D box NMS at IoU {_D.box_nms_iou}, then box voting "
+    f"(score-weighted mean regression of the same-class candidates at 2D IoU > {_D.box_vote_iou}); peak_nms='maxpool', "
+    "depth_confidence_scale=0, box_vote_iou=0 and "
     "flip_test=False give the plain CenterNet decode (3x3 max-pool peaks). "
     "regression channels: see reg_channels; z = exp(depth) * sqrt(fx_net*fy_net) / ref_focal_px; "
     "centre = unproject((cell + offset + 0.5) * stride - 0.5, z, K_net); size = class_mean * exp(size); "

@@ -282,7 +282,8 @@ def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None, p
     # rows: along the viewing ray over the depth std (first: the solver's correlated row), then two
     # directions across it over the lateral std: weak along the ray, strong across it
     helper = torch.zeros_like(ray)
-    helper[..., 2] = 1.0
+    helper[..., 2] = 1.0  # odom up; odom x for a ray within ~25 deg of vertical
+    helper = torch.where(ray[..., 2:].abs() > 0.9, torch.roll(helper, 1, -1), helper)
     across1 = torch.linalg.cross(ray, helper)
     across1 = across1 / across1.norm(dim=-1, keepdim=True).clamp(min=1e-9)
     across2 = torch.linalg.cross(ray, across1)
