@@ -283,3 +283,16 @@ def ray_covariance(center_cam: torch.Tensor, depth_std: torch.Tensor, lateral_st
     dep2 = (depth_std**2)[..., None, None]
     eye = torch.eye(3, dtype=center_cam.dtype, device=center_cam.device)
     return lat2 * eye + (dep2 - lat2) * (r[..., :, None] * r[..., None, :])
+
+
+def ray_sqrt_information(ray: torch.Tensor, depth_std: torch.Tensor, lateral_std: torch.Tensor) -> torch.Tensor:
+    """Square-root information ``(N, 3, 3)`` of :func:`ray_covariance` (``L^T L = Sigma^-1``) whose
+    rows are the unit viewing ray over ``depth_std`` and two unit directions across it over
+    ``lateral_std``: ``(L e)[0]`` is the whitened error along the ray. ``ray`` ``(N, 3)`` unit
+    vectors in any frame (the rows are in the same frame); stds in metres."""
+    # the coordinate axis least aligned with the ray is never parallel to it
+    helper = torch.nn.functional.one_hot(ray.abs().argmin(-1), 3).to(ray.dtype)
+    across1 = torch.linalg.cross(ray, helper)
+    across1 = across1 / across1.norm(dim=-1, keepdim=True)
+    across2 = torch.linalg.cross(ray, across1)
+    return torch.stack([ray / depth_std[..., None], across1 / lateral_std[..., None], across2 / lateral_std[..., None]], -2)

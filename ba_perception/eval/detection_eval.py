@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ba_perception.core import geometry as geo
-from ba_perception.core.detection.decode import DecodeConfig, decode, forward_flip_averaged, net_to_grid
+from ba_perception.core.detection.decode import DecodeConfig, decode, net_to_grid, network_outputs
 from ba_perception.core.detection.model import CLASSES, OUTPUT_STRIDE
 from ba_perception.eval.detection_ap import (
     DIFFICULTIES,
@@ -154,7 +154,7 @@ def evaluate_on_split(forward: Forward, split, decode_cfg: DecodeConfig | None =
         x = torch.from_numpy(split.images[idx]).permute(0, 3, 1, 2).float() / 255.0
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = forward_flip_averaged(forward, x) if decode_cfg.flip_test else forward(x)
+            out = network_outputs(forward, x, decode_cfg)
         t_fwd += time.perf_counter() - t0
         dets = decode({k: v.float().cpu() for k, v in out.items()}, torch.from_numpy(split.K_src[idx]), pre, decode_cfg)
         for i, d in zip(idx, dets):

@@ -177,6 +177,12 @@ def forward_flip_averaged(forward: Callable[[torch.Tensor], dict[str, torch.Tens
     return out
 
 
+def network_outputs(forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], x: torch.Tensor, cfg: DecodeConfig) -> dict[str, torch.Tensor]:
+    """The outputs :func:`decode` takes for ``(B, 3, h, w)`` inputs ``x``: flip-averaged
+    (:func:`forward_flip_averaged`) when ``cfg.flip_test``, one forward pass otherwise."""
+    return forward_flip_averaged(forward, x) if cfg.flip_test else forward(x)
+
+
 def focal_net(K_net: torch.Tensor) -> torch.Tensor:
     """Geometric-mean focal length ``sqrt(fx * fy)`` of ``(*, 3, 3)`` network intrinsics, pixels."""
     return torch.sqrt(K_net[..., 0, 0] * K_net[..., 1, 1])

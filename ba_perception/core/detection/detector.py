@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ba_perception.core.detection.backends import Backend
-from ba_perception.core.detection.decode import DecodeConfig, Detections, decode, forward_flip_averaged
+from ba_perception.core.detection.decode import DecodeConfig, Detections, decode, network_outputs
 from ba_perception.core.detection.model import CLASSES
 from ba_perception.core.detection.preprocess import Preprocess, apply_preprocess, to_chw_float
 
@@ -77,7 +77,7 @@ class Detector:
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
         t1 = time.perf_counter()
-        out = forward_flip_averaged(self.backend, x) if self.decode_cfg.flip_test else self.backend(x)
+        out = network_outputs(self.backend, x, self.decode_cfg)
         if self.backend.device.type == "cuda":
             torch.cuda.synchronize(self.backend.device)
         t2 = time.perf_counter()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ba_perception.core.config import config_from_params
-from ba_perception.core.geometry import unproject_pixels
+from ba_perception.core.geometry import ray_sqrt_information, unproject_pixels
 from ba_perception.core.oba.correspondences import PointTracks, descriptor_tracks, oracle_tracks
 from ba_perception.core.oba.solver import GraphSolveCache, OBAProblem, OBAResult, OBAState, SolverOptions, problem_cost, solve
 from ba_perception.core.oba.tracklets import ObjectTrack, TrackletConfig
@@ -276,19 +276,11 @@ def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None, p
     c_cam = tt(ctr).to(fd)
     t_prior = (R_odom_cam @ c_cam[..., None])[..., 0] + T_odom_cam[..., :3, 3]
     ray = (R_odom_cam @ (c_cam / c_cam.norm(dim=-1, keepdim=True))[..., None])[..., 0]
-    sd = tt(stds[..., 0]).to(fd).clamp(min=1e-3)[..., None, None]
-    sl = tt(stds[..., 1]).to(fd).clamp(min=1e-3)[..., None, None]
+    sd = tt(stds[..., 0]).to(fd).clamp(min=1e-3)
+    sl = tt(stds[..., 1]).to(fd).clamp(min=1e-3)
     sy = tt(stds[..., 2]).to(fd).clamp(min=1e-4)
-    # rows: along the viewing ray over the depth std (first: the solver's correlated row), then two
-    # directions across it over the lateral std: weak along the ray, strong across it
-    helper = torch.zeros_like(ray)
-    helper[..., 2] = 1.0  # odom up; odom x for a ray within ~25 deg of vertical
-    helper = torch.where(ray[..., 2:].abs() > 0.9, torch.roll(helper, 1, -1), helper)
-    across1 = torch.linalg.cross(ray, helper)
-    across1 = across1 / across1.norm(dim=-1, keepdim=True).clamp(min=1e-9)
-    across2 = torch.linalg.cross(ray, across1)
     L = torch.zeros(B, F, 6, 6, dtype=fd, device=cfg.device)
-    L[..., :3, :3] = torch.stack([ray / sd[..., 0], across1 / sl[..., 0], across2 / sl[..., 0]], -2)
+    L[..., :3, :3] = ray_sqrt_information(ray, sd, sl)  # weak along the ray (first row: the correlated one), strong across
     rp = torch.full_like(sy, 1.0 / cfg.roll_pitch_std)
     L[..., 3:, 3:] = torch.diag_embed(torch.stack([rp, rp, 1.0 / sy], -1))
     prior_T = torch.zeros(B, F, 4, 4, dtype=fd, device=cfg.device)
