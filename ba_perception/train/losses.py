@@ -27,27 +27,55 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor,
     return -(pos_loss.sum() + neg_loss.sum()) / n
 
 
-def regression_losses(reg_pred: torch.Tensor, reg_target: torch.Tensor) -> dict[str, torch.Tensor]:
+def regression_losses(reg_pred: torch.Tensor, reg_target: torch.Tensor, weight: torch.Tensor | None = None
+                      ) -> dict[str, torch.Tensor]:
     """Per-term losses on ``(M, 13)`` predicted vs target regression vectors at object cells.
 
     Depth uses a Laplacian negative log-likelihood on log-depth with scale ``b = exp(s / 2) / sqrt(2)``
     (so ``exp(s / 2)`` is the standard deviation the decoder reports): ``sqrt(2) |dz| exp(-s / 2) + s / 2``.
+    ``box_iou`` is the GIoU loss of the 2D box the cell decodes to (offset + ltrb), which rewards the
+    overlap that AP at IoU 0.7 counts rather than per-side log errors. ``weight`` ``(M,)`` weighs the
+    samples (default: all 1); every term is a weighted mean over samples.
     """
     if reg_pred.shape[0] == 0:
         z = reg_pred.sum() * 0.0
-        return {k: z for k in ("offset", "ltrb", "depth", "size", "alpha")}
+        return {k: z for k in ("offset", "ltrb", "box_iou", "depth", "size", "alpha")}
     c = REG_CHANNELS
+    w = torch.ones_like(reg_pred[:, 0]) if weight is None else weight.to(reg_pred)
+    w = w / w.sum().clamp(min=1e-12)
+
+    def l1(ch: str) -> torch.Tensor:
+        return ((reg_pred[:, c[ch]] - reg_target[:, c[ch]]).abs().mean(1) * w).sum()
+
     d = (reg_pred[:, c["depth"]] - reg_target[:, c["depth"]]).abs()[:, 0]
     s = reg_pred[:, c["depth_logvar"]][:, 0].clamp(-10, 10)
     depth_nll = math.sqrt(2.0) * d * torch.exp(-0.5 * s) + 0.5 * s
     # plain L1 too, so depth learns before the variance settles
     return {
-        "offset": F.l1_loss(reg_pred[:, c["offset"]], reg_target[:, c["offset"]]),
-        "ltrb": F.l1_loss(reg_pred[:, c["ltrb"]], reg_target[:, c["ltrb"]]),
-        "depth": depth_nll.mean() + d.mean(),
-        "size": F.l1_loss(reg_pred[:, c["size"]], reg_target[:, c["size"]]),
-        "alpha": F.l1_loss(reg_pred[:, c["alpha"]], reg_target[:, c["alpha"]]),
+        "offset": l1("offset"),
+        "ltrb": l1("ltrb"),
+        "box_iou": ((1.0 - generalized_iou(_cell_box(reg_pred), _cell_box(reg_target))) * w).sum(),
+        "depth": ((depth_nll + d) * w).sum(),
+        "size": l1("size"),
+        "alpha": l1("alpha"),
     }
+
+
+def _cell_box(reg: torch.Tensor) -> torch.Tensor:
+    """2D boxes ``(M, 4)`` in grid cells relative to their own cell, from offset + log ltrb."""
+    off = reg[:, REG_CHANNELS["offset"]]
+    ltrb = reg[:, REG_CHANNELS["ltrb"]].clamp(max=10.0).exp()
+    return torch.cat([off - ltrb[:, :2], off + ltrb[:, 2:]], dim=1)
+
+
+def generalized_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Generalized IoU ``(M,)`` of paired boxes ``(M, 4)`` (x1, y1, x2, y2); 1 for identical boxes."""
+    lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(1)
+    area_a, area_b = (a[:, 2:] - a[:, :2]).prod(1), (b[:, 2:] - b[:, :2]).prod(1)
+    union = (area_a + area_b - inter).clamp(min=1e-9)
+    hull = (torch.maximum(a[:, 2:], b[:, 2:]) - torch.minimum(a[:, :2], b[:, :2])).prod(1).clamp(min=1e-9)
+    return inter / union - (hull - union) / hull
 
 
 def info_nce(desc_a: torch.Tensor, desc_b: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:

@@ -17,7 +17,7 @@ from ba_perception.core.detection.model import DetectorConfig, ModelError, MonoD
 from ba_perception.train.data import CachedSplit, SplitSpec, TrainObjectFilter, build_split, frame_targets
 from ba_perception.train.losses import embedding_loss, focal_loss, info_nce, regression_losses
 
-LOSS_WEIGHTS = {"heatmap": 1.0, "offset": 1.0, "ltrb": 1.0, "depth": 1.0, "size": 1.0, "alpha": 1.0,
+LOSS_WEIGHTS = {"heatmap": 1.0, "offset": 1.0, "ltrb": 1.0, "box_iou": 1.0, "depth": 1.0, "size": 1.0, "alpha": 1.0,
                 "features": 0.5, "embedding": 0.2}
 
 
@@ -106,13 +106,13 @@ def compute_losses(model: MonoDetector, imgs, tg, corr, cfg: TrainConfig) -> dic
     losses = {"heatmap": focal_loss(out["heatmap_logits"], heat_t, ign)}
     reg = out["regression"].flatten(2)  # (B, 13, h*w)
     emb = out["embedding"].flatten(2)
-    preds, targets, embs = [], [], []
+    preds, targets, weights, embs = [], [], [], []
     for bi, t in enumerate(tg):
-        ind = t["ind"].to(dev)
-        preds.append(reg[bi, :, ind].t())
-        targets.append(t["reg"].to(dev))
-        embs.append(emb[bi, :, ind].t())
-    losses.update(regression_losses(torch.cat(preds), torch.cat(targets)))
+        preds.append(reg[bi, :, t["area_ind"].to(dev)].t())
+        targets.append(t["area_reg"].to(dev))
+        weights.append(t["area_weight"].to(dev))
+        embs.append(emb[bi, :, t["ind"].to(dev)].t())
+    losses.update(regression_losses(torch.cat(preds), torch.cat(targets), torch.cat(weights)))
     e_l, f_l = [], []
     feats = out["features"]
     for j in range(0, B, 2):

@@ -12,7 +12,7 @@ from ba_perception.core import geometry as geo
 from ba_perception.core.detection.decode import DecodeConfig, decode
 from ba_perception.core.detection.model import NUM_REG
 from ba_perception.train.data import CachedSplit, TrainObjectFilter, frame_targets
-from ba_perception.train.losses import focal_loss, info_nce, regression_losses
+from ba_perception.train.losses import focal_loss, generalized_iou, info_nce, regression_losses
 
 K = np.array([[721.5, 0, 609.6], [0, 721.5, 172.9], [0, 0, 1.0]])
 
@@ -58,6 +58,64 @@ def test_targets_decode_back_to_ground_truth(flip):
     if flip:
         yaw = math.pi - yaw
     assert geo.wrap_angle(yaw - torch.from_numpy(split.obj_yaw[:2])).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_centre_area_samples_each_decode_to_their_object(flip):
+    split = _split()
+    t = frame_targets(split, 0, flip, TrainObjectFilter())
+    h, w = t["heatmap"].shape[1:]
+    assert len(t["area_ind"]) > len(t["ind"])  # the near car's neighbours regress it too
+    Kf = torch.from_numpy(K).clone()
+    if flip:
+        Kf[0, 2] = 1242 - 1 - Kf[0, 2]
+    centres = []
+    for j in range(len(t["area_ind"])):  # every sample alone in the map must decode to its object
+        reg = torch.zeros(1, NUM_REG, h * w)
+        heat = torch.zeros(1, *t["heatmap"].shape)
+        cell = t["area_ind"][j]
+        reg[0, :, cell] = t["area_reg"][j]
+        heat.view(1, -1, h * w)[0, :, cell] = 1.0
+        out = {"heatmap": heat, "regression": reg.view(1, NUM_REG, h, w),
+               "embedding": torch.ones(1, 4, h, w), "features": torch.ones(1, 4, 2 * h, 2 * w)}
+        (d,) = decode(out, Kf, split.preprocess, DecodeConfig(score_threshold=0.5))
+        centres.append(d.center_cam[0].double())
+    c = torch.stack(centres)
+    if flip:
+        c[:, 0] = -c[:, 0]
+    gt = torch.from_numpy(split.obj_center[:2])
+    err = (c[:, None] - gt[None]).norm(dim=-1).min(1).values
+    assert err.max() < 1e-3
+    # weights: each object sums to one (as its single centre cell did); the centre cells weigh most
+    wsum = torch.zeros(2)
+    owner = (c[:, None] - gt[None]).norm(dim=-1).argmin(1)
+    wsum.index_add_(0, owner, t["area_weight"])
+    assert torch.allclose(wsum, torch.ones(2))
+    for i in t["ind"]:
+        j = (t["area_ind"] == i).nonzero()[0, 0]
+        assert t["area_weight"][j] == t["area_weight"][owner == owner[j]].max()
+    # area_radius 0: the centre cells only, identical to the centre targets
+    t0 = frame_targets(split, 0, flip, TrainObjectFilter(area_radius=0))
+    order = torch.argsort(t0["area_ind"])
+    assert torch.equal(t0["area_ind"][order], t["ind"].sort().values)
+    assert torch.allclose(t0["area_reg"][order], t["reg"][torch.argsort(t["ind"])])
+
+
+def test_generalized_iou_hand_computed():
+    a = torch.tensor([[0.0, 0, 2, 2], [0, 0, 1, 1], [0, 0, 1, 1]])
+    b = torch.tensor([[1.0, 1, 3, 3], [2, 0, 3, 1], [0, 0, 1, 1]])
+    expected = torch.tensor([1 / 7 - 2 / 9, -1 / 3, 1.0])
+    assert torch.allclose(generalized_iou(a, b), expected)
+
+
+def test_regression_loss_weights_select_samples():
+    target = torch.zeros(2, NUM_REG)
+    pred = target.clone()
+    pred[1] += 1.0  # only the second sample is wrong
+    both = regression_losses(pred, target)
+    first = regression_losses(pred, target, torch.tensor([1.0, 0.0]))
+    assert both["ltrb"] > 0 and both["box_iou"] > 0
+    assert first["ltrb"] == 0 and first["offset"] == 0 and abs(first["box_iou"]) < 1e-6
 
 
 def test_losses_are_small_for_perfect_predictions_and_large_otherwise():
