@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ba_perception.core.detection.decode import encode_objects, gaussian_radius
+from ba_perception.core.detection.decode import EncodedObjects, encode_objects, gaussian_radius
 from ba_perception.core.detection.model import CLASSES, NUM_REG, OUTPUT_STRIDE, REG_CHANNELS
 from ba_perception.core.detection.preprocess import Preprocess, apply_preprocess, to_chw_float
 
@@ -309,7 +309,7 @@ def frame_targets(split: CachedSplit, i: int, flip: bool, filt: TrainObjectFilte
     }
 
 
-def _area_samples(enc, objects: list[int], radius: torch.Tensor, grid_hw: tuple[int, int], area_radius: int
+def _area_samples(enc: EncodedObjects, objects: list[int], radius: torch.Tensor, grid_hw: tuple[int, int], area_radius: int
                   ) -> dict[str, torch.Tensor]:
     """Regression samples in each trained object's centre area (TTF-style), Gaussian-weighted.
 
