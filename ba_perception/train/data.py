@@ -323,22 +323,22 @@ def _area_samples(enc: EncodedObjects, objects: list[int], radius: torch.Tensor,
         ``area_ind`` (S,) flat cell index, ``area_reg`` (S, 13) targets, ``area_weight`` (S,), summing to 1 per object.
     """
     h, w = grid_hw
-    best = torch.zeros(h * w, dtype=torch.float64)
-    owner = torch.full((h * w,), -1, dtype=torch.long)
-    for k in objects:
-        r = min(int(radius[k]), area_radius)
-        cx, cy = (int(v) for v in enc.cell_xy[k])
-        dy, dx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
-        x, y = (cx + dx).flatten(), (cy + dy).flatten()
-        ok = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-        x, y = x[ok], y[ok]
-        sigma = (2 * int(radius[k]) + 1) / 6.0
-        g = torch.exp(-((x - cx) ** 2 + (y - cy) ** 2).double() / (2 * sigma * sigma))
-        cells = y * w + x
-        win = g >= best[cells]
-        best[cells[win]], owner[cells[win]] = g[win], k
-    cells = (owner >= 0).nonzero()[:, 0]
-    k = owner[cells]
+    objs = torch.tensor(objects, dtype=torch.long)
+    d = torch.arange(-area_radius, area_radius + 1)
+    dy, dx = (v.flatten() for v in torch.meshgrid(d, d, indexing="ij"))  # (P,) window offsets
+    x, y = enc.cell_xy[objs, :1] + dx, enc.cell_xy[objs, 1:] + dy  # (M, P)
+    r = radius[objs, None].clamp(max=area_radius)
+    ok = (dx.abs() <= r) & (dy.abs() <= r) & (x >= 0) & (x < w) & (y >= 0) & (y < h)
+    sigma = (2 * radius[objs, None] + 1).double() / 6.0
+    g = torch.exp(-(dx**2 + dy**2).double() / (2 * sigma * sigma))[ok]
+    rank = torch.arange(len(objs))[:, None].expand_as(ok)[ok]  # position in far-to-near order
+    cand = (y * w + x)[ok]
+    best = torch.zeros(h * w, dtype=torch.float64).scatter_reduce(0, cand, g, "amax")
+    top = g == best[cand]
+    nearest = torch.full((h * w,), -1).scatter_reduce(0, cand[top], rank[top], "amax")
+    win = top & (rank == nearest[cand])
+    order = torch.argsort(cand[win])
+    cells, k = cand[win][order], objs[rank[win][order]]
     reg = enc.regression[k].clone()
     xy = torch.stack([cells % w, cells // w], -1).to(reg.dtype)
     reg[:, REG_CHANNELS["offset"]] = (enc.center_grid[k] - xy).to(reg.dtype)  # projected centre relative to this cell

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ba_perception.core.detection.decode import boxes_from_ltrb
 from ba_perception.core.detection.model import REG_CHANNELS
 
 
@@ -47,6 +48,9 @@ def regression_losses(reg_pred: torch.Tensor, reg_target: torch.Tensor, weight: 
     def l1(ch: str) -> torch.Tensor:
         return ((reg_pred[:, c[ch]] - reg_target[:, c[ch]]).abs().mean(1) * w).sum()
 
+    def cell_box(reg: torch.Tensor) -> torch.Tensor:  # in cells, relative to the sample's own cell
+        return boxes_from_ltrb(reg[:, c["offset"]], reg[:, c["ltrb"]], 1)
+
     d = (reg_pred[:, c["depth"]] - reg_target[:, c["depth"]]).abs()[:, 0]
     s = reg_pred[:, c["depth_logvar"]][:, 0].clamp(-10, 10)
     depth_nll = math.sqrt(2.0) * d * torch.exp(-0.5 * s) + 0.5 * s
@@ -54,18 +58,11 @@ def regression_losses(reg_pred: torch.Tensor, reg_target: torch.Tensor, weight: 
     return {
         "offset": l1("offset"),
         "ltrb": l1("ltrb"),
-        "box_iou": ((1.0 - generalized_iou(_cell_box(reg_pred), _cell_box(reg_target))) * w).sum(),
+        "box_iou": ((1.0 - generalized_iou(cell_box(reg_pred), cell_box(reg_target))) * w).sum(),
         "depth": ((depth_nll + d) * w).sum(),
         "size": l1("size"),
         "alpha": l1("alpha"),
     }
-
-
-def _cell_box(reg: torch.Tensor) -> torch.Tensor:
-    """2D boxes ``(M, 4)`` in grid cells relative to their own cell, from offset + log ltrb."""
-    off = reg[:, REG_CHANNELS["offset"]]
-    ltrb = reg[:, REG_CHANNELS["ltrb"]].clamp(max=10.0).exp()
-    return torch.cat([off - ltrb[:, :2], off + ltrb[:, 2:]], dim=1)
 
 
 def generalized_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -276,8 +276,9 @@ def _gather(maps: torch.Tensor, b: torch.Tensor, ys: torch.Tensor, xs: torch.Ten
     return maps[b, :, ys, xs]
 
 
-def _boxes_net(c_net: torch.Tensor, ltrb_log: torch.Tensor, stride: int) -> torch.Tensor:
-    """2D boxes ``(*, 4)`` (x1, y1, x2, y2), network pixels, from centres ``(*, 2)`` and log side distances ``(*, 4)``."""
+def boxes_from_ltrb(c_net: torch.Tensor, ltrb_log: torch.Tensor, stride: int) -> torch.Tensor:
+    """2D boxes ``(*, 4)`` (x1, y1, x2, y2), network pixels, from centres ``(*, 2)`` and the ``ltrb``
+    channels (log side distances in cells, ``(*, 4)``); with ``stride`` 1, boxes in cells."""
     ltrb = ltrb_log.clamp(max=10.0).exp() * stride
     return torch.cat([c_net - ltrb[..., :2], c_net + ltrb[..., 2:]], dim=-1)
 
@@ -396,7 +397,7 @@ def select_candidates(
         valid = valid & (score >= cfg.score_threshold)
     if cfg.peak_nms == "box":
         cell = torch.stack([xs, ys], -1).to(r.dtype)
-        boxes = _boxes_net(grid_to_net(cell + r[..., REG_CHANNELS["offset"]], stride), r[..., REG_CHANNELS["ltrb"]], stride)
+        boxes = boxes_from_ltrb(grid_to_net(cell + r[..., REG_CHANNELS["offset"]], stride), r[..., REG_CHANNELS["ltrb"]], stride)
         bidx = torch.arange(B, device=dev)[:, None].expand(B, k)
         vi = valid.nonzero(as_tuple=True)
         keep = box_nms(boxes[vi], score[vi], (bidx * C + cls)[vi], cfg.box_nms_iou)
@@ -457,7 +458,7 @@ def decode(
     Kn = pre.K_net(K)[b]  # (M, 3, 3)
     cell = torch.stack([xs, ys], -1).to(dt)
     c_net = grid_to_net(cell + r[:, REG_CHANNELS["offset"]], stride)
-    b_net = _boxes_net(c_net, r[:, REG_CHANNELS["ltrb"]], stride)
+    b_net = boxes_from_ltrb(c_net, r[:, REG_CHANNELS["ltrb"]], stride)
     box_2d = torch.cat([pre.to_src(b_net[:, :2]), pre.to_src(b_net[:, 2:])], dim=-1)
     f = focal_net(Kn)
     z = r[:, REG_CHANNELS["depth"]][:, 0].clamp(-10.0, 10.0).exp() * f / REF_FOCAL_PX
