@@ -138,13 +138,13 @@ def evaluate_on_split(forward: Forward, split, decode_cfg: DecodeConfig | None =
     Args:
         forward: maps ``(B, 3, h, w)`` float images in [0, 1] to the network output dict.
         split: a :class:`ba_perception.train.data.CachedSplit`.
-        decode_cfg: decode thresholds (a low score threshold, 0.05, suits AP).
+        decode_cfg: decode thresholds (a low score threshold, 0.03, suits AP).
         batch_size: frames per forward call.
         max_frames: evaluate only the first frames.
         difficulty: ``easy``, ``moderate`` or ``hard`` GT filter.
         diagnosis: also run :func:`diagnose` for cars (key ``diagnosis``).
     """
-    decode_cfg = decode_cfg or DecodeConfig(score_threshold=0.05, max_detections=50)
+    decode_cfg = decode_cfg or DecodeConfig(score_threshold=0.03, max_detections=50)
     pre = split.preprocess
     n = len(split) if max_frames is None else min(max_frames, len(split))
     frames = []
@@ -190,7 +190,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs-per-sequence", type=int, default=10, help="frame pairs per sequence (every 9th frame)")
     parser.add_argument("--cache-dir", default="data/detector")
     parser.add_argument("--difficulty", default="moderate", choices=("easy", "moderate", "hard"))
-    parser.add_argument("--score-threshold", type=float, default=0.05)
+    parser.add_argument("--score-threshold", type=float, default=0.03)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-flip-test", action="store_true",
                         help="one forward pass per image (default: mean with the mirrored image's, as detector_node's flip_test)")

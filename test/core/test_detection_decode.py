@@ -12,6 +12,7 @@ from ba_perception.core import geometry as geo
 from ba_perception.core.detection.decode import (
     DecodeConfig,
     DecodeError,
+    box_agreement,
     box_nms,
     box_vote,
     decode,
@@ -312,6 +313,8 @@ def test_bad_decode_settings_fail_when_the_config_is_made():
         DecodeConfig.from_params({"box_nms_iou": 0.0, "unrelated_param": 1})
     with pytest.raises(DecodeError, match="box_vote_iou"):
         DecodeConfig(box_vote_iou=1.0)
+    with pytest.raises(DecodeError, match="box_quality_power"):
+        DecodeConfig(box_quality_power=-1.0)
 
 
 def test_box_vote_averages_overlapping_candidates_of_the_same_group_by_score():
@@ -396,3 +399,35 @@ def test_flip_test_maps_the_mirrored_images_outputs_back_exactly():
     assert torch.allclose(det.center_cam.double(), centers, atol=2e-3)
     assert geo.wrap_angle(det.yaw.double() - yaw).abs().max() < 1e-4
     assert torch.allclose(det.box_2d.double(), box, atol=2e-2)
+
+
+def test_box_agreement_is_the_score_weighted_iou_of_the_same_groups_overlapping_candidates():
+    kept = torch.tensor([[0.0, 0, 10, 10]])
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 8], [0, 0, 10, 2], [0, 0, 10, 9]])
+    scores = torch.tensor([0.6, 0.3, 0.9, 0.9])
+    groups = torch.tensor([0, 0, 0, 1])  # candidate 2 (IoU 0.2) is another object's, 3 another class
+    q = box_agreement(kept, torch.tensor([0]), boxes, scores, groups)
+    assert q.tolist() == [pytest.approx((0.6 * 1.0 + 0.3 * 0.8) / 0.9)]
+    assert box_agreement(kept, torch.tensor([1]), boxes[:3], scores[:3], groups[:3]).tolist() == [0.0]  # no candidate: 0
+
+
+def test_box_quality_ranks_a_peak_whose_cells_disagree_on_the_box_lower():
+    # Two cars with the same heat; every blob cell of car 1 regresses its box 30 % too wide.
+    pre = Preprocess.letterbox(SRC_HW, NET_HW)
+    labels, centers, sizes, yaw, _ = _objects()
+    labels, centers, sizes, yaw = labels[:2] * 0, centers[:2], sizes[:2], yaw[:2]
+    enc, box, outs = _blob_heads(pre, labels, centers, sizes, yaw, peaks=[0.8, 0.8], rel_depth_std=[0.01, 0.01])
+    x1, y1 = enc.cell_xy[1].tolist()
+    ltrb = outs["regression"][0, REG_CHANNELS["ltrb"], y1 - 1:y1 + 2, x1 - 1:x1 + 2].clone()
+    outs["regression"][0, REG_CHANNELS["ltrb"], y1 - 1:y1 + 2, x1 - 1:x1 + 2] = ltrb + math.log(1.3)
+    outs["regression"][0, REG_CHANNELS["ltrb"], y1, x1] = ltrb[:, 1, 1]  # ... except the peak
+    outs["heatmap"][0, 0, y1, x1] = 0.81  # car 1 wins without the quality term
+    cfg = DecodeConfig(score_threshold=0.05, depth_confidence_scale=0.0, box_vote_iou=0.0)
+    (off,) = decode(outs, K_SRC, pre, replace(cfg, box_quality_power=0.0))
+    (on,) = decode(outs, K_SRC, pre, replace(cfg, box_quality_power=1.0))
+    assert len(off) == len(on) == 2
+    assert off.center_cam[0, 2].item() == pytest.approx(centers[1, 2].item(), abs=2e-3)
+    assert on.center_cam[0, 2].item() == pytest.approx(centers[0, 2].item(), abs=2e-3)
+    assert on.scores[0].item() == pytest.approx(0.8, rel=1e-5)  # every cell agrees on car 0's box
+    assert on.scores[1].item() < 0.81 * 0.9
+    assert torch.allclose(on.box_2d[1].double(), box[1], atol=2e-2)  # the peak's own box is kept (no voting)
