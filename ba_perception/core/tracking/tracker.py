@@ -150,7 +150,7 @@ class TrackerConfig:
     yaw_gain: float = 0.5
     size_window: int = 20
     emb_window: int = 3
-    min_score_new: float = 0.25
+    min_score_new: float = 0.2
     class_params: dict[str, ClassParams] = field(default_factory=lambda: dict(DEFAULT_CLASS_PARAMS))
 
     @classmethod
