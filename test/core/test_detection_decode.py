@@ -343,6 +343,23 @@ def test_box_vote_averages_overlapping_candidates_of_the_same_group_by_score():
     assert torch.allclose(voted[1:], reg[2:], atol=1e-6)
 
 
+def test_box_vote_weights_log_depth_by_score_over_variance():
+    stride = 8
+    cells = torch.tensor([[10.0, 5.0], [11.0, 5.0]])
+    reg = torch.zeros(2, NUM_REG)
+    reg[:, REG_CHANNELS["ltrb"]] = math.log(2.0)
+    reg[:, REG_CHANNELS["offset"]] = torch.tensor([[0.0, 0.0], [-1.0, 0.0]])  # both cells regress the same box
+    reg[:, REG_CHANNELS["depth"]] = torch.tensor([[3.0], [3.2]])
+    reg[:, REG_CHANNELS["depth_logvar"]] = torch.tensor([[math.log(0.01)], [math.log(0.04)]])  # cell 1: twice the std
+    centre = (cells + reg[:, :2] + 0.5) * stride - 0.5
+    boxes = torch.cat([centre - 16.0, centre + 16.0], -1)
+    scores = torch.tensor([0.5, 0.5])
+    voted = box_vote(boxes, cells, reg, scores, torch.zeros(2, dtype=torch.long), torch.tensor([True, False]), stride, 0.6)
+    # precision weights 100 : 25 -> 0.8 x 3.0 + 0.2 x 3.2; the log-variance itself is the score-weighted mean
+    assert voted[0, REG_CHANNELS["depth"]].item() == pytest.approx(3.04, rel=1e-6)
+    assert voted[0, REG_CHANNELS["depth_logvar"]].item() == pytest.approx(0.5 * (math.log(0.01) + math.log(0.04)), rel=1e-6)
+
+
 def test_decode_box_voting_averages_the_blob_cells_regressions():
     # One car; the neighbour cells regress the true box but the peak cell's depth is 10 % too far.
     pre = Preprocess.letterbox(SRC_HW, NET_HW)

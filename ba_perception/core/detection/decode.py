@@ -341,10 +341,11 @@ def box_vote(boxes: torch.Tensor, cells: torch.Tensor, reg: torch.Tensor, scores
              keep: torch.Tensor, stride: int, iou_threshold: float) -> torch.Tensor:
     """Regression of the kept candidates averaged over their overlapping candidates (box voting).
 
-    Each kept box's centre, box sides, log-depth, log-depth variance, log-size and (sin, cos) of the
+    Each kept box's centre, box sides, log-depth variance, log-size and (sin, cos) of the
     observation angle become the score-weighted mean over the candidates of its group whose box
     overlaps it with IoU > ``iou_threshold`` (itself included), then are re-expressed relative to the
-    kept cell. Neighbouring cells see the object from shifted receptive fields, so their mean is a
+    kept cell. Log-depth is the mean weighted by score / variance (the precision-weighted mean
+    under the depth head's own log-variance). Neighbouring cells see the object from shifted receptive fields, so their mean is a
     less noisy estimate than the single peak cell (as in box voting / weighted box fusion).
 
     Args:
@@ -361,14 +362,17 @@ def box_vote(boxes: torch.Tensor, cells: torch.Tensor, reg: torch.Tensor, scores
         ``(K, 13)`` voted regression of the ``K`` kept candidates, in the order of ``keep.nonzero()``.
     """
     kb, kc, kg = boxes[keep], cells[keep], groups[keep]
-    w = ((geo.iou_2d(kb, boxes) > iou_threshold) & (kg[:, None] == groups[None, :])).to(scores.dtype) * scores[None, :]
-    w = w / w.sum(1, keepdim=True).clamp(min=1e-12)  # (K, N); the kept box always votes for itself
+    voters = ((geo.iou_2d(kb, boxes) > iou_threshold) & (kg[:, None] == groups[None, :])).to(scores.dtype) * scores[None, :]
+    w = voters / voters.sum(1, keepdim=True).clamp(min=1e-12)  # (K, N); the kept box always votes for itself
     rest = REG_CHANNELS["depth"].start  # depth, its log-variance, size and alpha do not depend on the cell
     centre = grid_to_net(cells + reg[:, REG_CHANNELS["offset"]], stride)
     mean = w @ torch.cat([centre, boxes, reg[:, rest:]], dim=-1)
+    # log-depth: precision-weighted (score / variance of log-depth), so uncertain cells count less
+    wz = voters * torch.exp(-reg[:, REG_CHANNELS["depth_logvar"]][:, 0].clamp(min=-20.0, max=20.0))[None, :]
+    depth = (wz / wz.sum(1, keepdim=True).clamp(min=1e-30)) @ reg[:, REG_CHANNELS["depth"]]
     c, b = mean[:, :2], mean[:, 2:6]
     ltrb = torch.cat([c - b[:, :2], b[:, 2:] - c], dim=-1).clamp(min=0.25) / stride
-    return torch.cat([net_to_grid(c, stride) - kc, ltrb.log(), mean[:, 6:]], dim=-1)
+    return torch.cat([net_to_grid(c, stride) - kc, ltrb.log(), depth, mean[:, 7:]], dim=-1)
 
 
 def box_agreement(kept: torch.Tensor, kept_groups: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor,
