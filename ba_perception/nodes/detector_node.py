@@ -40,7 +40,8 @@ class DetectorNode(PerceptionNode):
         ParamSpec("box_nms_iou", _D.box_nms_iou, "2D IoU above which a lower-scored box of the same class is suppressed (peak_nms box)",
                   min=0.05, max=1.0),
         ParamSpec("box_vote_iou", _D.box_vote_iou, "each kept detection's regression is the score-weighted mean over the same-class "
-                  "candidates overlapping it above this 2D IoU (box voting, peak_nms box); 0 = off", min=0.0, max=0.99),
+                  "candidates overlapping it above this 2D IoU (box voting, peak_nms box; log-depth weighted by score / its variance); "
+                  "0 = off", min=0.0, max=0.99),
         ParamSpec("box_quality_power", _D.box_quality_power, "score x (score-weighted mean 2D IoU of the same-class candidates "
                   "around a detection with its box)^power: peaks whose cells disagree on the box rank lower (peak_nms box); 0 = off",
                   min=0.0),
