@@ -345,8 +345,9 @@ def box_vote(boxes: torch.Tensor, cells: torch.Tensor, reg: torch.Tensor, scores
     observation angle become the score-weighted mean over the candidates of its group whose box
     overlaps it with IoU > ``iou_threshold`` (itself included), then are re-expressed relative to the
     kept cell. Log-depth is the mean weighted by score / variance (the precision-weighted mean
-    under the depth head's own log-variance). Neighbouring cells see the object from shifted receptive fields, so their mean is a
-    less noisy estimate than the single peak cell (as in box voting / weighted box fusion).
+    under the depth head's own log-variance). Neighbouring cells see the object from shifted
+    receptive fields, so their mean is a less noisy estimate than the single peak cell (as in box
+    voting / weighted box fusion).
 
     Args:
         boxes: ``(N, 4)`` candidate boxes, network pixels.
