@@ -438,6 +438,7 @@ def test_box_quality_ranks_a_peak_whose_cells_disagree_on_the_box_lower():
     ltrb = outs["regression"][0, REG_CHANNELS["ltrb"], y1 - 1:y1 + 2, x1 - 1:x1 + 2].clone()
     outs["regression"][0, REG_CHANNELS["ltrb"], y1 - 1:y1 + 2, x1 - 1:x1 + 2] = ltrb + math.log(1.3)
     outs["regression"][0, REG_CHANNELS["ltrb"], y1, x1] = ltrb[:, 1, 1]  # ... except the peak
+    outs["heatmap"][0, 0, y1 - 1:y1 + 2, x1 - 1:x1 + 2] = 0.7  # car 1's cells stay candidates at the high threshold below
     outs["heatmap"][0, 0, y1, x1] = 0.81  # car 1 wins without the quality term
     cfg = DecodeConfig(score_threshold=0.05, depth_confidence_scale=0.0, box_vote_iou=0.0)
     (off,) = decode(outs, K_SRC, pre, replace(cfg, box_quality_power=0.0))
@@ -448,3 +449,7 @@ def test_box_quality_ranks_a_peak_whose_cells_disagree_on_the_box_lower():
     assert on.scores[0].item() == pytest.approx(0.8, rel=1e-5)  # every cell agrees on car 0's box
     assert on.scores[1].item() < 0.81 * 0.9
     assert torch.allclose(on.box_2d[1].double(), box[1], atol=2e-2)  # the peak's own box is kept (no voting)
+    # the threshold applies to the final score: above car 1's agreement-scaled score only car 0 stays
+    assert on.scores[1].item() + 0.01 < 0.7
+    (hi,) = decode(outs, K_SRC, pre, replace(cfg, box_quality_power=1.0, score_threshold=on.scores[1].item() + 0.01))
+    assert len(hi) == 1 and hi.center_cam[0, 2].item() == pytest.approx(centers[0, 2].item(), abs=2e-3)

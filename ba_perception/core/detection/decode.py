@@ -369,7 +369,7 @@ def box_vote(boxes: torch.Tensor, cells: torch.Tensor, reg: torch.Tensor, scores
     centre = grid_to_net(cells + reg[:, REG_CHANNELS["offset"]], stride)
     mean = w @ torch.cat([centre, boxes, reg[:, rest:]], dim=-1)
     # log-depth: precision-weighted (score / variance of log-depth), so uncertain cells count less
-    wz = voters * torch.exp(-reg[:, REG_CHANNELS["depth_logvar"]][:, 0].clamp(min=-20.0, max=20.0))[None, :]
+    wz = voters / _relative_depth_std(reg[:, REG_CHANNELS["depth_logvar"]][:, 0])[None, :] ** 2
     depth = (wz / wz.sum(1, keepdim=True).clamp(min=1e-30)) @ reg[:, REG_CHANNELS["depth"]]
     c, b = mean[:, :2], mean[:, 2:6]
     ltrb = torch.cat([c - b[:, :2], b[:, 2:] - c], dim=-1).clamp(min=0.25) / stride
@@ -447,8 +447,8 @@ def select_candidates(
             quality = box_agreement(voted, groups[keep], boxes[vi], score[vi], groups)
             score = score.clone()
             score[kept_at] = score[kept_at] * quality ** cfg.box_quality_power
+            keep = keep & (score[vi] >= cfg.score_threshold)  # the threshold applies to the final score
         valid[vi] = keep
-        valid = valid & (score >= cfg.score_threshold)
     masked = torch.where(valid, score, torch.full_like(score, -1.0))
     top, order = masked.topk(min(cfg.max_detections, k), dim=1)
     sel = top >= 0
