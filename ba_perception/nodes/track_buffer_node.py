@@ -100,10 +100,17 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("loss", _R.solver.loss, "robust loss of reprojection residuals", choices=("cauchy", "huber", "trivial")),
         ParamSpec("loss_scale_px", _R.solver.loss_scale_px, "robust loss scale, pixels", min=1e-6),
         ParamSpec("yaw_only", _R.solver.yaw_only, "object rotation restricted to yaw on the ground plane"),
-        ParamSpec("static_resolve", _R.static_resolve, "also solve each slow tracklet with one pose and keep it "
-                  "when that explains the images (static/moving decision; doubles the solve for those)"),
+        ParamSpec("static_resolve", _R.static_resolve, "decide static vs moving: slow tracklets whose point tracks "
+                  "triangulate as fixed points at the detector's depth are static (zero velocity)"),
+        ParamSpec("static_one_pose", _R.static_one_pose, "with static_resolve: report static tracklets with a "
+                  "one-pose solve of their window (doubles the solve; loses depth accuracy on the world's val split)"),
         ParamSpec("static_candidate_mps", _R.static_candidate_mps, "with static_resolve: only tracklets whose "
                   "refined speed is below this (m/s) may be declared static", min=0.0),
+        ParamSpec("static_track_noise_px", _R.static_track_noise_px, "point-track noise, px: static when the tracks "
+                  "triangulate as fixed points to within 4x this (KLT on clean images ~0.1; raise for real cameras)",
+                  min=1e-6),
+        ParamSpec("static_depth_log_std", _R.static_depth_log_std, "detector's relative depth error in the static "
+                  "test: a static triangulation whose depth disagrees by more than 4 sigma is moving", min=0.0),
         ParamSpec("covariance_scale", _R.covariance_scale, "factor on the published pose and velocity covariances "
                   "(the solver's is overconfident: the detector's depth errors persist from frame to frame)", min=1e-6),
         ParamSpec("heading_from_velocity_mps", _R.heading_from_velocity_mps, "moving refined objects at least this "
