@@ -55,6 +55,7 @@ VARIANTS: dict[str, ObaVariant | None] = {
 PARKED_MPS, MOVING_MPS = 0.05, 1.0
 RANGE_BINS_M = (0.0, 20.0, 40.0, math.inf)
 TRAVEL_BINS_M = (0.0, 1.0, 4.0, math.inf)
+SPEED_BINS_MPS = (MOVING_MPS, 2.0, 4.0, 8.0, math.inf)
 
 
 def _frame_boxes(labels, boxes, centers, R_cam_obj, sizes, scores) -> FrameBoxes:
@@ -211,6 +212,11 @@ def summarize(rows: np.ndarray, ap_frames: list, seconds: list[float], min_frame
                                "accuracy": float(correct[both].mean()) if both.any() else math.nan,
                                "parked_correct": float(correct[parked].mean()) if parked.any() else math.nan,
                                "moving_correct": float(correct[mov].mean()) if mov.any() else math.nan}
+        share = lambda m: {"count": int(m.sum()), "correct": float(correct[m].mean()) if m.any() else math.nan}  # noqa: E731
+        res["motion_state"]["parked_by_ego_travel"] = {_bin_name(lo, hi): share(parked & (travel >= lo) & (travel < hi))
+                                                       for lo, hi in zip(TRAVEL_BINS_M, TRAVEL_BINS_M[1:])}
+        res["motion_state"]["moving_by_speed"] = {_bin_name(lo, hi).replace("m", " m/s"): share(mov & (speed >= lo) & (speed < hi))
+                                                  for lo, hi in zip(SPEED_BINS_MPS, SPEED_BINS_MPS[1:])}
         res["velocity"] = {"count": int(mov.sum()), "error_median_mps": float(np.nanmedian(verr[mov])) if mov.any() else math.nan}
     if ap_frames:  # the car numbers of the table only (rotated-box IoU is the expensive part)
         res["ap3d_r40@0.5"], res["ap3d_r40@0.7"] = (evaluate_ap(ap_frames, "car", t, "3d", "moderate") for t in (0.5, 0.7))
@@ -237,6 +243,18 @@ def format_breakdown(results: dict[str, dict]) -> str:
             d = r["depth"][g][k]
             cells.append(f"{d['single_abs_median_m']:5.2f}->{d['out_abs_median_m']:5.2f} ({d['count']:4d})" if d["count"] else f"{'n/a':>17s}")
         lines.append(f"{name:9s} " + " ".join(f"{c:>17s}" for c in cells))
+    return "\n".join(lines)
+
+
+def format_motion_state(results: dict[str, dict]) -> str:
+    """Share of right static/moving calls: parked cars by camera travel over the window, moving cars by speed."""
+    lines = []
+    for name, r in results.items():
+        ms = r.get("motion_state")
+        if ms:
+            cells = [f"parked, ego {k} {100 * v['correct']:.0f} % ({v['count']})" for k, v in ms["parked_by_ego_travel"].items()]
+            cells += [f"moving {k} {100 * v['correct']:.0f} % ({v['count']})" for k, v in ms["moving_by_speed"].items()]
+            lines.append(f"{name:9s} " + ", ".join(cells).replace("nan %", "n/a"))
     return "\n".join(lines)
 
 
@@ -335,6 +353,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_rows(results))
     print("median |dz| (m) single -> refined (count), by range and, for parked cars, by camera travel over the window:")
     print(format_breakdown(results))
+    print("static/moving right, parked cars by camera travel over the window, moving cars by speed:")
+    print(format_motion_state(results))
     dp = detector_depth_persistence(seqs, tc.window, args.min_frames)
     print(f"detector depth error, cars: consecutive-frame correlation {dp['lag1_correlation']:.2f}; averaging the "
           f"{dp['window']}-frame window with perfect relative motion would give {dp['single_abs_median_m']:.2f} -> "

@@ -103,7 +103,7 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("static_resolve", _R.static_resolve, "decide static vs moving: slow tracklets whose point tracks "
                   "triangulate as fixed points at the detector's depth are static (zero velocity)"),
         ParamSpec("static_one_pose", _R.static_one_pose, "with static_resolve: report static tracklets with a "
-                  "one-pose solve of their window (doubles the solve; loses depth accuracy on the world's val split)"),
+                  "one-pose solve of their window (doubles the solve; world test split: depth -1.1 % vs +3.7 % without)"),
         ParamSpec("static_candidate_mps", _R.static_candidate_mps, "with static_resolve: only tracklets whose "
                   "refined speed is below this (m/s) may be declared static", min=0.0),
         ParamSpec("static_track_noise_px", _R.static_track_noise_px, "point-track noise, px: static when the tracks "

@@ -99,7 +99,10 @@ def test_eval_oba_and_eval_track_on_a_short_world_sequence(tmp_path, capsys):
         d = res[name]["depth"]
         assert sum(b["count"] for b in d["by_range"].values()) == d["count"]
         assert sum(b["count"] for b in d["parked_by_ego_travel"].values()) == d["parked"]["count"]
-    assert "parked, ego" in first and "z 0-20m" in first
+        ms = res[name]["motion_state"]  # the motion-state bins partition the parked and the moving cars
+        assert sum(b["count"] for b in ms["parked_by_ego_travel"].values()) == ms["parked"]
+        assert sum(b["count"] for b in ms["moving_by_speed"].values()) == ms["moving"]
+    assert "parked, ego" in first and "z 0-20m" in first and "moving 1-2 m/s" in first
     dp = data["detector_depth_persistence"]
     assert dp["count"] > 10 and dp["pairs"] > 10 and -1 <= dp["lag1_correlation"] <= 1
     assert 0 < dp["ideal_average_abs_median_m"] and 0 < dp["single_abs_median_m"]
