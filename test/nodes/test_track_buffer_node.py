@@ -77,7 +77,8 @@ def test_refined_depth_error_below_single_frame(ros_env):
     out: list = []
     node.create_subscription(Detection3DArray, "/ba_perception/detections", out.append, 50)
     spin = ros_env.spinner()
-    proc = ros_env.start("track_buffer_node", {"window": 10, "device": "cpu", "ego_wait_s": 0.5, "correspondences": "descriptor"})
+    proc = ros_env.start("track_buffer_node", {"window": 10, "device": "cpu", "ego_wait_s": 0.5, "correspondences": "descriptor",
+                                               "static_track_noise_px": 0.5})  # the tracks' pixel noise
     wait_for(lambda: obs_pub.get_subscription_count() and odom_pub.get_subscription_count(), 30, spin, "subscribe")
     T_base_cam = extrinsics_to_matrix([1.2, 0.0, 1.65, 0.0, 0.0, 0.0])
     single, refined = [], []
