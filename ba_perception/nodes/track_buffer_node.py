@@ -97,6 +97,8 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("image_transport", "raw", "raw sensor_msgs/Image or compressed (JPEG/PNG) for correspondences: klt",
                   choices=("raw", "compressed")),
         ParamSpec("max_iterations", _R.solver.max_iterations, "LM iterations per solve", min=1),
+        ParamSpec("pixel_std", _R.pixel_std, "reprojection noise the BA weights point tracks by, px (tracker noise plus "
+                  "model error; sets the image evidence against the detector prior, and the covariance)", min=1e-6),
         ParamSpec("loss", _R.solver.loss, "robust loss of reprojection residuals", choices=("cauchy", "huber", "trivial")),
         ParamSpec("loss_scale_px", _R.solver.loss_scale_px, "robust loss scale, pixels", min=1e-6),
         ParamSpec("yaw_only", _R.solver.yaw_only, "object rotation restricted to yaw on the ground plane"),
