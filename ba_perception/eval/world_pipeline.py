@@ -311,8 +311,7 @@ def _orb_point_tracks(seq: SequenceData, tracks: list[ObjectTrack], frame_of: di
 def run_track_buffer(seq: SequenceData, variant: ObaVariant, tracklet_cfg: TrackletConfig,
                      refine_cfg: RefineConfig) -> list[FrameBoxes3D]:
     """Run tracklet association + batched object BA over a sequence, frame by frame."""
-    rc = replace(refine_cfg, correspondences="oracle" if variant.correspondences == "oracle" else
-                 "none" if variant.correspondences in ("orb", "klt", "none") else "descriptor")
+    rc = replace(refine_cfg, correspondences=variant.correspondences)
     buffer = TrackletBuffer(tracklet_cfg)
     frame_of = {int(s): i for i, s in enumerate(seq.stamps_ns)}
     cv_cache: dict = {}

@@ -109,8 +109,8 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("static_candidate_mps", _R.static_candidate_mps, "with static_resolve: only tracklets whose "
                   "refined speed is below this (m/s) may be declared static", min=0.0),
         ParamSpec("static_track_noise_px", _R.static_track_noise_px, "point-track noise, px: static when the tracks "
-                  "triangulate as fixed points to within 4x this (KLT on clean images ~0.1; raise for real cameras)",
-                  min=1e-6),
+                  "triangulate as fixed points to within 4x this; 0 = by correspondences (klt 0.1, descriptor 0.75; "
+                  "raise for real cameras)", min=0.0),
         ParamSpec("static_depth_log_std", _R.static_depth_log_std, "detector's relative depth error in the static "
                   "test: a static triangulation whose depth disagrees by more than 4 sigma is moving", min=0.0),
         ParamSpec("covariance_scale", _R.covariance_scale, "factor on the published pose and velocity covariances "

@@ -43,6 +43,14 @@ def test_covariance_scale_scales_the_published_covariances_only(scene):
         refine_tracklets(copy.deepcopy(tracks), RefineConfig(heading_from_velocity_mps=-1.0))
 
 
+def test_static_test_noise_follows_the_correspondence_source_unless_set():
+    assert RefineConfig(correspondences="klt").track_noise_px() == 0.1
+    assert RefineConfig(correspondences="descriptor").track_noise_px() == 0.75
+    assert RefineConfig(correspondences="klt", static_track_noise_px=0.4).track_noise_px() == 0.4
+    with pytest.raises(RefineError, match="static_track_noise_px"):
+        RefineConfig(static_track_noise_px=-0.1)
+
+
 def test_heading_from_velocity_sets_the_yaw_of_fast_moving_objects_only():
     def rz(a):
         c, s = np.cos(a), np.sin(a)
