@@ -48,14 +48,14 @@ class StaticEvidence:
     depth_log_std: torch.Tensor
     num_tracks: torch.Tensor
 
-    def static(self, noise_px: float, depth_log_std: float, min_tracks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def static(self, noise_px: float, detector_depth_log_std: float, min_tracks: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(decided, static)`` bool ``(B,)``: enough tracks to decide, and the decision.
 
         Static when the median residual is below ``4 * noise_px`` and the depth disagreement is
-        within 4 sigma of ``sqrt((noise_px * depth_log_std_tri)^2 + depth_log_std^2)``, the
+        within 4 sigma of ``sqrt((noise_px * depth_log_std)^2 + detector_depth_log_std^2)``, the
         second term being the detector's relative depth error (and the centre-to-surface offset).
         """
-        var = (noise_px * self.depth_log_std) ** 2 + depth_log_std**2
+        var = (noise_px * self.depth_log_std) ** 2 + detector_depth_log_std**2
         consistent = (self.residual_px < 4.0 * noise_px) & (self.depth_log_ratio**2 < 16.0 * var)
         decided = self.num_tracks >= min_tracks
         return decided, decided & consistent
