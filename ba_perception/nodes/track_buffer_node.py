@@ -7,7 +7,8 @@ Levenberg-Marquardt solve (GPU when present). The point tracks come from KLT on 
 followed incrementally per tracklet (``correspondences: klt``, the default;
 :class:`~ba_perception.core.oba.correspondences.KltTracker`), or from the detector's learned
 descriptors (``descriptor``). Output: Detection3DArray in odom with velocity, covariance from the
-solver's information matrix and a static/moving flag, plus the stage trace.
+solver's information matrix and a static/moving flag (the point tracks triangulate as fixed points
+at the detector's depth: :mod:`~ba_perception.core.oba.motion_state`), plus the stage trace.
 """
 
 from __future__ import annotations
