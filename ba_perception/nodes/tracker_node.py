@@ -41,6 +41,8 @@ TRACKER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("reid", _DEFAULTS.reid, "re-identify recently lost tracks on appearance + 3D"),
     ParamSpec("reid_window_s", _DEFAULTS.reid_window_s, "how long lost tracks stay re-identifiable, seconds", min=0.0),
     ParamSpec("min_score_new", _DEFAULTS.min_score_new, "minimum detection score to start a track", min=0.0),
+    ParamSpec("static_velocity_std_mps", _DEFAULTS.static_velocity_std_mps, "detections the object BA judged static "
+              "also measure the track's velocity as zero with this std, m/s; 0 = off", min=0.0),
 )
 
 
@@ -104,13 +106,14 @@ class TrackerNode(PerceptionNode):
             cov[~(np.diagonal(cov, axis1=1, axis2=2) > 0).all(axis=1)] = np.nan
             emb = [list(d.embedding) for d in items]
             dim = {len(e) for e in emb}
-            return Detections(
+            dets = Detections(
                 centers=T[:, :3, 3], yaws=np.arctan2(T[:, 1, 0], T[:, 0, 0]),
                 sizes=np.array([[d.size.x, d.size.y, d.size.z] for d in items]).reshape(-1, 3),
                 labels=[d.class_label for d in items], scores=np.array([d.score for d in items]),
                 boxes_2d=np.array([list(d.box_2d) for d in items], dtype=np.float64).reshape(-1, 4),
                 embeddings=np.array(emb, dtype=np.float64) if len(dim) == 1 and 0 not in dim else None,
-                covariances=cov), pose_to_matrix(msg.camera_pose)
+                covariances=cov, static=np.array([d.refined and d.is_static for d in items], dtype=bool))
+            return dets, pose_to_matrix(msg.camera_pose)
         obs = msg_to_observations(msg)
         T_odom_cam = self.ego.camera_pose(stamp)
         return Detections.from_camera(T_odom_cam, obs.center_cam, obs.yaw, obs.depth_std, obs.lateral_std, obs.size_lwh,

@@ -205,6 +205,10 @@ def test_wrong_shapes_and_config_are_rejected_with_clear_errors():
         Detections(np.zeros((2, 3)), np.zeros(2), np.zeros((3, 3)), ["car", "car"])
     with pytest.raises(TrackingInputError, match="labels"):
         Detections(np.zeros((2, 3)), np.zeros(2), np.ones((2, 3)), ["car"])
+    with pytest.raises(TrackingInputError, match="static"):
+        Detections(np.zeros((2, 3)), np.zeros(2), np.ones((2, 3)), ["car", "car"], static=[True])
+    with pytest.raises(TrackerConfigError, match="static_velocity_std_mps"):
+        Tracker(TrackerConfig(static_velocity_std_mps=-1.0))
     with pytest.raises(TrackerConfigError, match="method"):
         Tracker(TrackerConfig(method="sort"))
     with pytest.raises(TrackerConfigError, match="solver"):
@@ -214,6 +218,21 @@ def test_wrong_shapes_and_config_are_rejected_with_clear_errors():
 
 
 # ------------------------------------------------------------------ state details
+def test_static_detections_hold_the_track_still_only_when_enabled():
+    """A parked car whose detected depth drifts 0.3 m/frame: the BA's static flag pins its velocity to zero."""
+    def run(cfg: TrackerConfig, static: bool) -> np.ndarray:
+        tr = Tracker(cfg)
+        for k in range(8):
+            d = _dets([[20.0 + 0.3 * k, 0.0, 0.75]])
+            out = tr.step(k * DT_NS, replace(d, static=np.array([static])))
+        return out[0].velocity
+
+    on = TrackerConfig(n_init=1, static_velocity_std_mps=0.1)
+    assert abs(run(on, static=True)[0]) < 0.3  # held near zero against the 3 m/s drift
+    assert abs(run(on, static=False)[0]) > 2.0  # moving detections: the filter follows the drift
+    assert abs(run(TrackerConfig(n_init=1), static=True)[0]) > 2.0  # off by default
+
+
 def test_per_class_noise_widens_car_uncertainty_more_than_pedestrian():
     tr = Tracker(TrackerConfig(n_init=1))
     tr.step(0, _dets([[10.0, 0.0, 0.75], [10.0, 10.0, 0.9]], labels=["car", "pedestrian"]))

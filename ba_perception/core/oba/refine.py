@@ -518,7 +518,8 @@ def tracker_detections(boxes: list[RefinedBox]) -> Detections:
         centers=np.stack([b.center_odom for b in boxes]), yaws=np.arctan2(R[:, 1, 0], R[:, 0, 0]),
         sizes=np.stack([b.size_lwh for b in boxes]), labels=[b.class_label for b in boxes],
         scores=np.array([b.score for b in boxes]), boxes_2d=np.stack([np.asarray(b.box_2d, np.float64) for b in boxes]),
-        embeddings=np.stack(emb) if len(dims) == 1 and 0 not in dims else None, covariances=cov)
+        embeddings=np.stack(emb) if len(dims) == 1 and 0 not in dims else None, covariances=cov,
+        static=np.array([b.refined and b.is_static for b in boxes], dtype=bool))
 
 
 SOLVER_PARAMS = ("max_iterations", "loss", "loss_scale_px", "yaw_only")  # track_buffer_node parameters of SolverOptions

@@ -66,26 +66,29 @@ def predict(
 
 
 def update(
-    x: np.ndarray, P: np.ndarray, z: np.ndarray, R: np.ndarray
+    x: np.ndarray, P: np.ndarray, z: np.ndarray, R: np.ndarray, block: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fuse one centre measurement per track (``H = [I3 0]``), Joseph-free standard form.
+    """Fuse one 3-vector measurement per track, Joseph-free standard form.
 
     Args:
         x: ``(M, 6)``, P: ``(M, 6, 6)`` states of the matched tracks.
-        z: ``(M, 3)`` measured centres in odom, metres. R: ``(M, 3, 3)`` their covariance, m^2.
+        z: ``(M, 3)`` measurements: centres in odom, metres (``block`` 0, ``H = [I3 0]``) or
+            velocities, m/s (``block`` 3, ``H = [0 I3]``). R: ``(M, 3, 3)`` their covariance.
+        block: first state index measured (0 centre, 3 velocity).
 
     Returns:
         Updated ``(x, P)``; ``P`` is symmetrised.
     """
-    if z.shape != (x.shape[0], 3) or R.shape != (x.shape[0], 3, 3):
-        raise KalmanError(f"expected z (M, 3) and R (M, 3, 3) for M={x.shape[0]}, got {z.shape}, {R.shape}")
-    S = P[:, :3, :3] + R  # innovation covariance
-    PHt = P[:, :, :3]  # (M, 6, 3)
+    if z.shape != (x.shape[0], 3) or R.shape != (x.shape[0], 3, 3) or block not in (0, 3):
+        raise KalmanError(f"expected z (M, 3), R (M, 3, 3) for M={x.shape[0]} and block 0 or 3, got {z.shape}, {R.shape}, {block}")
+    sl = slice(block, block + 3)
+    S = P[:, sl, sl] + R  # innovation covariance
+    PHt = P[:, :, sl]  # (M, 6, 3)
     # K = P H^T S^-1  ->  solve S^T K^T = (P H^T)^T
     K = np.linalg.solve(S, PHt.transpose(0, 2, 1)).transpose(0, 2, 1)
-    innov = z - x[:, :3]
+    innov = z - x[:, sl]
     x_new = x + np.einsum("mij,mj->mi", K, innov)
-    P_new = P - K @ P[:, :3, :]
+    P_new = P - K @ P[:, sl, :]
     P_new = 0.5 * (P_new + P_new.transpose(0, 2, 1))
     return x_new, P_new
 

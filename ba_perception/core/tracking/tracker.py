@@ -112,6 +112,8 @@ class TrackerConfig:
             lengths of size and appearance embedding.
         min_score_new: minimum detection score to start a track (lower-scored detections only
             extend existing tracks).
+        static_velocity_std_mps: a detection the object BA judged static (``Detections.static``)
+            also measures the track's velocity as zero with this std, m/s; 0 = off.
         class_params: per-class noise; unknown classes use ``"default"``.
     """
 
@@ -151,6 +153,7 @@ class TrackerConfig:
     size_window: int = 20
     emb_window: int = 3
     min_score_new: float = 0.2
+    static_velocity_std_mps: float = 0.0
     class_params: dict[str, ClassParams] = field(default_factory=lambda: dict(DEFAULT_CLASS_PARAMS))
 
     @classmethod
@@ -170,6 +173,8 @@ class TrackerConfig:
             raise TrackerConfigError("chi2_gate, max_gate_m and edge_sigma_m must be > 0")
         if self.edge_image not in ("off", "add", "replace") or self.edge_image_sigma <= 0:
             raise TrackerConfigError("edge_image must be off, add or replace and edge_image_sigma > 0")
+        if not self.static_velocity_std_mps >= 0:
+            raise TrackerConfigError(f"static_velocity_std_mps must be >= 0, got {self.static_velocity_std_mps}")
         if "default" not in self.class_params:
             raise TrackerConfigError("class_params needs a 'default' entry")
 
@@ -462,6 +467,12 @@ class Tracker:
         matched_t[rows] = True
         if rows.size:
             xs, Ps = kalman.update(t.x[rows], t.P[rows], f.pos[cols], f.R[cols])
+            if self.config.static_velocity_std_mps > 0 and detections.static is not None:
+                # the object BA saw the object not moving: a zero-velocity measurement
+                st = detections.static[f.orig[cols]]
+                if st.any():
+                    var = np.broadcast_to(np.eye(3) * self.config.static_velocity_std_mps**2, (int(st.sum()), 3, 3))
+                    xs[st], Ps[st] = kalman.update(xs[st], Ps[st], np.zeros((int(st.sum()), 3)), var, block=3)
             t.x[rows], t.P[rows] = xs, Ps
             self._absorb(t, rows, f, cols, stamp_ns)
         t.misses = np.where(matched_t, 0, t.misses + 1)

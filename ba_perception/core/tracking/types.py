@@ -37,6 +37,7 @@ class Detections:
         boxes_2d: ``(N, 4)`` image boxes ``(x1, y1, x2, y2)`` pixels, or None (NaN rows = unknown).
         embeddings: ``(N, D)`` appearance embeddings, or None (NaN / zero rows = unknown).
         covariances: ``(N, 3, 3)`` centre covariance in odom, m^2, or None (class default).
+        static: ``(N,)`` bool, the object BA judged the object not moving, or None (unknown).
 
     Raises:
         TrackingInputError: when array lengths or shapes disagree. Non-finite *values* are not an
@@ -51,6 +52,7 @@ class Detections:
     boxes_2d: np.ndarray | None = None
     embeddings: np.ndarray | None = None
     covariances: np.ndarray | None = None
+    static: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.centers = _as_float(self.centers, "centers", (None, 3))
@@ -67,6 +69,10 @@ class Detections:
             self.embeddings = _as_float(self.embeddings, "embeddings", (n, None))
         if self.covariances is not None:
             self.covariances = _as_float(self.covariances, "covariances", (n, 3, 3))
+        if self.static is not None:
+            self.static = np.asarray(self.static, dtype=bool).reshape(-1)
+            if self.static.shape != (n,):
+                raise TrackingInputError(f"static must have {n} entries, got {self.static.shape[0]}")
 
     def __len__(self) -> int:
         return self.centers.shape[0]
