@@ -348,14 +348,14 @@ def run(args: argparse.Namespace) -> int:
                               [], [], args.min_frames, VARIANTS[name] is not None)["depth"] for pr in presets}
         print(f"  {name}: {time.perf_counter() - t0:.1f} s")
     print(f"object BA on world split {args.split!r} ({len(seqs)} sequences, {sum(len(s) for s in seqs)} frames), cars, "
-          f"tracklets >= {args.min_frames} frames; window {tc.window}, {rc.num_points} points, "
+          f"tracklets >= {args.min_frames} frames; window {rc.window} (static test {tc.window}), {rc.num_points} points, "
           f"{rc.solver.max_iterations} iterations, {str(rc.dtype).replace('torch.', '')}, {args.device}")
     print(format_rows(results))
     print("median |dz| (m) single -> refined (count), by range and, for parked cars, by camera travel over the window:")
     print(format_breakdown(results))
     print("static/moving right, parked cars by camera travel over the window, moving cars by speed:")
     print(format_motion_state(results))
-    dp = detector_depth_persistence(seqs, tc.window, args.min_frames)
+    dp = detector_depth_persistence(seqs, rc.window, args.min_frames)
     print(f"detector depth error, cars: consecutive-frame correlation {dp['lag1_correlation']:.2f}; averaging the "
           f"{dp['window']}-frame window with perfect relative motion would give {dp['single_abs_median_m']:.2f} -> "
           f"{dp['ideal_average_abs_median_m']:.2f} m (what geometry must beat)")
@@ -368,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(json_safe({
         "split": args.split, "presets": args.presets, "sequences": [s.name for s in seqs], "model": args.model,
         "min_frames": args.min_frames, "params_file": str(params_file), "overrides": args.set, "device": args.device,
-        "refine": {"window": tc.window, "num_points": rc.num_points, "max_iterations": rc.solver.max_iterations,
+        "refine": {"window": rc.window, "static_window": tc.window, "num_points": rc.num_points, "max_iterations": rc.solver.max_iterations,
                    "dtype": str(rc.dtype), "surface_std_m": rc.surface_std_m}, "machine": machine_info(),
         "learned_matches": mq, "detector_depth_persistence": dp, "results": results}), indent=1))
     print(f"wrote {out}")

@@ -84,7 +84,9 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("input_topic", "/ba_perception/observations", "ObjectObservationArray input"),
         ParamSpec("output_topic", "/ba_perception/detections", "Detection3DArray output (odom)"),
         ParamSpec("odom_frame", "odom", "frame_id of the output"),
-        ParamSpec("window", _T.window, "frames kept per tracklet (BA window)", min=1, max=32),
+        ParamSpec("window", _T.window, "BA window: the newest frames of each tracklet in the object BA", min=1, max=32),
+        ParamSpec("static_window", 0, "frames of history the static test triangulates point tracks over (the tracklet "
+                  "keeps them; the BA still takes the newest window); 0 or <= window = the BA window", min=0, max=32),
         ParamSpec("iou_min", _T.iou_min, "minimum IoU of predicted box and detection to link", min=0.0, max=1.0),
         ParamSpec("appearance_min", _T.appearance_min, "minimum embedding cosine to link", min=-1.0, max=1.0),
         ParamSpec("max_misses", _T.max_misses, "frames a tracklet survives unmatched", min=0),

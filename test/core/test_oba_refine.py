@@ -215,3 +215,43 @@ def test_depth_error_correlation_ties_the_prior_along_the_ray_and_widens_the_dep
     assert min(ratios) > 1.0 and np.median(ratios) > 1.2
     with pytest.raises(RefineError, match="depth_error_correlation"):
         RefineConfig(depth_error_correlation=1.0)
+
+
+def test_ba_window_takes_the_newest_frames_and_the_static_test_the_whole_history(scene, monkeypatch):
+    from collections import deque
+
+    import ba_perception.core.oba.refine as refine_module
+
+    sb, tracks = scene
+    cfg = RefineConfig(correspondences="oracle", static_track_noise_px=SCENE_NOISE_PX)
+    seen = []
+    real_evidence = refine_module.static_evidence
+    monkeypatch.setattr(refine_module, "static_evidence", lambda p, *a, **k: seen.append(p.shape[1]) or real_evidence(p, *a, **k))
+    ahead = [t for t in tracks if all(fr.observation.center_cam[2] > 0.5 for fr in t.frames)][:6]  # every frame usable
+    assert len(ahead) >= 4
+    history = copy.deepcopy(ahead)
+    cut = copy.deepcopy(ahead)
+    for t in cut:  # the same tracklets holding only their newest 6 frames
+        t.frames = deque(list(t.frames)[-6:], maxlen=6)
+    windowed = refine_tracklets(history, RefineConfig(**{**cfg.__dict__, "window": 6}))
+    alone = refine_tracklets(cut, cfg)
+    assert seen == [10, 6]  # the static test triangulated the 10-frame history, then the 6-frame tracklets
+    for a, b, t in zip(windowed, alone, history):
+        assert a.refined and b.refined and a.stamp_ns == b.stamp_ns
+        assert a.num_frames == b.num_frames == 6
+        assert len(t.warm["poses"]) == a.num_frames  # warm start kept for the BA frames only
+        # same frames in the solve; only the points' initial depths differ (first sighting in the history)
+        assert np.linalg.norm(a.center_odom - b.center_odom) < 0.05
+        assert np.linalg.norm(a.velocity_odom - b.velocity_odom) < 0.2
+    with pytest.raises(RefineError, match="window"):
+        RefineConfig(window=-1)
+
+
+def test_static_window_lengthens_the_tracklet_history_not_the_ba_window():
+    from ba_perception.core.oba.refine import configs_from_params
+
+    tc, rc = configs_from_params({"window": 8, "static_window": 16})
+    assert (tc.window, rc.window) == (16, 8)
+    for short in (0, 4, 8):  # 0 or not longer than the BA window: the history is the BA window
+        tc, rc = configs_from_params({"window": 8, "static_window": short})
+        assert (tc.window, rc.window) == (8, 8)

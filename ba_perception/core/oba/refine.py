@@ -34,6 +34,9 @@ class RefineConfig:
     """Settings of the window refinement.
 
     Attributes:
+        window: BA frames: the newest ``window`` usable frames of each tracklet (0 = all it keeps).
+            A tracklet that keeps more frames (``static_window``) gives its older ones to the
+            static test only, which triangulates the point tracks over all of them.
         num_points: K point tracks per tracklet.
         correspondences: ``descriptor`` (mutual NN of learned descriptors), ``klt`` / ``orb`` (KLT
             or ORB tracks on the images, passed in as ``point_tracks`` by the caller, e.g. its
@@ -87,6 +90,7 @@ class RefineConfig:
             one graph per padded shape is captured on first use and kept).
     """
 
+    window: int = 0
     num_points: int = 32
     correspondences: str = "descriptor"
     match_ratio: float = 0.9
@@ -124,6 +128,8 @@ class RefineConfig:
         if not self.static_track_noise_px >= 0 or not self.static_depth_log_std >= 0:
             raise RefineError(f"static_track_noise_px and static_depth_log_std must be >= 0; got "
                               f"{self.static_track_noise_px}, {self.static_depth_log_std}")
+        if self.window < 0:
+            raise RefineError(f"window must be >= 0 (0 = every frame of the tracklet), got {self.window}")
         if not 0.0 <= self.depth_error_correlation <= 0.99:
             raise RefineError(f"depth_error_correlation must be in [0, 0.99], got {self.depth_error_correlation}")
 
@@ -437,6 +443,9 @@ def refine_tracklets(
     batch = build_batch(tracks, cfg, point_tracks)
     out: dict[int, RefinedBox] = {t.tracklet_id: _box(t, r, cfg) for t, r in batch.excluded}
     if batch.problem is not None:
+        history = batch.problem  # every kept frame: what the static test triangulates over
+        if 0 < cfg.window < history.shape[1]:
+            batch = _newest_frames(batch, cfg.window)
         p, B = batch.problem, len(batch.tracks)
         if cfg.scene_static:
             ps, init_s = _static_problem(p, batch.init)
@@ -466,7 +475,7 @@ def refine_tracklets(
         static = (speed < cfg.static_speed_mps) & res.valid
         final = res
         if cfg.static_resolve:
-            decided, by_points = static_evidence(p).static(cfg.track_noise_px(), cfg.static_depth_log_std,
+            decided, by_points = static_evidence(history).static(cfg.track_noise_px(), cfg.static_depth_log_std,
                                                            cfg.min_points_for_selection)
             static = res.valid & (speed < cfg.static_candidate_mps) & torch.where(decided, by_points, static)
             if cfg.static_one_pose:
@@ -479,6 +488,32 @@ def refine_tracklets(
 
 
 _GRAPHS = GraphSolveCache()
+
+# OBAProblem fields indexed by frame (dim 1); the others are per problem.
+_PER_FRAME = ("obs_uv", "obs_mask", "T_cam_odom", "frame_mask", "stamps_s", "obs_sqrt_weight", "prior_T_odom_obj",
+              "prior_sqrt_info", "prior_mask", "fixed_frames")
+
+
+def _newest_frames(batch: RefineBatch, n: int) -> RefineBatch:
+    """The batch cut to each problem's newest ``n`` packed frames (frames are packed oldest first, padding last)."""
+    p, init = batch.problem, batch.init
+    B, F, _ = p.shape
+    dev = p.frame_mask.device
+    nf = p.frame_mask.sum(1)
+    j = torch.arange(n, device=dev)
+    idx = ((nf - n).clamp(min=0)[:, None] + j).clamp(max=F - 1)  # (B, n)
+    present = j[None] < nf[:, None]
+
+    def newest(x: torch.Tensor) -> torch.Tensor:
+        return torch.gather(x, 1, idx.view(B, n, *([1] * (x.dim() - 2))).expand(B, n, *x.shape[2:]))
+
+    cut = OBAProblem(**{k: (newest(v) if k in _PER_FRAME and v is not None else v) for k, v in p.__dict__.items()})
+    cut.frame_mask = cut.frame_mask & present
+    cut.obs_mask = cut.obs_mask & cut.frame_mask[..., None]
+    if cut.prior_mask is not None:
+        cut.prior_mask = cut.prior_mask & cut.frame_mask
+    state = OBAState(newest(init.R_odom_obj), newest(init.t_odom_obj), init.points_obj)
+    return replace(batch, problem=cut, init=state, frame_index=[ii[-n:] for ii in batch.frame_index])
 
 
 def _solve(cfg: RefineConfig, problem: OBAProblem, init: OBAState, initial_lambda: torch.Tensor | None) -> OBAResult:
@@ -537,7 +572,11 @@ def configs_from_params(p: Mapping[str, Any], device: str = "cpu") -> tuple[Trac
     solver = replace(rc.solver, **{k: p[k] for k in SOLVER_PARAMS if k in p})
     rc = replace(rc, device=device, dtype=torch.float32 if p.get("dtype", "float64") == "float32" else torch.float64,
                  solver=solver)
-    return config_from_params(TrackletConfig, p), rc
+    tc = config_from_params(TrackletConfig, p)
+    rc = replace(rc, window=tc.window)  # the BA window
+    if int(p.get("static_window", 0)) > tc.window:  # the tracklet keeps the static test's longer history
+        tc = replace(tc, window=int(p["static_window"]))
+    return tc, rc
 
 
 def _take(res: OBAResult, m: torch.Tensor) -> OBAResult:
