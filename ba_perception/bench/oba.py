@@ -117,6 +117,24 @@ def _write_profile(device: str, args: argparse.Namespace, F: int, K: int, option
     print(f"  profile ({device}, {kernels} GPU kernels per solve) -> {path}", flush=True)
 
 
+def count_solve_ops(problem: OBAProblem, init, options: SolverOptions) -> int:
+    """Non-view aten ops one solve dispatches (on CUDA eager, about one kernel launch each): the
+    number a CUDA graph still replays kernel by kernel, so it is what fusion has to cut. Any device."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view and func.__name__ not in ("empty.memory_format", "empty_strided.default", "_unsafe_view.default"):
+                _Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with _Count():
+        solve(problem, init, options)
+    return _Count.n
+
+
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     F, K, it = args.frames, args.points, args.iterations
@@ -145,6 +163,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.profile:
         _write_profile(devices[-1], args, F, K, timed)
+    problem, init = _problem(args.tracklets, F, K, seed=1, dtype=torch.float32, full=True)
+    ops = count_solve_ops(problem, init, timed)
+    print(f"  aten ops per float32 prior+motion solve ({it} iterations, non-view): {ops} ({ops / it:.0f} per iteration)", flush=True)
 
     # end to end: refine_tracklets (packing, descriptor matching, the solve, the static triangulation test, boxes)
     refine_rows = []
@@ -196,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         "machine": {**machine_info(), "torch_threads": torch.get_num_threads()},
         "config": {"frames": F, "points": K, "iterations": it, "repeats": args.repeats, "loss": "cauchy(2px)",
                    "cuda_measured": "cuda" in devices},
-        "solver": rows, "refine_tracklets": refine_rows, "pycolmap": ceres,
+        "solver": rows, "refine_tracklets": refine_rows, "pycolmap": ceres, "ops_per_solve": ops,
     }
     print()
     print(f"{'device':20s} {'dtype':8s} {'problem':13s} {'B':>4s} {'F':>3s} {'K':>3s} {'p50 ms':>9s} {'p90 ms':>9s} {'vs pycolmap':>12s}")

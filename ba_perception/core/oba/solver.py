@@ -262,6 +262,9 @@ class _Prep:
     surf_w: torch.Tensor | None = None  # (B,1) 1/sigma, zero where off (or point inactive: see surface_residuals)
     any_static: bool = True  # some problem maps several frames to one pose slot
     free_outer: torch.Tensor | None = None  # (B,6P,6P) free_i * free_j
+    mot_Jt: torch.Tensor | None = None  # (B,F-2,3,3,3) constant translation rows of the motion Jacobian
+    mot_hidx: torch.Tensor | None = None  # flat (6F)^2 positions of the motion term's 6x6 blocks
+    mot_gidx: torch.Tensor | None = None  # flat 6F positions of its gradient blocks
 
 
 def _check(problem: OBAProblem) -> None:
@@ -367,6 +370,16 @@ def _prepare(problem: OBAProblem, state: OBAState, options: SolverOptions) -> _P
         prep.mot_dtm = 0.5 * (prep.mot_dt0 + prep.mot_dt1)
         prep.mot_m = mm.to(dt)
         prep.mot_w = mw[:, None, :]
+        # translation rows of the motion Jacobian do not depend on the state: (B, T, slot a|b|c, 3, 3)
+        ca, cc = 1 / (prep.mot_dt0 * prep.mot_dtm), 1 / (prep.mot_dt1 * prep.mot_dtm)
+        coef = torch.stack([ca, -(ca + cc), cc], -1) * prep.mot_m[..., None]  # (B, T, 3)
+        prep.mot_Jt = coef[..., None, None] * torch.diag_embed(mw[:, None, None, :3])
+        # flat positions in the (6F x 6F) pose system of each triplet's (slot i, slot j) 6x6 block and 6-vector
+        T = F - 2
+        tt, ii, jj, oo, pp = torch.meshgrid(*(torch.arange(n, device=dev) for n in (T, 3, 3, 6, 6)), indexing="ij")
+        prep.mot_hidx = ((6 * (tt + ii) + oo) * (6 * F) + 6 * (tt + jj) + pp).reshape(-1)
+        tt, ii, oo = torch.meshgrid(*(torch.arange(n, device=dev) for n in (T, 3, 6)), indexing="ij")
+        prep.mot_gidx = (6 * (tt + ii) + oo).reshape(-1)
         if problem.lateral_sqrt_info is not None:
             lw = problem.lateral_sqrt_info
             prep.lat_w = torch.where(torch.isfinite(lw), lw, torch.zeros_like(lw))[:, None]
@@ -485,10 +498,11 @@ def motion_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
     ``(B, F-2, 3, 6, 6)`` ``[slot a|b|c, residual, dof]``; with ``lateral_sqrt_info`` a 7th residual,
     the velocity across the heading ``y_b . (t_c - t_a) / (dt0 + dt1)``."""
     R, t = state.R_odom_obj, state.t_odom_obj
-    Ra, Rb, Rc = R[:, :-2], R[:, 1:-1], R[:, 2:]
-    M0 = Ra.transpose(-1, -2) @ Rb
-    M1 = Rb.transpose(-1, -2) @ Rc
-    phi0, phi1 = so3_log(M0), so3_log(M1)
+    Rb = R[:, 1:-1]
+    # the relative rotation of each consecutive pair, once: (a, b) pairs are [:, :-1], (b, c) pairs [:, 1:]
+    M = R[:, :-1].transpose(-1, -2) @ R[:, 1:]  # (B, F-1, 3, 3)
+    phi = so3_log(M)
+    phi0, phi1 = phi[:, :-1], phi[:, 1:]
     dt0, dt1, dtm = prep.mot_dt0[..., None], prep.mot_dt1[..., None], prep.mot_dtm[..., None]
     mm = prep.mot_m[..., None]
     wt, wr = prep.mot_w[..., :3], prep.mot_w[..., 3:]
@@ -503,31 +517,21 @@ def motion_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
         r = torch.cat([r, ((y_b * dtc).sum(-1) * lw)[..., None]], -1)
     if not jacobians:
         return r, None
-    eye = torch.eye(3, dtype=R.dtype, device=R.device)
-    Ji0, Ji1 = so3_right_jacobian_inv(phi0), so3_right_jacobian_inv(phi1)
-    a_, b_, c_ = (1 / (dt0 * dtm))[..., None], (1 / (dt1 * dtm))[..., None], (1 / dtm)[..., None]
-    wt_, wr_ = wt[..., None] * mm[..., None], wr[..., None] * mm[..., None]
-    z3 = torch.zeros_like(Ji0)
-    Jt_a, Jt_b, Jt_c = a_ * eye * wt_, -(a_ + b_) * eye * wt_, b_ * eye * wt_
-    Jr_a = a_ * (Ji0 @ M0.transpose(-1, -2)) * wr_
-    Jr_b = -(b_ * (Ji1 @ M1.transpose(-1, -2)) + a_ * Ji0) * wr_
-    Jr_c = b_ * Ji1 * wr_
-
-    def blk(Jt, Jr):
-        return torch.cat([torch.cat([Jt, z3], -1), torch.cat([z3, Jr], -1)], -2)
-
-    J = torch.stack([blk(Jt_a, Jr_a), blk(Jt_b, Jr_b), blk(Jt_c, Jr_c)], 2)
+    Ji = so3_right_jacobian_inv(phi)  # (B, F-1, 3, 3)
+    JiM = Ji @ M.transpose(-1, -2)
+    a_, b_ = (1 / (dt0 * dtm))[..., None], (1 / (dt1 * dtm))[..., None]
+    wr_ = wr[..., None] * mm[..., None]
+    J = torch.zeros(r.shape[:2] + (3, r.shape[-1], 6), dtype=R.dtype, device=R.device)
+    J[..., :3, :3] = prep.mot_Jt  # translation rows: constant
+    J[..., 3:6, 3:] = torch.stack([a_ * JiM[:, :-1], -(b_ * JiM[:, 1:] + a_ * Ji[:, :-1]), b_ * Ji[:, 1:]], 2) * wr_[:, :, None]
     if prep.lat_w is not None:
         # d/dt_a = -y_b, d/dt_c = +y_b; R_b -> R_b exp(delta): (delta x e_y) . u = delta . (e_y x u), u = R_b^T dtc
-        ey = torch.zeros(3, dtype=R.dtype, device=R.device)
-        ey[1] = 1.0
-        rot = torch.cross(ey.expand_as(dtc), (Rb.transpose(-1, -2) @ dtc[..., None])[..., 0], dim=-1)
-        zero3 = torch.zeros_like(dtc)
+        u = (Rb.transpose(-1, -2) @ dtc[..., None])[..., 0]
+        rot = torch.stack([u[..., 2], torch.zeros_like(u[..., 0]), -u[..., 0]], -1)  # e_y x u
         lw_ = lw[..., None]
-        row_a = torch.cat([-y_b * lw_, zero3], -1)
-        row_b = torch.cat([zero3, rot * lw_], -1)
-        row_c = torch.cat([y_b * lw_, zero3], -1)
-        J = torch.cat([J, torch.stack([row_a, row_b, row_c], 2)[..., None, :]], -2)
+        J[:, :, 0, 6, :3] = -y_b * lw_
+        J[:, :, 1, 6, 3:] = rot * lw_
+        J[:, :, 2, 6, :3] = y_b * lw_
     return r, J
 
 
@@ -666,24 +670,19 @@ def _normal_equations(prep: _Prep, state: OBAState, options: SolverOptions) -> _
         Wf = torch.zeros_like(Wf).scatter_add_(1, idx[..., None, None, None].expand_as(Wf), Wf)
     W = Wf.permute(0, 2, 1, 3, 4).reshape(B, K, F * 6, 3)
     H = torch.zeros(B, 6 * F, 6 * F, dtype=Hf.dtype, device=Hf.device)
-    H5 = H.view(B, F, 6, F, 6)  # H5[b, p, i, q, j] = block (p, q), entry (i, j)
-    H5.diagonal(dim1=1, dim2=3).add_(Hs.permute(0, 2, 3, 1))
+    # H.view(B, F, 6, F, 6)[b, p, i, q, j] = block (p, q), entry (i, j): the per-slot blocks on its diagonal
+    H.view(B, F, 6, F, 6).diagonal(dim1=1, dim2=3).add_(Hs.permute(0, 2, 3, 1))
     if prep.prior_m is not None and prep.prior_rho is not None:
         v = torch.zeros_like(gf).scatter_add_(1, idx[..., None].expand_as(j0), j0)  # (B,F,6) in pose slots
         vf = v.reshape(B, 6 * F)
         H = H - c_corr[..., None] * vf[:, :, None] * vf[:, None, :]
-        H5 = H.view(B, F, 6, F, 6)
         g = g - (c_corr * s0.sum(1, keepdim=True))[..., None] * v
     if prep.mot_m is not None:
         rm, Jm = motion_residuals(prep, state, jacobians=True)
         cost = cost + 0.5 * (rm * rm).flatten(1).sum(-1)
-        T = F - 2
-        for i in range(3):
-            g[:, i : i + T] += (Jm[:, :, i].transpose(-1, -2) @ rm[..., None])[..., 0]
-            for j in range(3):
-                blk = Jm[:, :, i].transpose(-1, -2) @ Jm[:, :, j]  # (B,T,6,6)
-                lo = min(i, j)
-                H5.diagonal(offset=j - i, dim1=1, dim2=3)[..., lo : lo + T].add_(blk.permute(0, 2, 3, 1))
+        # every triplet's 3x3 grid of 6x6 blocks (and 3 gradient blocks) added into the band in one op each
+        H.view(B, -1).index_add_(1, prep.mot_hidx, torch.einsum("btiro,btjrp->btijop", Jm, Jm).reshape(B, -1))
+        g.view(B, -1).index_add_(1, prep.mot_gidx, torch.einsum("btiro,btr->btio", Jm, rm).reshape(B, -1))
     behind = ((z <= options.min_depth_m) & (prep.m > 0)).flatten(1).any(-1)
     cost = torch.where(behind, torch.full_like(cost, float("inf")), cost)
     return _Normal(H=H, g=g, W=W, V=V, gp=gp, cost=cost)
