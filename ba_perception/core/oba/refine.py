@@ -13,7 +13,7 @@ from ba_perception.core.config import config_from_params
 from ba_perception.core.geometry import ray_sqrt_information, unproject_pixels
 from ba_perception.core.oba.correspondences import PointTracks, descriptor_tracks, oracle_tracks
 from ba_perception.core.oba.motion_state import static_evidence
-from ba_perception.core.oba.solver import GraphSolveCache, OBAProblem, OBAResult, OBAState, SolverOptions, solve
+from ba_perception.core.oba.solver import GraphSolveCache, OBAProblem, OBAResult, OBAState, SolverOptions, newest_frames, solve
 from ba_perception.core.oba.tracklets import ObjectTrack, TrackletConfig
 from ba_perception.core.tracking.types import Detections
 
@@ -489,31 +489,10 @@ def refine_tracklets(
 
 _GRAPHS = GraphSolveCache()
 
-# OBAProblem fields indexed by frame (dim 1); the others are per problem.
-_PER_FRAME = ("obs_uv", "obs_mask", "T_cam_odom", "frame_mask", "stamps_s", "obs_sqrt_weight", "prior_T_odom_obj",
-              "prior_sqrt_info", "prior_mask", "fixed_frames")
-
-
 def _newest_frames(batch: RefineBatch, n: int) -> RefineBatch:
-    """The batch cut to each problem's newest ``n`` packed frames (frames are packed oldest first, padding last)."""
-    p, init = batch.problem, batch.init
-    B, F, _ = p.shape
-    dev = p.frame_mask.device
-    nf = p.frame_mask.sum(1)
-    j = torch.arange(n, device=dev)
-    idx = ((nf - n).clamp(min=0)[:, None] + j).clamp(max=F - 1)  # (B, n)
-    present = j[None] < nf[:, None]
-
-    def newest(x: torch.Tensor) -> torch.Tensor:
-        return torch.gather(x, 1, idx.view(B, n, *([1] * (x.dim() - 2))).expand(B, n, *x.shape[2:]))
-
-    cut = OBAProblem(**{k: (newest(v) if k in _PER_FRAME and v is not None else v) for k, v in p.__dict__.items()})
-    cut.frame_mask = cut.frame_mask & present
-    cut.obs_mask = cut.obs_mask & cut.frame_mask[..., None]
-    if cut.prior_mask is not None:
-        cut.prior_mask = cut.prior_mask & cut.frame_mask
-    state = OBAState(newest(init.R_odom_obj), newest(init.t_odom_obj), init.points_obj)
-    return replace(batch, problem=cut, init=state, frame_index=[ii[-n:] for ii in batch.frame_index])
+    """The batch cut to each problem's newest ``n`` packed frames (the BA window of a longer history)."""
+    problem, state = newest_frames(batch.problem, batch.init, n)
+    return replace(batch, problem=problem, init=state, frame_index=[ii[-n:] for ii in batch.frame_index])
 
 
 def _solve(cfg: RefineConfig, problem: OBAProblem, init: OBAState, initial_lambda: torch.Tensor | None) -> OBAResult:

@@ -147,6 +147,31 @@ class OBAProblem:
         return OBAProblem(**out)
 
 
+# OBAProblem fields indexed by frame (dim 1); the others are per problem.
+PER_FRAME_FIELDS = ("obs_uv", "obs_mask", "T_cam_odom", "frame_mask", "stamps_s", "obs_sqrt_weight", "prior_T_odom_obj",
+                    "prior_sqrt_info", "prior_mask", "fixed_frames")
+
+
+def newest_frames(problem: OBAProblem, state: OBAState, n: int) -> tuple[OBAProblem, OBAState]:
+    """Problems and state cut to each problem's newest ``n`` present frames (frames packed oldest
+    first, padding last, as :func:`~ba_perception.core.oba.refine.build_batch` packs them); points are kept."""
+    B, F, _ = problem.shape
+    nf = problem.frame_mask.sum(1)
+    j = torch.arange(n, device=nf.device)
+    idx = ((nf - n).clamp(min=0)[:, None] + j).clamp(max=F - 1)  # (B, n)
+
+    def newest(x: torch.Tensor) -> torch.Tensor:
+        return torch.gather(x, 1, idx.view(B, n, *([1] * (x.dim() - 2))).expand(B, n, *x.shape[2:]))
+
+    cut = OBAProblem(**{f.name: (newest(v) if f.name in PER_FRAME_FIELDS and v is not None else v)
+                        for f in fields(problem) for v in [getattr(problem, f.name)]})
+    cut.frame_mask = cut.frame_mask & (j[None] < nf[:, None])
+    cut.obs_mask = cut.obs_mask & cut.frame_mask[..., None]
+    if cut.prior_mask is not None:
+        cut.prior_mask = cut.prior_mask & cut.frame_mask
+    return cut, OBAState(newest(state.R_odom_obj), newest(state.t_odom_obj), state.points_obj)
+
+
 @dataclass
 class OBAState:
     """Unknowns: object poses per frame in odom and points in the object frame.
