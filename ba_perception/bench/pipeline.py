@@ -240,7 +240,7 @@ def run_pipeline(frames: list[Any], detector: Any, observe: Any, tracklet_cfg: T
         return time.perf_counter(), time.process_time()
 
     buffer, tracker = TrackletBuffer(tracklet_cfg), Tracker(tracker_cfg)
-    klt = KltTracker(refine_cfg.num_points) if refine_cfg.correspondences == "klt" else None
+    klt = KltTracker(refine_cfg.num_points, realign=refine_cfg.klt_realign) if refine_cfg.correspondences == "klt" else None
     samples: dict[str, list[float]] = {s: [] for s in STAGES}
     samples["total.cuda_events"] = []
     cpu: dict[str, list[float]] = {s: [] for s in ("detector", "track_buffer", "tracker", "total")}

@@ -315,7 +315,7 @@ def run_track_buffer(seq: SequenceData, variant: ObaVariant, tracklet_cfg: Track
     buffer = TrackletBuffer(tracklet_cfg)
     frame_of = {int(s): i for i, s in enumerate(seq.stamps_ns)}
     cv_cache: dict = {}
-    klt = KltTracker(rc.num_points)  # the track_buffer_node's incremental KLT
+    klt = KltTracker(rc.num_points, realign=rc.klt_realign)  # the track_buffer_node's incremental KLT
     out = []
     for i in range(len(seq)):
         obs = seq.observations[i]

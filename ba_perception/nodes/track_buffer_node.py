@@ -85,7 +85,7 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("output_topic", "/ba_perception/detections", "Detection3DArray output (odom)"),
         ParamSpec("odom_frame", "odom", "frame_id of the output"),
         ParamSpec("window", _T.window, "BA window: the newest frames of each tracklet in the object BA", min=1, max=32),
-        ParamSpec("static_window", 0, "frames of history the static test triangulates point tracks over (the tracklet "
+        ParamSpec("static_window", 16, "frames of history the static test triangulates point tracks over (the tracklet "
                   "keeps them; the BA still takes the newest window); 0 or <= window = the BA window", min=0, max=32),
         ParamSpec("iou_min", _T.iou_min, "minimum IoU of predicted box and detection to link", min=0.0, max=1.0),
         ParamSpec("appearance_min", _T.appearance_min, "minimum embedding cosine to link", min=-1.0, max=1.0),
@@ -97,6 +97,8 @@ class TrackBufferNode(PerceptionNode):
                   choices=("descriptor", "klt", "none")),
         ParamSpec("image_topic", "/camera/image_raw", "camera images for correspondences: klt (the detector's "
                   "input: same stamps)"),
+        ParamSpec("klt_realign", _R.klt_realign, "correspondences klt: re-align each point every frame against its "
+                  "seed patch, warped by the tracklet's affine image motion (removes chained-LK drift)"),
         ParamSpec("image_transport", "raw", "raw sensor_msgs/Image or compressed (JPEG/PNG) for correspondences: klt",
                   choices=("raw", "compressed")),
         ParamSpec("max_iterations", _R.solver.max_iterations, "LM iterations per solve", min=1),
@@ -150,7 +152,7 @@ class TrackBufferNode(PerceptionNode):
         if self.p["correspondences"] == "klt":
             from sensor_msgs.msg import CompressedImage, Image
 
-            self.klt = KltTracker(self.refine_config.num_points)
+            self.klt = KltTracker(self.refine_config.num_points, realign=self.refine_config.klt_realign)
             self.images: OrderedDict[int, Any] = OrderedDict()  # stamp_ns -> image message, newest last
             self.images_lock = threading.Lock()
             compressed = self.p["image_transport"] == "compressed"

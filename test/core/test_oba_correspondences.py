@@ -148,3 +148,34 @@ def test_shape_mismatch_is_reported():
 
     with pytest.raises(CorrespondenceError):
         descriptor_tracks(torch.zeros(1, 2, 3, 2), torch.zeros(1, 2, 4, 8), torch.ones(1, 2, 3, dtype=torch.bool), 4)
+
+
+def _zooming_klt(realign: bool, rate: float = 0.03, frames: int = 12, max_anchor_images: int = 24):
+    """KLT over a texture that grows ``rate`` per frame about (160, 120) (an object the camera approaches)."""
+    import cv2
+
+    base, c = _texture(seed=1), np.array([160.0, 120.0])
+    klt = KltTracker(16, realign=realign, max_anchor_images=max_anchor_images)
+    stamps, boxes = [], []
+    for f in range(frames):
+        s = (1 + rate) ** f
+        img = cv2.warpAffine(base, np.array([[s, 0, c[0] * (1 - s)], [0, s, c[1] * (1 - s)]]), (320, 240), flags=cv2.INTER_CUBIC)
+        stamps.append(100 * f)
+        boxes.append(np.r_[c - 40 * s, c + 40 * s])
+        out = klt.step(stamps[-1], img, [_tracklet(3, stamps[-8:], boxes[-8:])])
+    uv, mask = out[3]
+    full = mask.all(0)
+    exact = c + (uv[0, full] - c)[None] * ((1 + rate) ** np.arange(len(uv)))[:, None, None]  # zoom from the first frame
+    return np.linalg.norm(uv[:, full] - exact, axis=-1), klt
+
+
+def test_klt_realignment_removes_the_drift_of_chained_tracks_on_a_growing_object():
+    chained, _ = _zooming_klt(realign=False)
+    realigned, klt = _zooming_klt(realign=True)
+    assert realigned.shape[1] >= 8
+    assert np.median(chained[-1]) > 0.3  # chained LK slides as the texture grows
+    assert np.median(realigned[-1]) < 0.05 and realigned.max() < 0.2
+    # anchors are kept only while points seeded in them live, and never more than the cap
+    assert len(klt._images) <= 2
+    capped, klt1 = _zooming_klt(realign=True, max_anchor_images=1)  # re-anchored every frame: chained LK again
+    assert len(klt1._images) == 1 and capped.shape == chained.shape and np.median(capped[-1]) < 1.0

@@ -42,6 +42,8 @@ class RefineConfig:
             or ORB tracks on the images, passed in as ``point_tracks`` by the caller, e.g. its
             ``KltTracker``), ``oracle`` (ground truth sample ids), ``none`` (priors and motion only).
         match_ratio: Lowe ratio on cosine distance; match_min_similarity: cosine floor.
+        klt_realign: with ``klt``, re-align each KLT point against its seed patch warped by the
+            tracklet's affine image motion every frame (:class:`KltTracker` ``realign``).
         pixel_std: assumed reprojection noise, pixels (sets the residual weights and hence the
             covariance scale; the robust loss scale is in these whitened units).
         roll_pitch_std: prior std of roll and pitch about the detector's upright box, radians.
@@ -95,6 +97,7 @@ class RefineConfig:
     correspondences: str = "descriptor"
     match_ratio: float = 0.9
     match_min_similarity: float = 0.5
+    klt_realign: bool = True
     pixel_std: float = 1.0
     roll_pitch_std: float = 0.05
     accel_std: float = 3.0
