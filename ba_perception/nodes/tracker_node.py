@@ -43,6 +43,8 @@ TRACKER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("min_score_new", _DEFAULTS.min_score_new, "minimum detection score to start a track", min=0.0),
     ParamSpec("static_velocity_std_mps", _DEFAULTS.static_velocity_std_mps, "detections the object BA judged static "
               "also measure the track's velocity as zero with this std, m/s; 0 = off", min=0.0),
+    ParamSpec("velocity_std_mps", _DEFAULTS.velocity_std_mps, "refined moving detections also measure the track's "
+              "velocity (their covariance plus this std squared, m/s) and start new tracks with it; 0 = off", min=0.0),
 )
 
 
@@ -112,7 +114,10 @@ class TrackerNode(PerceptionNode):
                 labels=[d.class_label for d in items], scores=np.array([d.score for d in items]),
                 boxes_2d=np.array([list(d.box_2d) for d in items], dtype=np.float64).reshape(-1, 4),
                 embeddings=np.array(emb, dtype=np.float64) if len(dim) == 1 and 0 not in dim else None,
-                covariances=cov, static=np.array([d.refined and d.is_static for d in items], dtype=bool))
+                covariances=cov, static=np.array([d.refined and d.is_static for d in items], dtype=bool),
+                velocities=np.array([[d.velocity.x, d.velocity.y, d.velocity.z] if d.refined else [np.nan] * 3
+                                     for d in items], np.float64).reshape(-1, 3),
+                velocity_covariances=np.array([list(d.velocity_covariance) for d in items], np.float64).reshape(-1, 3, 3))
             return dets, pose_to_matrix(msg.camera_pose)
         obs = msg_to_observations(msg)
         T_odom_cam = self.ego.camera_pose(stamp)

@@ -209,6 +209,10 @@ def test_wrong_shapes_and_config_are_rejected_with_clear_errors():
         Detections(np.zeros((2, 3)), np.zeros(2), np.ones((2, 3)), ["car", "car"], static=[True])
     with pytest.raises(TrackerConfigError, match="static_velocity_std_mps"):
         Tracker(TrackerConfig(static_velocity_std_mps=-1.0))
+    with pytest.raises(TrackingInputError, match="velocities"):
+        Detections(np.zeros((2, 3)), np.zeros(2), np.ones((2, 3)), ["car", "car"], velocities=np.zeros((1, 3)))
+    with pytest.raises(TrackerConfigError, match="velocity_std_mps"):
+        Tracker(TrackerConfig(velocity_std_mps=-1.0))
     with pytest.raises(TrackerConfigError, match="method"):
         Tracker(TrackerConfig(method="sort"))
     with pytest.raises(TrackerConfigError, match="solver"):
@@ -231,6 +235,27 @@ def test_static_detections_hold_the_track_still_only_when_enabled():
     assert abs(run(on, static=True)[0]) < 0.3  # held near zero against the 3 m/s drift
     assert abs(run(on, static=False)[0]) > 2.0  # moving detections: the filter follows the drift
     assert abs(run(TrackerConfig(n_init=1), static=True)[0]) > 2.0  # off by default
+
+
+def test_detected_velocity_starts_new_tracks_and_is_skipped_when_unknown_or_static():
+    """A car driving 10 m/s: with the object BA's velocity a new track knows it from its first frame."""
+    v = np.array([[10.0, 0.0, 0.0]])
+
+    def first_two(cfg: TrackerConfig, **extra) -> tuple[np.ndarray, dict]:
+        tr = Tracker(cfg)
+        born = tr.step(0, replace(_dets([[20.0, 0.0, 0.75]]), **extra))[0].velocity
+        tr.step(DT_NS, replace(_dets([[21.0, 0.0, 0.75]]), **extra))
+        return born, tr.counters
+
+    # prior velocity std 6 m/s (cars), measurement 0.5 m/s covariance + the 2 m/s floor
+    born, c = first_two(TrackerConfig(n_init=1), velocities=v, velocity_covariances=np.eye(3)[None] * 0.25)
+    assert born[0] == pytest.approx(10.0 * 36.0 / (36.0 + 0.25 + 4.0)) and c["velocity_measurements"] == 2
+    born_off, c_off = first_two(TrackerConfig(n_init=1, velocity_std_mps=0.0), velocities=v)
+    assert np.allclose(born_off, 0.0) and c_off["velocity_measurements"] == 0
+    unknown, c_nan = first_two(TrackerConfig(n_init=1), velocities=np.full((1, 3), np.nan))
+    assert np.allclose(unknown, 0.0) and c_nan["velocity_measurements"] == 0
+    static, c_st = first_two(TrackerConfig(n_init=1), velocities=v, static=np.array([True]))
+    assert np.allclose(static, 0.0) and c_st["velocity_measurements"] == 0
 
 
 def test_per_class_noise_widens_car_uncertainty_more_than_pedestrian():

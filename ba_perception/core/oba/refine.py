@@ -536,7 +536,9 @@ def tracker_detections(boxes: list[RefinedBox]) -> Detections:
         sizes=np.stack([b.size_lwh for b in boxes]), labels=[b.class_label for b in boxes],
         scores=np.array([b.score for b in boxes]), boxes_2d=np.stack([np.asarray(b.box_2d, np.float64) for b in boxes]),
         embeddings=np.stack(emb) if len(dims) == 1 and 0 not in dims else None, covariances=cov,
-        static=np.array([b.refined and b.is_static for b in boxes], dtype=bool))
+        static=np.array([b.refined and b.is_static for b in boxes], dtype=bool),
+        velocities=np.stack([np.asarray(b.velocity_odom, np.float64) if b.refined else np.full(3, np.nan) for b in boxes]),
+        velocity_covariances=np.stack([np.asarray(b.velocity_covariance, np.float64).reshape(3, 3) for b in boxes]))
 
 
 SOLVER_PARAMS = ("max_iterations", "loss", "loss_scale_px", "yaw_only")  # track_buffer_node parameters of SolverOptions

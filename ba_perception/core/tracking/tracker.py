@@ -114,6 +114,10 @@ class TrackerConfig:
             extend existing tracks).
         static_velocity_std_mps: a detection the object BA judged static (``Detections.static``)
             also measures the track's velocity as zero with this std, m/s; 0 = off.
+        velocity_std_mps: a detection with a velocity (``Detections.velocities``, the object BA's,
+            not judged static) also measures the track's velocity, with its covariance plus this
+            std squared (m/s; a floor: the object BA's covariance is overconfident), and a new
+            track starts from it; 0 = off.
         class_params: per-class noise; unknown classes use ``"default"``.
     """
 
@@ -154,6 +158,7 @@ class TrackerConfig:
     emb_window: int = 3
     min_score_new: float = 0.2
     static_velocity_std_mps: float = 0.0
+    velocity_std_mps: float = 2.0
     class_params: dict[str, ClassParams] = field(default_factory=lambda: dict(DEFAULT_CLASS_PARAMS))
 
     @classmethod
@@ -175,6 +180,8 @@ class TrackerConfig:
             raise TrackerConfigError("edge_image must be off, add or replace and edge_image_sigma > 0")
         if not self.static_velocity_std_mps >= 0:
             raise TrackerConfigError(f"static_velocity_std_mps must be >= 0, got {self.static_velocity_std_mps}")
+        if not self.velocity_std_mps >= 0:
+            raise TrackerConfigError(f"velocity_std_mps must be >= 0, got {self.velocity_std_mps}")
         if "default" not in self.class_params:
             raise TrackerConfigError("class_params needs a 'default' entry")
 
@@ -192,6 +199,7 @@ COUNTER_NAMES = (
     "time_backwards_resets",
     "time_gap_resets",
     "matched",
+    "velocity_measurements",  # matched / new tracks updated with a detection's velocity (velocity_std_mps)
     "reidentified",
     "tracks_created",
     "tracks_confirmed",
@@ -473,6 +481,7 @@ class Tracker:
                 if st.any():
                     var = np.broadcast_to(np.eye(3) * self.config.static_velocity_std_mps**2, (int(st.sum()), 3, 3))
                     xs[st], Ps[st] = kalman.update(xs[st], Ps[st], np.zeros((int(st.sum()), 3)), var, block=3)
+            xs, Ps = self._measure_velocity(xs, Ps, detections, f.orig[cols])
             t.x[rows], t.P[rows] = xs, Ps
             self._absorb(t, rows, f, cols, stamp_ns)
         t.misses = np.where(matched_t, 0, t.misses + 1)
@@ -480,7 +489,7 @@ class Tracker:
         free[cols] = False
         if self.config.reid and free.any():
             free = self._reidentify(f, free, matched_t, stamp_ns)
-        self._birth(f, free, stamp_ns)
+        self._birth(f, free, stamp_ns, detections)
         self._prune(stamp_ns)
 
     def _associate(self, t: _Tracks, f: _Frame) -> tuple[np.ndarray, np.ndarray]:
@@ -703,7 +712,28 @@ class Tracker:
         free[cols] = False
         return free
 
-    def _birth(self, f: _Frame, free: np.ndarray, stamp_ns: int) -> None:
+    def _measure_velocity(self, x: np.ndarray, P: np.ndarray, d: Detections, orig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Kalman update of states ``x`` / ``P`` with the velocities of detections ``orig`` that have one."""
+        sd = self.config.velocity_std_mps
+        if sd <= 0 or d.velocities is None or orig.size == 0:
+            return x, P
+        v = d.velocities[orig]
+        ok = np.isfinite(v).all(1)
+        if d.static is not None:
+            ok &= ~d.static[orig]  # zero by decision, not measured (static_velocity_std_mps)
+        if not ok.any():
+            return x, P
+        R = np.broadcast_to(np.eye(3) * sd**2, (int(ok.sum()), 3, 3)).copy()
+        if d.velocity_covariances is not None:
+            C = d.velocity_covariances[orig][ok]
+            good = np.isfinite(C).all((1, 2)) & (np.diagonal(C, axis1=1, axis2=2) > 0).all(1)
+            R[good] += 0.5 * (C[good] + C[good].transpose(0, 2, 1))
+        self.counters["velocity_measurements"] += int(ok.sum())
+        x, P = x.copy(), P.copy()
+        x[ok], P[ok] = kalman.update(x[ok], P[ok], v[ok], R, block=3)
+        return x, P
+
+    def _birth(self, f: _Frame, free: np.ndarray, stamp_ns: int, detections: Detections) -> None:
         cfg = self.config
         new = np.nonzero(free & (f.score >= cfg.min_score_new))[0]
         if new.size == 0:
@@ -715,8 +745,9 @@ class Tracker:
         ids = np.arange(self._next_id, self._next_id + k, dtype=np.int64)
         self._next_id += k
         hits = np.ones(k, dtype=np.int64)
+        x, P = self._measure_velocity(x, kalman.initial_covariance(f.R[new], self._cp[cls, 4]), detections, f.orig[new])
         born = _Tracks(
-            ids=ids, cls=cls, x=x, P=kalman.initial_covariance(f.R[new], self._cp[cls, 4]),
+            ids=ids, cls=cls, x=x, P=P,
             yaw=f.yaw[new].copy(), size=f.size[new].copy(), emb=f.emb[new].copy(), has_emb=f.has_emb[new].copy(),
             n_emb=f.has_emb[new].astype(np.int64), box=f.box[new].copy(), has_box=f.has_box[new].copy(),
             score=f.score[new].copy(), hits=hits, age=np.zeros(k, dtype=np.int64), misses=np.zeros(k, dtype=np.int64),

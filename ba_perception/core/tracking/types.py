@@ -38,6 +38,9 @@ class Detections:
         embeddings: ``(N, D)`` appearance embeddings, or None (NaN / zero rows = unknown).
         covariances: ``(N, 3, 3)`` centre covariance in odom, m^2, or None (class default).
         static: ``(N,)`` bool, the object BA judged the object not moving, or None (unknown).
+        velocities: ``(N, 3)`` velocity in odom, m/s (the object BA's over its window), or None
+            (NaN rows = unknown).
+        velocity_covariances: ``(N, 3, 3)`` their covariance, (m/s)^2, or None (NaN rows = unknown).
 
     Raises:
         TrackingInputError: when array lengths or shapes disagree. Non-finite *values* are not an
@@ -53,6 +56,8 @@ class Detections:
     embeddings: np.ndarray | None = None
     covariances: np.ndarray | None = None
     static: np.ndarray | None = None
+    velocities: np.ndarray | None = None
+    velocity_covariances: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.centers = _as_float(self.centers, "centers", (None, 3))
@@ -73,6 +78,10 @@ class Detections:
             self.static = np.asarray(self.static, dtype=bool).reshape(-1)
             if self.static.shape != (n,):
                 raise TrackingInputError(f"static must have {n} entries, got {self.static.shape[0]}")
+        if self.velocities is not None:
+            self.velocities = _as_float(self.velocities, "velocities", (n, 3))
+        if self.velocity_covariances is not None:
+            self.velocity_covariances = _as_float(self.velocity_covariances, "velocity_covariances", (n, 3, 3))
 
     def __len__(self) -> int:
         return self.centers.shape[0]
