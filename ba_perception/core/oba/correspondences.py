@@ -210,8 +210,8 @@ class _KltState:
     next_id: int
     last_stamp: int
     history: dict  # stamp_ns -> (ids, uv) of that frame
-    seed_stamp: np.ndarray | None = None  # (n,) int64 stamp of the frame each point was seeded in
-    seed_pts: np.ndarray | None = None  # (n, 2) float32 its pixel position there
+    seed_stamp: np.ndarray  # (n,) int64 stamp of the frame each point was seeded in (its anchor)
+    seed_pts: np.ndarray  # (n, 2) float32 its pixel position there
 
 
 class KltTracker:
@@ -312,7 +312,7 @@ class KltTracker:
             g = np.nonzero(st.seed_stamp == s)[0]
             if img is None or len(g) < 4 or int(s) == st.last_stamp:
                 continue
-            A, inl = cv2.estimateAffine2D(st.seed_pts[g], st.pts[g], method=cv2.LMEDS)
+            A, _ = cv2.estimateAffine2D(st.seed_pts[g], st.pts[g], method=cv2.LMEDS)
             if A is None:
                 continue
             A_roi = A.copy()
