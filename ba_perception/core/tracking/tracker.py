@@ -199,7 +199,7 @@ COUNTER_NAMES = (
     "time_backwards_resets",
     "time_gap_resets",
     "matched",
-    "velocity_measurements",  # matched / new tracks updated with a detection's velocity (velocity_std_mps)
+    "velocity_measurements",  # matched / new tracks updated with a detection's velocity, or zero for static ones
     "reidentified",
     "tracks_created",
     "tracks_confirmed",
@@ -475,12 +475,6 @@ class Tracker:
         matched_t[rows] = True
         if rows.size:
             xs, Ps = kalman.update(t.x[rows], t.P[rows], f.pos[cols], f.R[cols])
-            if self.config.static_velocity_std_mps > 0 and detections.static is not None:
-                # the object BA saw the object not moving: a zero-velocity measurement
-                st = detections.static[f.orig[cols]]
-                if st.any():
-                    var = np.broadcast_to(np.eye(3) * self.config.static_velocity_std_mps**2, (int(st.sum()), 3, 3))
-                    xs[st], Ps[st] = kalman.update(xs[st], Ps[st], np.zeros((int(st.sum()), 3)), var, block=3)
             xs, Ps = self._measure_velocity(xs, Ps, detections, f.orig[cols])
             t.x[rows], t.P[rows] = xs, Ps
             self._absorb(t, rows, f, cols, stamp_ns)
@@ -713,24 +707,31 @@ class Tracker:
         return free
 
     def _measure_velocity(self, x: np.ndarray, P: np.ndarray, d: Detections, orig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Kalman update of states ``x`` / ``P`` with the velocities of detections ``orig`` that have one."""
-        sd = self.config.velocity_std_mps
-        if sd <= 0 or d.velocities is None or orig.size == 0:
-            return x, P
-        v = d.velocities[orig]
-        ok = np.isfinite(v).all(1)
-        if d.static is not None:
-            ok &= ~d.static[orig]  # zero by decision, not measured (static_velocity_std_mps)
+        """Kalman update of states ``x`` / ``P`` with the object BA's velocity evidence of detections ``orig``.
+
+        Detections it judged static measure zero velocity (``static_velocity_std_mps``), the others
+        their own velocity where known (its covariance plus ``velocity_std_mps`` squared); a zero
+        std turns that kind off.
+        """
+        cfg = self.config
+        n = orig.size
+        static = d.static[orig] if d.static is not None else np.zeros(n, dtype=bool)
+        z, var = np.full((n, 3), np.nan), np.zeros(n)
+        if cfg.static_velocity_std_mps > 0:
+            z[static], var[static] = 0.0, cfg.static_velocity_std_mps**2
+        if cfg.velocity_std_mps > 0 and d.velocities is not None:
+            z[~static], var[~static] = d.velocities[orig][~static], cfg.velocity_std_mps**2
+        ok = np.isfinite(z).all(1)
         if not ok.any():
             return x, P
-        R = np.broadcast_to(np.eye(3) * sd**2, (int(ok.sum()), 3, 3)).copy()
+        R = np.eye(3) * var[ok, None, None]
         if d.velocity_covariances is not None:
             C = d.velocity_covariances[orig][ok]
-            good = np.isfinite(C).all((1, 2)) & (np.diagonal(C, axis1=1, axis2=2) > 0).all(1)
+            good = ~static[ok] & np.isfinite(C).all((1, 2)) & (np.diagonal(C, axis1=1, axis2=2) > 0).all(1)
             R[good] += 0.5 * (C[good] + C[good].transpose(0, 2, 1))
         self.counters["velocity_measurements"] += int(ok.sum())
         x, P = x.copy(), P.copy()
-        x[ok], P[ok] = kalman.update(x[ok], P[ok], v[ok], R, block=3)
+        x[ok], P[ok] = kalman.update(x[ok], P[ok], z[ok], R, block=3)
         return x, P
 
     def _birth(self, f: _Frame, free: np.ndarray, stamp_ns: int, detections: Detections) -> None:
