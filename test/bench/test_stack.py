@@ -59,7 +59,7 @@ def test_bench_stack_runs_the_graph_and_reports(tmp_path):
     assert e2e >= r["stages"]["detector"]["p50_ms"] * 0.99
     for node in ("detector_node", "track_buffer_node", "tracker_node"):
         assert r["processes"][node]["samples"] >= 1 and r["processes"][node]["rss_max_mb"] > 20
-        assert r["processes"][node]["cpu_s"] >= 0
+        assert r["processes"][node]["cpu_s"] > 0  # the node did work (a dead sampler reads 0)
     assert r["processes"]["detector_node"]["cpu_ms_per_played_frame"] > 1  # the network ran on every frame
     assert data["host"]["cpu_count"] >= 1 and data["config"]["discovery_range"] == "LOCALHOST"
     assert (tmp_path / "stack.png").stat().st_size > 10_000

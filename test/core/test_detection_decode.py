@@ -127,7 +127,8 @@ def test_decode_other_resolution_and_samples_inside_boxes():
     src_hw, net_hw = (720, 1280), (192, 640)
     K = torch.tensor([[900.0, 0, 640.0], [0, 905.0, 355.0], [0, 0, 1]], dtype=torch.float64)
     pre = Preprocess.letterbox(src_hw, net_hw)
-    assert pre.pad_x > 0 or pre.pad_y >= 0
+    # a 16:9 frame letterboxed into 10:3 is scaled by its height and padded left and right
+    assert pre.pad_y == 0 and pre.pad_x > 0
     center = torch.tensor([[1.0, 1.0, 15.0]], dtype=torch.float64)
     size = torch.tensor([[4.0, 1.8, 1.5]], dtype=torch.float64)
     yaw = torch.tensor([-1.2], dtype=torch.float64)
