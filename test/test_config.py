@@ -1,4 +1,4 @@
-"""config/stack.yaml and the README agree with the parameters the nodes declare."""
+"""config/stack.yaml and the generated docs agree with the parameters the nodes declare and the stored results."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import yaml
 
 from ba_perception.graph import NODES, default_params_file
 from ba_perception.params_doc import node_params, reference
+from ba_perception.results_doc import table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +27,11 @@ def test_every_configured_parameter_is_declared_and_valid():
             spec.validate(value)
 
 
-def test_readme_parameter_reference_is_current():
-    assert reference() in (ROOT / "README.md").read_text(), \
-        "README.md parameter reference is stale: run `ba-perception params-doc --write README.md`"
+def test_parameter_reference_is_current():
+    assert reference() in (ROOT / "docs" / "parameters.md").read_text(), \
+        "docs/parameters.md is stale: run `ba-perception params-doc --write docs/parameters.md`"
+
+
+def test_readme_results_table_is_current():
+    assert table() in (ROOT / "README.md").read_text(), \
+        "README.md's results table is stale: run `ba-perception results-doc --write README.md`"
