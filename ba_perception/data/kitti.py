@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, TextIO
 
 import numpy as np
 import torch
@@ -102,7 +102,7 @@ class KittiWriter:
         self.write_images = write_images
         self._n = 0
         self._origin: np.ndarray | None = None
-        self._files: dict[str, object] = {}
+        self._files: dict[str, TextIO] = {}
 
     def __enter__(self) -> "KittiWriter":
         try:

@@ -13,6 +13,7 @@ import contextlib
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -172,10 +173,10 @@ def evaluate_mot(
         classes = sorted(seen)
     hota_m, clear_m, id_m = _metrics()
     out: dict[str, dict[str, float]] = {}
-    per_class = {"hota": {}, "clear": {}, "id": {}}
+    per_class: dict[str, dict[str, Any]] = {"hota": {}, "clear": {}, "id": {}}
     with contextlib.redirect_stdout(io.StringIO()):
         for cls in [*classes, ALL]:
-            res = {"hota": {}, "clear": {}, "id": {}}
+            res: dict[str, dict[str, Any]] = {"hota": {}, "clear": {}, "id": {}}
             for name, frames in seqs.items():
                 data = _sequence_data(frames, cls, similarity, max_dist_m)
                 res["hota"][name] = hota_m.eval_sequence(data)

@@ -89,17 +89,17 @@ def _plots(out: Path, s: dict, bag: Path, outputs: dict) -> list[tuple[str, str]
         ego.append(f.T_odom_base[:2, 3])
         for tid, c in zip(f.objects.track_id, np.asarray(f.objects.center_odom).reshape(-1, 3)):
             gt_paths.setdefault(int(tid), []).append(c[:2])
-    for p in gt_paths.values():
-        p = np.array(p)
-        ax.plot(p[:, 0], p[:, 1], color="0.7", lw=3, alpha=0.7)
+    for path in gt_paths.values():
+        xy = np.array(path)
+        ax.plot(xy[:, 0], xy[:, 1], color="0.7", lw=3, alpha=0.7)
     tr_paths: dict[int, list] = {}
     for m in tracks.values():
         for t in m.tracks:
             tr_paths.setdefault(t.track_id, []).append((t.pose.position.x, t.pose.position.y))
-    for tid, p in tr_paths.items():
-        p = np.array(p)
-        ax.plot(p[:, 0], p[:, 1], color=id_color(tid), lw=1.2)
-        ax.annotate(str(tid), p[-1], fontsize=7, color=id_color(tid))
+    for tid, path in tr_paths.items():
+        xy = np.array(path)
+        ax.plot(xy[:, 0], xy[:, 1], color=id_color(tid), lw=1.2)
+        ax.annotate(str(tid), xy[-1], fontsize=7, color=id_color(tid))
     e = np.array(ego)
     if len(e):
         ax.plot(e[:, 0], e[:, 1], "k--", lw=1, label="ego")
@@ -125,7 +125,7 @@ def _plots(out: Path, s: dict, bag: Path, outputs: dict) -> list[tuple[str, str]
             msg = tracks[f.stamp_ns]
             poses, sizes, ids, labels, _ = boxes_of(msg)
             img = f.image
-            if len(ids):
+            if len(ids) and img is not None:
                 T = np.linalg.inv(pose_to_matrix(msg.camera_pose)) @ poses
                 Tt = torch.as_tensor(T)
                 corners = geometry.box_corners(Tt[:, :3, :3], Tt[:, :3, 3], torch.as_tensor(sizes)).numpy()

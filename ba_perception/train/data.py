@@ -18,6 +18,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,8 +116,8 @@ class CachedSplit:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **{k: v for k, v in self.__dict__.items() if isinstance(v, np.ndarray)},
-                 src_hw=np.array(self.src_hw), net_hw=np.array(self.net_hw))
+        arrays: dict[str, Any] = {k: v for k, v in self.__dict__.items() if isinstance(v, np.ndarray)}
+        np.savez(tmp, **arrays, src_hw=np.array(self.src_hw), net_hw=np.array(self.net_hw))
         tmp.replace(path)
 
     @classmethod
@@ -144,7 +145,10 @@ def build_split(spec: SplitSpec, net_hw: tuple[int, int], cache_dir: str | Path 
     from ba_perception.data.world import World, WorldConfig, correspondences
 
     pre = Preprocess.letterbox((spec.height, spec.width), net_hw)
-    images, Ks, partner, meta = [], [], [], []
+    images: list[np.ndarray] = []
+    Ks: list[np.ndarray] = []
+    partner: list[int] = []
+    meta: list[Any] = []
     objs: dict[str, list] = {k: [] for k in ("frame", "label", "track", "center", "size", "yaw", "box", "occ", "trunc")}
     corr_f, corr_a, corr_b = [], [], []
     seeds = spec.seeds()
@@ -212,7 +216,7 @@ def build_split(spec: SplitSpec, net_hw: tuple[int, int], cache_dir: str | Path 
         corr_frame=cat(corr_f)[order_c].astype(np.int64) if corr_f else np.zeros(0, np.int64),
         corr_uv_a=cat(corr_a)[order_c] if corr_a else np.zeros((0, 2)),
         corr_uv_b=cat(corr_b)[order_c] if corr_b else np.zeros((0, 2)),
-        src_hw=(spec.height, spec.width), net_hw=tuple(net_hw),
+        src_hw=(spec.height, spec.width), net_hw=(int(net_hw[0]), int(net_hw[1])),
     )
     split.save(path)
     return split

@@ -161,7 +161,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, cache_dir
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     torch.manual_seed(cfg.seed)
-    model = MonoDetector(DetectorConfig(input_hw=tuple(cfg.input_hw)), pretrained=cfg.pretrained).to(device)
+    model = MonoDetector(DetectorConfig(input_hw=(int(cfg.input_hw[0]), int(cfg.input_hw[1]))), pretrained=cfg.pretrained).to(device)
     if cfg.freeze_stem:
         for p in [*model.backbone._conv_stem.parameters(), *model.backbone._bn0.parameters(), *model.backbone._blocks[0].parameters()]:
             p.requires_grad_(False)
@@ -197,7 +197,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, cache_dir
         for g in opt.param_groups:
             g["lr"] = _lr_at(cfg, it)
         losses = compute_losses(model, imgs, tg, corr, cfg)
-        total = sum(LOSS_WEIGHTS[k] * v for k, v in losses.items())
+        total = torch.stack([LOSS_WEIGHTS[k] * v for k, v in losses.items()]).sum()
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)

@@ -186,9 +186,9 @@ class TorchBackend:
         self.model = model.to(self.device).eval()
         if self.fp16:
             self.model.half()
-        self.input_hw = tuple(model.cfg.input_hw)
+        self.input_hw: tuple[int, int] = (int(model.cfg.input_hw[0]), int(model.cfg.input_hw[1]))
         self.use_graph = cuda_graph and self.device.type == "cuda"
-        self.fixed_batch = None  # a CUDA graph is captured per input shape
+        self.fixed_batch: int | None = None  # a CUDA graph is captured per input shape
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static_in: torch.Tensor | None = None
         self._static_out: dict[str, torch.Tensor] | None = None
@@ -218,6 +218,7 @@ class TorchBackend:
             return {k: v.float() for k, v in self._run(x).items()}
         if self._graph is None or self._static_in is None or self._static_in.shape != x.shape:
             self._capture(x)
+        assert self._graph is not None and self._static_in is not None and self._static_out is not None  # captured
         self._static_in.copy_(x)
         self._graph.replay()
         return {k: v.float() for k, v in self._static_out.items()}  # .float() copies out of the graph pool
@@ -365,7 +366,8 @@ class TensorRTBackend:
         self.context = self.engine.create_execution_context()
         self.device = torch.device("cuda")
         self.name = f"tensorrt[{precision}]"
-        self.inputs, self.outputs = [], []
+        self.inputs: list[str] = []
+        self.outputs: list[str] = []
         for i in range(self.engine.num_io_tensors):
             n = self.engine.get_tensor_name(i)
             (self.inputs if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT else self.outputs).append(n)

@@ -237,20 +237,25 @@ class MonoDetector(nn.Module):
         self.lat8 = nn.Conv2d(40, c, 1)
         self.smooth16 = _sep_conv(c)
         self.smooth8 = _sep_conv(c)
-        self.hm_head = nn.Sequential(_conv_bn_relu(c, c, 3), nn.Conv2d(c, cfg.num_classes, 1))
-        self.reg_head = nn.Sequential(_conv_bn_relu(c, c, 3), nn.Conv2d(c, NUM_REG, 1))
+        hm_out, reg_out = nn.Conv2d(c, cfg.num_classes, 1), nn.Conv2d(c, NUM_REG, 1)
+        self.hm_head = nn.Sequential(_conv_bn_relu(c, c, 3), hm_out)
+        self.reg_head = nn.Sequential(_conv_bn_relu(c, c, 3), reg_out)
         self.emb_head = nn.Sequential(_conv_bn_relu(c, c, 1), nn.Conv2d(c, cfg.embedding_dim, 1))
         self.feat_lat4 = nn.Conv2d(24, c, 1)
         self.feat_head = nn.Sequential(_sep_conv(c), nn.Conv2d(c, cfg.feature_dim, 1))
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         # CenterNet prior: heatmap starts at sigmoid(-2.19) = 0.1 so the focal loss is stable.
-        nn.init.constant_(self.hm_head[-1].bias, -2.19)
-        nn.init.normal_(self.reg_head[-1].weight, std=1e-3)
-        nn.init.zeros_(self.reg_head[-1].bias)
+        hm_bias, reg_bias = hm_out.bias, reg_out.bias
+        assert hm_bias is not None and reg_bias is not None  # Conv2d(bias=True)
+        nn.init.constant_(hm_bias, -2.19)
+        nn.init.normal_(reg_out.weight, std=1e-3)
+        nn.init.zeros_(reg_bias)
         with torch.no_grad():  # start near typical values: boxes ~3 cells, depth ~20 m
-            self.reg_head[-1].bias[REG_CHANNELS["ltrb"]] = 1.0
-            self.reg_head[-1].bias[REG_CHANNELS["depth"]] = 3.0
+            reg_bias[REG_CHANNELS["ltrb"]] = 1.0
+            reg_bias[REG_CHANNELS["depth"]] = 3.0
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the network.

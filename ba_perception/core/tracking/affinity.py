@@ -119,10 +119,10 @@ def node_affinity(
     """
     num = w_3d * np.clip(1.0 - d2 / chi2_gate, 0.0, 1.0)
     den = np.full_like(num, w_3d)
-    if cos is not None and w_app > 0:
+    if cos is not None and has_cos is not None and w_app > 0:
         num = num + np.where(has_cos, w_app * np.clip(cos, 0.0, 1.0), 0.0)
         den = den + np.where(has_cos, w_app, 0.0)
-    if iou is not None and w_iou > 0:
+    if iou is not None and has_iou is not None and w_iou > 0:
         num = num + np.where(has_iou, w_iou * iou, 0.0)
         den = den + np.where(has_iou, w_iou, 0.0)
     return num / np.maximum(den, 1e-12)
