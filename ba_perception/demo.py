@@ -19,6 +19,7 @@ DEMO_SPLIT = "demo"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Command-line options of the demo."""
     parser.add_argument("--preset", default="urban", help="world preset of the demo sequence")
     parser.add_argument("--frames", type=int, default=100, help="frames of the demo sequence (10 Hz)")
     parser.add_argument("--data", default="data", help="where synthetic sequences are kept (reused across runs)")
@@ -40,6 +41,7 @@ def demo_bag(preset: str, frames: int, data: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the demo; returns the exit code."""
     from ba_perception.cli import CommandError
     from ba_perception.data.world.config import PRESETS
     from ba_perception.eval.replay import ReplayError, RunConfig, replay_and_report

@@ -43,11 +43,13 @@ def reference() -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Command-line options of params-doc."""
     parser.add_argument("--write", metavar="FILE", help="replace the reference section of this file (docs/parameters.md)")
     parser.add_argument("--check", metavar="FILE", help="exit 2 if this file's reference section is stale")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run params-doc; returns the exit code."""
     text = reference()
     target = args.write or args.check
     if not target:

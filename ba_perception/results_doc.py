@@ -133,12 +133,14 @@ def table(results_dir: Path = RESULTS_DIR) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Command-line options of results-doc."""
     parser.add_argument("--write", metavar="FILE", help="replace the results section of this file")
     parser.add_argument("--check", metavar="FILE", help="exit 2 if this file's results section is stale")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="folder of the result JSON files")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run results-doc; returns the exit code."""
     from ba_perception.cli import CommandError
 
     try:

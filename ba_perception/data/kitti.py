@@ -20,8 +20,9 @@ in the image are not exported.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 import torch
@@ -104,7 +105,7 @@ class KittiWriter:
         self._origin: np.ndarray | None = None
         self._files: dict[str, TextIO] = {}
 
-    def __enter__(self) -> "KittiWriter":
+    def __enter__(self) -> KittiWriter:
         try:
             for sub in ("label_02", "calib", "oxts"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -120,7 +121,7 @@ class KittiWriter:
         for f in self._files.values():
             f.close()
 
-    def write(self, frame: "WorldFrame | BagFrame") -> None:
+    def write(self, frame: WorldFrame | BagFrame) -> None:
         """Append one frame (image, labels, oxts; calib with the first frame)."""
         i = self._n
         if i == 0:
@@ -157,7 +158,7 @@ class KittiWriter:
         self._n += 1
 
 
-def label_lines(frame_index: int, g: "GroundTruth") -> str:
+def label_lines(frame_index: int, g: GroundTruth) -> str:
     """KITTI tracking label lines of one frame's ground truth (camera = reference camera)."""
     out = []
     if len(g) == 0:
@@ -221,7 +222,7 @@ def read_label_rows(path: str | Path) -> dict[int, list[list[str]]]:
 
 
 def label_ground_truth(rows: list[list[str]], K: np.ndarray, t2: np.ndarray, T_odom_cam: np.ndarray,
-                       size_wh: tuple[int, int] | None) -> "GroundTruth":
+                       size_wh: tuple[int, int] | None) -> GroundTruth:
     """GroundTruth of one frame's label rows (see :func:`read_kitti`); ``velocity_odom`` zero.
 
     Args:
@@ -262,7 +263,7 @@ def label_ground_truth(rows: list[list[str]], K: np.ndarray, t2: np.ndarray, T_o
     )
 
 
-def fill_track_velocities(gts: list["GroundTruth"], dt: float) -> None:
+def fill_track_velocities(gts: list[GroundTruth], dt: float) -> None:
     """Set ``velocity_odom`` in place: central differences of each track's odom centre (one-sided at the ends).
 
     Args:
@@ -285,7 +286,7 @@ def fill_track_velocities(gts: list["GroundTruth"], dt: float) -> None:
 
 
 def read_kitti(root: str | Path, seq: int | str, images: bool = True, rate_hz: float = 10.0,
-               start_stamp_ns: int = 0) -> Iterator["BagFrame"]:
+               start_stamp_ns: int = 0) -> Iterator[BagFrame]:
     """Frames of a KITTI tracking sequence (ours or the real dataset), in order.
 
     Poses are relative to the first frame (``T_odom_base`` = identity at frame 0), as in the

@@ -157,9 +157,20 @@ def bag_with_labels(src: str | Path, labels: str | Path, dst: str | Path, image_
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from ba_perception.data.bag import (TOPIC_GT, TOPIC_IMAGE, TOPIC_INFO, TOPIC_ODOM, TOPIC_TF_STATIC, BagError,
-                                        _matrix, camera_mount, gt_message, open_reader, typestore)
     from ba_perception.core.ego_motion import EgoMotionBuffer
+    from ba_perception.data.bag import (
+        TOPIC_GT,
+        TOPIC_IMAGE,
+        TOPIC_INFO,
+        TOPIC_ODOM,
+        TOPIC_TF_STATIC,
+        BagError,
+        _matrix,
+        camera_mount,
+        gt_message,
+        open_reader,
+        typestore,
+    )
     from ba_perception.data.kitti import fill_track_velocities, label_ground_truth, read_label_rows
     from ba_perception.ros.convert import extrinsics_to_matrix
     from ba_perception.ros.ego_motion import DEFAULT_CAMERA_EXTRINSICS

@@ -71,7 +71,7 @@ def _metrics():
 
 
 def _sequence_data(frames: Sequence[MotFrame], cls: str, similarity: str, max_dist_m: float) -> dict:
-    """trackeval's per-sequence dict for one class (``cls == ALL``: all classes, class-aware sim)."""
+    """Trackeval's per-sequence dict for one class (``cls == ALL``: all classes, class-aware sim)."""
     gt_ids_l, tr_ids_l, sims = [], [], []
     gt_map: dict[int, int] = {}
     tr_map: dict[int, int] = {}

@@ -64,6 +64,7 @@ def summary_lines(s: dict) -> list[str]:
 
 
 def print_summary(s: dict, out: Path) -> None:
+    """Print the summary lines and where the report and outputs are."""
     print("\n" + "\n".join(summary_lines(s)))
     print(f"\nreport: {out / 'report.md'}   outputs: {out / 'outputs'}")
 
@@ -111,12 +112,12 @@ def _plots(out: Path, s: dict, bag: Path, outputs: dict) -> list[tuple[str, str]
     plt.close(fig)
     made.append(("bev.png", "Bird's-eye view of ground-truth and tracked trajectories"))
     # Overlay frames with projected track boxes and ids.
-    from ba_perception.core.overlay import draw_boxes
-    from ba_perception.nodes.visualizer_node import boxes_of
-    from ba_perception.ros.convert import pose_to_matrix
     import torch
 
     from ba_perception.core import geometry
+    from ba_perception.core.overlay import draw_boxes
+    from ba_perception.nodes.visualizer_node import boxes_of
+    from ba_perception.ros.convert import pose_to_matrix
 
     picks = [f for f in frames if f.stamp_ns in tracks][:: max(1, len(frames) // 4)][:4]
     if picks:

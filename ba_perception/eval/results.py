@@ -27,8 +27,11 @@ def json_safe(o: Any) -> Any:
 
 
 def machine_info() -> dict[str, Any]:
-    """Host facts stored with every result and benchmark: platform, CPU model and count, memory (GiB),
-    Python, numpy, torch, the CUDA GPU if torch sees one, load average and date."""
+    """Host facts stored with every result and benchmark.
+
+    Platform, CPU model and count, memory (GiB), Python, numpy, torch, the CUDA GPU if torch sees
+    one, load average and date.
+    """
     import torch
 
     cpu = ""

@@ -76,8 +76,10 @@ def mot_frames(seq: SequenceData, tracks_per_frame: list[list[Any]], max_range_m
 
 
 def tracker_inputs(seq: SequenceData, tracklet_cfg, refine_cfg, upstreams=("ba", "none")) -> dict[str, list]:
-    """The tracker's input per frame from each requested upstream: object BA (with the track buffer's
-    configured correspondences) or single-frame detections."""
+    """The tracker's input per frame from each requested upstream.
+
+    Object BA (with the track buffer's configured correspondences) or single-frame detections.
+    """
     out = {}
     if "ba" in upstreams:
         ba = run_track_buffer(seq, ObaVariant(refine_cfg.correspondences), tracklet_cfg, refine_cfg)

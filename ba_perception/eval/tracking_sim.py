@@ -201,7 +201,8 @@ def simulate(
         ray = pos[di] - np.array([0, 0, p.camera_height_m])
         ray /= np.linalg.norm(ray, axis=1, keepdims=True)
         sd = p.depth_noise_frac * depth[di] + 0.05
-        centers = pos[di] + ray * rng.normal(0, 1, (di.size, 1)) * sd[:, None] + rng.normal(0, p.lateral_noise_m, (di.size, 3)) * (1 - np.abs(ray))
+        lateral = rng.normal(0, p.lateral_noise_m, (di.size, 3)) * (1 - np.abs(ray))
+        centers = pos[di] + ray * rng.normal(0, 1, (di.size, 1)) * sd[:, None] + lateral
         centers[:, :2] += rng.normal(0, p.ego_jitter_m, 2) if p.ego_jitter_m > 0 else 0.0
         cov = np.einsum("ni,nj->nij", ray, ray) * (sd**2)[:, None, None] + np.eye(3) * p.lateral_noise_m**2
         emb = base[di] + rng.normal(0, p.emb_noise / math.sqrt(p.emb_dim), (di.size, p.emb_dim))  # |noise| ~ emb_noise

@@ -97,6 +97,7 @@ class BagRecorder(PerceptionNode):
         self.count("recorded")
 
     def close(self) -> None:
+        """Finish the bag (idempotent)."""
         with self._lock:
             if not self._closed:
                 self._closed = True

@@ -113,6 +113,7 @@ class CameraNode(PerceptionNode):
         self.create_timer(1.0 / self.p["rate_hz"], self.tick)
 
     def tick(self) -> None:
+        """Publish the next frame (after waiting for subscribers), or stop at the end of a file."""
         if (self.counters["published"] == 0 and time.monotonic() < self._waiting_until
                 and self.image_pub.get_subscription_count() < self.p["wait_for_subscribers"]):
             return

@@ -102,6 +102,7 @@ class CachedSplit:
 
     @property
     def preprocess(self) -> Preprocess:
+        """The letterbox from the source to the network size."""
         return Preprocess.letterbox(self.src_hw, self.net_hw)
 
     def objects_of(self, i: int) -> np.ndarray:
@@ -110,10 +111,12 @@ class CachedSplit:
         return np.arange(lo, hi)
 
     def corr_of(self, i: int) -> np.ndarray:
+        """Indices of the surface correspondences of frame pair ``i``."""
         lo, hi = np.searchsorted(self.corr_frame, [i, i + 1])
         return np.arange(lo, hi)
 
     def save(self, path: Path) -> None:
+        """Write the split to ``path`` (npz, atomically)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         arrays: dict[str, Any] = {k: v for k, v in self.__dict__.items() if isinstance(v, np.ndarray)}
@@ -122,6 +125,7 @@ class CachedSplit:
 
     @classmethod
     def load(cls, path: Path) -> CachedSplit:
+        """Read a split written by :meth:`save`."""
         try:
             z = np.load(path, allow_pickle=False)
             d = {k: z[k] for k in z.files}

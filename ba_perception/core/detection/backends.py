@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ba_perception.core.detection.model import MonoDetector, ModelError, load_checkpoint
+from ba_perception.core.detection.model import ModelError, MonoDetector, load_checkpoint
 
 LOG = logging.getLogger(__name__)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
@@ -46,6 +46,7 @@ class Backend(Protocol):
     fixed_batch: int | None  # the only batch size the model takes; None: any
 
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Network outputs of a ``(B, 3, H, W)`` batch in [0, 1], as float32 CPU or device tensors."""
         """Run the network on ``(B, 3, H, W)`` float32 images in [0, 1]."""
         ...
 
@@ -117,7 +118,8 @@ class OnnxRuntimeBackend:
             if "CUDAExecutionProvider" in available:
                 providers.append("CUDAExecutionProvider")
             if device == "cuda" and not providers:
-                raise BackendError("onnxruntime backend: device cuda requested but onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+                raise BackendError("onnxruntime backend: device cuda requested but onnxruntime has no CUDA provider "
+                                   "(install onnxruntime-gpu)")
         providers.append("CPUExecutionProvider")
         so = ort.SessionOptions()
         if threads > 0:
@@ -145,6 +147,7 @@ class OnnxRuntimeBackend:
             raise BackendError(f"onnxruntime backend: {onnx_path} lacks outputs {sorted(set(OUTPUT_NAMES) - set(self.output_names))}")
 
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Network outputs of a ``(B, 3, H, W)`` batch in [0, 1], as float32 CPU or device tensors."""
         _check_input(image, self.input_hw, self.name)
         if self.fixed_batch is not None and image.shape[0] != self.fixed_batch:
             raise BackendError(f"{self.name}: model takes batch {self.fixed_batch}, got {image.shape[0]}; export with --dynamic-batch")
@@ -212,6 +215,7 @@ class TorchBackend:
             self._static_out = self._run(self._static_in)
 
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Network outputs of a ``(B, 3, H, W)`` batch in [0, 1], as float32 CPU or device tensors."""
         _check_input(image, self.input_hw, self.name)
         x = image.to(self.device, torch.float16 if self.fp16 else torch.float32, non_blocking=True)
         if not self.use_graph:
@@ -231,7 +235,8 @@ def _import_tensorrt():
     try:
         import tensorrt as trt  # noqa: F401
     except ImportError as err:
-        raise BackendError("tensorrt backend: the tensorrt Python package is not installed (pip install tensorrt; needs an NVIDIA GPU)") from err
+        raise BackendError("tensorrt backend: the tensorrt Python package is not installed "
+                           "(pip install tensorrt; needs an NVIDIA GPU)") from err
     if not torch.cuda.is_available():
         raise BackendError("tensorrt backend: torch sees no CUDA GPU (TensorRT needs one)")
     return trt
@@ -382,6 +387,7 @@ class TensorRTBackend:
         return {self._trt.float32: torch.float32, self._trt.float16: torch.float16}[self.engine.get_tensor_dtype(name)]
 
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Network outputs of a ``(B, 3, H, W)`` batch in [0, 1], as float32 CPU or device tensors."""
         _check_input(image, self.input_hw, self.name)
         name = self.inputs[0]
         x = image.to(self.device, self._torch_dtype(name), non_blocking=True).contiguous()

@@ -169,6 +169,7 @@ class EfficientNetLite0(nn.Module):
         self._blocks = nn.ModuleList(blocks)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Backbone features at strides 4, 8, 16 and 32."""
         x = F.relu6(self._bn0(self._conv_stem(_same_pad(x, 3, 2))))
         outs = []
         for i, blk in enumerate(self._blocks):
