@@ -119,7 +119,9 @@ class TrackerNode(PerceptionNode):
         """Mirror the tracker's counters as ``tracker.<name>`` (current totals) and turn the objects it
         dropped since the last frame into counted, logged rejections."""
         c = self.tracker.counters
-        self.counters.update({f"tracker.{k}": v for k, v in c.items() if v})
+        for k, v in c.items():
+            if v:  # current totals (Counter.update would add them up every frame)
+                self.counters[f"tracker.{k}"] = v
         for key, reason in (("invalid_detections", "invalid_detection"), ("duplicate_detections", "duplicate_detection"),
                             ("embedding_dim_mismatch", "embedding_size"), ("detections_over_limit", "too_many_objects"),
                             ("births_over_limit", "too_many_tracks"), ("nonfinite_tracks", "nonfinite_track")):
