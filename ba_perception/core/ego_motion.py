@@ -46,18 +46,27 @@ class EgoMotionBuffer:
         self.stamps.clear()
         self.poses.clear()
 
-    def add(self, stamp_ns: int, T_odom_base: np.ndarray) -> None:
-        """Insert a pose; a stamp older than the newest by > 1 s means time went back: reset first."""
+    def add(self, stamp_ns: int, T_odom_base: np.ndarray) -> str | None:
+        """Insert a pose; a stamp older than the newest by > 1 s means time went back: reset first.
+
+        Returns:
+            None, or why the buffer changed beyond one insertion (for the caller to count and log):
+            ``"backwards"`` (reset: the poses buffered so far were dropped) or ``"replaced"`` (a pose with
+            the same stamp was overwritten).
+        """
+        reason = None
         if self.stamps and stamp_ns < self.stamps[-1] - 1_000_000_000:
             self.reset()
+            reason = "backwards"
         i = bisect.bisect_left(self.stamps, stamp_ns)
         if i < len(self.stamps) and self.stamps[i] == stamp_ns:
             self.poses[i] = np.asarray(T_odom_base, dtype=np.float64)
-            return
+            return "replaced"
         self.stamps.insert(i, int(stamp_ns))
         self.poses.insert(i, np.asarray(T_odom_base, dtype=np.float64))
         if len(self.stamps) > self.capacity:
             del self.stamps[0], self.poses[0]
+        return reason
 
     def lookup(self, stamp_ns: int) -> np.ndarray:
         """``T_odom_base`` at ``stamp_ns``.

@@ -31,20 +31,36 @@ class TraceEntry:
     end_ns: int
 
 
-class LatencyStats:
-    """Collects per-stage samples from stage traces; keeps the last ``window`` samples per stage."""
+MAX_STAGE_NAME = 64  # longest stage name measured; longer names are dropped
 
-    def __init__(self, window: int = 1000) -> None:
-        if window < 1:
-            raise ValueError("window must be >= 1")
+
+class LatencyStats:
+    """Collects per-stage samples from stage traces; keeps the last ``window`` samples per stage.
+
+    At most ``max_series`` series (stage names, with their ``.queue`` / ``transport.`` companions) are
+    kept: samples of a new name beyond that, or of a name longer than :data:`MAX_STAGE_NAME`, are
+    dropped and counted in ``dropped`` (one message with thousands of made-up stage names must not
+    grow the monitor's memory and CPU for the rest of the run).
+    """
+
+    def __init__(self, window: int = 1000, max_series: int = 64) -> None:
+        if window < 1 or max_series < 1:
+            raise ValueError("window and max_series must be >= 1")
         self.window = window
+        self.max_series = max_series
         self.samples: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=self.window))
         self.order: list[str] = []
+        self.dropped = 0
 
-    def add(self, stage: str, ms: float) -> None:
+    def add(self, stage: str, ms: float) -> bool:
+        """Add one sample; False (and counted in ``dropped``) when the series is not kept."""
         if stage not in self.samples:
+            if len(self.samples) >= self.max_series or len(stage) > MAX_STAGE_NAME + len("transport."):
+                self.dropped += 1
+                return False
             self.order.append(stage)
         self.samples[stage].append(float(ms))
+        return True
 
     def add_trace(self, trace: list[TraceEntry], capture_ns: int | None, received_ns: int) -> None:
         """Record one output message.

@@ -18,7 +18,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 
 from ba_perception.core.latency import LatencyStats, TraceEntry, format_table
 from ba_perception.ros.bag_types import import_message_class
-from ba_perception.ros.node import PerceptionNode, StartupError, run_node, time_to_ns, wall_ns
+from ba_perception.ros.node import MAX_TRACE_STAGES, PerceptionNode, StartupError, run_node, time_to_ns, wall_ns
 from ba_perception.ros.params import ParamSpec, qos_profile
 from ba_perception.ros.sync import header_stamp_ns
 
@@ -33,6 +33,10 @@ class LatencyMonitor(PerceptionNode):
         ParamSpec("capture_clock", "wall", "clock of the capture stamps: 'wall' (live camera, restamped replay) "
                   "gives end_to_end; 'sim' only the in-pipeline latency", choices=("wall", "sim")),
         ParamSpec("window", 2000, "samples kept per stage", min=10),
+        ParamSpec("max_series", 64, "latency series kept (stage names and their queue/transport companions); "
+                  "samples of further names are rejected and counted as stage_limit", min=4),
+        ParamSpec("max_trace_len", MAX_TRACE_STAGES, "stage entries measured per message (the newest); longer traces "
+                  "are counted as trace_too_long", min=1),
         ParamSpec("drop_timeout_s", 2.0, "an input frame without output after this long counts as dropped", min=0.1),
         ParamSpec("report_period_s", 1.0, "period of the LatencyReport and the live table", min=0.05),
         ParamSpec("warn_ms", 150.0, "end-to-end p99 above this: diagnostics WARN", min=0.0),
@@ -49,7 +53,7 @@ class LatencyMonitor(PerceptionNode):
             cls = import_message_class(self.p["output_type"])
         except LookupError as err:
             raise StartupError(str(err)) from err
-        self.stats = LatencyStats(self.p["window"])
+        self.stats = LatencyStats(self.p["window"], self.p["max_series"])
         self.pending: OrderedDict[int, int] = OrderedDict()  # input stamp -> wall arrival
         self.outputs: set[int] = set()
         self.create_subscription(cls, self.p["output_topic"], self.on_output, qos_profile("reliable", 50))
@@ -67,6 +71,9 @@ class LatencyMonitor(PerceptionNode):
         self.count("frames_in")
         if stamp not in self.outputs:
             self.pending[stamp] = wall_ns()
+            while len(self.pending) > 4 * self.p["window"]:  # bounded whatever the input rate
+                self.pending.popitem(last=False)
+                self.count("frames_dropped")
         self._expire()
 
     def on_output(self, msg: Any) -> None:
@@ -77,9 +84,19 @@ class LatencyMonitor(PerceptionNode):
         self.outputs.add(stamp)
         if len(self.outputs) > 4 * self.p["window"]:
             self.outputs = set(sorted(self.outputs)[-self.p["window"]:])
-        trace = [TraceEntry(t.stage, time_to_ns(t.received), time_to_ns(t.start), time_to_ns(t.end)) for t in msg.trace]
+        entries = msg.trace
+        if len(entries) > self.p["max_trace_len"]:
+            self.reject("trace_too_long", f"trace of {len(entries)} stages; only the newest {self.p['max_trace_len']} "
+                        "measured")
+            entries = entries[-self.p["max_trace_len"]:]
+        trace = [TraceEntry(t.stage, time_to_ns(t.received), time_to_ns(t.start), time_to_ns(t.end)) for t in entries]
         capture = stamp if self.p["capture_clock"] == "wall" else None
+        before = self.stats.dropped
         self.stats.add_trace(trace, capture, now)
+        if self.stats.dropped > before:
+            self.reject("stage_limit", f"{self.stats.dropped - before} samples of stage names beyond max_series "
+                        f"{self.p['max_series']} (or longer than the longest name measured) dropped",
+                        self.stats.dropped - before)
 
     def _expire(self) -> None:
         limit = wall_ns() - int(self.p["drop_timeout_s"] * 1e9)

@@ -8,6 +8,7 @@ ego-motion; with ``detections`` (the track buffer's output) they already are.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -16,11 +17,11 @@ import torch
 from ba_perception.core import geometry
 from ba_perception.core.ego_motion import EgoMotionError
 from ba_perception.core.tracking import METHODS, QAP_SOLVERS, Detections, Tracker, TrackerConfig, TrackingInputError
-from ba_perception.ros.convert import matrices_to_poses, matrix_to_pose, pose_to_matrix
+from ba_perception.ros.convert import k_problem, matrices_to_poses, matrix_to_pose, pose_problem, pose_to_matrix
 from ba_perception.ros.ego_motion import EGO_MOTION_PARAMS, EgoMotionInput
 from ba_perception.ros.inputs import FrameWorker
-from ba_perception.ros.node import PerceptionNode, StartupError, make_stage, run_node, wall_ns
-from ba_perception.ros.observations import msg_to_observations
+from ba_perception.ros.node import PerceptionNode, StartupError, extend_trace, make_stage, run_node, wall_ns
+from ba_perception.ros.observations import MAX_EMBEDDING_DIM, common_length, msg_to_observations
 from ba_perception.ros.params import ParamSpec
 from ba_perception.ros.sync import stamp_ns
 
@@ -43,6 +44,11 @@ TRACKER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("min_score_new", _DEFAULTS.min_score_new, "minimum detection score to start a track", min=0.0),
     ParamSpec("static_velocity_std_mps", _DEFAULTS.static_velocity_std_mps, "detections the object BA judged static "
               "also measure the track's velocity as zero with this std, m/s; 0 = off", min=0.0),
+    ParamSpec("max_detections", _DEFAULTS.max_detections, "objects accepted per input message; the excess (lowest "
+              "scores) is rejected and counted as too_many_objects", min=1),
+    ParamSpec("max_tracks", _DEFAULTS.max_tracks, "live tracks; no new track starts beyond it (counted)", min=1),
+    ParamSpec("first_track_id", 0, "first track id; 0 = the wall clock in microseconds at start, so ids are never "
+              "reused within a run, also after a restart of the node", min=0),
     ParamSpec("velocity_std_mps", _DEFAULTS.velocity_std_mps, "refined moving detections also measure the track's "
               "velocity (their covariance plus this std squared, m/s) and start new tracks with it; 0 = off", min=0.0),
 )
@@ -67,8 +73,9 @@ class TrackerNode(PerceptionNode):
         torch.set_num_threads(1)  # small per-frame tensors: threads only add contention with the detector
         from ba_perception_msgs.msg import Detection3DArray, ObjectObservationArray, Track3DArray
 
+        first_id = self.p["first_track_id"] or time.time_ns() // 1000  # ids above every id of an earlier run
         try:
-            self.tracker = Tracker(TrackerConfig.from_params(self.p))
+            self.tracker = Tracker(TrackerConfig.from_params({**self.p, "first_track_id": first_id}))
         except ValueError as err:
             raise StartupError(f"tracker configuration: {err}") from err
         self.ego = EgoMotionInput(self) if self.p["input_type"] == "observations" else None
@@ -77,6 +84,7 @@ class TrackerNode(PerceptionNode):
         self.worker = FrameWorker(self, self.on_input, "frames_dropped_stale")
         self.create_subscription(cls, self.p["input_topic"], lambda m: self.worker.put((wall_ns(), m)), self.qos())
         self.last_stamp: int | None = None
+        self._reported = dict(self.tracker.counters)  # tracker counters already turned into rejections
 
     def on_input(self, item: tuple[int, Any]) -> None:
         received, msg = item
@@ -87,6 +95,10 @@ class TrackerNode(PerceptionNode):
             if self.ego is not None:
                 self.ego.reset()
         self.last_stamp = stamp
+        if self.p["input_type"] == "detections" and msg.header.frame_id != self.p["odom_frame"]:
+            self.reject("frame_id", f"detections are in frame {msg.header.frame_id!r}, expected odom_frame "
+                        f"{self.p['odom_frame']!r}; frame dropped")
+            return
         try:
             dets, T_odom_cam = self.to_detections(msg, stamp)
         except EgoMotionError as err:
@@ -95,31 +107,83 @@ class TrackerNode(PerceptionNode):
         except TrackingInputError as err:
             self.reject("malformed", str(err))
             return
+        if T_odom_cam is None:
+            return
         tracks = self.tracker.step(stamp, dets)
-        self.counters.update({f"tracker.{k}": v for k, v in self.tracker.counters.items() if v})
-        self.pub.publish(self.to_msg(msg, tracks, T_odom_cam, received, start))
+        self.report_tracker_counters()
+        out = self.to_msg(msg, tracks, T_odom_cam, received, start)
+        self.pub.publish(out)
         self.count("frames_out")
 
-    def to_detections(self, msg: Any, stamp: int) -> tuple[Detections, np.ndarray]:
+    def report_tracker_counters(self) -> None:
+        """Mirror the tracker's counters as ``tracker.<name>`` (current totals) and turn the objects it
+        dropped since the last frame into counted, logged rejections."""
+        c = self.tracker.counters
+        for k, v in c.items():
+            if v:  # current totals (Counter.update would add them up every frame)
+                self.counters[f"tracker.{k}"] = v
+        for key, reason in (("invalid_detections", "invalid_detection"), ("duplicate_detections", "duplicate_detection"),
+                            ("embedding_dim_mismatch", "embedding_size"), ("detections_over_limit", "too_many_objects"),
+                            ("births_over_limit", "too_many_tracks"), ("nonfinite_tracks", "nonfinite_track")):
+            n = c[key] - self._reported.get(key, 0)
+            if n > 0:
+                self.reject(reason, f"the tracker dropped {n} object(s) of this frame ({key})", n)
+        self._reported = dict(c)
+
+    def _bounded(self, items: list) -> list:
+        """At most ``max_detections`` objects of a message (the highest scores, in message order); the
+        excess is rejected and counted before any conversion work."""
+        limit = self.p["max_detections"]
+        if len(items) <= limit:
+            return items
+        self.reject("too_many_objects", f"{len(items)} objects in one message, max_detections is {limit}; "
+                    "the lowest-scored are dropped", len(items) - limit)
+        score = np.nan_to_num(np.array([o.score for o in items], np.float64), nan=-1.0)
+        return [items[i] for i in np.sort(np.argsort(-score, kind="stable")[:limit])]
+
+    def _objects(self, items: list) -> list:
+        """The objects of a message with a usable pose, bounded by :meth:`_bounded`; the others are rejected
+        one by one and counted."""
+        good = []
+        for o in self._bounded(items):
+            why = pose_problem(o.pose)
+            if why is None:
+                good.append(o)
+            else:
+                self.reject("bad_pose", f"object dropped: {why}")
+        return good
+
+    def to_detections(self, msg: Any, stamp: int) -> tuple[Detections, np.ndarray | None]:
+        """The tracker's input of one message and ``T_odom_cam``, or ``(empty, None)`` when the frame is rejected."""
         if self.p["input_type"] == "detections":
-            items = list(msg.detections)
+            why = pose_problem(msg.camera_pose)
+            if why is not None:
+                self.reject("camera_pose", f"camera_pose unusable ({why}); frame dropped")
+                return Detections.empty(), None
+            items = self._objects(list(msg.detections))
             T = np.stack([pose_to_matrix(d.pose) for d in items]) if items else np.zeros((0, 4, 4))
             cov = np.array([np.reshape(d.pose_covariance, (6, 6))[:3, :3] for d in items]).reshape(-1, 3, 3)
             cov[~(np.diagonal(cov, axis1=1, axis2=2) > 0).all(axis=1)] = np.nan
-            emb = [list(d.embedding) for d in items]
-            dim = {len(e) for e in emb}
+            dim, has_emb = common_length([d.embedding for d in items], MAX_EMBEDDING_DIM)
+            for d, ok in zip(items, has_emb):
+                if not ok and len(d.embedding):
+                    self.reject("embedding_size", f"embedding of length {len(d.embedding)} ignored (common length "
+                                f"{dim}, at most {MAX_EMBEDDING_DIM})")
+            emb = [list(d.embedding) if ok else [np.nan] * dim for d, ok in zip(items, has_emb)]
             dets = Detections(
                 centers=T[:, :3, 3], yaws=np.arctan2(T[:, 1, 0], T[:, 0, 0]),
                 sizes=np.array([[d.size.x, d.size.y, d.size.z] for d in items]).reshape(-1, 3),
                 labels=[d.class_label for d in items], scores=np.array([d.score for d in items]),
                 boxes_2d=np.array([list(d.box_2d) for d in items], dtype=np.float64).reshape(-1, 4),
-                embeddings=np.array(emb, dtype=np.float64) if len(dim) == 1 and 0 not in dim else None,
+                embeddings=np.array(emb, dtype=np.float64).reshape(len(items), dim) if dim else None,
                 covariances=cov, static=np.array([d.refined and d.is_static for d in items], dtype=bool),
                 velocities=np.array([[d.velocity.x, d.velocity.y, d.velocity.z] if d.refined else [np.nan] * 3
                                      for d in items], np.float64).reshape(-1, 3),
                 velocity_covariances=np.array([list(d.velocity_covariance) for d in items], np.float64).reshape(-1, 3, 3))
             return dets, pose_to_matrix(msg.camera_pose)
-        obs = msg_to_observations(msg)
+        if len(msg.observations) > self.p["max_detections"]:
+            msg.observations = self._bounded(list(msg.observations))
+        obs = msg_to_observations(msg, self.reject)
         T_odom_cam = self.ego.camera_pose(stamp)
         return Detections.from_camera(T_odom_cam, obs.center_cam, obs.yaw, obs.depth_std, obs.lateral_std, obs.size_lwh,
                                       obs.labels, obs.scores, obs.box_2d,
@@ -128,11 +192,21 @@ class TrackerNode(PerceptionNode):
     def to_msg(self, msg: Any, tracks: list, T_odom_cam: np.ndarray, received: int, start: int) -> Any:
         from ba_perception_msgs.msg import Track3D, Track3DArray
 
+        K = np.asarray(msg.k, np.float64)
+        if k_problem(K) is not None:
+            self.reject("intrinsics", f"input k unusable ({k_problem(K)}); published as all zeros (unknown)")
+            K = np.zeros(9)
         out = Track3DArray(camera_pose=matrix_to_pose(T_odom_cam), image_width=msg.image_width,
-                           image_height=msg.image_height, k=list(msg.k))
+                           image_height=msg.image_height, k=K.tolist())
         out.header.stamp = msg.header.stamp
         out.header.frame_id = self.p["odom_frame"]
         tracks = [t for t in tracks if t.status != 0 or self.p["publish_tentative"]]
+        finite = [np.isfinite(np.r_[t.center, t.velocity, t.size, t.yaw, t.score, t.position_cov.ravel()]).all()
+                  for t in tracks]
+        if not all(finite):  # the tracker deletes such tracks; never publish one
+            self.reject("nonfinite_track", f"{finite.count(False)} track(s) with NaN/inf state not published",
+                        finite.count(False))
+            tracks = [t for t, ok in zip(tracks, finite) if ok]
         T = np.tile(np.eye(4), (len(tracks), 1, 1))
         T[:, :3, :3] = geometry.rot_z(torch.tensor([float(t.yaw) for t in tracks], dtype=torch.float64)).numpy()
         T[:, :3, 3] = np.array([t.center for t in tracks], np.float64).reshape(-1, 3)
@@ -147,7 +221,7 @@ class TrackerNode(PerceptionNode):
             tr.size.x, tr.size.y, tr.size.z = (float(v) for v in t.size)
             tr.velocity.x, tr.velocity.y, tr.velocity.z = (float(v) for v in t.velocity)
             out.tracks.append(tr)
-        out.trace = list(msg.trace) + [make_stage("tracker", received, start)]
+        out.trace = extend_trace(msg.trace, make_stage("tracker", received, start))
         return out
 
     def close(self) -> None:

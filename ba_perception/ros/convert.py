@@ -13,6 +13,12 @@ from sensor_msgs.msg import CameraInfo
 from ba_perception.core import geometry
 
 
+MIN_FOCAL_PX, MAX_FOCAL_PX = 1e-1, 1e6  # sane focal lengths, pixels (a 1e+-300 one is a broken calibration)
+MAX_IMAGE_SIDE_PX = 65536  # largest camera_info width / height; principal point within +-this
+MAX_COORD_M = 1e6  # largest |coordinate| of a pose accepted from a message, metres
+UNIT_QUATERNION_TOL = 1e-2  # | |q| - 1 | above this: not an orientation
+
+
 class InputError(ValueError):
     """A message whose content is unusable; ``reason`` is a counter key."""
 
@@ -45,18 +51,53 @@ def matrices_to_poses(T: np.ndarray) -> list[Pose]:
             for pi, qi in zip(p, q)]
 
 
+def pose_problem(pose: Pose) -> str | None:
+    """Why a ``geometry_msgs/Pose`` from a message is unusable (None when it is fine).
+
+    Unusable: a NaN/inf entry, a coordinate beyond :data:`MAX_COORD_M`, or an orientation quaternion
+    that is not unit length within :data:`UNIT_QUATERNION_TOL` (e.g. the all-zero default).
+    """
+    p, q = pose.position, pose.orientation
+    xyz, quat = (p.x, p.y, p.z), (q.x, q.y, q.z, q.w)
+    if not all(math.isfinite(v) for v in xyz + quat):
+        return "pose contains NaN/inf"
+    if max(abs(v) for v in xyz) > MAX_COORD_M:
+        return f"pose position beyond {MAX_COORD_M:g} m"
+    n = math.sqrt(sum(v * v for v in quat))
+    if abs(n - 1.0) > UNIT_QUATERNION_TOL:
+        return f"orientation quaternion is not unit length (|q| = {n:.4g})"
+    return None
+
+
+def k_problem(K: np.ndarray) -> str | None:
+    """Why a 3x3 intrinsics matrix is unusable (None when it is fine): NaN/inf, a focal length outside
+    [:data:`MIN_FOCAL_PX`, :data:`MAX_FOCAL_PX`], a principal point or skew beyond
+    :data:`MAX_IMAGE_SIDE_PX`, or a last row other than (0, 0, 1)."""
+    K = np.asarray(K, dtype=np.float64).reshape(3, 3)
+    if not np.all(np.isfinite(K)):
+        return "K contains NaN/inf"
+    fx, fy = K[0, 0], K[1, 1]
+    if not (MIN_FOCAL_PX <= fx <= MAX_FOCAL_PX and MIN_FOCAL_PX <= fy <= MAX_FOCAL_PX):
+        return f"focal lengths must be in [{MIN_FOCAL_PX:g}, {MAX_FOCAL_PX:g}] px, got fx={fx:g} fy={fy:g}"
+    if max(abs(K[0, 1]), abs(K[0, 2]), abs(K[1, 2])) > MAX_IMAGE_SIDE_PX:
+        return f"principal point / skew beyond {MAX_IMAGE_SIDE_PX} px: cx={K[0, 2]:g} cy={K[1, 2]:g} s={K[0, 1]:g}"
+    if K[1, 0] != 0 or K[2, 0] != 0 or K[2, 1] != 0 or abs(K[2, 2] - 1.0) > 1e-6:
+        return f"K must be upper triangular with K[2, 2] = 1, got rows 2-3 {K[1:].ravel().tolist()}"
+    return None
+
+
 def camera_info_to_k(info: CameraInfo) -> np.ndarray:
     """The 3x3 intrinsics of a CameraInfo after validation.
 
     Raises:
-        InputError: NaN/inf, zero focal lengths, or zero image size.
+        InputError: reason ``intrinsics``: see :func:`k_problem`, or an image size of 0 or beyond
+            :data:`MAX_IMAGE_SIDE_PX`.
     """
     K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
-    if not np.all(np.isfinite(K)):
-        raise InputError("intrinsics", "camera_info K contains NaN/inf")
-    if K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise InputError("intrinsics", f"camera_info focal lengths must be > 0, got fx={K[0, 0]} fy={K[1, 1]}")
-    if info.width == 0 or info.height == 0:
+    why = k_problem(K)
+    if why is not None:
+        raise InputError("intrinsics", f"camera_info {why}")
+    if not (0 < info.width <= MAX_IMAGE_SIDE_PX and 0 < info.height <= MAX_IMAGE_SIDE_PX):
         raise InputError("intrinsics", f"camera_info image size is {info.width}x{info.height}")
     return K
 
@@ -79,11 +120,14 @@ def k_to_camera_info(K: np.ndarray, width: int, height: int, header: Any | None 
 
 def odometry_to_matrix(odom: Any) -> np.ndarray:
     """``nav_msgs/Odometry`` -> 4x4 ``T_<frame_id>_<child_frame_id>`` after validation."""
+    why = pose_problem(odom.pose.pose)
+    if why is not None:
+        raise InputError("ego_motion", f"odometry {why}")
     T = pose_to_matrix(odom.pose.pose)
     q = odom.pose.pose.orientation
-    if not np.all(np.isfinite(T)) or not math.isfinite(q.w):
+    if not np.all(np.isfinite(T)):
         raise InputError("ego_motion", "odometry pose contains NaN/inf")
-    n = math.sqrt(q.x**2 + q.y**2 + q.z**2 + q.w**2)
+    n = math.sqrt(q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w)
     if abs(n - 1.0) > 1e-3:
         raise InputError("ego_motion", f"odometry quaternion is not unit length (|q| = {n:.4f})")
     return T

@@ -59,7 +59,14 @@ class EgoMotionInput:
         except InputError as err:
             self.node.reject(err.reason, str(err))
             return
-        self.buffer.add(stamp_ns(msg), T)
+        t = stamp_ns(msg)
+        newest = self.buffer.stamps[-1] if self.buffer.stamps else t
+        change = self.buffer.add(t, T)
+        if change == "backwards":
+            self.node.reject("odom_backwards", f"odometry stamp went back by {(newest - t) / 1e9:.3f} s: ego-motion "
+                             "buffer reset (bag looped?), the poses buffered before were dropped")
+        elif change == "replaced":
+            self.node.reject("odom_duplicate_stamp", "two odometry messages with the same stamp: the newer one kept")
 
     def _on_tf_static(self, msg: Any) -> None:
         for tf in msg.transforms:

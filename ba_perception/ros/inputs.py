@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ba_perception.ros.convert import InputError, camera_info_to_k
-from ba_perception.ros.image import ImageError, image_to_rgb
+from ba_perception.ros.image import MAX_DECODED_PIXELS, ImageError, image_to_rgb
 from ba_perception.ros.node import wall_ns
 from ba_perception.ros.params import ParamSpec, qos_profile
 from ba_perception.ros.sync import stamp_ns, subscribe_synchronized
@@ -34,6 +34,8 @@ CAMERA_INPUT_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("input_qos_depth", 5, "queue depth of image and camera_info", min=1),
     ParamSpec("sync_slop_s", 0.0, "largest stamp difference between image and camera_info, seconds", min=0.0),
     ParamSpec("sync_queue_size", 10, "messages buffered per input while pairing", min=1),
+    ParamSpec("max_decoded_pixels", MAX_DECODED_PIXELS, "largest image (width x height) converted or decoded; a larger "
+              "one (e.g. a compressed decompression bomb, checked on its header) is rejected as too_large", min=1),
 )
 
 
@@ -160,8 +162,11 @@ class CameraInput:
             if self._last_stamp is not None and t < self._last_stamp:
                 self.node.reject("stamp_backwards", f"capture stamp went back by {(self._last_stamp - t) / 1e9:.3f} s; "
                                  "state reset (bag looped?)")
-                self.sync.queues[0].clear()
-                self.sync.queues[1].clear()
+                for i, q in enumerate(self.sync.queues):
+                    if q:
+                        self.node.reject("unpaired", f"{len(q)} message(s) of input {i} dropped unpaired by the reset",
+                                         len(q))
+                    q.clear()
                 self.sync.latest_ns = None
                 if self.on_reset is not None:
                     self.on_reset()
@@ -173,7 +178,7 @@ class CameraInput:
 
     def _on_pair(self, image: Any, info: Any) -> None:
         try:
-            rgb = image_to_rgb(image)
+            rgb = image_to_rgb(image, self.node.p["max_decoded_pixels"])
             K = camera_info_to_k(info)
         except (ImageError, InputError) as err:
             self.node.reject(err.reason, str(err))

@@ -15,6 +15,12 @@ from ba_perception.core import geometry
 from ba_perception.core.overlay import id_color
 
 
+def marker_id(object_id: int) -> int:
+    """The int32 ``Marker.id`` of a uint64 track / tracklet id (its low 31 bits: ids alive at the same time
+    are consecutive in practice, so they stay distinct; the text label shows the full id)."""
+    return int(object_id) & 0x7FFFFFFF
+
+
 def box_marker_array(
     header: Any,
     poses: np.ndarray,
@@ -40,7 +46,7 @@ def box_marker_array(
     for i in range(n):
         r, g, b = id_color(ids[i])
         color = ColorRGBA(r=float(r), g=float(g), b=float(b), a=1.0)
-        box = Marker(header=header, ns="boxes", id=int(ids[i]), type=Marker.LINE_LIST, action=Marker.ADD,
+        box = Marker(header=header, ns="boxes", id=marker_id(ids[i]), type=Marker.LINE_LIST, action=Marker.ADD,
                      color=color, lifetime=life)
         box.pose.orientation.w = 1.0
         box.scale.x = line_width
@@ -48,7 +54,7 @@ def box_marker_array(
                       for e in geometry.BOX_EDGES for k in e]
         out.markers.append(box)
         speed = float(np.linalg.norm(velocities[i])) if velocities is not None else 0.0
-        text = Marker(header=header, ns="labels", id=int(ids[i]), type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
+        text = Marker(header=header, ns="labels", id=marker_id(ids[i]), type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
                       color=color, lifetime=life, text=f"{ids[i]} {labels[i]} {speed:.1f} m/s")
         text.pose.position = Point(x=float(P[i, 0, 3]), y=float(P[i, 1, 3]),
                                    z=float(corners[i, :, 2].max()) + 0.5)
@@ -56,7 +62,7 @@ def box_marker_array(
         text.scale.z = 0.6
         out.markers.append(text)
         if velocities is not None and speed > 0.1:
-            arrow = Marker(header=header, ns="velocity", id=int(ids[i]), type=Marker.ARROW, action=Marker.ADD,
+            arrow = Marker(header=header, ns="velocity", id=marker_id(ids[i]), type=Marker.ARROW, action=Marker.ADD,
                            color=color, lifetime=life)
             start = P[i, :3, 3].numpy()
             end = start + np.asarray(velocities[i], dtype=np.float64)

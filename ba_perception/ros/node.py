@@ -4,14 +4,20 @@ A node subclasses :class:`PerceptionNode`, lists its ``PARAMS``, and in callback
 ``self.reject(reason, detail)`` for bad input (counted, logged once per reason per
 ``log_throttle_s``) and ``self.trace(...)`` to append its stage timing. Counters are published on
 ``/diagnostics`` once per second, so tests and operators see them without reading logs.
+
+Every subscription and timer callback of a :class:`PerceptionNode` is guarded: an exception that
+escapes it is counted under ``rejected.callback_error`` and logged once per throttle period
+instead of leaving ``rclpy.spin`` (which would kill the node for one bad message).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
+import traceback
 from collections import Counter
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import rclpy
 from builtin_interfaces.msg import Time as TimeMsg
@@ -33,6 +39,9 @@ COMMON_PARAMS: tuple[ParamSpec, ...] = (
 
 class StartupError(RuntimeError):
     """A node cannot start (missing file, nothing to do): one line on stderr, exit code 2."""
+
+
+MAX_TRACE_STAGES = 16  # stage entries a node keeps when it extends an input's trace (newest kept)
 
 
 def wall_ns() -> int:
@@ -62,6 +71,15 @@ def make_stage(stage: str, received_ns: int, start_ns: int, end_ns: int | None =
     )
 
 
+def extend_trace(trace: Sequence[StageTiming], stage: StageTiming) -> list[StageTiming]:
+    """``trace + [stage]`` bounded to the newest :data:`MAX_TRACE_STAGES` entries.
+
+    An input's trace is copied into the output; without a bound one message with a huge trace would
+    be copied (and measured by the latency monitor) at every stage downstream.
+    """
+    return list(trace[-(MAX_TRACE_STAGES - 1):]) + [stage]
+
+
 class PerceptionNode(Node):
     """Base node: declares ``COMMON_PARAMS + PARAMS``, counts rejects, publishes diagnostics."""
 
@@ -75,6 +93,31 @@ class PerceptionNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile("reliable", 10))
         self.create_timer(self.p["diagnostics_period_s"], self.publish_diagnostics)
 
+    def create_subscription(self, msg_type: Any, topic: str, callback: Callable[..., Any], qos_profile: Any,
+                            **kwargs: Any) -> Any:
+        """``Node.create_subscription`` with the callback guarded (see :meth:`guard`)."""
+        return super().create_subscription(msg_type, topic, self.guard(callback, f"subscription {topic}"), qos_profile,
+                                           **kwargs)
+
+    def create_timer(self, timer_period_sec: float, callback: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``Node.create_timer`` with the callback guarded (see :meth:`guard`)."""
+        return super().create_timer(timer_period_sec, self.guard(callback, "timer"), *args, **kwargs)
+
+    def guard(self, callback: Callable[..., Any], where: str) -> Callable[..., Any]:
+        """``callback`` wrapped so that an exception is counted as ``rejected.callback_error`` and logged
+        (throttled, with the innermost frame) instead of propagating into the executor."""
+
+        @functools.wraps(callback)
+        def guarded(*args: Any) -> Any:
+            try:
+                return callback(*args)
+            except Exception as err:  # noqa: BLE001 - one bad message must never end rclpy.spin
+                frame = traceback.extract_tb(err.__traceback__)[-1]
+                self.reject("callback_error", f"{where}: {type(err).__name__}: {err} "
+                            f"({frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}); input dropped")
+                return None
+
+        return guarded
     def qos(self, prefix: str = "") -> Any:
         """QoS from the parameters ``[<prefix>_]qos`` (kind) and ``[<prefix>_]qos_depth``."""
         key = f"{prefix}_qos" if prefix else "qos"
@@ -91,9 +134,9 @@ class PerceptionNode(Node):
         """Increment a diagnostics counter (frames in/out, drops, ...)."""
         self.counters[key] += n
 
-    def reject(self, reason: str, detail: str) -> None:
-        """Count a bad input under ``rejected.<reason>`` and log it at most once per throttle period."""
-        self.counters[f"rejected.{reason}"] += 1
+    def reject(self, reason: str, detail: str, n: int = 1) -> None:
+        """Count ``n`` bad inputs under ``rejected.<reason>`` and log at most once per reason per throttle period."""
+        self.counters[f"rejected.{reason}"] += n
         now = time.monotonic()
         if now - self._last_log.get(reason, -1e18) >= self.p["log_throttle_s"]:
             self._last_log[reason] = now

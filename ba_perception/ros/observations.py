@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from ba_perception.core import geometry
-from ba_perception.ros.convert import matrices_to_poses, pose_to_matrix
+from ba_perception.ros.convert import MAX_COORD_M, matrices_to_poses, pose_problem, pose_to_matrix
+
+MAX_EMBEDDING_DIM = 4096  # longest appearance embedding accepted per object (longer ones are ignored, counted)
 
 
 @dataclass
@@ -71,9 +75,48 @@ def detections_to_msg(det: Any, names: list[str], header: Any, K: np.ndarray, im
     return out
 
 
-def msg_to_observations(msg: Any) -> FrameObservations:
-    """ObjectObservationArray -> :class:`FrameObservations` (arrays, camera optical frame)."""
-    obs = list(msg.observations)
+def observation_problem(o: Any) -> str | None:
+    """Why one ObjectObservation cannot be used (None when it can): a bad pose (see
+    :func:`~ba_perception.ros.convert.pose_problem`), a size that is not finite and positive, or a
+    non-finite score, 2D box or standard deviation."""
+    why = pose_problem(o.pose)
+    if why is not None:
+        return why
+    size = (o.size.x, o.size.y, o.size.z)
+    if not all(math.isfinite(v) and 0 < v <= MAX_COORD_M for v in size):
+        return f"size must be finite and > 0, got {size}"
+    vals = (o.score, o.depth_std, o.lateral_std, o.yaw_std, *o.box_2d)
+    if not all(math.isfinite(v) for v in vals):
+        return "score, 2D box or standard deviations contain NaN/inf"
+    return None
+
+
+def common_length(seqs: list[Any], limit: int = MAX_EMBEDDING_DIM) -> tuple[int, list[bool]]:
+    """The most common non-zero length (at most ``limit``) of ``seqs`` and which of them have it.
+
+    Per-object arrays (embeddings) of a message must share one length; the majority wins and the
+    others are treated as missing (the caller counts them).
+    """
+    lengths = Counter(len(e) for e in seqs if 0 < len(e) <= limit)
+    E = lengths.most_common(1)[0][0] if lengths else 0
+    return E, [len(e) == E and E > 0 for e in seqs]
+
+
+def msg_to_observations(msg: Any, on_reject: Callable[[str, str], None] | None = None) -> FrameObservations:
+    """ObjectObservationArray -> :class:`FrameObservations` (arrays, camera optical frame).
+
+    Objects are validated one by one (:func:`observation_problem`): a bad one is left out and reported
+    as ``on_reject("bad_observation", why)``; an embedding whose length differs from the message's
+    common length is replaced by none (``on_reject("embedding_size", ...)``). The rest of the frame
+    goes on.
+    """
+    obs = []
+    for o in msg.observations:
+        why = observation_problem(o)
+        if why is None:
+            obs.append(o)
+        elif on_reject is not None:
+            on_reject("bad_observation", f"observation dropped: {why}")
     n = len(obs)
     T = np.stack([pose_to_matrix(o.pose) for o in obs]) if n else np.zeros((0, 4, 4))
     yaw = geometry.yaw_from_rotation_cam(torch.as_tensor(T[:, :3, :3])).numpy() if n else np.zeros(0)
@@ -81,8 +124,12 @@ def msg_to_observations(msg: Any) -> FrameObservations:
     D = dims.pop() if len(dims) == 1 else 0
     S = len(obs[0].sample_uv) // 2 if n else 0
     uniform = n and D > 0 and all(len(o.sample_uv) == 2 * S and len(o.descriptors) == S * D for o in obs)
-    E = len(obs[0].embedding) if n else 0
-    emb_ok = n and all(len(o.embedding) == E for o in obs)
+    E, has_emb = common_length([o.embedding for o in obs])
+    if on_reject is not None:
+        for o, ok in zip(obs, has_emb):
+            if not ok and len(o.embedding):
+                on_reject("embedding_size", f"embedding of length {len(o.embedding)} ignored (common length {E}, "
+                          f"at most {MAX_EMBEDDING_DIM})")
     return FrameObservations(
         stamp_ns=int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec),
         K=np.asarray(msg.k, dtype=np.float64).reshape(3, 3),
@@ -96,8 +143,8 @@ def msg_to_observations(msg: Any) -> FrameObservations:
         depth_std=np.array([o.depth_std for o in obs], dtype=np.float32),
         lateral_std=np.array([o.lateral_std for o in obs], dtype=np.float32),
         yaw_std=np.array([o.yaw_std for o in obs], dtype=np.float32),
-        embedding=np.array([list(o.embedding) for o in obs], dtype=np.float32).reshape(n, E) if emb_ok
-        else np.zeros((n, 0), np.float32),
+        embedding=np.array([list(o.embedding) if ok else [0.0] * E for o, ok in zip(obs, has_emb)],
+                           dtype=np.float32).reshape(n, E),
         sample_uv=np.array([list(o.sample_uv) for o in obs], dtype=np.float32).reshape(n, S, 2) if uniform
         else np.zeros((n, 0, 2), np.float32),
         descriptors=np.array([list(o.descriptors) for o in obs], dtype=np.float32).reshape(n, S, D) if uniform

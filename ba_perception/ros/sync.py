@@ -4,8 +4,11 @@ This replaces ``message_filters`` where it is not installable; the policies foll
 ``message_filters.TimeSynchronizer`` and ``ApproximateTimeSynchronizer`` (Python implementation):
 each input keeps a bounded queue keyed by the message's ``header.stamp``; a set is emitted when
 every input has a message and, for the approximate policy, the spread of their stamps is at most
-``slop``. Emitted and older messages leave the queues. The policy is pure Python (no rclpy), so it
-is tested alone; :func:`subscribe_synchronized` wires it to rclpy subscriptions.
+``slop``. Emitted and older messages leave the queues. A message that leaves a queue without being
+emitted (pushed out of a full queue, older than an emitted set, replaced by one with the same stamp,
+or cleared by a reset) is counted per input in ``unpaired`` and reported to ``on_drop``. The policy is
+pure Python (no rclpy), so it is tested alone; :func:`subscribe_synchronized` wires it to rclpy
+subscriptions and counts the unpaired messages on the node as ``rejected.unpaired``.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class TimeSynchronizer:
         on_reset: called when a stamp goes backwards by more than ``reset_jump_s`` (bag loop):
             all queues are cleared first.
         reset_jump_s: a backwards jump larger than this resets the synchronizer.
+        on_drop: called as ``on_drop(index, n)`` when ``n`` messages of input ``index`` leave without a partner.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class TimeSynchronizer:
         slop_s: float = 0.0,
         on_reset: Callable[[], None] | None = None,
         reset_jump_s: float = 1.0,
+        on_drop: Callable[[int, int], None] | None = None,
     ) -> None:
         if num_inputs < 1:
             raise ValueError("num_inputs must be >= 1")
@@ -79,14 +84,18 @@ class TimeSynchronizer:
         self.latest_ns: int | None = None
         self.emitted = 0
         self.resets = 0
+        self.unpaired = [0] * num_inputs
+        self.on_drop = on_drop
         self._lock = threading.Lock()
 
     def add(self, index: int, msg: Any, stamp: int | None = None) -> None:
         """Offer ``msg`` on input ``index``; ``stamp`` (ns) defaults to ``msg.header.stamp``."""
         t = stamp_ns(msg) if stamp is None else int(stamp)
+        drops = [0] * len(self.queues)
         with self._lock:
             if self.latest_ns is not None and t < self.latest_ns - self.reset_jump_ns:
-                for q in self.queues:
+                for i, q in enumerate(self.queues):
+                    drops[i] += len(q)
                     q.clear()
                 self.latest_ns = None
                 self.resets += 1
@@ -94,15 +103,22 @@ class TimeSynchronizer:
                     self.on_reset()
             self.latest_ns = t if self.latest_ns is None else max(self.latest_ns, t)
             queue = self.queues[index]
+            drops[index] += t in queue
             queue[t] = msg
             while len(queue) > self.queue_size:
                 del queue[min(queue)]
-            matched = self._match(index, t)
+                drops[index] += 1
+            matched = self._match(index, t, drops)
+        for i, n in enumerate(drops):
+            if n:
+                self.unpaired[i] += n
+                if self.on_drop is not None:
+                    self.on_drop(i, n)
         if matched is not None:
             self.emitted += 1
             self.callback(*matched)
 
-    def _match(self, index: int, t: int) -> list[Any] | None:
+    def _match(self, index: int, t: int, drops: list[int]) -> list[Any] | None:
         candidates: list[list[int]] = []
         for i, q in enumerate(self.queues):
             if i == index:
@@ -119,6 +135,7 @@ class TimeSynchronizer:
                     q = self.queues[i]
                     for old in [k for k in q if k <= s]:
                         del q[old]
+                        drops[i] += old != s
                 return msgs
         return None
 
@@ -135,9 +152,17 @@ def subscribe_synchronized(
     """Subscribe to ``(msg_type, topic, qos)`` inputs and call ``callback`` with synchronized sets.
 
     ``on_receive(index, msg)`` runs first for every message and may return False to reject it
-    (bad input) before it enters the queues.
+    (bad input) before it enters the queues. Messages that leave without a partner are counted on the
+    node as ``rejected.unpaired`` (when it has ``reject``, as every PerceptionNode does).
     """
-    sync = TimeSynchronizer(len(topics), callback, queue_size, slop_s, on_reset)
+    reject = getattr(node, "reject", None)
+
+    def on_drop(i: int, n: int) -> None:
+        if reject is not None:
+            reject("unpaired", f"{n} message(s) on {topics[i][1]} dropped without a partner with the same stamp "
+                   f"on {', '.join(t[1] for j, t in enumerate(topics) if j != i)}", n)
+
+    sync = TimeSynchronizer(len(topics), callback, queue_size, slop_s, on_reset, on_drop=on_drop)
 
     def make_cb(i: int) -> Callable[[Any], None]:
         def cb(msg: Any) -> None:

@@ -75,7 +75,7 @@ def test_bad_inputs_are_counted_and_node_keeps_running(ros_env, checkpoint):
     wait_for(lambda: len(outputs) >= 1, 60, spin, "first good frame processed")
 
     bad = numpy_to_image(rgb, "rgb8")
-    bad.encoding = "yuv422_yuy2"
+    bad.encoding = "bayer_rggb8"
     send(image=bad)
     wait_counter("rejected.encoding")
 

@@ -57,7 +57,7 @@ def _broken(**changes):
 
 
 @pytest.mark.parametrize("msg,reason", [
-    (_broken(encoding="yuv422_yuy2"), "encoding"),
+    (_broken(encoding="bayer_rggb8"), "encoding"),
     (_broken(data=RGB.tobytes()[:-1]), "size"),
     (_broken(height=0, data=b""), "empty"),
     (_broken(step=5), "size"),
@@ -84,6 +84,6 @@ def test_gray_from_every_encoding_agrees():
     png = rgb_to_compressed(rgb, "png")
     assert np.abs(image_to_gray(png).astype(int) - ref).max() <= 1
     bad = numpy_to_image(rgb, "rgb8")
-    bad.encoding = "yuv422_yuy2"
+    bad.encoding = "bayer_rggb8"
     with pytest.raises(ImageError):
         image_to_gray(bad)

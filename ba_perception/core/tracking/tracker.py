@@ -37,6 +37,9 @@ from ba_perception.core.tracking.types import (
 )
 
 METHODS = ("graph", "hungarian_3d", "hungarian_iou", "hungarian_node")
+MAX_COORD_M = 1e6  # detections with a centre coordinate beyond this (metres) are invalid
+MAX_SPEED_MPS = 1e3  # velocity measurements faster than this are ignored
+EMB_DIM_SWITCH_FRAMES = 3  # consecutive frames of another embedding length before the tracker adopts it
 
 
 class TrackerConfigError(ValueError):
@@ -119,6 +122,10 @@ class TrackerConfig:
             std squared (m/s; a floor: the object BA's covariance is overconfident), and a new
             track starts from it; 0 = off.
         class_params: per-class noise; unknown classes use ``"default"``.
+        max_detections: detections used per frame; beyond it the lowest-scored are dropped and counted
+            (bounds the per-frame O(N^2) work and memory).
+        max_tracks: live tracks; beyond it no new track is started (counted).
+        first_track_id: the first id handed out; ids then only increase (also across resets).
     """
 
     method: str = "graph"
@@ -159,6 +166,9 @@ class TrackerConfig:
     min_score_new: float = 0.2
     static_velocity_std_mps: float = 0.0
     velocity_std_mps: float = 2.0
+    max_detections: int = 256
+    max_tracks: int = 512
+    first_track_id: int = 1
     class_params: dict[str, ClassParams] = field(default_factory=lambda: dict(DEFAULT_CLASS_PARAMS))
 
     @classmethod
@@ -182,6 +192,8 @@ class TrackerConfig:
             raise TrackerConfigError(f"static_velocity_std_mps must be >= 0, got {self.static_velocity_std_mps}")
         if not self.velocity_std_mps >= 0:
             raise TrackerConfigError(f"velocity_std_mps must be >= 0, got {self.velocity_std_mps}")
+        if self.max_detections < 1 or self.max_tracks < 1 or not 1 <= self.first_track_id < 2**63:
+            raise TrackerConfigError("max_detections and max_tracks must be >= 1 and first_track_id in [1, 2^63)")
         if "default" not in self.class_params:
             raise TrackerConfigError("class_params needs a 'default' entry")
 
@@ -191,6 +203,7 @@ COUNTER_NAMES = (
     "detections_in",
     "empty_frames",
     "invalid_detections",  # non-finite or non-positive centre / size / yaw: dropped
+    "detections_over_limit",  # beyond max_detections in one frame: the lowest-scored dropped
     "duplicate_detections",
     "missing_embedding",  # detections without a usable embedding (still tracked on geometry)
     "embedding_dim_mismatch",
@@ -204,6 +217,8 @@ COUNTER_NAMES = (
     "tracks_created",
     "tracks_confirmed",
     "tracks_deleted",
+    "births_over_limit",  # new tracks not started: max_tracks live tracks already
+    "nonfinite_tracks",  # tracks whose state overflowed to NaN/inf: deleted
     "rescued_pairs",  # candidates outside the 3D gate kept on 2D overlap + appearance
     "qap_problems",
     "qap_too_large",
@@ -297,14 +312,17 @@ class Tracker:
         self._class_codes: dict[str, int] = {}
         self._cp = np.zeros((0, 5))  # per class code: accel_xy, accel_z, meas_xy, meas_z, init_vel
         self._emb_dim = 0
-        self._next_id = 1
+        self._pending_dim = (0, 0)  # (another embedding length seen, consecutive frames with it)
+        self._next_id = self.config.first_track_id
         self._last_ns: int | None = None
         self.tracks = _Tracks.empty(0)
         self.lost = _Tracks.empty(0)
 
     # ------------------------------------------------------------------ public
     def reset(self) -> None:
-        """Drop all tracks and the re-identification pool; ids keep increasing."""
+        """Drop all tracks, the re-identification pool and the embedding length; ids keep increasing."""
+        self._emb_dim = 0
+        self._pending_dim = (0, 0)
         self.tracks = _Tracks.empty(self._emb_dim)
         self.lost = _Tracks.empty(self._emb_dim)
         self._last_ns = None
@@ -382,8 +400,13 @@ class Tracker:
             & (d.sizes > 0).all(1)
             & np.isfinite(d.yaws)
         )
+        valid &= (np.abs(np.nan_to_num(d.centers)) <= MAX_COORD_M).all(1) & (np.nan_to_num(d.sizes) <= MAX_COORD_M).all(1)
         c["invalid_detections"] += int(n - valid.sum())
         idx = np.nonzero(valid)[0]
+        if idx.size > self.config.max_detections:
+            c["detections_over_limit"] += int(idx.size - self.config.max_detections)
+            best = np.argsort(-np.nan_to_num(d.scores[idx], nan=0.0), kind="stable")[: self.config.max_detections]
+            idx = np.sort(idx[best])
         pos, yaw, size = d.centers[idx], _wrap(d.yaws[idx]), d.sizes[idx]
         score = np.nan_to_num(d.scores[idx], nan=0.0)
         cls = self._class_code(d.labels[idx])
@@ -400,9 +423,17 @@ class Tracker:
             if self._emb_dim == 0:
                 self._set_emb_dim(d.embeddings.shape[1])
             if d.embeddings.shape[1] != self._emb_dim:
+                # Another length: ignored per object (counted); adopted only when it persists (a new detector).
                 c["embedding_dim_mismatch"] += m
+                other, frames = self._pending_dim
+                self._pending_dim = (d.embeddings.shape[1], frames + 1 if other == d.embeddings.shape[1] else 1)
+                if self._pending_dim[1] >= EMB_DIM_SWITCH_FRAMES:
+                    self._set_emb_dim(d.embeddings.shape[1])
+                    self._pending_dim = (0, 0)
+            if d.embeddings.shape[1] != self._emb_dim:
                 emb, has_emb = np.zeros((m, self._emb_dim)), np.zeros(m, dtype=bool)
             else:
+                self._pending_dim = (0, 0)
                 emb = d.embeddings[idx]
                 norm = np.linalg.norm(emb, axis=1)
                 has_emb = np.isfinite(norm) & (norm > 1e-6)
@@ -418,7 +449,8 @@ class Tracker:
         if d.covariances is not None and m:
             Rd = d.covariances[idx]
             Rd = 0.5 * (Rd + Rd.transpose(0, 2, 1))
-            good = np.isfinite(Rd).all((1, 2)) & (np.diagonal(Rd, axis1=1, axis2=2) > 0).all(1)
+            good = (np.isfinite(Rd).all((1, 2)) & (np.diagonal(Rd, axis1=1, axis2=2) > 0).all(1)
+                    & (np.abs(np.nan_to_num(Rd)) <= MAX_COORD_M).all((1, 2)))
             c["bad_covariance"] += int(m - good.sum())
             R = np.where(good[:, None, None], Rd, R)
         R_own = R
@@ -721,13 +753,14 @@ class Tracker:
             z[static], var[static] = 0.0, cfg.static_velocity_std_mps**2
         if cfg.velocity_std_mps > 0 and d.velocities is not None:
             z[~static], var[~static] = d.velocities[orig][~static], cfg.velocity_std_mps**2
-        ok = np.isfinite(z).all(1)
+        ok = np.isfinite(z).all(1) & (np.abs(np.nan_to_num(z)) <= MAX_SPEED_MPS).all(1)
         if not ok.any():
             return x, P
         R = np.eye(3) * var[ok, None, None]
         if d.velocity_covariances is not None:
             C = d.velocity_covariances[orig][ok]
-            good = ~static[ok] & np.isfinite(C).all((1, 2)) & (np.diagonal(C, axis1=1, axis2=2) > 0).all(1)
+            good = (~static[ok] & np.isfinite(C).all((1, 2)) & (np.diagonal(C, axis1=1, axis2=2) > 0).all(1)
+                    & (np.abs(np.nan_to_num(C)) <= MAX_SPEED_MPS**2).all((1, 2)))
             R[good] += 0.5 * (C[good] + C[good].transpose(0, 2, 1))
         self.counters["velocity_measurements"] += int(ok.sum())
         x, P = x.copy(), P.copy()
@@ -737,6 +770,10 @@ class Tracker:
     def _birth(self, f: _Frame, free: np.ndarray, stamp_ns: int, detections: Detections) -> None:
         cfg = self.config
         new = np.nonzero(free & (f.score >= cfg.min_score_new))[0]
+        room = max(cfg.max_tracks - len(self.tracks), 0)
+        if new.size > room:
+            self.counters["births_over_limit"] += int(new.size - room)
+            new = np.sort(new[np.argsort(-f.score[new], kind="stable")[:room]])
         if new.size == 0:
             return
         k = new.size
@@ -762,6 +799,10 @@ class Tracker:
     def _prune(self, stamp_ns: int) -> None:
         cfg = self.config
         t = self.tracks
+        broken = ~(np.isfinite(t.x).all(1) & np.isfinite(t.P).all((1, 2)))
+        if broken.any():  # an overflow must not poison the filter for the rest of the run
+            self.counters["nonfinite_tracks"] += int(broken.sum())
+            t = self.tracks = t.take(np.nonzero(~broken)[0])
         dead_tent = ~t.confirmed & (t.misses > cfg.tentative_max_age)
         dead_conf = t.confirmed & (t.misses > cfg.max_age)
         dead = dead_tent | dead_conf
