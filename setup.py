@@ -30,7 +30,8 @@ if __name__ == "__main__":
             (f"share/{PACKAGE}", ["package.xml"]),
             (f"share/{PACKAGE}/launch", glob.glob("launch/*.py")),
             (f"share/{PACKAGE}/config", glob.glob("config/*")),
-            (f"share/{PACKAGE}/models", glob.glob("models/*.onnx") + glob.glob("models/*.md")),
+            # the detector in both forms: ONNX (TensorRT / ONNX Runtime) and the torch fallback
+            (f"share/{PACKAGE}/models", sorted(glob.glob("models/*.onnx") + glob.glob("models/*.pt") + glob.glob("models/*.md"))),
         ],
         install_requires=["setuptools"],
         zip_safe=True,

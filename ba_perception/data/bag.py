@@ -56,14 +56,12 @@ def typestore() -> "Typestore":
     """rosbags typestore: ROS 2 Jazzy standard types + ``ba_perception_msgs`` from its .msg files.
 
     The ``.msg`` files come from the source tree (``ba_perception_msgs/msg``) or, when this module
-    is installed elsewhere, from ``<prefix>/share/ba_perception_msgs/msg``.
+    is installed elsewhere (``colcon build``), from the package's share folder in the ament index.
     """
-    import sys
-
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     store = get_typestore(Stores.ROS2_JAZZY)
-    folder = MSGS_DIR if MSGS_DIR.is_dir() else Path(sys.prefix, "share", "ba_perception_msgs", "msg")
+    folder = MSGS_DIR if any(MSGS_DIR.glob("*.msg")) else installed_msg_dir()
     files = sorted(folder.glob("*.msg"))
     if not files:
         raise BagError(f"no ba_perception_msgs .msg files in {folder}; run from the repository or build the package")
@@ -72,6 +70,19 @@ def typestore() -> "Typestore":
         types.update(get_types_from_msg(path.read_text(), f"ba_perception_msgs/msg/{path.stem}"))
     store.register(types)
     return store
+
+
+def installed_msg_dir() -> Path:
+    """``share/ba_perception_msgs/msg`` of the installed package: found through the ament index
+    (``AMENT_PREFIX_PATH``, set by ``source install/setup.bash``), else under ``sys.prefix`` (the venv)."""
+    import sys
+
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("ba_perception_msgs"), "msg")
+    except (ImportError, LookupError, OSError):  # OSError: AMENT_PREFIX_PATH unset
+        return Path(sys.prefix, "share", "ba_perception_msgs", "msg")
 
 
 def _time(store, stamp_ns: int):

@@ -5,6 +5,9 @@ publish the next frame of ``lockstep_trigger_topic`` only after the pipeline out
 previous one arrived on ``lockstep_topic`` (matched by header stamp), for drop-free evaluation.
 Messages are published as the bag's serialized CDR bytes, so any standard-typed bag plays
 byte-identical; topics whose types are not installed here are skipped with one log line.
+Before the first message it waits until every node of ``wait_for_nodes`` (the launchers fill in the
+graph's other nodes) announced on ``/ba_perception/ready`` that it is ready to process, and every
+played topic has matched those nodes' subscriptions; it does not play into a graph still loading.
 Topics recorded from a transient-local publisher (``/tf_static``, map-like data; the bag's offered
 QoS) are played latched, keeping all of their messages, so a node that starts late still gets them.
 """
@@ -22,6 +25,7 @@ import rclpy.duration
 from rclpy.qos import QoSProfile
 from rosbags.rosbag2 import Reader
 
+from ba_perception.graph import READY_TOPIC
 from ba_perception.ros.bag_types import BagTypeError, import_message_class
 from ba_perception.ros.node import PerceptionNode, StartupError, run_node, wall_ns
 from ba_perception.ros.params import ParamSpec, qos_profile
@@ -52,6 +56,11 @@ class BagPlayer(PerceptionNode):
         ParamSpec("ready_topics", [""], "before playing, wait until each 'topic=N' has a publisher and N subscribers "
                   "(the pipeline's outputs are being recorded)"),
         ParamSpec("wait_timeout_s", 30.0, "give up waiting for subscribers after this long", min=0.0),
+        ParamSpec("wait_for_nodes", [""], "before playing, wait until these nodes announced that they are ready "
+                  "(/ba_perception/ready) and the played topics matched their subscriptions; the launchers set the "
+                  "graph's nodes"),
+        ParamSpec("ready_timeout_s", 300.0, "do not play (exit 1) when wait_for_nodes are not all ready after this "
+                  "long; 0 = wait forever", min=0.0),
         ParamSpec("lockstep", False, "publish frame N+1 only when the output for frame N arrived"),
         ParamSpec("lockstep_trigger_topic", "/camera/image_raw", "the frame topic that lockstep paces"),
         ParamSpec("lockstep_topic", "/ba_perception/tracks", "pipeline output that acknowledges a frame (header stamp)"),
@@ -108,6 +117,13 @@ class BagPlayer(PerceptionNode):
         if self.p["lockstep"]:
             cls = import_message_class(self.p["lockstep_type"])
             self.create_subscription(cls, self.p["lockstep_topic"], self._on_ack, qos_profile("reliable", 100), raw=True)
+        self._ready_cv = threading.Condition()
+        self._ready_nodes: dict[str, list[str]] = {}  # node name -> topics of its subscriptions
+        if any(self.p["wait_for_nodes"]):
+            from diagnostic_msgs.msg import DiagnosticStatus
+
+            self.create_subscription(DiagnosticStatus, READY_TOPIC, self._on_ready, qos_profile("reliable_history", 100))
+        self.exit_code = 0
         self.stamp_map: dict[int, int] = {}  # restamped -> original capture stamp
         self.done = threading.Event()
         self._thread = threading.Thread(target=self._play, name="bag_player", daemon=True)
@@ -120,6 +136,49 @@ class BagPlayer(PerceptionNode):
         with self._ack:
             self._acked.add(stamp)
             self._ack.notify_all()
+
+    def _on_ready(self, status: Any) -> None:
+        with self._ready_cv:
+            self._ready_nodes[status.hardware_id] = [kv.value for kv in status.values if kv.key == "subscription"]
+            self._ready_cv.notify_all()
+
+    def _graph_waiting_for(self) -> list[str]:
+        """What the graph still lacks: nodes not ready, or played topics that have not matched the
+        subscriptions the ready nodes announced (empty when playing may start)."""
+        wanted = [n for n in self.p["wait_for_nodes"] if n]
+        missing = [n for n in wanted if n not in self._ready_nodes]
+        if missing:
+            return missing
+        for topic, pub in self.publishers_by_topic.items():
+            expected = sum(self._ready_nodes[n].count(topic) for n in wanted)
+            if pub.get_subscription_count() < expected:
+                missing.append(f"{topic} ({pub.get_subscription_count()}/{expected} subscriptions matched)")
+        return missing
+
+    def _wait_graph_ready(self) -> bool:
+        """Wait for ``wait_for_nodes``; False (logged as an error) when ``ready_timeout_s`` passed."""
+        if not any(self.p["wait_for_nodes"]):
+            return True
+        t0 = time.monotonic()
+        timeout = self.p["ready_timeout_s"] or float("inf")
+        next_log = t0 + 10.0
+        while rclpy.ok():
+            with self._ready_cv:
+                missing = self._graph_waiting_for()
+                if not missing:
+                    self.get_logger().info(f"graph ready after {time.monotonic() - t0:.1f} s; playing")
+                    return True
+                now = time.monotonic()
+                if now - t0 > timeout:
+                    self.get_logger().error(f"not playing: still waiting for {', '.join(missing)} after "
+                                            f"{now - t0:.0f} s (ready_timeout_s)")
+                    self.exit_code = 1
+                    return False
+                if now >= next_log:
+                    next_log = now + 10.0
+                    self.get_logger().warning(f"waiting {now - t0:.0f} s for {', '.join(missing)} before playing")
+                self._ready_cv.wait(0.05)
+        return False
 
     def _ready(self) -> bool:
         need = self.p["wait_for_subscribers"]
@@ -148,6 +207,8 @@ class BagPlayer(PerceptionNode):
 
     def _play(self) -> None:
         try:
+            if not self._wait_graph_ready():
+                return
             self._wait_subscribers()
             time.sleep(self.p["start_delay_s"])
             while rclpy.ok():

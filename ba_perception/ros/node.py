@@ -161,30 +161,104 @@ class PerceptionNode(Node):
 
 
 def run_node(node_cls: type[Node], argv: Sequence[str] | None = None, **kwargs: Any) -> int:
-    """``main()`` body shared by all nodes: init rclpy, spin, clean exit on Ctrl-C / shutdown.
+    """``main()`` body shared by all nodes: init rclpy, announce readiness, spin, clean exit.
 
-    Returns the process exit code: 0 on a clean shutdown, 2 on an invalid parameter.
+    SIGINT or SIGTERM (``ros2 launch``, the project launcher, Ctrl-C in a terminal, which may send
+    SIGINT twice) stops the node: no traceback, ``close()`` and ``destroy_node()`` run once, exit 0.
+    Run as a process of its own (``argv`` None: a console script), the process then ends at once
+    instead of going through the interpreter's teardown (seconds with torch loaded).
+
+    Returns the process exit code: 0 on a clean shutdown, 2 on an invalid parameter or a startup
+    error, else the node's ``exit_code`` attribute when it sets one.
     """
+    interrupted = _catch_interrupts()
     args = list(sys.argv if argv is None else argv)
-    rclpy.init(args=args)
+    code = 0
     node = None
     try:
+        rclpy.init(args=args)
+        if interrupted:
+            raise KeyboardInterrupt
         node = node_cls(cli_args=remove_ros_args(args)[1:], **kwargs) if _takes_cli(node_cls) else node_cls(**kwargs)
+        if interrupted:
+            raise KeyboardInterrupt
+        announce_ready(node)
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (ParameterError, StartupError, FileNotFoundError) as err:
-        print(f"{node_cls.__name__}: error: {err}", file=sys.stderr)
-        return 2
+        if not interrupted:
+            print(f"{node_cls.__name__}: error: {err}", file=sys.stderr)
+            code = 2
+    except Exception:
+        if not interrupted:  # stopped while starting (the context went away under the constructor): clean
+            raise
     finally:
-        if node is not None:
-            close = getattr(node, "close", None)
-            if close is not None:
-                close()
-            node.destroy_node()
+        try:
+            if node is not None:
+                close = getattr(node, "close", None)
+                if close is not None:
+                    close()
+                node.destroy_node()
+        finally:
+            if rclpy.ok():
+                rclpy.try_shutdown()
+    code = code or int(getattr(node, "exit_code", 0) or 0)
+    if argv is None:
+        _exit_now(code)
+    return code
+
+
+def announce_ready(node: Node) -> None:
+    """Publish on the latched :data:`ba_perception.graph.READY_TOPIC` that ``node`` is constructed
+    (models loaded, subscriptions created) and ready to process; the bag player waits for it.
+
+    The status carries the node's name (``hardware_id``) and, under the key ``subscription``, the
+    resolved topic of each of its subscriptions, so a publisher can wait until it has matched them.
+    """
+    from ba_perception.graph import READY_TOPIC
+
+    values = [KeyValue(key="subscription", value=sub.topic_name) for sub in node.subscriptions]
+    status = DiagnosticStatus(level=DiagnosticStatus.OK, name=node.get_fully_qualified_name(), message="ready",
+                              hardware_id=node.get_name(), values=values)
+    node._ba_ready_pub = node.create_publisher(DiagnosticStatus, READY_TOPIC, qos_profile("reliable_history", 1))
+    node._ba_ready_pub.publish(status)
+
+
+class _Interrupts(list):
+    """Truthy once SIGINT/SIGTERM arrived (a list of the signal numbers)."""
+
+
+def _catch_interrupts() -> _Interrupts:
+    """Record SIGINT/SIGTERM in Python instead of raising KeyboardInterrupt.
+
+    Installed before ``rclpy.init``, whose own handlers (which shut the context down and so end
+    ``spin``) chain to these: a second Ctrl-C during cleanup no longer raises in ``destroy_node``.
+    """
+    import signal
+
+    seen = _Interrupts()
+
+    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
+        seen.append(signum)
         if rclpy.ok():
-            rclpy.try_shutdown()
-    return 0
+            rclpy.try_shutdown()  # before rclpy.init installed its handler, or if it did not act
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    return seen
+
+
+def _exit_now(code: int) -> None:
+    """End the process with ``code`` now: flush output, skip the interpreter teardown."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def _takes_cli(node_cls: type[Node]) -> bool:
