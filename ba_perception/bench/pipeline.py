@@ -39,7 +39,8 @@ import torch
 
 from ba_perception.core import geometry
 from ba_perception.core.oba.correspondences import KltTracker
-from ba_perception.core.oba.refine import RefineConfig, configs_from_params, refine_tracklets, tracker_detections
+from ba_perception.core.oba.refine import RefineConfig, refine_tracklets, tracker_detections
+from ba_perception.core.oba.stage import TrackBufferConfig
 from ba_perception.core.oba.tracklets import Observation, TrackletBuffer, TrackletConfig, observations_from_detections
 from ba_perception.core.tracking import Tracker, TrackerConfig
 from ba_perception.eval.results import machine_info
@@ -330,7 +331,8 @@ def run(args: argparse.Namespace) -> int:
         def observe(_i, res):
             return observations_from_detections(res.detections, res.class_names)
 
-    tb_cfg, rf_cfg = configs_from_params(node_parameters(params_file, "track_buffer_node"), args.device)
+    _cfg = TrackBufferConfig.from_params(node_parameters(params_file, "track_buffer_node"), args.device)
+    tb_cfg, rf_cfg = _cfg.tracklets, _cfg.refine
     if args.compile_ba:
         rf_cfg = replace(rf_cfg, solver=replace(rf_cfg.solver, compiled=True))
     tr_cfg = TrackerConfig.from_params(node_parameters(params_file, "tracker_node"))

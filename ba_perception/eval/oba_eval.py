@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ba_perception.core import geometry
-from ba_perception.core.oba.refine import configs_from_params
+from ba_perception.core.oba.stage import TrackBufferConfig
 from ba_perception.eval.detection_ap import FrameBoxes, evaluate_ap
 from ba_perception.eval.results import json_safe, machine_info
 from ba_perception.eval.replay_metrics import gt_boxes
@@ -334,7 +334,8 @@ def load_world(args: argparse.Namespace) -> tuple[list[SequenceData], Path]:
 def run(args: argparse.Namespace) -> int:
     """Evaluate every variant on the split; print the ablation table and write JSON."""
     seqs, params_file = load_world(args)
-    tc, rc = configs_from_params(stage_params(args, params_file, "track_buffer_node"), args.device)
+    _cfg = TrackBufferConfig.from_params(stage_params(args, params_file, "track_buffer_node"), args.device)
+    tc, rc = _cfg.tracklets, _cfg.refine
     results: dict[str, dict] = {}
     for name in args.variants:
         t0 = time.perf_counter()

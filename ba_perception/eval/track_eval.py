@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from ba_perception.core.oba.refine import configs_from_params, tracker_detections
+from ba_perception.core.oba.refine import tracker_detections
+from ba_perception.core.oba.stage import TrackBufferConfig
 from ba_perception.core.tracking import STATUS_CONFIRMED, TrackerConfig
 from ba_perception.eval.mot import MotFrame, evaluate_mot, format_table
 from ba_perception.eval.oba_eval import add_world_arguments, load_world, stage_params
@@ -172,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"KITTI tracking files {args.kitti_results} vs {args.kitti_gt}")
     else:
         seqs, params_file = load_world(args)
-        tc, rc = configs_from_params(stage_params(args, params_file, "track_buffer_node"), args.device)
+        _cfg = TrackBufferConfig.from_params(stage_params(args, params_file, "track_buffer_node"), args.device)
+        tc, rc = _cfg.tracklets, _cfg.refine
         base = TrackerConfig.from_params(stage_params(args, params_file, "tracker_node"))
         rows = evaluate_world(seqs, base, tc, rc, args.methods, args.upstream, args.max_range, args.write_kitti)
         meta |= {"split": args.split, "presets": args.presets, "sequences": [s.name for s in seqs],

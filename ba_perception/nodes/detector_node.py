@@ -31,7 +31,8 @@ class DetectorNode(PerceptionNode):
         ParamSpec("checkpoint", "", "torch checkpoint for backend torch (else the ONNX is used via ONNX Runtime)"),
         ParamSpec("device", "auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda")),
         ParamSpec("precision", "fp16", "GPU precision (CPU always runs fp32)", choices=("fp16", "fp32")),
-        ParamSpec("threads", 0, "CPU threads for the engine; 0 = library default", min=0),
+        ParamSpec("threads", 1, "CPU threads for the engine; 0 = library default (more than one per node "
+                  "oversubscribes a small CPU running the whole graph)", min=0),
         ParamSpec("engine_cache_dir", "", "TensorRT engine cache; '' = the default cache folder"),
         ParamSpec("score_threshold", _D.score_threshold, "minimum final detection score (heatmap score x depth confidence x box agreement)", min=0.0, max=1.0),
         ParamSpec("max_detections", _D.max_detections, "detections kept per image", min=1),

@@ -23,8 +23,9 @@ import torch
 from ba_perception.core import geometry
 from ba_perception.core.ego_motion import EgoMotionError
 from ba_perception.core.oba.correspondences import KltTracker
-from ba_perception.core.oba.refine import RefineConfig, RefinedBox, configs_from_params, refine_tracklets
-from ba_perception.core.oba.tracklets import Observation, TrackletBuffer, TrackletConfig
+from ba_perception.core.oba.refine import RefinedBox, refine_tracklets
+from ba_perception.core.oba.stage import DTYPES, TrackBufferConfig, dtype_name
+from ba_perception.core.oba.tracklets import Observation, TrackletBuffer
 from ba_perception.ros.convert import matrices_to_poses, matrix_to_pose
 from ba_perception.ros.ego_motion import EGO_MOTION_PARAMS, EgoMotionInput
 from ba_perception.ros.image import ImageError, image_to_gray
@@ -34,7 +35,8 @@ from ba_perception.ros.observations import FrameObservations, msg_to_observation
 from ba_perception.ros.params import ParamSpec, qos_profile
 from ba_perception.ros.sync import stamp_ns
 
-_T, _R = TrackletConfig(), RefineConfig()
+_C = TrackBufferConfig()  # the parameters' defaults are the core config's
+_T, _R = _C.tracklets, _C.refine
 
 
 def to_observations(frame: FrameObservations) -> list[Observation]:
@@ -84,15 +86,15 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("input_topic", "/ba_perception/observations", "ObjectObservationArray input"),
         ParamSpec("output_topic", "/ba_perception/detections", "Detection3DArray output (odom)"),
         ParamSpec("odom_frame", "odom", "frame_id of the output"),
-        ParamSpec("window", _T.window, "BA window: the newest frames of each tracklet in the object BA", min=1, max=32),
-        ParamSpec("static_window", 16, "frames of history the static test triangulates point tracks over (the tracklet "
+        ParamSpec("window", _R.window, "BA window: the newest frames of each tracklet in the object BA", min=1, max=32),
+        ParamSpec("static_window", _T.window, "frames of history the static test triangulates point tracks over (the tracklet "
                   "keeps them; the BA still takes the newest window); 0 or <= window = the BA window", min=0, max=32),
         ParamSpec("iou_min", _T.iou_min, "minimum IoU of predicted box and detection to link", min=0.0, max=1.0),
         ParamSpec("appearance_min", _T.appearance_min, "minimum embedding cosine to link", min=-1.0, max=1.0),
         ParamSpec("max_misses", _T.max_misses, "frames a tracklet survives unmatched", min=0),
         ParamSpec("max_tracklets", _T.max_tracklets, "bound on live tracklets (memory)", min=1),
         ParamSpec("num_points", _R.num_points, "point tracks per tracklet in the BA", min=1),
-        ParamSpec("correspondences", "klt", "point tracks from learned descriptors, from incremental KLT on "
+        ParamSpec("correspondences", _R.correspondences, "point tracks from learned descriptors, from incremental KLT on "
                   "the camera images (klt: subscribes image_topic), or none (priors only)",
                   choices=("descriptor", "klt", "none")),
         ParamSpec("image_topic", "/camera/image_raw", "camera images for correspondences: klt (the detector's "
@@ -129,9 +131,9 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("surface_std_m", _R.surface_std_m, "object points lie on the detected box's surface with this std, "
                   "m (Cauchy-robust); ties the box to the triangulated surface; 0 = off", min=0.0),
         ParamSpec("device", "auto", "where the batch is solved", choices=("auto", "cpu", "cuda")),
-        ParamSpec("dtype", "float32", "solver precision", choices=("float32", "float64")),
+        ParamSpec("dtype", dtype_name(_R.dtype), "solver precision", choices=tuple(DTYPES)),
         ParamSpec("threads", 1, "torch CPU threads for the solve (more threads thrash next to the detector)", min=1),
-        ParamSpec("solve_every_n", 1, "run the BA every N frames (others publish the last refinement)", min=1),
+        ParamSpec("solve_every_n", _C.solve_every_n, "run the BA every N frames (others publish the last refinement)", min=1),
         ParamSpec("qos", "reliable", "input/output QoS", choices=("reliable", "sensor_data", "best_effort")),
         ParamSpec("qos_depth", 10, "queue depth", min=1),
     )
@@ -146,7 +148,8 @@ class TrackBufferNode(PerceptionNode):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
             raise StartupError("device cuda requested but torch sees no CUDA GPU")
-        self.tracklet_config, self.refine_config = configs_from_params(self.p, device)
+        self.config = TrackBufferConfig.from_params(self.p, device)
+        self.tracklet_config, self.refine_config = self.config.tracklets, self.config.refine
         self.buffer = TrackletBuffer(self.tracklet_config)
         self.klt: KltTracker | None = None
         if self.p["correspondences"] == "klt":

@@ -9,10 +9,18 @@ import pytest
 import torch
 
 from ba_perception.core.oba.refine import RefineConfig, RefineError, build_batch, heading_from_velocity, refine_tracklets
+from ba_perception.core.oba.solver import SolverOptions
 from ba_perception.core.oba.synthetic import make_batch, make_tracklets
 
 
 SCENE_NOISE_PX = 0.5
+# The synthetic scene carries learned-style descriptors over 10-frame tracklets: refine all of them
+# with descriptor matches in float64 (the shipped defaults are KLT on camera images, float32).
+SCENE = dict(window=0, num_points=32, correspondences="descriptor", dtype=torch.float64, solver=SolverOptions(max_iterations=10))
+
+
+def _cfg(**kw) -> RefineConfig:
+    return RefineConfig(**{**SCENE, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -31,24 +39,24 @@ def _errors(sb, boxes):
 
 def test_covariance_scale_scales_the_published_covariances_only(scene):
     _, tracks = scene
-    base = refine_tracklets(copy.deepcopy(tracks), RefineConfig())
-    scaled = refine_tracklets(copy.deepcopy(tracks), RefineConfig(covariance_scale=6.0))
+    base = refine_tracklets(copy.deepcopy(tracks), _cfg())
+    scaled = refine_tracklets(copy.deepcopy(tracks), _cfg(covariance_scale=6.0))
     for a, b in zip(base, scaled):
         assert np.allclose(b.center_odom, a.center_odom) and b.is_static == a.is_static
         assert np.allclose(b.pose_covariance, 6.0 * a.pose_covariance)
         assert np.allclose(b.velocity_covariance, 6.0 * a.velocity_covariance)
     with pytest.raises(RefineError, match="covariance_scale"):
-        refine_tracklets(copy.deepcopy(tracks), RefineConfig(covariance_scale=0.0))
+        refine_tracklets(copy.deepcopy(tracks), _cfg(covariance_scale=0.0))
     with pytest.raises(RefineError, match="heading_from_velocity_mps"):
-        refine_tracklets(copy.deepcopy(tracks), RefineConfig(heading_from_velocity_mps=-1.0))
+        refine_tracklets(copy.deepcopy(tracks), _cfg(heading_from_velocity_mps=-1.0))
 
 
 def test_static_test_noise_follows_the_correspondence_source_unless_set():
-    assert RefineConfig(correspondences="klt").track_noise_px() == 0.1
-    assert RefineConfig(correspondences="descriptor").track_noise_px() == 0.75
-    assert RefineConfig(correspondences="klt", static_track_noise_px=0.4).track_noise_px() == 0.4
+    assert _cfg(correspondences="klt").track_noise_px() == 0.1
+    assert _cfg(correspondences="descriptor").track_noise_px() == 0.75
+    assert _cfg(correspondences="klt", static_track_noise_px=0.4).track_noise_px() == 0.4
     with pytest.raises(RefineError, match="static_track_noise_px"):
-        RefineConfig(static_track_noise_px=-0.1)
+        _cfg(static_track_noise_px=-0.1)
 
 
 def test_heading_from_velocity_sets_the_yaw_of_fast_moving_objects_only():
@@ -70,7 +78,7 @@ def test_heading_from_velocity_sets_the_yaw_of_fast_moving_objects_only():
 
 def test_refined_boxes_beat_single_frame_detections(scene):
     sb, tracks = scene
-    boxes = refine_tracklets(copy.deepcopy(tracks), RefineConfig(static_track_noise_px=SCENE_NOISE_PX))
+    boxes = refine_tracklets(copy.deepcopy(tracks), _cfg(static_track_noise_px=SCENE_NOISE_PX))
     assert all(b.refined and b.reason == "" for b in boxes)
     ref, det = _errors(sb, boxes)
     assert np.median(ref) < 0.8 * np.median(det)
@@ -93,20 +101,20 @@ def test_refined_boxes_beat_single_frame_detections(scene):
 
 def test_oracle_and_prior_only_paths(scene):
     sb, tracks = scene
-    oracle = refine_tracklets(copy.deepcopy(tracks), RefineConfig(correspondences="oracle"))
-    none = refine_tracklets(copy.deepcopy(tracks), RefineConfig(correspondences="none"))
+    oracle = refine_tracklets(copy.deepcopy(tracks), _cfg(correspondences="oracle"))
+    none = refine_tracklets(copy.deepcopy(tracks), _cfg(correspondences="none"))
     assert all(b.num_points == 0 for b in none)
     ref_o, det = _errors(sb, oracle)
     assert np.median(ref_o) < 0.8 * np.median(det)
     with pytest.raises(RefineError):
-        build_batch(tracks, RefineConfig(correspondences="sift"))
+        build_batch(tracks, _cfg(correspondences="sift"))
 
 
 def test_external_point_tracks_are_used(scene):
     sb, tracks = scene
     p = sb.problem
     given = {t.tracklet_id: (p.obs_uv[i].numpy(), p.obs_mask[i].numpy()) for i, t in enumerate(tracks[:3])}
-    batch = build_batch(tracks[:3], RefineConfig(), point_tracks=given)
+    batch = build_batch(tracks[:3], _cfg(), point_tracks=given)
     for b in range(3):
         ii = batch.frame_index[b]
         assert torch.equal(batch.problem.obs_mask[b, : len(ii)], p.obs_mask[b, ii])
@@ -132,7 +140,7 @@ def test_degenerate_tracklets_are_excluded_with_a_reason_and_do_not_change_the_r
     # zero baseline: the ego camera did not move
     for fr in bad[4].frames:
         fr.T_odom_cam = bad[4].frames[0].T_odom_cam.copy()
-    cfg = RefineConfig()
+    cfg = _cfg()
     mixed = refine_tracklets(bad[:2] + good + bad[2:], cfg)
     reasons = [b.reason for b in mixed]
     assert reasons == ["1 frame", "missing ego-motion", "", "", "", "", "NaN observations", "points behind camera", "zero baseline"]
@@ -149,17 +157,17 @@ def test_degenerate_tracklets_are_excluded_with_a_reason_and_do_not_change_the_r
 def test_warm_start_is_stored_and_reused(scene):
     sb, tracks = scene
     tr = copy.deepcopy(tracks[:4])
-    first = refine_tracklets(tr, RefineConfig())
+    first = refine_tracklets(tr, _cfg())
     assert all(t.warm and len(t.warm["poses"]) == b.num_frames for t, b in zip(tr, first))
-    second = refine_tracklets(tr, RefineConfig())
+    second = refine_tracklets(tr, _cfg())
     for a, b in zip(first, second):
         assert np.linalg.norm(a.center_odom - b.center_odom) < 0.05
 
 
 def test_float32_batch_gives_the_same_boxes(scene):
     sb, tracks = scene
-    b64 = refine_tracklets(copy.deepcopy(tracks[:6]), RefineConfig(dtype=torch.float64, static_track_noise_px=SCENE_NOISE_PX))
-    b32 = refine_tracklets(copy.deepcopy(tracks[:6]), RefineConfig(dtype=torch.float32, static_track_noise_px=SCENE_NOISE_PX))
+    b64 = refine_tracklets(copy.deepcopy(tracks[:6]), _cfg(dtype=torch.float64, static_track_noise_px=SCENE_NOISE_PX))
+    b32 = refine_tracklets(copy.deepcopy(tracks[:6]), _cfg(dtype=torch.float32, static_track_noise_px=SCENE_NOISE_PX))
     for a, b in zip(b64, b32):
         assert a.is_static == b.is_static
         # 2 cm: one of these problems has not converged after 10 iterations (still moving along its
@@ -169,8 +177,8 @@ def test_float32_batch_gives_the_same_boxes(scene):
 
 def test_scene_static_ba_gives_one_pose_and_smears_moving_objects(scene):
     sb, tracks = scene
-    obj = refine_tracklets(copy.deepcopy(tracks), RefineConfig())
-    sta = refine_tracklets(copy.deepcopy(tracks), RefineConfig(scene_static=True))
+    obj = refine_tracklets(copy.deepcopy(tracks), _cfg())
+    sta = refine_tracklets(copy.deepcopy(tracks), _cfg(scene_static=True))
     assert all(b.refined and b.is_static and np.all(b.velocity_odom == 0) for b in sta)
     moving = (sb.speed_mps > 1.0).numpy()
     assert moving.any() and (~moving).any()
@@ -184,17 +192,17 @@ def test_lateral_velocity_prior_applies_to_cars_only(scene):
     _, tracks = scene
     tracks = copy.deepcopy(tracks)
     tracks[1].class_label = "pedestrian"
-    assert build_batch(tracks, RefineConfig()).problem.lateral_sqrt_info is None  # off by default
-    w = build_batch(tracks, RefineConfig(lateral_speed_std_mps=0.5)).problem.lateral_sqrt_info
+    assert build_batch(tracks, _cfg()).problem.lateral_sqrt_info is None  # off by default
+    w = build_batch(tracks, _cfg(lateral_speed_std_mps=0.5)).problem.lateral_sqrt_info
     assert w[1] == 0.0 and torch.all(w[torch.arange(len(w)) != 1] == 2.0)
-    boxes = refine_tracklets(tracks, RefineConfig(lateral_speed_std_mps=0.5))
+    boxes = refine_tracklets(tracks, _cfg(lateral_speed_std_mps=0.5))
     assert all(b.refined for b in boxes)
 
 
 def test_depth_error_correlation_ties_the_prior_along_the_ray_and_widens_the_depth_covariance(scene):
     _, tracks = scene
-    assert build_batch(copy.deepcopy(tracks), RefineConfig()).problem.prior_depth_correlation is None  # off by default
-    batch = build_batch(copy.deepcopy(tracks), RefineConfig(depth_error_correlation=0.8))
+    assert build_batch(copy.deepcopy(tracks), _cfg()).problem.prior_depth_correlation is None  # off by default
+    batch = build_batch(copy.deepcopy(tracks), _cfg(depth_error_correlation=0.8))
     p = batch.problem
     assert torch.all(p.prior_depth_correlation == 0.8)
     # the prior's first row (the correlated one) is the viewing ray over the detector's depth std
@@ -205,8 +213,8 @@ def test_depth_error_correlation_ties_the_prior_along_the_ray_and_widens_the_dep
     assert torch.all(cos[p.frame_mask] > 1 - 1e-9)
     # persistent depth errors carry less information than independent ones: the refined boxes'
     # variance along the viewing ray grows
-    base = refine_tracklets(copy.deepcopy(tracks), RefineConfig())
-    corr = refine_tracklets(copy.deepcopy(tracks), RefineConfig(depth_error_correlation=0.8))
+    base = refine_tracklets(copy.deepcopy(tracks), _cfg())
+    corr = refine_tracklets(copy.deepcopy(tracks), _cfg(depth_error_correlation=0.8))
     ratios = []
     for t, a, c in zip(tracks, base, corr):
         u = a.center_odom - t.frames[-1].T_odom_cam[:3, 3]
@@ -214,7 +222,7 @@ def test_depth_error_correlation_ties_the_prior_along_the_ray_and_widens_the_dep
         ratios.append((u @ c.pose_covariance[:3, :3] @ u) / (u @ a.pose_covariance[:3, :3] @ u))
     assert min(ratios) > 1.0 and np.median(ratios) > 1.2
     with pytest.raises(RefineError, match="depth_error_correlation"):
-        RefineConfig(depth_error_correlation=1.0)
+        _cfg(depth_error_correlation=1.0)
 
 
 def test_ba_window_takes_the_newest_frames_and_the_static_test_the_whole_history(scene, monkeypatch):
@@ -223,7 +231,7 @@ def test_ba_window_takes_the_newest_frames_and_the_static_test_the_whole_history
     import ba_perception.core.oba.refine as refine_module
 
     sb, tracks = scene
-    cfg = RefineConfig(correspondences="oracle", static_track_noise_px=SCENE_NOISE_PX)
+    cfg = _cfg(correspondences="oracle", static_track_noise_px=SCENE_NOISE_PX)
     seen = []
     real_evidence = refine_module.static_evidence
     monkeypatch.setattr(refine_module, "static_evidence", lambda p, *a, **k: seen.append(p.shape[1]) or real_evidence(p, *a, **k))
@@ -233,7 +241,7 @@ def test_ba_window_takes_the_newest_frames_and_the_static_test_the_whole_history
     cut = copy.deepcopy(ahead)
     for t in cut:  # the same tracklets holding only their newest 6 frames
         t.frames = deque(list(t.frames)[-6:], maxlen=6)
-    windowed = refine_tracklets(history, RefineConfig(**{**cfg.__dict__, "window": 6}))
+    windowed = refine_tracklets(history, _cfg(**{**cfg.__dict__, "window": 6}))
     alone = refine_tracklets(cut, cfg)
     assert seen == [10, 6]  # the static test triangulated the 10-frame history, then the 6-frame tracklets
     for a, b, t in zip(windowed, alone, history):
@@ -244,14 +252,4 @@ def test_ba_window_takes_the_newest_frames_and_the_static_test_the_whole_history
         assert np.linalg.norm(a.center_odom - b.center_odom) < 0.05
         assert np.linalg.norm(a.velocity_odom - b.velocity_odom) < 0.2
     with pytest.raises(RefineError, match="window"):
-        RefineConfig(window=-1)
-
-
-def test_static_window_lengthens_the_tracklet_history_not_the_ba_window():
-    from ba_perception.core.oba.refine import configs_from_params
-
-    tc, rc = configs_from_params({"window": 8, "static_window": 16})
-    assert (tc.window, rc.window) == (16, 8)
-    for short in (0, 4, 8):  # 0 or not longer than the BA window: the history is the BA window
-        tc, rc = configs_from_params({"window": 8, "static_window": short})
-        assert (tc.window, rc.window) == (8, 8)
+        _cfg(window=-1)

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from ba_perception.core.config import config_from_params
 from ba_perception.core.geometry import ray_sqrt_information, unproject_pixels
 from ba_perception.core.oba.correspondences import PointTracks, descriptor_tracks, oracle_tracks
 from ba_perception.core.oba.motion_state import static_evidence
 from ba_perception.core.oba.solver import GraphSolveCache, OBAProblem, OBAResult, OBAState, SolverOptions, newest_frames, solve
-from ba_perception.core.oba.tracklets import ObjectTrack, TrackletConfig
+from ba_perception.core.oba.tracklets import ObjectTrack
 from ba_perception.core.tracking.types import Detections
 
 CORRESPONDENCES = ("descriptor", "klt", "orb", "oracle", "none")
 # Point-track noise (px) the static test assumes per correspondence source when
-# ``static_track_noise_px`` is 0: where parked and moving cars are about equally often right on val
-# (parked / moving: KLT 0.1: 91 / 90 %; ORB 0.2: 88 / 84 %; learned descriptors 0.75: 74 / 76 %).
-# Larger values call more slow movers static, which zeroes their velocity.
+# ``static_track_noise_px`` is 0 (chosen on the world val split: docs/experiments.md). Larger values
+# call more slow movers static, which zeroes their velocity.
 TRACK_NOISE_PX = {"descriptor": 0.75, "klt": 0.1, "orb": 0.2, "oracle": 0.1, "none": 0.1}
 
 
@@ -68,9 +65,8 @@ class RefineConfig:
             triangulated surface instead of the detector's depth.
         covariance_scale: factor on the published pose and velocity covariances of refined boxes.
             The solver's covariance treats the detector's depth errors as independent from frame to
-            frame while they persist, so it is overconfident (val: median squared Mahalanobis error
-            of the refined centres 5.2 where 2.37 is calibrated); consumers (the tracker's gate and
-            Kalman filter) see the scaled one.
+            frame while they persist, so it is overconfident (docs/experiments.md); consumers (the
+            tracker's gate and Kalman filter) see the scaled one.
         heading_from_velocity_mps: a refined moving object at least this fast (m/s, horizontal)
             gets its yaw from its velocity direction (of the two headings along it, the one nearer
             the solved yaw, so a detector's flipped box stays flipped and reversing is allowed), roll
@@ -92,9 +88,9 @@ class RefineConfig:
             one graph per padded shape is captured on first use and kept).
     """
 
-    window: int = 0
-    num_points: int = 32
-    correspondences: str = "descriptor"
+    window: int = 8
+    num_points: int = 16
+    correspondences: str = "klt"
     match_ratio: float = 0.9
     match_min_similarity: float = 0.5
     klt_realign: bool = True
@@ -117,10 +113,10 @@ class RefineConfig:
     scene_static: bool = False
     min_baseline_m: float = 0.05
     min_depth_m: float = 0.5
-    solver: SolverOptions = field(default_factory=lambda: SolverOptions(loss="cauchy", loss_scale_px=2.0, max_iterations=10))
+    solver: SolverOptions = field(default_factory=SolverOptions)
     cuda_graph: bool = True
     device: str = "cpu"
-    dtype: torch.dtype = torch.float64
+    dtype: torch.dtype = torch.float32
 
     def __post_init__(self) -> None:
         if self.correspondences not in CORRESPONDENCES:
@@ -539,28 +535,6 @@ def tracker_detections(boxes: list[RefinedBox]) -> Detections:
         static=np.array([b.refined and b.is_static for b in boxes], dtype=bool),
         velocities=np.stack([np.asarray(b.velocity_odom, np.float64) if b.refined else np.full(3, np.nan) for b in boxes]),
         velocity_covariances=np.stack([np.asarray(b.velocity_covariance, np.float64).reshape(3, 3) for b in boxes]))
-
-
-SOLVER_PARAMS = ("max_iterations", "loss", "loss_scale_px", "yaw_only")  # track_buffer_node parameters of SolverOptions
-
-
-def configs_from_params(p: Mapping[str, Any], device: str = "cpu") -> tuple[TrackletConfig, RefineConfig]:
-    """Tracklet and refinement settings from track_buffer_node parameters (absent keys keep the defaults).
-
-    Args:
-        p: parameter name -> value (the node's ``ros__parameters``).
-        device: ``cpu`` or ``cuda`` (already resolved from ``auto``).
-    """
-    flat = {k: v for k, v in p.items() if k not in ("device", "dtype", "solver")}  # resolved / typed below
-    rc = config_from_params(RefineConfig, flat)
-    solver = replace(rc.solver, **{k: p[k] for k in SOLVER_PARAMS if k in p})
-    rc = replace(rc, device=device, dtype=torch.float32 if p.get("dtype", "float64") == "float32" else torch.float64,
-                 solver=solver)
-    tc = config_from_params(TrackletConfig, p)
-    rc = replace(rc, window=tc.window)  # the BA window
-    if int(p.get("static_window", 0)) > tc.window:  # the tracklet keeps the static test's longer history
-        tc = replace(tc, window=int(p["static_window"]))
-    return tc, rc
 
 
 def _take(res: OBAResult, m: torch.Tensor) -> OBAResult:

@@ -203,7 +203,7 @@ class OBAState:
 class SolverOptions:
     """LM settings. Tolerances follow Ceres' meanings (relative cost decrease, step, gradient)."""
 
-    max_iterations: int = 10
+    max_iterations: int = 5
     loss: str = "cauchy"
     loss_scale_px: float = 2.0
     yaw_only: bool = False

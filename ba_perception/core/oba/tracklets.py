@@ -102,7 +102,8 @@ class TrackletConfig:
     """Association and window settings.
 
     Attributes:
-        window: frames kept per tracklet (capped at ``MAX_WINDOW``).
+        window: frames kept per tracklet (capped at ``MAX_WINDOW``): the object BA takes the newest
+            ``RefineConfig.window`` of them, the static test all of them.
         iou_min: minimum IoU between the motion-compensated predicted box and a detection.
         appearance_min: minimum embedding cosine (when both have embeddings).
         ambiguity_margin: a link is refused when another candidate scores within this margin
@@ -113,7 +114,7 @@ class TrackletConfig:
         embedding_momentum: running-mean factor for the tracklet embedding.
     """
 
-    window: int = 10
+    window: int = 16
     iou_min: float = 0.3
     appearance_min: float = 0.5
     ambiguity_margin: float = 0.05
