@@ -46,11 +46,13 @@ def publish_and_wait(pub, msg, received: list, spin: Callable[[], None], timeout
 
 
 def stack_params(node_name: str, **overrides: object) -> dict:
-    """The ROS parameters of ``node_name`` in the shipped config/stack.yaml, with ``overrides`` applied."""
-    import yaml
+    """The parameters ``node_name`` runs with from the shipped config/stack.yaml: its declared defaults,
+    the file's values over them, and ``overrides`` over both."""
+    from ba_perception.graph import default_params_file, node_parameters
+    from ba_perception.params_doc import node_params
 
-    cfg = yaml.safe_load((ROOT / "config" / "stack.yaml").read_text())
-    return {**cfg[node_name]["ros__parameters"], **overrides}
+    declared = {s.name: s.default for s in node_params(node_name)}
+    return {**declared, **node_parameters(default_params_file(), node_name), **overrides}
 
 
 class RosEnv:

@@ -8,7 +8,6 @@ ego-motion; with ``detections`` (the track buffer's output) they already are.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -47,7 +46,7 @@ TRACKER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max_detections", _DEFAULTS.max_detections, "objects accepted per input message; the excess (lowest "
               "scores) is rejected and counted as too_many_objects", min=1),
     ParamSpec("max_tracks", _DEFAULTS.max_tracks, "live tracks; no new track starts beyond it (counted)", min=1),
-    ParamSpec("first_track_id", 0, "first track id; 0 = the wall clock in microseconds at start, so ids are never "
+    ParamSpec("first_track_id", _DEFAULTS.first_track_id, "first track id; 0 = the wall clock in microseconds at start, so ids are never "
               "reused within a run, also after a restart of the node", min=0),
     ParamSpec("velocity_std_mps", _DEFAULTS.velocity_std_mps, "refined moving detections also measure the track's "
               "velocity (their covariance plus this std squared, m/s) and start new tracks with it; 0 = off", min=0.0),
@@ -73,9 +72,8 @@ class TrackerNode(PerceptionNode):
         torch.set_num_threads(1)  # small per-frame tensors: threads only add contention with the detector
         from ba_perception_msgs.msg import Detection3DArray, ObjectObservationArray, Track3DArray
 
-        first_id = self.p["first_track_id"] or time.time_ns() // 1000  # ids above every id of an earlier run
         try:
-            self.tracker = Tracker(TrackerConfig.from_params({**self.p, "first_track_id": first_id}))
+            self.tracker = Tracker(TrackerConfig.from_params(self.p))
         except ValueError as err:
             raise StartupError(f"tracker configuration: {err}") from err
         self.ego = EgoMotionInput(self) if self.p["input_type"] == "observations" else None

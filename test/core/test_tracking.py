@@ -150,7 +150,7 @@ def test_every_method_tracks_a_crowded_scene(method, solver):
 
 # ------------------------------------------------------------------ bad input
 def test_bad_input_is_counted_never_raised():
-    tr = Tracker(TrackerConfig(n_init=1))
+    tr = Tracker(TrackerConfig(n_init=1, first_track_id=1))
     assert set(tr.counters) == set(COUNTER_NAMES)
     emb = np.eye(4)[:3]
     boxes = np.array([[0, 0, 10, 10], [np.nan, 0, 10, 10], [20, 20, 30, 30]], dtype=float)
@@ -284,7 +284,7 @@ def test_yaw_front_back_flip_and_size_and_appearance_averaging():
 
 def _ids_after_jump(cfg: TrackerConfig, jumped) -> set[int]:
     """Track ids of a static car's detection (claimed std 0.1 m) after it jumps to ``jumped`` in frame 6."""
-    tr = Tracker(cfg)
+    tr = Tracker(replace(cfg, first_track_id=1))
     for k in range(6):
         tr.step(k * DT_NS, _dets([[10.0, 0.0, 0.75]], cov=np.eye(3)[None] * 0.01))
     out = tr.step(6 * DT_NS, _dets([jumped], cov=np.eye(3)[None] * 0.01))
@@ -306,7 +306,7 @@ def test_depth_jump_is_rescued_by_image_box_and_appearance_only_when_they_agree(
     e = np.array([[1.0, 0.0, 0.0, 0.0]])
 
     def run(cfg, emb_jump):
-        tr = Tracker(cfg)
+        tr = Tracker(replace(cfg, first_track_id=1))
         for k in range(4):
             tr.step(k * DT_NS, _dets([[20.0, 0.0, 0.75]], emb=e, boxes=box))
         out = tr.step(4 * DT_NS, _dets([[32.0, 0.0, 0.75]], emb=emb_jump, boxes=box + 2.0))
@@ -327,3 +327,11 @@ def test_depth_jump_is_rescued_by_image_box_and_appearance_only_when_they_agree(
     tr.step(4 * DT_NS, _dets([[32.0, 0.0, 0.75], [20.3, 0.0, 0.75]], emb=np.concatenate([e, other]),
                              boxes=np.concatenate([box, box + 300.0])))
     assert tr.counters["rescued_pairs"] == 0
+
+
+def test_track_ids_start_from_the_wall_clock_by_default_so_a_restart_never_reuses_one():
+    c = [[10.0, 0.0, 0.75]]
+    first = Tracker(TrackerConfig(n_init=1)).step(0, _dets(c))[0].track_id
+    again = Tracker(TrackerConfig(n_init=1)).step(0, _dets(c))[0].track_id  # a restarted tracker
+    assert again > first > 1_700_000_000_000_000  # microseconds since 1970
+    assert Tracker(TrackerConfig(n_init=1, first_track_id=7)).step(0, _dets(c))[0].track_id == 7

@@ -9,6 +9,7 @@ embeddings, time going backwards) is repaired or dropped and counted in ``Tracke
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -125,7 +126,8 @@ class TrackerConfig:
         max_detections: detections used per frame; beyond it the lowest-scored are dropped and counted
             (bounds the per-frame O(N^2) work and memory).
         max_tracks: live tracks; beyond it no new track is started (counted).
-        first_track_id: the first id handed out; ids then only increase (also across resets).
+        first_track_id: the first id handed out; ids then only increase (also across resets); 0 = the wall
+            clock in microseconds when the tracker is made, so a restarted tracker never reuses an id.
     """
 
     method: str = "graph"
@@ -168,7 +170,7 @@ class TrackerConfig:
     velocity_std_mps: float = 2.0
     max_detections: int = 256
     max_tracks: int = 512
-    first_track_id: int = 1
+    first_track_id: int = 0
     class_params: dict[str, ClassParams] = field(default_factory=lambda: dict(DEFAULT_CLASS_PARAMS))
 
     @classmethod
@@ -192,8 +194,8 @@ class TrackerConfig:
             raise TrackerConfigError(f"static_velocity_std_mps must be >= 0, got {self.static_velocity_std_mps}")
         if not self.velocity_std_mps >= 0:
             raise TrackerConfigError(f"velocity_std_mps must be >= 0, got {self.velocity_std_mps}")
-        if self.max_detections < 1 or self.max_tracks < 1 or not 1 <= self.first_track_id < 2**63:
-            raise TrackerConfigError("max_detections and max_tracks must be >= 1 and first_track_id in [1, 2^63)")
+        if self.max_detections < 1 or self.max_tracks < 1 or not 0 <= self.first_track_id < 2**62:
+            raise TrackerConfigError("max_detections and max_tracks must be >= 1 and first_track_id in [0, 2^62)")
         if "default" not in self.class_params:
             raise TrackerConfigError("class_params needs a 'default' entry")
 
@@ -313,7 +315,7 @@ class Tracker:
         self._cp = np.zeros((0, 5))  # per class code: accel_xy, accel_z, meas_xy, meas_z, init_vel
         self._emb_dim = 0
         self._pending_dim = (0, 0)  # (another embedding length seen, consecutive frames with it)
-        self._next_id = self.config.first_track_id
+        self._next_id = self.config.first_track_id or time.time_ns() // 1000
         self._last_ns: int | None = None
         self.tracks = _Tracks.empty(0)
         self.lost = _Tracks.empty(0)
