@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import torch
@@ -262,7 +262,6 @@ def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None, p
     if not inc:
         return RefineBatch([], None, None, [], np.zeros((0, 3)), excluded)
     B, F, K = len(inc), max(len(i) for i in idxs), cfg.num_points
-    dt = np.float64
     T_oc = np.tile(np.eye(4), (B, F, 1, 1))
     Kmat = np.zeros((B, 3, 3))
     fmask = np.zeros((B, F), bool)
@@ -512,29 +511,53 @@ def _static_problem(p: OBAProblem, init: OBAState) -> tuple[OBAProblem, OBAState
                         init.points_obj)
 
 
-def tracker_detections(boxes: list[RefinedBox]) -> Detections:
-    """Refined boxes -> the tracker's input in odom (what tracker_node reads from a Detection3DArray).
+def _box_problem(b: RefinedBox) -> str:
+    """Why a box cannot be published (a non-finite value), or ``""``."""
+    checks = (("centre", (b.center_odom,)), ("pose", (b.R_odom_obj, b.center_cam)), ("size", (b.size_lwh,)),
+              ("box", (b.box_2d,)), ("score", ([b.score],)), ("features", (b.embedding,)))
+    for name, arrays in checks:
+        if not all(np.isfinite(np.asarray(a, np.float64)).all() for a in arrays):
+            return f"nonfinite_{name}"
+    return ""
 
-    Boxes without ego-motion (NaN centre) are left out; a position covariance without a positive
-    diagonal becomes NaN (the tracker then uses its class default); embeddings are passed only
-    when every box has one of the same size.
+
+def publishable_boxes(boxes: list[RefinedBox]) -> tuple[list[RefinedBox], Counter]:
+    """The boxes that may leave the track buffer, and the others counted by reason.
+
+    A box with a non-finite centre (no ego-motion for its frame), pose, size, 2D box, score or
+    embedding is left out (``nonfinite_<what>``); an unknown velocity (unrefined boxes) becomes zero
+    and an unknown or non-finite covariance the ``-1`` diagonal of "unknown", so no non-finite
+    number is ever published.
     """
-    boxes = [b for b in boxes if np.isfinite(b.center_odom).all()]
-    if not boxes:
-        return Detections.empty()
-    R = np.stack([b.R_odom_obj for b in boxes])
-    cov = np.stack([np.asarray(b.pose_covariance, np.float64).reshape(6, 6)[:3, :3] for b in boxes]).copy()
-    cov[~(np.diagonal(cov, axis1=1, axis2=2) > 0).all(axis=1)] = np.nan
-    emb = [np.asarray(b.embedding, np.float64).ravel() for b in boxes]
-    dims = {e.size for e in emb}
-    return Detections(
-        centers=np.stack([b.center_odom for b in boxes]), yaws=np.arctan2(R[:, 1, 0], R[:, 0, 0]),
-        sizes=np.stack([b.size_lwh for b in boxes]), labels=[b.class_label for b in boxes],
-        scores=np.array([b.score for b in boxes]), boxes_2d=np.stack([np.asarray(b.box_2d, np.float64) for b in boxes]),
-        embeddings=np.stack(emb) if len(dims) == 1 and 0 not in dims else None, covariances=cov,
-        static=np.array([b.refined and b.is_static for b in boxes], dtype=bool),
-        velocities=np.stack([np.asarray(b.velocity_odom, np.float64) if b.refined else np.full(3, np.nan) for b in boxes]),
-        velocity_covariances=np.stack([np.asarray(b.velocity_covariance, np.float64).reshape(3, 3) for b in boxes]))
+    out, dropped = [], Counter()
+    for b in boxes:
+        why = _box_problem(b)
+        if why:
+            dropped[why] += 1
+            continue
+        fix = {}
+        if not np.isfinite(b.velocity_odom).all():
+            fix |= {"velocity_odom": np.zeros(3), "velocity_covariance": -np.eye(3)}
+        if not np.isfinite(b.pose_covariance).all():
+            fix["pose_covariance"] = -np.eye(6)
+        if not np.isfinite(fix.get("velocity_covariance", b.velocity_covariance)).all():
+            fix["velocity_covariance"] = -np.eye(3)
+        out.append(replace(b, **fix) if fix else b)
+    return out, dropped
+
+
+def tracker_detections(boxes: list[RefinedBox]) -> Detections:
+    """Refined boxes -> the tracker's input in odom: what tracker_node makes of the track buffer's
+    Detection3DArray (the :func:`publishable_boxes`, through :meth:`Detections.from_boxes`)."""
+    boxes, _ = publishable_boxes(boxes)
+    R = np.stack([b.R_odom_obj for b in boxes]) if boxes else np.zeros((0, 3, 3))
+    return Detections.from_boxes(
+        [b.center_odom for b in boxes], np.arctan2(R[:, 1, 0], R[:, 0, 0]), [b.size_lwh for b in boxes],
+        [b.class_label for b in boxes], [b.score for b in boxes], [np.asarray(b.box_2d, np.float64) for b in boxes],
+        [b.embedding for b in boxes], [np.asarray(b.pose_covariance, np.float64).reshape(6, 6)[:3, :3] for b in boxes],
+        refined=[b.refined for b in boxes], is_static=[b.is_static for b in boxes],
+        velocities=[b.velocity_odom for b in boxes],
+        velocity_covariances=[np.asarray(b.velocity_covariance, np.float64).reshape(3, 3) for b in boxes])
 
 
 def _take(res: OBAResult, m: torch.Tensor) -> OBAResult:
