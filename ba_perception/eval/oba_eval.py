@@ -370,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
         "split": args.split, "presets": args.presets, "sequences": [s.name for s in seqs], "model": args.model,
         "min_frames": args.min_frames, "params_file": str(params_file), "overrides": args.set, "device": args.device,
         "refine": {"window": rc.window, "static_window": tc.window, "num_points": rc.num_points, "max_iterations": rc.solver.max_iterations,
-                   "dtype": str(rc.dtype), "surface_std_m": rc.surface_std_m}, "machine": machine_info(),
+                   "dtype": str(rc.dtype)}, "machine": machine_info(),
         "learned_matches": mq, "detector_depth_persistence": dp, "results": results}), indent=1))
     print(f"wrote {out}")
     return 0

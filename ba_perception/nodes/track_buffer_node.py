@@ -103,8 +103,6 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("yaw_only", _R.solver.yaw_only, "object rotation restricted to yaw on the ground plane"),
         ParamSpec("static_resolve", _R.static_resolve, "decide static vs moving: slow tracklets whose point tracks "
                   "triangulate as fixed points at the detector's depth are static (zero velocity)"),
-        ParamSpec("static_one_pose", _R.static_one_pose, "with static_resolve: report static tracklets with a "
-                  "one-pose solve of their window (doubles the solve; world test split: depth -1.1 % vs +3.7 % without)"),
         ParamSpec("static_candidate_mps", _R.static_candidate_mps, "with static_resolve: only tracklets whose "
                   "refined speed is below this (m/s) may be declared static", min=0.0),
         ParamSpec("static_track_noise_px", _R.static_track_noise_px, "point-track noise, px: static when the tracks "
@@ -116,12 +114,6 @@ class TrackBufferNode(PerceptionNode):
                   "(the solver's is overconfident: the detector's depth errors persist from frame to frame)", min=1e-6),
         ParamSpec("heading_from_velocity_mps", _R.heading_from_velocity_mps, "moving refined objects at least this "
                   "fast (m/s) take their yaw from the velocity direction (the one nearer the solved yaw); 0 = off", min=0.0),
-        ParamSpec("lateral_speed_std_mps", _R.lateral_speed_std_mps, "std (m/s) of a car's velocity across its heading "
-                  "in the motion prior (vehicles do not slide sideways); 0 = off", min=0.0),
-        ParamSpec("depth_error_correlation", _R.depth_error_correlation, "correlation of the detector's depth errors "
-                  "between the frames of a window (they persist); 0 = independent frames", min=0.0, max=0.99),
-        ParamSpec("surface_std_m", _R.surface_std_m, "object points lie on the detected box's surface with this std, "
-                  "m (Cauchy-robust); ties the box to the triangulated surface; 0 = off", min=0.0),
         ParamSpec("device", "auto", "where the batch is solved", choices=("auto", "cpu", "cuda")),
         ParamSpec("dtype", dtype_name(_R.dtype), "solver precision", choices=tuple(DTYPES)),
         ParamSpec("threads", 1, "torch CPU threads for the solve (more threads thrash next to the detector)", min=1),

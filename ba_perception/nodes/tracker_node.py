@@ -41,8 +41,6 @@ TRACKER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("reid", _DEFAULTS.reid, "re-identify recently lost tracks on appearance + 3D"),
     ParamSpec("reid_window_s", _DEFAULTS.reid_window_s, "how long lost tracks stay re-identifiable, seconds", min=0.0),
     ParamSpec("min_score_new", _DEFAULTS.min_score_new, "minimum detection score to start a track", min=0.0),
-    ParamSpec("static_velocity_std_mps", _DEFAULTS.static_velocity_std_mps, "detections the object BA judged static "
-              "also measure the track's velocity as zero with this std, m/s; 0 = off", min=0.0),
     ParamSpec("velocity_std_mps", _DEFAULTS.velocity_std_mps, "refined moving detections also measure the track's "
               "velocity (their covariance plus this std squared, m/s) and start new tracks with it; 0 = off", min=0.0),
 )

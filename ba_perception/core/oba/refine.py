@@ -54,15 +54,6 @@ class RefineConfig:
             ``static_depth_log_std`` being the detector's relative depth error); objects with
             fewer than ``min_points_for_selection`` tracks are static below ``static_speed_mps``.
             Static objects get zero velocity.
-        static_one_pose: with ``static_resolve``, also solve every problem with one pose for all
-            frames (in the same batch, doubling it) and report that pose for static objects
-            instead of the free solve's newest pose. Off by default: averaging the window's
-            detector depths, which persist and grow with range, loses depth accuracy (world test
-            split, KLT: median depth error 1.1 % worse than single-frame vs 3.7 % better, car
-            AP3D@0.5 52.9 vs 56.9; the static/moving calls are the same).
-        surface_std_m: the object's points lie on the surface of its detected box, with this
-            std (m; Cauchy-robust); 0 turns the surface prior off. It ties the box centre to the
-            triangulated surface instead of the detector's depth.
         covariance_scale: factor on the published pose and velocity covariances of refined boxes.
             The solver's covariance treats the detector's depth errors as independent from frame to
             frame while they persist, so it is overconfident (docs/experiments.md); consumers (the
@@ -73,11 +64,6 @@ class RefineConfig:
             and pitch zero: vehicles move along their heading and the window's velocity is a steadier
             yaw cue than the per-frame box. 0 turns it off. The published pose covariance is the
             solver's (it does not shrink the yaw variance).
-        lateral_speed_std_mps: std (m/s) of a car's velocity across its own heading in the motion
-            prior (vehicles do not slide sideways); 0 turns it off.
-        depth_error_correlation: correlation in ``[0, 0.99]`` of the detector's depth errors
-            between the frames of a window (``OBAProblem.prior_depth_correlation``); 0 treats
-            the frames' depths as independent measurements.
         scene_static: scene-level BA: every object gets one pose for all frames of its window
             (the static-world assumption of classic SfM; the ablation BA-Det compares against).
         min_baseline_m: camera travel below which the window is degenerate (zero baseline).
@@ -100,16 +86,12 @@ class RefineConfig:
     angular_accel_std: float = 1.0
     static_speed_mps: float = 0.5
     static_resolve: bool = True
-    static_one_pose: bool = False
     static_candidate_mps: float = 8.0
     static_track_noise_px: float = 0.0
     static_depth_log_std: float = 0.15
     min_points_for_selection: int = 4
-    surface_std_m: float = 0.0
     covariance_scale: float = 1.0
     heading_from_velocity_mps: float = 2.0
-    lateral_speed_std_mps: float = 0.0
-    depth_error_correlation: float = 0.0
     scene_static: bool = False
     min_baseline_m: float = 0.05
     min_depth_m: float = 0.5
@@ -121,16 +103,14 @@ class RefineConfig:
     def __post_init__(self) -> None:
         if self.correspondences not in CORRESPONDENCES:
             raise RefineError(f"correspondences must be one of {CORRESPONDENCES}, got {self.correspondences!r}")
-        if not self.covariance_scale > 0 or not self.heading_from_velocity_mps >= 0 or not self.lateral_speed_std_mps >= 0:
-            raise RefineError(f"covariance_scale must be > 0, heading_from_velocity_mps and lateral_speed_std_mps >= 0; got "
-                              f"{self.covariance_scale}, {self.heading_from_velocity_mps}, {self.lateral_speed_std_mps}")
+        if not self.covariance_scale > 0 or not self.heading_from_velocity_mps >= 0:
+            raise RefineError(f"covariance_scale must be > 0 and heading_from_velocity_mps >= 0; got "
+                              f"{self.covariance_scale}, {self.heading_from_velocity_mps}")
         if not self.static_track_noise_px >= 0 or not self.static_depth_log_std >= 0:
             raise RefineError(f"static_track_noise_px and static_depth_log_std must be >= 0; got "
                               f"{self.static_track_noise_px}, {self.static_depth_log_std}")
         if self.window < 0:
             raise RefineError(f"window must be >= 0 (0 = every frame of the tracklet), got {self.window}")
-        if not 0.0 <= self.depth_error_correlation <= 0.99:
-            raise RefineError(f"depth_error_correlation must be in [0, 0.99], got {self.depth_error_correlation}")
 
     def track_noise_px(self) -> float:
         """The point-track noise of the static test: ``static_track_noise_px``, or its source's default."""
@@ -368,14 +348,6 @@ def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None, p
         prior_T_odom_obj=prior_T, prior_sqrt_info=L, prior_mask=fm.clone(),
         motion_sqrt_info=torch.tensor([1 / cfg.accel_std] * 3 + [1 / cfg.angular_accel_std] * 3, dtype=fd, device=cfg.device).expand(B, 6).clone(),
     )
-    if cfg.lateral_speed_std_mps > 0:  # cars move along their heading (cyclists and pedestrians need not)
-        car = torch.tensor([t.class_label == "car" for t in inc], dtype=torch.bool, device=cfg.device)
-        problem.lateral_sqrt_info = torch.where(car, 1.0 / cfg.lateral_speed_std_mps, 0.0).to(fd)
-    if cfg.depth_error_correlation > 0:
-        problem.prior_depth_correlation = torch.full((B,), cfg.depth_error_correlation, dtype=fd, device=cfg.device)
-    if cfg.surface_std_m > 0:
-        problem.box_size_lwh = tt(sizes).to(fd)
-        problem.surface_sqrt_info = torch.full((B,), 1.0 / cfg.surface_std_m, dtype=fd, device=cfg.device)
     return RefineBatch(inc, problem, OBAState(R0, t0_, p0), idxs, sizes, excluded, lam)
 
 
@@ -444,44 +416,23 @@ def refine_tracklets(
         history = batch.problem  # every kept frame: what the static test triangulates over
         if 0 < cfg.window < history.shape[1]:
             batch = _newest_frames(batch, cfg.window)
-        p, B = batch.problem, len(batch.tracks)
+        p = batch.problem
         if cfg.scene_static:
             ps, init_s = _static_problem(p, batch.init)
             res = _solve(cfg, ps, init_s, batch.initial_lambda)
             v, vcov = _velocity(res.state.t_odom_obj, p.stamps_s, p.frame_mask, res.pose_covariance)
-            _write_back(batch, res, torch.zeros_like(v), vcov, res.valid.clone(), replace(cfg, static_resolve=True, static_one_pose=True), out)
+            _write_back(batch, res, torch.zeros_like(v), vcov, res.valid.clone(), replace(cfg, static_resolve=True), out,
+                        one_pose=True)
             return [out[t.tracklet_id] for t in tracks]
-        if cfg.static_resolve and cfg.static_one_pose:
-            # Every problem twice in the same batched solve: with free per-frame poses
-            # (+ constant-velocity prior) and with one pose for all frames, reported for static objects.
-            dev = p.obs_uv.device
-            ps, init_s = _static_problem(p, batch.init)
-            pd = OBAProblem(**{**p.__dict__, "static": torch.zeros(B, dtype=torch.bool, device=dev)})
-            joint = OBAProblem(**{k: torch.cat([getattr(pd, k), getattr(ps, k)]) if getattr(pd, k) is not None else None
-                                  for k in p.__dict__})
-            init = batch.init
-            both = OBAState(*(torch.cat([a, b]) for a, b in zip(
-                (init.R_odom_obj, init.t_odom_obj, init.points_obj), (init_s.R_odom_obj, init_s.t_odom_obj, init_s.points_obj))))
-            lam = batch.initial_lambda
-            res_all = _solve(cfg, joint, both, None if lam is None else torch.cat([lam, lam]))
-            first = torch.arange(2 * B, device=dev) < B
-            res, sres = _take(res_all, first), _take(res_all, ~first)
-        else:
-            res = _solve(cfg, p, batch.init, batch.initial_lambda)
+        res = _solve(cfg, p, batch.init, batch.initial_lambda)
         v, vcov = _velocity(res.state.t_odom_obj, p.stamps_s, p.frame_mask, res.pose_covariance)
         speed = v.norm(dim=-1)
         static = (speed < cfg.static_speed_mps) & res.valid
-        final = res
         if cfg.static_resolve:
             decided, by_points = static_evidence(history).static(cfg.track_noise_px(), cfg.static_depth_log_std,
                                                            cfg.min_points_for_selection)
             static = res.valid & (speed < cfg.static_candidate_mps) & torch.where(decided, by_points, static)
-            if cfg.static_one_pose:
-                static = static & sres.valid
-                keep = torch.nonzero(static)[:, 0]
-                if len(keep):
-                    final = _merge(res, _take(sres, static), keep)
-        _write_back(batch, final, v, vcov, static, cfg, out)
+        _write_back(batch, res, v, vcov, static, cfg, out)
     return [out[t.tracklet_id] for t in tracks]
 
 
@@ -560,26 +511,6 @@ def tracker_detections(boxes: list[RefinedBox]) -> Detections:
         velocity_covariances=[np.asarray(b.velocity_covariance, np.float64).reshape(3, 3) for b in boxes])
 
 
-def _take(res: OBAResult, m: torch.Tensor) -> OBAResult:
-    cov = None if res.pose_covariance is None else res.pose_covariance[m]
-    return OBAResult(
-        OBAState(res.state.R_odom_obj[m], res.state.t_odom_obj[m], res.state.points_obj[m]), res.cost[m], res.initial_cost[m],
-        res.iterations[m], res.converged[m], res.valid[m], res.lam[m], cov, res.num_obs[m],
-    )
-
-
-def _merge(res: OBAResult, sres: OBAResult, idx: torch.Tensor) -> OBAResult:
-    st = res.state.clone()
-    st.R_odom_obj[idx], st.t_odom_obj[idx], st.points_obj[idx] = sres.state.R_odom_obj, sres.state.t_odom_obj, sres.state.points_obj
-    cost, iters = res.cost.clone(), res.iterations.clone()
-    cost[idx], iters[idx] = sres.cost, iters[idx] + sres.iterations
-    cov = None
-    if res.pose_covariance is not None and sres.pose_covariance is not None:
-        cov = res.pose_covariance.clone()
-        cov[idx] = sres.pose_covariance
-    return OBAResult(st, cost, res.initial_cost, iters, res.converged, res.valid, res.lam, cov, res.num_obs)
-
-
 def heading_from_velocity(R_odom_obj: np.ndarray, velocity_odom: np.ndarray, moving: np.ndarray, min_speed_mps: float) -> np.ndarray:
     """Orientations ``(B, 3, 3)`` (odom) with the yaw of moving objects taken from their velocity.
 
@@ -602,13 +533,14 @@ def heading_from_velocity(R_odom_obj: np.ndarray, velocity_odom: np.ndarray, mov
     return R
 
 
-def _write_back(batch: RefineBatch, res: OBAResult, v, vcov, static, cfg: RefineConfig, out: dict) -> None:
+def _write_back(batch: RefineBatch, res: OBAResult, v, vcov, static, cfg: RefineConfig, out: dict,
+                one_pose: bool = False) -> None:
+    """Refined boxes of the batch into ``out``; ``one_pose``: every problem was solved with one pose (slot 0)."""
     p = batch.problem
     nfr = p.frame_mask.sum(1) - 1  # newest packed frame
     B = len(batch.tracks)
     ar = torch.arange(B, device=nfr.device)
-    one_pose = static if cfg.static_resolve and cfg.static_one_pose else torch.zeros_like(static)
-    slot = torch.where(one_pose, torch.zeros_like(nfr), nfr)  # a one-pose solve keeps its pose in frame 0
+    slot = torch.zeros_like(nfr) if one_pose else nfr  # a one-pose solve keeps its pose in slot 0
     # Everything the boxes need, copied to the host once (per-element reads would sync the GPU each time).
     host = {
         "R": res.state.R_odom_obj[ar, nfr], "t": res.state.t_odom_obj[ar, nfr], "T_co": p.T_cam_odom[ar, nfr],
