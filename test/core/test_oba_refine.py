@@ -10,7 +10,7 @@ import torch
 
 from ba_perception.core.oba.refine import RefineConfig, RefineError, build_batch, heading_from_velocity, refine_tracklets
 from ba_perception.core.oba.solver import SolverOptions
-from ba_perception.core.oba.synthetic import make_batch, make_tracklets
+from ba_perception.data.oba_problems import make_batch, make_tracklets
 
 
 SCENE_NOISE_PX = 0.5

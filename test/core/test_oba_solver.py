@@ -10,7 +10,7 @@ import torch
 from ba_perception.core.geometry import so3_exp, so3_log, so3_right_jacobian_inv
 from ba_perception.core.oba import solver as S
 from ba_perception.core.oba.solver import OBASolverError, OBAState, SolverOptions, problem_cost, solve
-from ba_perception.core.oba.synthetic import make_batch
+from ba_perception.data.oba_problems import make_batch
 
 D = torch.float64
 
