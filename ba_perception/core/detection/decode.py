@@ -35,7 +35,7 @@ class DecodeError(ValueError):
 # depth std, exp(-20 / 2) = 4.5e-5 (depth confidence ~0.999). Training ignores this target.
 EXACT_DEPTH_LOGVAR = -20.0
 # Candidates overlapping a kept box above this 2D IoU count as cells that fired for the same object
-# (box_agreement); 0.3 was best of 0.1 / 0.3 / 0.5 on the val split (2026-11-25 weights).
+# (box_agreement); chosen on the val split (docs/experiments.md).
 QUALITY_CLUSTER_IOU = 0.3
 
 
