@@ -127,27 +127,17 @@ def node_memory_run(bag: Path, onnx_path: Path, frames: int, every: int, threads
     """
     from ba_perception.bench.stack import NodeProcess, _spec, ros_environment
     from ba_perception.graph import default_params_file
-    from ba_perception.ros.params import qos_profile
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_det_node_"))
     domain = 150 + os.getpid() % 80
     params = default_params_file()
     with ros_environment(domain, tmp) as env:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
+        from ba_perception.ros.probe import OutputCounter
         from ba_perception_msgs.msg import ObjectObservationArray
 
         node_proc = NodeProcess(_spec("detector_node"), params, [f"detector_node.model:={onnx_path.resolve()}",
                                                                   f"detector_node.threads:={threads}"], env, tmp / "detector_node.log")
-        ctx = rclpy.Context()
-        rclpy.init(context=ctx, domain_id=domain)
-        probe = rclpy.create_node("bench_detector_probe", context=ctx)
-        count = [0]
-        probe.create_subscription(ObjectObservationArray, "/ba_perception/observations",
-                                  lambda _raw: count.__setitem__(0, count[0] + 1), qos_profile("reliable", 100), raw=True)
-        ex = SingleThreadedExecutor(context=ctx)
-        ex.add_node(probe)
+        probe = OutputCounter(domain, ObjectObservationArray, "/ba_perception/observations", "bench_detector_probe")
         player = NodeProcess(_spec("bag_player"), params, [
             f"bag_player.bag:={bag.resolve()}", "bag_player.restamp:=true", "bag_player.loop:=true",
             "bag_player.lockstep:=true", "bag_player.lockstep_topic:=/ba_perception/observations",
@@ -161,29 +151,27 @@ def node_memory_run(bag: Path, onnx_path: Path, frames: int, every: int, threads
         next_sample = 1
         err = None
         try:
-            while count[0] < frames:
-                ex.spin_once(timeout_sec=0.05)
-                if count[0] >= next_sample:
-                    samples.append((count[0], rss()))
+            while probe.count < frames:
+                probe.spin_once(0.05)
+                if probe.count >= next_sample:
+                    samples.append((probe.count, rss()))
                     next_sample = every if next_sample == 1 else next_sample + every
                 if not node_proc.alive():
                     err = f"detector_node exited (code {node_proc.proc.returncode}): {node_proc.tail(600)}"
                     break
                 if time.monotonic() - t0 > timeout_s:
-                    err = f"only {count[0]} of {frames} frames after {timeout_s:.0f} s"
+                    err = f"only {probe.count} of {frames} frames after {timeout_s:.0f} s"
                     break
             wall = time.monotonic() - t0
-            if err is None and (not samples or samples[-1][0] != count[0]):
-                samples.append((count[0], rss()))
+            if err is None and (not samples or samples[-1][0] != probe.count):
+                samples.append((probe.count, rss()))
         finally:
             player.stop()
             node_proc.stop()
-            ex.shutdown()
-            probe.destroy_node()
-            ctx.try_shutdown()
+            probe.close()
     if err is not None:
         raise RuntimeError(err)
-    return {"frames": count[0], "every": every, "bag": str(bag), "threads": threads, "samples": samples,
+    return {"frames": probe.count, "every": every, "bag": str(bag), "threads": threads, "samples": samples,
             "summary": rss_summary(samples, warmup_frames=min(every, frames)), "wall_ms_per_frame": 1e3 * wall / max(frames, 1),
             "method": "detector_node process tree RSS (psutil); bag_player lockstep on the node's output, looped bag, restamped"}
 

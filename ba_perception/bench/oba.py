@@ -1,6 +1,6 @@
 """`ba-perception bench oba`: batched object-BA solve time, speed-up over pycolmap, and agreement with Ceres.
 
-Problems are synthetic (core/oba/synthetic.py): car-sized boxes with points on their faces, seen
+Problems are synthetic (data/oba_problems.py): car-sized boxes with points on their faces, seen
 from a driving camera, 1 px noise. Four measurements:
 
 1. the batched LM (``tracklets x frames x points``, fixed iterations, no host sync, Cauchy
@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ba_perception.core.oba.reference import have_pycolmap, solve_with_pycolmap
+from ba_perception.bench.oba_reference import have_pycolmap, solve_with_pycolmap
 from ba_perception.core.oba.refine import RefineConfig, refine_tracklets
 from ba_perception.core.oba.solver import CapturedSolve, OBAProblem, SolverOptions, solve
-from ba_perception.core.oba.synthetic import make_batch, make_tracklets
+from ba_perception.data.oba_problems import make_batch, make_tracklets
 from ba_perception.eval.results import machine_info
 
 

@@ -1,9 +1,9 @@
 """`ba-perception bench pipeline`: the graph's stages in one process, no DDS: detector -> track buffer (object BA) -> tracker.
 
 The same core objects the nodes run, configured from the same parameter file (config/stack.yaml):
-``Detector`` (preprocess, network, decode), ``TrackletBuffer.update`` + ``KltTracker.step`` (with
-``correspondences: klt``, on the frame's image) + ``refine_tracklets`` (the track_buffer_node's
-work), and ``Tracker.step`` on the refined boxes (the tracker_node's work), frame after frame
+``Detector`` (preprocess, network, decode), ``TrackBufferStage.step`` (the track_buffer_node's
+per-frame step: tracklets, KLT on the frame's image, object BA), and ``Tracker.step`` on the
+refined boxes (the tracker_node's work), frame after frame
 over a rendered synthetic-world sequence (or a bag). Message (de)serialisation and DDS transport
 are *not* included: that is ``bench stack``.
 
@@ -38,10 +38,9 @@ import numpy as np
 import torch
 
 from ba_perception.core import geometry
-from ba_perception.core.oba.correspondences import KltTracker
-from ba_perception.core.oba.refine import RefineConfig, refine_tracklets, tracker_detections
-from ba_perception.core.oba.stage import TrackBufferConfig
-from ba_perception.core.oba.tracklets import Observation, TrackletBuffer, TrackletConfig, observations_from_detections
+from ba_perception.core.oba.refine import tracker_detections
+from ba_perception.core.oba.stage import TrackBufferConfig, TrackBufferStage
+from ba_perception.core.oba.tracklets import Observation, observations_from_detections
 from ba_perception.core.tracking import Tracker, TrackerConfig
 from ba_perception.eval.results import machine_info
 
@@ -224,8 +223,8 @@ def percentiles(ms: list[float]) -> dict[str, float]:
             "mean_ms": float(a.mean()), "max_ms": float(a.max())}
 
 
-def run_pipeline(frames: list[Any], detector: Any, observe: Any, tracklet_cfg: TrackletConfig,
-                 refine_cfg: RefineConfig, tracker_cfg: TrackerConfig, warmup: int, device: torch.device) -> dict:
+def run_pipeline(frames: list[Any], detector: Any, observe: Any, config: TrackBufferConfig,
+                 tracker_cfg: TrackerConfig, warmup: int, device: torch.device) -> dict:
     """Run every frame through the three stages; per-stage samples of the frames after ``warmup``.
 
     Args:
@@ -240,8 +239,8 @@ def run_pipeline(frames: list[Any], detector: Any, observe: Any, tracklet_cfg: T
             torch.cuda.synchronize(device)
         return time.perf_counter(), time.process_time()
 
-    buffer, tracker = TrackletBuffer(tracklet_cfg), Tracker(tracker_cfg)
-    klt = KltTracker(refine_cfg.num_points, realign=refine_cfg.klt_realign) if refine_cfg.correspondences == "klt" else None
+    stage = TrackBufferStage(config, clock=lambda: now()[0])  # the track_buffer_node's per-frame step
+    tracker = Tracker(tracker_cfg)
     samples: dict[str, list[float]] = {s: [] for s in STAGES}
     samples["total.cuda_events"] = []
     cpu: dict[str, list[float]] = {s: [] for s in ("detector", "track_buffer", "tracker", "total")}
@@ -255,13 +254,12 @@ def run_pipeline(frames: list[Any], detector: Any, observe: Any, tracklet_cfg: T
         res = detector.detect(f.image, f.K)
         t1 = now()
         obs = observe(i, res)  # the track buffer's input records (conversion timed with the association)
-        tracks, _ = buffer.update(f.stamp_ns, obs, f.T_odom_cam, f.K)
-        t2 = now()
-        point_tracks = None
-        if klt is not None:  # as the node: the frame's image to gray (image_to_gray on its worker), then KLT
-            point_tracks = klt.step(f.stamp_ns, cv2.cvtColor(np.ascontiguousarray(f.image), cv2.COLOR_RGB2GRAY), tracks)
-        boxes = refine_tracklets(tracks, refine_cfg, point_tracks)
+        # as the node: the frame's image to gray (image_to_gray on its worker), then the stage's step
+        gray = cv2.cvtColor(np.ascontiguousarray(f.image), cv2.COLOR_RGB2GRAY) if stage.needs_images else None
+        step = stage.step(f.stamp_ns, obs, f.T_odom_cam, f.K, gray)
+        boxes = step.boxes
         t3 = now()
+        t2 = (t3[0] - step.seconds["refine"], t3[1])  # the association / refinement boundary, from the stage's clock
         dets = tracker_detections(boxes)
         out = tracker.step(f.stamp_ns, dets)
         if ev:
@@ -280,7 +278,7 @@ def run_pipeline(frames: list[Any], detector: Any, observe: Any, tracklet_cfg: T
             samples["total.cuda_events"].append(ev[0].elapsed_time(ev[1]))
         counts["detections"].append(len(res.detections))
         counts["observations"].append(len(obs))
-        counts["tracklets"].append(len(tracks))
+        counts["tracklets"].append(len(boxes))
         counts["refined"].append(sum(1 for b in boxes if b.refined))
         counts["tracker_input"].append(len(dets))
         counts["tracks_confirmed"].append(sum(1 for t in out if t.status == 1))
@@ -331,20 +329,20 @@ def run(args: argparse.Namespace) -> int:
         def observe(_i, res):
             return observations_from_detections(res.detections, res.class_names)
 
-    _cfg = TrackBufferConfig.from_params(node_parameters(params_file, "track_buffer_node"), args.device)
-    tb_cfg, rf_cfg = _cfg.tracklets, _cfg.refine
+    tb = TrackBufferConfig.from_params(node_parameters(params_file, "track_buffer_node"), args.device)
     if args.compile_ba:
-        rf_cfg = replace(rf_cfg, solver=replace(rf_cfg.solver, compiled=True))
+        tb = replace(tb, refine=replace(tb.refine, solver=replace(tb.refine.solver, compiled=True)))
+    rf_cfg = tb.refine
     tr_cfg = TrackerConfig.from_params(node_parameters(params_file, "tracker_node"))
     print(f"pipeline: {len(frames)} frames ({args.warmup} warm-up), backend {backend.name}, weights {weights}, "
           f"observations {mode}, BA on {args.device}")
-    result = run_pipeline(frames, detector, observe, tb_cfg, rf_cfg, tr_cfg, args.warmup, torch.device(args.device))
+    result = run_pipeline(frames, detector, observe, tb, tr_cfg, args.warmup, torch.device(args.device))
     data = {
         "device": args.device, "backend": backend.name, "weights": weights, "observations": mode,
         "input": source, "image_wh": [int(frames[0].image.shape[1]), int(frames[0].image.shape[0])],
         "network_input_hw": list(backend.input_hw), "frames": args.frames, "warmup": args.warmup,
         "objects_max": args.objects, "score_threshold": threshold, "params_file": str(params_file),
-        "refine": {"window": tb_cfg.window, "num_points": rf_cfg.num_points, "correspondences": rf_cfg.correspondences,
+        "refine": {"window": rf_cfg.window, "static_window": tb.tracklets.window, "num_points": rf_cfg.num_points, "correspondences": rf_cfg.correspondences,
                    "max_iterations": rf_cfg.solver.max_iterations, "dtype": str(rf_cfg.dtype),
                    "cuda_graph": rf_cfg.cuda_graph, "compiled": rf_cfg.solver.compiled},
         "tracker": {"method": tr_cfg.method, "solver": tr_cfg.solver},

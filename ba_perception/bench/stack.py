@@ -31,6 +31,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ba_perception.graph import NODES, NodeSpec, default_params_file, fastdds_profile, package_root
+from ba_perception.ros.probe import StackProbe as Probe
 
 TOPIC_IMAGE, TOPIC_INFO, TOPIC_ODOM = "/camera/image_raw", "/camera/camera_info", "/odom"
 TOPIC_OBS, TOPIC_DET, TOPIC_TRACKS = "/ba_perception/observations", "/ba_perception/detections", "/ba_perception/tracks"
@@ -266,75 +267,6 @@ class NodeProcess:
         return {"samples": int(c.size), "cpu_mean_pct": float(c.mean()), "cpu_p95_pct": float(np.percentile(c, 95)),
                 "rss_max_mb": float(r.max()), "rss_mean_mb": float(r.mean()), "cpu_s": cpu_s,
                 "cpu_ms_per_played_frame": 1e3 * cpu_s / frames if frames else None}
-
-
-class Probe:
-    """An in-process rclpy node: graph discovery checks and counters of frames and objects."""
-
-    def __init__(self, domain_id: int) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import qos_profile_sensor_data
-        from sensor_msgs.msg import CameraInfo
-
-        from ba_perception.ros.params import qos_profile
-        from ba_perception_msgs.msg import Detection3DArray, Track3DArray
-
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node("bench_stack_probe", context=self.context)
-        self.frames = 0
-        self.in_stamps: list[int] = []  # capture stamps of the frames played (camera_info)
-        self.out_stamps: set[int] = set()  # stamps of the Track3DArrays the graph published
-        self.objects: list[int] = []
-        self.refined: list[int] = []
-        self.node.create_subscription(CameraInfo, TOPIC_INFO, self._on_info, qos_profile("reliable", 100), raw=True)
-        self.node.create_subscription(Track3DArray, TOPIC_TRACKS, self._on_tracks, qos_profile("reliable", 100), raw=True)
-        self.node.create_subscription(Detection3DArray, TOPIC_DET, self._on_det, qos_profile_sensor_data)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-
-    def _on_info(self, raw: bytes) -> None:
-        from ba_perception.ros.sync import header_stamp_ns
-
-        self.frames += 1
-        self.in_stamps.append(header_stamp_ns(raw) or -1)
-
-    def _on_tracks(self, raw: bytes) -> None:
-        from ba_perception.ros.sync import header_stamp_ns
-
-        self.out_stamps.add(header_stamp_ns(raw) or -1)
-
-    def dropped(self) -> int:
-        """Played frames (since the last reset) whose tracks never came out."""
-        return sum(1 for s in self.in_stamps if s not in self.out_stamps)
-
-    def _on_det(self, msg: Any) -> None:
-        self.objects.append(len(msg.detections))
-        self.refined.append(sum(1 for d in msg.detections if d.refined))
-
-    def reset(self) -> None:
-        self.frames = 0
-        self.in_stamps.clear()
-        self.out_stamps.clear()
-        self.objects.clear()
-        self.refined.clear()
-
-    def spin(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            self.executor.spin_once(timeout_sec=min(left, 0.05))
-
-    def subscribers(self, topic: str) -> int:
-        return self.node.count_subscribers(topic)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.context.try_shutdown()
 
 
 def _spec(name: str) -> NodeSpec:

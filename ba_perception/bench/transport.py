@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,70 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--role", choices=("pub", "sub"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
-
-
-def _publisher(args: argparse.Namespace) -> None:
-    import rclpy
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-
-    from ba_perception.ros.image import numpy_to_image
-    from ba_perception.ros.node import ns_to_time
-
-    rclpy.init()
-    node = rclpy.create_node("bench_transport_pub")
-    pub = node.create_publisher(__import__("sensor_msgs.msg", fromlist=["Image"]).Image, "/bench/image",
-                                QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
-    rgb = np.random.default_rng(0).integers(0, 255, (args.height, args.width, 3), dtype=np.uint8)
-    msg = numpy_to_image(rgb, "rgb8")
-    deadline = time.monotonic() + 20
-    while pub.get_subscription_count() < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.5)  # let the reader's matching settle on both sides
-    period = 1.0 / args.rate
-    t0 = time.monotonic()
-    failures = 0
-    for i in range(args.count):
-        delay = t0 + i * period - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        msg.header.frame_id = str(i)
-        msg.header.stamp = ns_to_time(time.time_ns())
-        try:
-            pub.publish(msg)
-        except Exception:  # reliable history full: counted as not delivered
-            failures += 1
-    time.sleep(1.0)
-    Path(args.result).write_text(json.dumps({"failures": failures}))
-    node.destroy_node()
-    rclpy.shutdown()
-
-
-def _subscriber(args: argparse.Namespace) -> None:
-    import rclpy
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    rclpy.init()
-    node = rclpy.create_node("bench_transport_sub")
-    lat: dict[int, float] = {}
-
-    def cb(msg: Image) -> None:
-        now = time.time_ns()
-        sent = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        lat[int(msg.header.frame_id)] = (now - sent) / 1e6
-
-    node.create_subscription(Image, "/bench/image", cb, QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
-    deadline = time.monotonic() + args.count / args.rate + 30
-    while len(lat) < args.count and time.monotonic() < deadline:
-        rclpy.spin_once(node, timeout_sec=0.1)
-        if Path(args.result + ".done").exists():
-            end = time.monotonic() + 1.0
-            while time.monotonic() < end:
-                rclpy.spin_once(node, timeout_sec=0.05)
-            break
-    Path(args.result).write_text(json.dumps({"latency_ms": lat}))
-    node.destroy_node()
-    rclpy.shutdown()
 
 
 def _run_pair(args: argparse.Namespace, profile: Path | None, tmp: Path, tag: str) -> dict:
@@ -130,10 +65,14 @@ def _run_pair(args: argparse.Namespace, profile: Path | None, tmp: Path, tag: st
 
 def run(args: argparse.Namespace) -> int:
     if args.role == "pub":
-        _publisher(args)
+        from ba_perception.ros.probe import image_publisher
+
+        image_publisher(args)
         return 0
     if args.role == "sub":
-        _subscriber(args)
+        from ba_perception.ros.probe import image_subscriber
+
+        image_subscriber(args)
         return 0
     rows = []
     with tempfile.TemporaryDirectory() as d:

@@ -56,9 +56,10 @@ def _check_last(x: torch.Tensor, n: int, name: str) -> None:
         raise GeometryError(f"{name} must have shape (*, {n}), got {tuple(x.shape)}")
 
 
-def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float, dtype=torch.float64) -> torch.Tensor:
-    """Return the 3x3 pinhole matrix K."""
-    return torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=dtype)
+def valid_intrinsics(K) -> bool:
+    """Whether ``K`` is a usable ``(3, 3)`` pinhole matrix: finite, with positive focal lengths."""
+    K = torch.as_tensor(K, dtype=torch.float64)
+    return K.shape == (3, 3) and bool(torch.isfinite(K).all()) and bool(K[0, 0] > 0) and bool(K[1, 1] > 0)
 
 
 def project_points(points_cam: torch.Tensor, K: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,7 @@ def _frame_boxes(labels, boxes, centers, R_cam_obj, sizes, scores) -> FrameBoxes
                       yaw=yaw, scores=np.asarray(scores, np.float64).reshape(n))
 
 
-def evaluate_sequence(seq: SequenceData, variant: ObaVariant | None, tracklet_cfg, refine_cfg, min_frames: int) -> dict:
+def evaluate_sequence(seq: SequenceData, variant: ObaVariant | None, config: TrackBufferConfig, min_frames: int) -> dict:
     """Per-detection rows and AP inputs of one variant on one sequence.
 
     Returns:
@@ -74,7 +74,7 @@ def evaluate_sequence(seq: SequenceData, variant: ObaVariant | None, tracklet_cf
         vel_err, moving_gt, ego_travel_m], "ap_frames": [(gt, pred)], "seconds": per-frame track buffer
         times}``; ``ego_travel_m`` is the camera's travel over the row's last ``num_frames`` frames.
     """
-    out = None if variant is None else run_track_buffer(seq, variant, tracklet_cfg, refine_cfg)
+    out = None if variant is None else run_track_buffer(seq, variant, config)
     rows, ap_frames, secs = [], [], []
     for i in range(len(seq)):
         obs, gt = seq.observations[i], seq.gt[i]
@@ -334,12 +334,12 @@ def load_world(args: argparse.Namespace) -> tuple[list[SequenceData], Path]:
 def run(args: argparse.Namespace) -> int:
     """Evaluate every variant on the split; print the ablation table and write JSON."""
     seqs, params_file = load_world(args)
-    _cfg = TrackBufferConfig.from_params(stage_params(args, params_file, "track_buffer_node"), args.device)
-    tc, rc = _cfg.tracklets, _cfg.refine
+    cfg = TrackBufferConfig.from_params(stage_params(args, params_file, "track_buffer_node"), args.device)
+    tc, rc = cfg.tracklets, cfg.refine
     results: dict[str, dict] = {}
     for name in args.variants:
         t0 = time.perf_counter()
-        parts = [evaluate_sequence(s, VARIANTS[name], tc, rc, args.min_frames) for s in seqs]
+        parts = [evaluate_sequence(s, VARIANTS[name], cfg, args.min_frames) for s in seqs]
         results[name] = summarize(np.concatenate([p["rows"] for p in parts]), [f for p in parts for f in p["ap_frames"]],
                                   [t for p in parts for t in p["seconds"]], args.min_frames, VARIANTS[name] is not None)
         presets = sorted({s.name.rsplit("_", 1)[0] for s in seqs})
@@ -370,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
         "split": args.split, "presets": args.presets, "sequences": [s.name for s in seqs], "model": args.model,
         "min_frames": args.min_frames, "params_file": str(params_file), "overrides": args.set, "device": args.device,
         "refine": {"window": rc.window, "static_window": tc.window, "num_points": rc.num_points, "max_iterations": rc.solver.max_iterations,
-                   "dtype": str(rc.dtype), "surface_std_m": rc.surface_std_m}, "machine": machine_info(),
+                   "dtype": str(rc.dtype)}, "machine": machine_info(),
         "learned_matches": mq, "detector_depth_persistence": dp, "results": results}), indent=1))
     print(f"wrote {out}")
     return 0

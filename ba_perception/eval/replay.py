@@ -210,18 +210,9 @@ def frame_accounting(frame_stamps: list[int], tracks: dict[int, Any]) -> dict:
 
 def read_outputs(record: Path) -> dict[str, dict[int, Any]]:
     """Recorded output messages, ``{topic: {capture stamp ns: rclpy message}}``."""
-    from rclpy.serialization import deserialize_message
-    from rosbags.rosbag2 import Reader
+    from ba_perception.ros.probe import read_stamped_messages
 
-    from ba_perception.ros.bag_types import import_message_class
-
-    out: dict[str, dict[int, Any]] = {t: {} for t in OUTPUT_TOPICS}
-    with Reader(record) as reader:
-        classes = {c.topic: import_message_class(c.msgtype) for c in reader.connections}
-        for conn, _, raw in reader.messages():
-            msg = deserialize_message(bytes(raw), classes[conn.topic])
-            out[conn.topic][msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = msg
-    return out
+    return read_stamped_messages(record, OUTPUT_TOPICS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

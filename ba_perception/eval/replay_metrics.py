@@ -16,10 +16,6 @@ from ba_perception.eval.mot import MotFrame, evaluate_mot
 from ba_perception.ros.convert import pose_to_matrix
 
 
-def _stamp(msg: Any) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-
-
 def gt_boxes(objects: Any) -> FrameBoxes:
     """Ground-truth FrameBoxes of one frame (2D box = complete-silhouette box, as ``eval-det`` and training use)."""
     box = np.asarray(objects.box_full, np.float64).reshape(-1, 4)

@@ -76,21 +76,21 @@ def mot_frames(seq: SequenceData, tracks_per_frame: list[list[Any]], max_range_m
     return f3, f2
 
 
-def tracker_inputs(seq: SequenceData, tracklet_cfg, refine_cfg, upstreams=("ba", "none")) -> dict[str, list]:
+def tracker_inputs(seq: SequenceData, config: TrackBufferConfig, upstreams=("ba", "none")) -> dict[str, list]:
     """The tracker's input per frame from each requested upstream.
 
     Object BA (with the track buffer's configured correspondences) or single-frame detections.
     """
     out = {}
     if "ba" in upstreams:
-        ba = run_track_buffer(seq, ObaVariant(refine_cfg.correspondences), tracklet_cfg, refine_cfg)
+        ba = run_track_buffer(seq, ObaVariant(config.refine.correspondences), config)
         out["ba"] = [tracker_detections(f.boxes) for f in ba]
     if "none" in upstreams:
         out["none"] = [observations_to_detections(o, T) for o, T in zip(seq.observations, seq.T_odom_cam)]
     return out
 
 
-def evaluate_world(seqs: list[SequenceData], base: TrackerConfig, tracklet_cfg, refine_cfg, methods, upstreams,
+def evaluate_world(seqs: list[SequenceData], base: TrackerConfig, config: TrackBufferConfig, methods, upstreams,
                    max_range_m: float, write_kitti: Path | None = None, log=print) -> dict[str, dict]:
     """Metrics per ``<method>+<upstream>`` row (3D and 2D, per class and ``all``) and tracker step time."""
     from ba_perception.eval.tracking_kitti import write_tracking_file
@@ -98,7 +98,7 @@ def evaluate_world(seqs: list[SequenceData], base: TrackerConfig, tracklet_cfg, 
     inputs = {}
     for s in seqs:
         t0 = time.perf_counter()
-        inputs[s.name] = tracker_inputs(s, tracklet_cfg, refine_cfg, upstreams)
+        inputs[s.name] = tracker_inputs(s, config, upstreams)
         log(f"  {s.name}: upstream stages {time.perf_counter() - t0:.1f} s")
     rows: dict[str, dict] = {}
     for up in upstreams:
@@ -173,10 +173,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"KITTI tracking files {args.kitti_results} vs {args.kitti_gt}")
     else:
         seqs, params_file = load_world(args)
-        _cfg = TrackBufferConfig.from_params(stage_params(args, params_file, "track_buffer_node"), args.device)
-        tc, rc = _cfg.tracklets, _cfg.refine
+        cfg = TrackBufferConfig.from_params(stage_params(args, params_file, "track_buffer_node"), args.device)
         base = TrackerConfig.from_params(stage_params(args, params_file, "tracker_node"))
-        rows = evaluate_world(seqs, base, tc, rc, args.methods, args.upstream, args.max_range, args.write_kitti)
+        rows = evaluate_world(seqs, base, cfg, args.methods, args.upstream, args.max_range, args.write_kitti)
         meta |= {"split": args.split, "presets": args.presets, "sequences": [s.name for s in seqs],
                  "frames": sum(len(s) for s in seqs), "max_range_m": args.max_range, "params_file": str(params_file),
                  "model": args.model}

@@ -25,7 +25,6 @@ from ba_perception.eval.tracking_sim import PRESETS, SimFrame, SimParams, simula
 VARIANTS: dict[str, dict] = {
     "hungarian_iou": {"method": "hungarian_iou", "reid": False},
     "hungarian_3d": {"method": "hungarian_3d", "reid": False},
-    "hungarian_node": {"method": "hungarian_node", "reid": False},
     "graph_noreid": {"method": "graph", "reid": False},
     "graph": {"method": "graph", "reid": True},
 }
@@ -90,17 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="number of random scenes (seeds 0..n-1)")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--ego-jitter", type=float, default=0.0, help="sim: per-frame shift shared by all detections, m")
-    ap.add_argument("--ego-std", type=float, default=0.0, help="tracker: ego_std_m added to detection covariance, m")
     ap.add_argument("--out", type=Path, default=Path("out/eval/tracking_compare.json"))
     args = ap.parse_args(argv)
     rows = compare(args.preset, args.frames, args.objects, range(args.seeds), args.variants,
-                   SimParams(ego_jitter_m=args.ego_jitter), TrackerConfig(ego_std_m=args.ego_std))
+                   SimParams(ego_jitter_m=args.ego_jitter), TrackerConfig())
     print(f"preset={args.preset} frames={args.frames} objects={args.objects} seeds={args.seeds} "
-          f"ego_jitter={args.ego_jitter} ego_std={args.ego_std} (3D centre similarity, class-aware)")
+          f"ego_jitter={args.ego_jitter} (3D centre similarity, class-aware)")
     print(format_table(rows, ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW")))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"preset": args.preset, "frames": args.frames, "objects": args.objects,
-                                    "seeds": args.seeds, "ego_jitter_m": args.ego_jitter, "ego_std_m": args.ego_std,
+                                    "seeds": args.seeds, "ego_jitter_m": args.ego_jitter,
                                     "results": rows}, indent=2))
     print(f"wrote {args.out}")
     return 0

@@ -5,8 +5,9 @@ and the metrics need is cached under ``data/eval_cache/`` (keyed by the world co
 file's hash and the decode settings): the observations, the ground truth, the camera poses, the
 grayscale images (ORB/KLT) and, per observation matched to a ground-truth object, oracle feature
 samples (projections of the object's true surface points, with their ids). The track buffer
-(``TrackletBuffer.update`` + ``refine_tracklets``) and the tracker (``Tracker.step``) are then run
-from the cache with any settings, so an ablation costs only the stages it changes.
+(:class:`~ba_perception.core.oba.stage.TrackBufferStage`, what track_buffer_node runs) and the
+tracker (``Tracker.step``) are then run from the cache with any settings, so an ablation costs
+only the stages it changes.
 
 Frames: observations are in the camera optical frame of their image; refined boxes and tracks in
 odom (``core.geometry`` conventions). Ground truth 2D box = ``box_full`` (complete silhouette), as
@@ -28,16 +29,9 @@ import torch
 
 from ba_perception.core import geometry
 from ba_perception.core.detection.backends import file_sha256
-from ba_perception.core.oba.correspondences import KltTracker
-from ba_perception.core.oba.refine import RefineConfig, RefinedBox, refine_tracklets
-from ba_perception.core.oba.tracklets import (
-    MAX_WINDOW,
-    Observation,
-    ObjectTrack,
-    TrackletBuffer,
-    TrackletConfig,
-    observations_from_detections,
-)
+from ba_perception.core.oba.refine import RefinedBox
+from ba_perception.core.oba.stage import TrackBufferConfig, TrackBufferStage
+from ba_perception.core.oba.tracklets import MAX_WINDOW, Observation, ObjectTrack, observations_from_detections
 from ba_perception.core.tracking import Detections, Tracker, TrackerConfig, TrackOutput
 from ba_perception.core.tracking.matching import hungarian
 from ba_perception.eval.detection_ap import iou_2d
@@ -277,63 +271,65 @@ class FrameBoxes3D:
     seconds: float
 
 
-def _orb_point_tracks(seq: SequenceData, tracks: list[ObjectTrack], frame_of: dict[int, int],
-                      num_points: int, cache: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """ORB point tracks over each tracklet's window (evaluation-side, OpenCV).
+class OrbPointTracker:
+    """ORB point tracks over each tracklet's window (evaluation-side, OpenCV), as the stage's point tracker.
 
-    ``cache`` keeps grayscale images by frame and ORB features by (frame, box) between calls.
+    Grayscale images and ORB features by (frame, box) are kept between frames.
     """
-    from ba_perception.core.oba.correspondences import orb_features, orb_tracks
 
-    out = {}
-    newest = 0
-    for t in tracks:
-        if len(t.frames) < 2:
-            continue
-        idx = [frame_of[f.stamp_ns] for f in t.frames]
-        newest = max(newest, idx[-1])
-        for i in idx:
-            if i not in cache:
-                cache[i] = seq.gray(i)
-        boxes = np.stack([np.asarray(f.observation.box_2d, np.float64) for f in t.frames])
-        feats = []
-        for i, b in zip(idx, boxes):
-            key = (i, tuple(b.tolist()))
-            if key not in cache:
-                cache[key] = orb_features(cache[i], b, max(2 * num_points, 32))
-            feats.append(cache[key])
-        out[t.tracklet_id] = orb_tracks([], boxes, num_points, features=feats)
-    for k in [k for k in cache if (k[0] if isinstance(k, tuple) else k) < newest - 2 * MAX_WINDOW]:
-        del cache[k]
-    return out
+    def __init__(self, seq: SequenceData, num_points: int) -> None:
+        self.seq, self.num_points = seq, num_points
+        self.frame_of = {int(s): i for i, s in enumerate(seq.stamps_ns)}
+        self.cache: dict = {}
+
+    def reset(self) -> None:
+        self.cache = {}
+
+    def step(self, stamp_ns: int, gray: np.ndarray, tracks: list[ObjectTrack]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        from ba_perception.core.oba.correspondences import orb_features, orb_tracks
+
+        cache, out = self.cache, {}
+        newest = self.frame_of[int(stamp_ns)]
+        cache.setdefault(newest, gray)
+        for t in tracks:
+            if len(t.frames) < 2:
+                continue
+            idx = [self.frame_of[f.stamp_ns] for f in t.frames]
+            for i in idx:
+                if i not in cache:
+                    cache[i] = self.seq.gray(i)
+            boxes = np.stack([np.asarray(f.observation.box_2d, np.float64) for f in t.frames])
+            feats = []
+            for i, b in zip(idx, boxes):
+                key = (i, tuple(b.tolist()))
+                if key not in cache:
+                    cache[key] = orb_features(cache[i], b, max(2 * self.num_points, 32))
+                feats.append(cache[key])
+            out[t.tracklet_id] = orb_tracks([], boxes, self.num_points, features=feats)
+        for k in [k for k in cache if (k[0] if isinstance(k, tuple) else k) < newest - 2 * MAX_WINDOW]:
+            del cache[k]
+        return out
 
 
-def run_track_buffer(seq: SequenceData, variant: ObaVariant, tracklet_cfg: TrackletConfig,
-                     refine_cfg: RefineConfig) -> list[FrameBoxes3D]:
-    """Run tracklet association + batched object BA over a sequence, frame by frame."""
-    rc = replace(refine_cfg, correspondences=variant.correspondences)
-    buffer = TrackletBuffer(tracklet_cfg)
-    frame_of = {int(s): i for i, s in enumerate(seq.stamps_ns)}
-    cv_cache: dict = {}
-    klt = KltTracker(rc.num_points, realign=rc.klt_realign)  # the track_buffer_node's incremental KLT
+def run_track_buffer(seq: SequenceData, variant: ObaVariant, config: TrackBufferConfig) -> list[FrameBoxes3D]:
+    """Run the track buffer's per-frame step (:class:`TrackBufferStage`, the node's) over a sequence.
+
+    The variant sets the correspondences (``orb``: :class:`OrbPointTracker`; ``oracle``: the
+    observations carry the true surface points' ids) and ``scene_static``.
+    """
+    rc = replace(config.refine, correspondences=variant.correspondences, scene_static=variant.scene_static)
+    orb = OrbPointTracker(seq, rc.num_points) if variant.correspondences == "orb" else None
+    stage = TrackBufferStage(replace(config, refine=rc), point_tracker=orb)
     out = []
     for i in range(len(seq)):
         obs = seq.observations[i]
         if variant.correspondences == "oracle":
             obs = [replace(o, sample_uv=u, sample_point_ids=k, descriptors=np.zeros((len(u), 0), np.float32))
                    for o, u, k in zip(obs, seq.oracle_uv[i], seq.oracle_ids[i])]
-        t0 = time.perf_counter()
-        tracks, assignment = buffer.update(int(seq.stamps_ns[i]), obs, seq.T_odom_cam[i], seq.K)
-        pt = None
-        if variant.correspondences == "orb":
-            pt = _orb_point_tracks(seq, tracks, frame_of, rc.num_points, cv_cache)
-        elif variant.correspondences == "klt":
-            pt = klt.step(int(seq.stamps_ns[i]), seq.gray(i), tracks)
-        boxes = refine_tracklets(tracks, replace(rc, scene_static=variant.scene_static), pt)
-        dt = time.perf_counter() - t0
-        by_id = {b.tracklet_id: b for b in boxes}
-        idx = [k for k, a in enumerate(assignment) if a in by_id]
-        out.append(FrameBoxes3D([by_id[assignment[k]] for k in idx], np.array(idx, np.int64), dt))
+        res = stage.step(int(seq.stamps_ns[i]), obs, seq.T_odom_cam[i], seq.K, seq.gray(i) if stage.needs_images else None)
+        by_id = {b.tracklet_id: b for b in res.boxes}
+        idx = [k for k, a in enumerate(res.assignment) if a in by_id]
+        out.append(FrameBoxes3D([by_id[res.assignment[k]] for k in idx], np.array(idx, np.int64), sum(res.seconds.values())))
     return out
 
 
@@ -345,12 +341,11 @@ def observations_to_detections(obs: Sequence[Observation], T_odom_cam: np.ndarra
     if not obs:
         return Detections.empty()
     yaw = geometry.yaw_from_rotation_cam(torch.as_tensor(np.stack([o.R_cam_obj for o in obs]))).numpy()
-    emb = [np.asarray(o.embedding, np.float64).ravel() for o in obs]
     return Detections.from_camera(
         T_odom_cam, np.stack([o.center_cam for o in obs]), yaw, np.array([o.depth_std for o in obs]),
         np.array([o.lateral_std for o in obs]), np.stack([o.size_lwh for o in obs]), [o.class_label for o in obs],
         np.array([o.score for o in obs]), np.stack([np.asarray(o.box_2d, np.float64) for o in obs]),
-        np.stack(emb) if len({e.size for e in emb}) == 1 and emb[0].size else None)
+        [o.embedding for o in obs])
 
 
 def run_tracker(seq: SequenceData, inputs: Sequence[Detections], config: TrackerConfig) -> tuple[list[list[TrackOutput]], list[float]]:

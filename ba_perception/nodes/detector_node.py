@@ -36,15 +36,13 @@ class DetectorNode(PerceptionNode):
         ParamSpec("engine_cache_dir", "", "TensorRT engine cache; '' = the default cache folder"),
         ParamSpec("score_threshold", _D.score_threshold, "minimum final detection score (heatmap score x depth confidence x box agreement)", min=0.0, max=1.0),
         ParamSpec("max_detections", _D.max_detections, "detections kept per image", min=1),
-        ParamSpec("peak_nms", _D.peak_nms, "duplicate removal: box = every heatmap cell a candidate, then class-wise 2D-box "
-                  "NMS (keeps objects in adjacent cells); maxpool = CenterNet 3x3 max-pool peaks", choices=("box", "maxpool")),
-        ParamSpec("box_nms_iou", _D.box_nms_iou, "2D IoU above which a lower-scored box of the same class is suppressed (peak_nms box)",
+        ParamSpec("box_nms_iou", _D.box_nms_iou, "2D IoU above which a lower-scored box of the same class is suppressed",
                   min=0.05, max=1.0),
         ParamSpec("box_vote_iou", _D.box_vote_iou, "each kept detection's regression is the score-weighted mean over the same-class "
-                  "candidates overlapping it above this 2D IoU (box voting, peak_nms box; log-depth weighted by score / its variance); "
+                  "candidates overlapping it above this 2D IoU (box voting; log-depth weighted by score / its variance); "
                   "0 = off", min=0.0, max=0.99),
         ParamSpec("box_quality_power", _D.box_quality_power, "score x (score-weighted mean 2D IoU of the same-class candidates "
-                  "around a detection with its box)^power: peaks whose cells disagree on the box rank lower (peak_nms box); 0 = off",
+                  "around a detection with its box)^power: peaks whose cells disagree on the box rank lower; 0 = off",
                   min=0.0),
         ParamSpec("flip_test", _D.flip_test, "run the network on the image and its mirror and decode the mean outputs "
                   "(test-time flip; the network sees two images per frame)"),

@@ -20,12 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ba_perception.core import geometry
 from ba_perception.core.ego_motion import EgoMotionError
-from ba_perception.core.oba.correspondences import KltTracker
-from ba_perception.core.oba.refine import RefinedBox, refine_tracklets
-from ba_perception.core.oba.stage import DTYPES, TrackBufferConfig, dtype_name
-from ba_perception.core.oba.tracklets import Observation, TrackletBuffer
+from ba_perception.core.geometry import valid_intrinsics
+from ba_perception.core.oba.refine import RefinedBox, publishable_boxes
+from ba_perception.core.oba.stage import DTYPES, TrackBufferConfig, TrackBufferStage, dtype_name
+from ba_perception.core.oba.tracklets import Observation, observations_from_arrays
 from ba_perception.ros.convert import matrices_to_poses, matrix_to_pose
 from ba_perception.ros.ego_motion import EGO_MOTION_PARAMS, EgoMotionInput
 from ba_perception.ros.image import ImageError, image_to_gray
@@ -41,20 +40,13 @@ _T, _R = _C.tracklets, _C.refine
 
 def to_observations(frame: FrameObservations) -> list[Observation]:
     """Message arrays -> the tracklet buffer's per-object records."""
-    R = geometry.rotation_cam_from_yaw(torch.as_tensor(frame.yaw, dtype=torch.float64)).numpy()
-    return [
-        Observation(box_2d=frame.box_2d[i].astype(np.float64), center_cam=frame.center_cam[i], R_cam_obj=R[i],
-                    size_lwh=frame.size_lwh[i], depth_std=float(frame.depth_std[i]),
-                    lateral_std=float(frame.lateral_std[i]), yaw_std=float(frame.yaw_std[i]),
-                    score=float(frame.scores[i]), class_label=frame.labels[i], embedding=frame.embedding[i],
-                    sample_uv=frame.sample_uv[i], descriptors=frame.descriptors[i])
-        for i in range(len(frame.labels))
-    ]
+    return observations_from_arrays(frame.labels, frame.scores, frame.box_2d, frame.center_cam, frame.yaw, frame.size_lwh,
+                                    frame.depth_std, frame.lateral_std, frame.yaw_std, frame.embedding, frame.sample_uv,
+                                    frame.descriptors)
 
 
 def refined_to_msgs(boxes: list[RefinedBox]) -> list[Any]:
-    """Refined boxes -> ``ba_perception_msgs/Detection3D`` messages (odom); boxes without a finite centre are left out."""
-    boxes = [b for b in boxes if np.isfinite(b.center_odom).all()]
+    """Publishable boxes (:func:`~ba_perception.core.oba.refine.publishable_boxes`) -> ``Detection3D`` messages (odom)."""
     T = np.tile(np.eye(4), (len(boxes), 1, 1))
     if boxes:
         T[:, :3, :3] = np.stack([b.R_odom_obj for b in boxes])
@@ -111,8 +103,6 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("yaw_only", _R.solver.yaw_only, "object rotation restricted to yaw on the ground plane"),
         ParamSpec("static_resolve", _R.static_resolve, "decide static vs moving: slow tracklets whose point tracks "
                   "triangulate as fixed points at the detector's depth are static (zero velocity)"),
-        ParamSpec("static_one_pose", _R.static_one_pose, "with static_resolve: report static tracklets with a "
-                  "one-pose solve of their window (doubles the solve; world test split: depth -1.1 % vs +3.7 % without)"),
         ParamSpec("static_candidate_mps", _R.static_candidate_mps, "with static_resolve: only tracklets whose "
                   "refined speed is below this (m/s) may be declared static", min=0.0),
         ParamSpec("static_track_noise_px", _R.static_track_noise_px, "point-track noise, px: static when the tracks "
@@ -124,16 +114,13 @@ class TrackBufferNode(PerceptionNode):
                   "(the solver's is overconfident: the detector's depth errors persist from frame to frame)", min=1e-6),
         ParamSpec("heading_from_velocity_mps", _R.heading_from_velocity_mps, "moving refined objects at least this "
                   "fast (m/s) take their yaw from the velocity direction (the one nearer the solved yaw); 0 = off", min=0.0),
-        ParamSpec("lateral_speed_std_mps", _R.lateral_speed_std_mps, "std (m/s) of a car's velocity across its heading "
-                  "in the motion prior (vehicles do not slide sideways); 0 = off", min=0.0),
-        ParamSpec("depth_error_correlation", _R.depth_error_correlation, "correlation of the detector's depth errors "
-                  "between the frames of a window (they persist); 0 = independent frames", min=0.0, max=0.99),
-        ParamSpec("surface_std_m", _R.surface_std_m, "object points lie on the detected box's surface with this std, "
-                  "m (Cauchy-robust); ties the box to the triangulated surface; 0 = off", min=0.0),
         ParamSpec("device", "auto", "where the batch is solved", choices=("auto", "cpu", "cuda")),
         ParamSpec("dtype", dtype_name(_R.dtype), "solver precision", choices=tuple(DTYPES)),
         ParamSpec("threads", 1, "torch CPU threads for the solve (more threads thrash next to the detector)", min=1),
         ParamSpec("solve_every_n", _C.solve_every_n, "run the BA every N frames (others publish the last refinement)", min=1),
+        ParamSpec("max_stamp_jump_s", _C.max_stamp_jump_s, "a frame stamped more than this ahead of the last one is "
+                  "skipped (rejected.stamp_jump) unless the next frame continues from it; a stamp going back resets "
+                  "the tracklets (a bag loop)", min=1e-3),
         ParamSpec("qos", "reliable", "input/output QoS", choices=("reliable", "sensor_data", "best_effort")),
         ParamSpec("qos_depth", 10, "queue depth", min=1),
     )
@@ -148,14 +135,10 @@ class TrackBufferNode(PerceptionNode):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
             raise StartupError("device cuda requested but torch sees no CUDA GPU")
-        self.config = TrackBufferConfig.from_params(self.p, device)
-        self.tracklet_config, self.refine_config = self.config.tracklets, self.config.refine
-        self.buffer = TrackletBuffer(self.tracklet_config)
-        self.klt: KltTracker | None = None
-        if self.p["correspondences"] == "klt":
+        self.stage = TrackBufferStage(TrackBufferConfig.from_params(self.p, device))
+        if self.stage.needs_images:
             from sensor_msgs.msg import CompressedImage, Image
 
-            self.klt = KltTracker(self.refine_config.num_points, realign=self.refine_config.klt_realign)
             self.images: OrderedDict[int, Any] = OrderedDict()  # stamp_ns -> image message, newest last
             self.images_lock = threading.Lock()
             compressed = self.p["image_transport"] == "compressed"
@@ -169,19 +152,16 @@ class TrackBufferNode(PerceptionNode):
         self.worker = FrameWorker(self, self.on_input, "frames_dropped_stale")
         self.create_subscription(ObjectObservationArray, self.p["input_topic"],
                                  lambda m: self.worker.put((wall_ns(), m)), self.qos())
-        self.last_stamp: int | None = None
-        self.frames = 0
-        self.last_refined: dict[int, RefinedBox] = {}
 
     def on_image(self, msg: Any) -> None:
         """Keep the image messages of the last frames by stamp (converted only when a frame uses one)."""
         with self.images_lock:
             self.images[stamp_ns(msg)] = msg
-            while len(self.images) > 2 * self.tracklet_config.window + 8:
+            while len(self.images) > 2 * self.stage.config.tracklets.window + 8:
                 self.images.popitem(last=False)
 
-    def _klt_tracks(self, stamp: int, tracks: list) -> dict | None:
-        """KLT point tracks of the tracklets updated at ``stamp``; None (priors only) when its image is missing."""
+    def _gray(self, stamp: int) -> np.ndarray | None:
+        """The grayscale image with the observations' stamp; None (priors only for this frame) when missing or bad."""
         with self.images_lock:
             msg = self.images.get(stamp)
         if msg is None:  # counted as rejected.klt_image_missing, logged once per throttle period
@@ -189,11 +169,10 @@ class TrackBufferNode(PerceptionNode):
                         "this frame's KLT point tracks are skipped (priors only)")
             return None
         try:
-            gray = image_to_gray(msg)
+            return image_to_gray(msg)
         except ImageError as err:
             self.reject(f"image_{err.reason}", str(err))
             return None
-        return self.klt.step(stamp, gray, tracks)
 
     def on_input(self, item: tuple[int, Any]) -> None:
         from ba_perception_msgs.msg import Detection3DArray
@@ -201,33 +180,32 @@ class TrackBufferNode(PerceptionNode):
         received, msg = item
         start = wall_ns()
         stamp = stamp_ns(msg)
-        if self.last_stamp is not None and stamp < self.last_stamp:
-            self.reject("stamp_backwards", "input stamp went backwards; tracklets reset (bag looped?)")
-            self.buffer = TrackletBuffer(self.tracklet_config)
-            if self.klt is not None:
-                self.klt.reset()
-            self.ego.reset()
-            self.last_refined.clear()
-        self.last_stamp = stamp
-        try:
+        try:  # first: a frame without odometry (e.g. an absurd stamp) leaves the stage untouched
             T_odom_cam = self.ego.camera_pose(stamp)
         except EgoMotionError as err:
             self.reject("missing_ego_motion", str(err))
             return
         frame = msg_to_observations(msg)
-        if not (np.isfinite(frame.K).all() and frame.K[0, 0] > 0):
+        if not valid_intrinsics(frame.K):
             self.reject("intrinsics", "observation array carries invalid intrinsics")
             return
-        tracks, _ = self.buffer.update(stamp, to_observations(frame), T_odom_cam, frame.K)
-        point_tracks = self._klt_tracks(stamp, tracks) if self.klt is not None else None  # followed every frame
-        self.frames += 1
-        if self.frames % self.p["solve_every_n"] == 0 or any(t.tracklet_id not in self.last_refined for t in tracks):
-            boxes = refine_tracklets(tracks, self.refine_config, point_tracks)
-            self.last_refined = {b.tracklet_id: b for b in boxes}
-            for b in boxes:
+        gray = self._gray(stamp) if self.stage.needs_images else None
+        res = self.stage.step(stamp, to_observations(frame), T_odom_cam, frame.K, gray)
+        if res.rejected:
+            self.reject(res.rejected, f"input stamp jumped more than {self.stage.config.max_stamp_jump_s} s ahead; "
+                        "frame skipped until the next frame confirms the jump")
+            return
+        if res.reset:
+            self.reject("stamp_backwards", "input stamp went backwards; tracklets reset (bag looped?)")
+        boxes, unpublishable = publishable_boxes(res.boxes)
+        for kind, drops in (("object", res.dropped), ("box", unpublishable)):  # per object, counted each
+            for why, n in drops.items():
+                for _ in range(n):
+                    self.reject(f"{kind}_{why}", f"{'an observation' if kind == 'object' else 'a refined box'} with a "
+                                f"{why.replace('_', ' ')} value was left out")
+        if res.solved:
+            for b in res.boxes:
                 self.count("refined" if b.refined else f"unrefined.{b.reason.split(':')[0].replace(' ', '_')}")
-        else:
-            boxes = [self.last_refined[t.tracklet_id] for t in tracks]
         out = Detection3DArray(camera_pose=matrix_to_pose(T_odom_cam), image_width=msg.image_width,
                                image_height=msg.image_height, k=list(msg.k))
         out.header.stamp, out.header.frame_id = msg.header.stamp, self.p["odom_frame"]

@@ -41,8 +41,6 @@ TRACKER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("reid", _DEFAULTS.reid, "re-identify recently lost tracks on appearance + 3D"),
     ParamSpec("reid_window_s", _DEFAULTS.reid_window_s, "how long lost tracks stay re-identifiable, seconds", min=0.0),
     ParamSpec("min_score_new", _DEFAULTS.min_score_new, "minimum detection score to start a track", min=0.0),
-    ParamSpec("static_velocity_std_mps", _DEFAULTS.static_velocity_std_mps, "detections the object BA judged static "
-              "also measure the track's velocity as zero with this std, m/s; 0 = off", min=0.0),
     ParamSpec("max_detections", _DEFAULTS.max_detections, "objects accepted per input message; the excess (lowest "
               "scores) is rejected and counted as too_many_objects", min=1),
     ParamSpec("max_tracks", _DEFAULTS.max_tracks, "live tracks; no new track starts beyond it (counted)", min=1),
@@ -160,32 +158,26 @@ class TrackerNode(PerceptionNode):
                 return Detections.empty(), None
             items = self._objects(list(msg.detections))
             T = np.stack([pose_to_matrix(d.pose) for d in items]) if items else np.zeros((0, 4, 4))
-            cov = np.array([np.reshape(d.pose_covariance, (6, 6))[:3, :3] for d in items]).reshape(-1, 3, 3)
-            cov[~(np.diagonal(cov, axis1=1, axis2=2) > 0).all(axis=1)] = np.nan
             dim, has_emb = common_length([d.embedding for d in items], MAX_EMBEDDING_DIM)
             for d, ok in zip(items, has_emb):
                 if not ok and len(d.embedding):
                     self.reject("embedding_size", f"embedding of length {len(d.embedding)} ignored (common length "
                                 f"{dim}, at most {MAX_EMBEDDING_DIM})")
-            emb = [list(d.embedding) if ok else [np.nan] * dim for d, ok in zip(items, has_emb)]
-            dets = Detections(
-                centers=T[:, :3, 3], yaws=np.arctan2(T[:, 1, 0], T[:, 0, 0]),
-                sizes=np.array([[d.size.x, d.size.y, d.size.z] for d in items]).reshape(-1, 3),
-                labels=[d.class_label for d in items], scores=np.array([d.score for d in items]),
-                boxes_2d=np.array([list(d.box_2d) for d in items], dtype=np.float64).reshape(-1, 4),
-                embeddings=np.array(emb, dtype=np.float64).reshape(len(items), dim) if dim else None,
-                covariances=cov, static=np.array([d.refined and d.is_static for d in items], dtype=bool),
-                velocities=np.array([[d.velocity.x, d.velocity.y, d.velocity.z] if d.refined else [np.nan] * 3
-                                     for d in items], np.float64).reshape(-1, 3),
-                velocity_covariances=np.array([list(d.velocity_covariance) for d in items], np.float64).reshape(-1, 3, 3))
+            dets = Detections.from_boxes(
+                T[:, :3, 3], np.arctan2(T[:, 1, 0], T[:, 0, 0]), [[d.size.x, d.size.y, d.size.z] for d in items],
+                [d.class_label for d in items], [d.score for d in items], [list(d.box_2d) for d in items],
+                [list(d.embedding) if ok else [np.nan] * dim for d, ok in zip(items, has_emb)],
+                [np.reshape(d.pose_covariance, (6, 6))[:3, :3] for d in items],
+                refined=[d.refined for d in items], is_static=[d.is_static for d in items],
+                velocities=[[d.velocity.x, d.velocity.y, d.velocity.z] for d in items],
+                velocity_covariances=[d.velocity_covariance for d in items])
             return dets, pose_to_matrix(msg.camera_pose)
         if len(msg.observations) > self.p["max_detections"]:
             msg.observations = self._bounded(list(msg.observations))
         obs = msg_to_observations(msg, self.reject)
         T_odom_cam = self.ego.camera_pose(stamp)
         return Detections.from_camera(T_odom_cam, obs.center_cam, obs.yaw, obs.depth_std, obs.lateral_std, obs.size_lwh,
-                                      obs.labels, obs.scores, obs.box_2d,
-                                      obs.embedding if obs.embedding.shape[1] else None), T_odom_cam
+                                      obs.labels, obs.scores, obs.box_2d, list(obs.embedding)), T_odom_cam
 
     def to_msg(self, msg: Any, tracks: list, T_odom_cam: np.ndarray, received: int, start: int) -> Any:
         from ba_perception_msgs.msg import Track3D, Track3DArray

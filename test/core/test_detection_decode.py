@@ -152,22 +152,6 @@ def test_decode_other_resolution_and_samples_inside_boxes():
     assert torch.allclose(det.descriptors.norm(dim=-1), torch.ones(1, 9), atol=1e-5)
 
 
-def test_maxpool_decode_keeps_only_local_maxima_and_thresholds():
-    pre = Preprocess.letterbox(SRC_HW, NET_HW)
-    heat = torch.zeros(1, 3, 24, 80)
-    heat[0, 0, 10, 10] = 0.9
-    heat[0, 0, 10, 11] = 0.8  # neighbour of a higher peak: suppressed
-    heat[0, 1, 5, 40] = 0.2  # below threshold
-    outs = {
-        "heatmap": heat,
-        "regression": torch.zeros(1, NUM_REG, 24, 80),
-        "embedding": torch.ones(1, 4, 24, 80),
-        "features": torch.ones(1, 8, 48, 160),
-    }
-    (det,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.3, peak_nms="maxpool", depth_confidence_scale=0.0))
-    assert len(det) == 1 and math.isclose(det.scores[0].item(), 0.9, rel_tol=1e-6)
-
-
 def test_decode_rejects_bad_intrinsics_and_shapes():
     pre = Preprocess.letterbox(SRC_HW, NET_HW)
     outs = {
@@ -212,7 +196,7 @@ def _blob_heads(pre, labels, centers, sizes, yaw, peaks, rel_depth_std):
     return enc, box, {"heatmap": heat, "regression": reg, "embedding": emb, "features": feats}
 
 
-def test_box_nms_decodes_objects_in_adjacent_cells_that_maxpool_merges():
+def test_box_nms_decodes_objects_in_adjacent_cells():
     # A near car and a farther car behind it, ~15 px apart in the image: centres in adjacent output cells,
     # 2D boxes of very different size (IoU < 0.5).
     pre = Preprocess.letterbox(SRC_HW, NET_HW)
@@ -223,9 +207,7 @@ def test_box_nms_decodes_objects_in_adjacent_cells_that_maxpool_merges():
     enc, box, outs = _blob_heads(pre, labels, centers, sizes, yaw, peaks=[0.9, 0.8], rel_depth_std=[0.01, 0.01])
     assert (enc.cell_xy[0] - enc.cell_xy[1]).abs().max() == 1  # neighbours within one 3x3 window
     assert geo.iou_2d(box[:1], box[1:]).item() < 0.5
-    (mp,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.3, peak_nms="maxpool"))
-    (bx,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.3, peak_nms="box", box_nms_iou=0.5))
-    assert len(mp) == 1
+    (bx,) = decode(outs, K_SRC, pre, DecodeConfig(score_threshold=0.3, box_nms_iou=0.5))
     assert len(bx) == 2  # the 16 other blob cells were duplicates (IoU 1) and are suppressed
     order = bx.center_cam[:, 2].argsort()
     assert torch.allclose(bx.center_cam[order].double(), centers, atol=2e-3)
@@ -278,14 +260,6 @@ def test_box_nms_matches_sequential_greedy_nms_on_random_boxes():
         assert torch.equal(box_nms(boxes, scores, groups, 0.5), expect)
 
 
-def test_decode_rejects_unknown_peak_nms():
-    pre = Preprocess.letterbox(SRC_HW, NET_HW)
-    labels, centers, sizes, yaw, box = _objects()
-    _, outs = _heads(pre, labels, centers, sizes, yaw, box)
-    with pytest.raises(DecodeError):
-        decode(outs, K_SRC, pre, DecodeConfig(peak_nms="soft"))
-
-
 def test_encoded_ground_truth_decodes_with_full_confidence_by_default():
     # The encoder marks ground-truth depth as certain, so perfect outputs keep their heatmap score
     # under the default depth-confidence scoring (eval-det's "perfect forward" relies on it).
@@ -302,14 +276,12 @@ def test_encoded_ground_truth_decodes_with_full_confidence_by_default():
 def test_decode_config_from_node_parameters_takes_known_fields_only():
     from ba_perception.core.detection.decode import DecodeConfig
 
-    cfg = DecodeConfig.from_params({"score_threshold": 0.25, "peak_nms": "maxpool", "model": "x.onnx", "threads": 1})
-    assert cfg.score_threshold == 0.25 and cfg.peak_nms == "maxpool"
+    cfg = DecodeConfig.from_params({"score_threshold": 0.25, "box_nms_iou": 0.4, "model": "x.onnx", "threads": 1})
+    assert cfg.score_threshold == 0.25 and cfg.box_nms_iou == 0.4
     assert cfg.max_detections == DecodeConfig().max_detections
 
 
 def test_bad_decode_settings_fail_when_the_config_is_made():
-    with pytest.raises(DecodeError, match="peak_nms"):
-        DecodeConfig(peak_nms="soft")
     with pytest.raises(DecodeError, match="box_nms_iou"):
         DecodeConfig.from_params({"box_nms_iou": 0.0, "unrelated_param": 1})
     with pytest.raises(DecodeError, match="box_vote_iou"):

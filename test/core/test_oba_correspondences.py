@@ -15,7 +15,7 @@ from ba_perception.core.oba.correspondences import (
     orb_tracks,
     tracks_from_ids,
 )
-from ba_perception.core.oba.synthetic import make_batch, make_tracklets
+from ba_perception.data.oba_problems import make_batch, make_tracklets
 
 
 def _unit(x):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ba_perception.core.oba.solver import CapturedSolve, GraphSolveCache, OBASolverError, SolverOptions, solve
-from ba_perception.core.oba.synthetic import make_batch
+from ba_perception.data.oba_problems import make_batch
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 

@@ -10,7 +10,7 @@ import torch
 from ba_perception.core.geometry import invert_pose, make_pose, rot_z
 from ba_perception.core.oba.motion_state import static_evidence
 from ba_perception.core.oba.solver import OBAProblem
-from ba_perception.core.oba.synthetic import FOCAL_PX, box_surface_points, camera_poses, make_batch
+from ba_perception.data.oba_problems import FOCAL_PX, box_surface_points, camera_poses, make_batch
 
 NOISE_PX = 0.5  # make_batch scenes
 KLT_NOISE_PX = 0.1  # the default: KLT on the world's images

@@ -10,7 +10,7 @@ import torch
 
 from ba_perception.core.oba.refine import RefineConfig, RefineError, build_batch, heading_from_velocity, refine_tracklets
 from ba_perception.core.oba.solver import SolverOptions
-from ba_perception.core.oba.synthetic import make_batch, make_tracklets
+from ba_perception.data.oba_problems import make_batch, make_tracklets
 
 
 SCENE_NOISE_PX = 0.5
@@ -186,43 +186,6 @@ def test_scene_static_ba_gives_one_pose_and_smears_moving_objects(scene):
     e_sta, _ = _errors(sb, sta)
     # one pose for a whole window cannot follow a moving car: the object-centric solution is far better there
     assert np.median(e_sta[moving]) > 2 * np.median(e_obj[moving])
-
-
-def test_lateral_velocity_prior_applies_to_cars_only(scene):
-    _, tracks = scene
-    tracks = copy.deepcopy(tracks)
-    tracks[1].class_label = "pedestrian"
-    assert build_batch(tracks, _cfg()).problem.lateral_sqrt_info is None  # off by default
-    w = build_batch(tracks, _cfg(lateral_speed_std_mps=0.5)).problem.lateral_sqrt_info
-    assert w[1] == 0.0 and torch.all(w[torch.arange(len(w)) != 1] == 2.0)
-    boxes = refine_tracklets(tracks, _cfg(lateral_speed_std_mps=0.5))
-    assert all(b.refined for b in boxes)
-
-
-def test_depth_error_correlation_ties_the_prior_along_the_ray_and_widens_the_depth_covariance(scene):
-    _, tracks = scene
-    assert build_batch(copy.deepcopy(tracks), _cfg()).problem.prior_depth_correlation is None  # off by default
-    batch = build_batch(copy.deepcopy(tracks), _cfg(depth_error_correlation=0.8))
-    p = batch.problem
-    assert torch.all(p.prior_depth_correlation == 0.8)
-    # the prior's first row (the correlated one) is the viewing ray over the detector's depth std
-    ray = p.prior_T_odom_obj[..., :3, 3] - torch.linalg.inv(p.T_cam_odom)[..., :3, 3]
-    ray = ray / ray.norm(dim=-1, keepdim=True)
-    row = p.prior_sqrt_info[..., 0, :3]
-    cos = (row * ray).sum(-1) / row.norm(dim=-1)
-    assert torch.all(cos[p.frame_mask] > 1 - 1e-9)
-    # persistent depth errors carry less information than independent ones: the refined boxes'
-    # variance along the viewing ray grows
-    base = refine_tracklets(copy.deepcopy(tracks), _cfg())
-    corr = refine_tracklets(copy.deepcopy(tracks), _cfg(depth_error_correlation=0.8))
-    ratios = []
-    for t, a, c in zip(tracks, base, corr):
-        u = a.center_odom - t.frames[-1].T_odom_cam[:3, 3]
-        u = u / np.linalg.norm(u)
-        ratios.append((u @ c.pose_covariance[:3, :3] @ u) / (u @ a.pose_covariance[:3, :3] @ u))
-    assert min(ratios) > 1.0 and np.median(ratios) > 1.2
-    with pytest.raises(RefineError, match="depth_error_correlation"):
-        _cfg(depth_error_correlation=1.0)
 
 
 def test_ba_window_takes_the_newest_frames_and_the_static_test_the_whole_history(scene, monkeypatch):

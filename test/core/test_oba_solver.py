@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch
 from ba_perception.core.geometry import so3_exp, so3_log, so3_right_jacobian_inv
 from ba_perception.core.oba import solver as S
 from ba_perception.core.oba.solver import OBASolverError, OBAState, SolverOptions, problem_cost, solve
-from ba_perception.core.oba.synthetic import make_batch
+from ba_perception.data.oba_problems import make_batch
 
 D = torch.float64
 
@@ -259,26 +258,6 @@ def test_shape_errors_are_reported():
         solve(sb.problem, sb.init, SolverOptions(loss="l1"))
 
 
-def test_lateral_velocity_residual_and_jacobians():
-    B, F = 2, 5
-    sb = make_batch(B, F, 6, seed=3, with_prior=False)
-    _motion_on(sb.problem, B)
-    sb.problem.lateral_sqrt_info = torch.tensor([2.0, 0.0], dtype=D)  # problem 1: off
-    g = torch.Generator().manual_seed(6)
-    state = OBAState(sb.init.R_odom_obj @ so3_exp(0.5 * torch.randn(B, F, 3, generator=g, dtype=D)),
-                     sb.init.t_odom_obj + torch.randn(B, F, 3, generator=g, dtype=D), sb.init.points_obj)
-    sb.problem.stamps_s = torch.tensor([[0.0, 0.1, 0.25, 0.3, 0.42]], dtype=D).expand(B, F).clone()
-    prep = S._prepare(sb.problem, state, SolverOptions())
-    r, J = S.motion_residuals(prep, state, jacobians=True)
-    assert r.shape == (B, F - 2, 7) and J.shape == (B, F - 2, 3, 7, 6)
-    # by definition: 2 x (velocity across the middle frame's heading), m/s
-    t, R, st = state.t_odom_obj, state.R_odom_obj, sb.problem.stamps_s
-    v = (t[0, 3] - t[0, 1]) / (st[0, 3] - st[0, 1])
-    assert float(r[0, 1, 6]) == pytest.approx(2.0 * float(R[0, 2, :, 1] @ v), rel=1e-12)
-    assert (r[1, :, 6] == 0).all()
-    assert _motion_fd_error(prep, state) < 1e-6
-
-
 def test_cost_matches_definition():
     sb = make_batch(2, 3, 5, seed=14, noise_px=2.0, with_prior=False)
     opts = SolverOptions(loss="cauchy", loss_scale_px=1.5)
@@ -317,75 +296,3 @@ def test_covariance_equals_inverse_of_dense_information():
     expect = cov_full[:npose, :npose]
     got = res.pose_covariance[0].reshape(6 * F, 6 * F)[prep.free[0].reshape(-1) > 0][:, prep.free[0].reshape(-1) > 0]
     assert torch.allclose(got, expect, rtol=1e-5, atol=1e-12)
-
-
-def test_surface_prior_ties_the_box_to_the_triangulated_surface():
-    """Static objects, noisy detector depth: with points on the box surface the centre follows the points."""
-    from dataclasses import replace
-
-    from ba_perception.core.oba.solver import OBAProblem, SolverOptions, solve
-    from ba_perception.core.oba.synthetic import make_batch
-
-    sb = make_batch(16, 10, 32, seed=5, noise_px=0.5, moving_fraction=0.0, with_prior=True)
-    B = sb.size_lwh.shape[0]
-    p = replace(sb.problem, static=torch.ones(B, dtype=torch.bool))
-    opts = SolverOptions(max_iterations=30, loss="cauchy", loss_scale_px=2.0)
-    plain = solve(p, sb.init, opts)
-    surf = solve(OBAProblem(**{**p.__dict__, "box_size_lwh": sb.size_lwh.clone(),
-                               "surface_sqrt_info": torch.full((B,), 1 / 0.05, dtype=torch.float64)}), sb.init, opts)
-    err = lambda r: (r.state.t_odom_obj[:, 0] - sb.truth.t_odom_obj[:, 0]).norm(dim=-1)  # noqa: E731
-    prior = (sb.problem.prior_T_odom_obj[:, :, :3, 3].mean(1) - sb.truth.t_odom_obj[:, 0]).norm(dim=-1)
-    assert bool(plain.valid.all() and surf.valid.all())
-    # without it the gauge is the (averaged) detector prior; with it the triangulated surface
-    assert err(plain).median() > 0.5 * prior.median()
-    assert err(surf).median() < 0.2 * err(plain).median()
-    with pytest.raises(OBASolverError):
-        solve(OBAProblem(**{**p.__dict__, "box_size_lwh": sb.size_lwh.clone()}), sb.init, opts)
-
-
-def test_correlated_depth_prior_cost_gradient_and_hessian():
-    """Equicorrelated first prior row: the cost is 0.5 s^T Sigma^-1 s over each problem's prior
-    frames, and the normal equations (including the cross-frame and static-slot terms) are its
-    gradient and, for a pure-prior problem, its exact Hessian in the translations."""
-    B, F, K = 4, 5, 6
-    sb = make_batch(B, F, K, seed=21, noise_px=1.0)
-    p = replace(sb.problem, static=torch.tensor([False, True, False, True]), frame_mask=sb.problem.frame_mask.clone(),
-                prior_depth_correlation=torch.tensor([0.7, 0.7, 0.0, 0.9], dtype=D))
-    p.frame_mask[2, 4] = False
-    opts = SolverOptions(loss="cauchy")
-    state = sb.init
-    prep = S._prepare(p, state, opts)
-    rp, _ = S.prior_residuals(prep, state)
-    c = problem_cost(p, state, opts)
-    c_ind = problem_cost(replace(p, prior_depth_correlation=None), state, opts)
-    for b in range(B):
-        s = rp[b, prep.prior_m[b] > 0, 0]
-        n, rho = s.numel(), float(p.prior_depth_correlation[b])
-        sigma = (1 - rho) * torch.eye(n, dtype=D) + rho * torch.ones(n, n, dtype=D)
-        expect = c_ind[b] + 0.5 * (s @ torch.linalg.solve(sigma, s) - s @ s)
-        assert torch.allclose(c[b], expect, rtol=1e-12)
-    assert not torch.allclose(c[[0, 1, 3]], c_ind[[0, 1, 3]])
-
-    def fd_columns(fun, dofs, eps=1e-6):
-        cols = []
-        for slot in range(F):
-            for d in dofs:
-                dx = torch.zeros(B, F, 6, dtype=D)
-                dx[:, slot, d] = eps
-                zp = torch.zeros(B, K, 3, dtype=D)
-                cols.append((fun(_perturb(state, dx, zp)) - fun(_perturb(state, -dx, zp))) / (2 * eps))
-        return torch.stack(cols, -1)
-
-    ne = S._normal_equations(prep, state, opts)
-    free = prep.free.reshape(B, 6 * F)
-    num = fd_columns(lambda st: S._cost(prep, st, opts), range(6))
-    assert torch.allclose(ne.g.reshape(B, 6 * F) * free, num * free, rtol=1e-6, atol=1e-6)
-
-    pure = replace(p, obs_mask=torch.zeros_like(p.obs_mask))
-    prep0 = S._prepare(pure, state, opts)
-    ne0 = S._normal_equations(prep0, state, opts)
-    free0 = prep0.free.reshape(B, 6 * F)
-    cols = fd_columns(lambda st: S._normal_equations(prep0, st, opts).g.reshape(B, 6 * F), range(3))  # (B, 6F, 3F)
-    trans = torch.tensor([6 * f + d for f in range(F) for d in range(3)])
-    mask = free0[:, :, None] * free0[:, None, trans]
-    assert torch.allclose(ne0.H[:, :, trans] * mask, cols * mask, rtol=1e-7, atol=1e-7)

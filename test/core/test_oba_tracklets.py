@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ba_perception.core.geometry import invert_pose, rotation_cam_from_yaw
-from ba_perception.core.oba.synthetic import camera_poses
+from ba_perception.data.oba_problems import camera_poses
 from ba_perception.core.oba.tracklets import MAX_WINDOW, TrackletBuffer, TrackletConfig, TrackletError, observation_from_box
 
 K = np.array([[720.0, 0, 640], [0, 720.0, 360], [0, 0, 1]])

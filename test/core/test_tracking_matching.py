@@ -186,10 +186,10 @@ def test_image_edges_replace_misleading_3d_edges_where_boxes_are_known():
     K3 = edge_affinity_batch(rel_t, rel_d, node, gate, sigma_m=0.5, w_edge=1.0)
     assert np.array_equal(wrong[assignment(K3)], np.arange(n)), "precondition: 3D edges pick the shift"
     isq = image_edge_sq(bt, ok, bd, ok, sigma_rel=0.5)
-    K = edge_affinity_batch(rel_t, rel_d, node, gate, sigma_m=0.5, w_edge=1.0, image_sq=isq, image_only=True)
+    K = edge_affinity_batch(rel_t, rel_d, node, gate, sigma_m=0.5, w_edge=1.0, image_sq=isq)
     assert np.array_equal(assignment(K), np.arange(n))
     # Tracks without a last-frame box keep their 3D edges.
     ok_t = np.zeros((1, n), bool)
     isq_none = image_edge_sq(bt, ok_t, bd, ok, sigma_rel=0.5)
-    K_none = edge_affinity_batch(rel_t, rel_d, node, gate, sigma_m=0.5, w_edge=1.0, image_sq=isq_none, image_only=True)
+    K_none = edge_affinity_batch(rel_t, rel_d, node, gate, sigma_m=0.5, w_edge=1.0, image_sq=isq_none)
     np.testing.assert_allclose(K_none, K3)

@@ -32,14 +32,15 @@ def test_detections_from_camera_moves_boxes_and_ray_covariance_to_odom():
     T[:3, :3] = [[0, 0, 1], [-1, 0, 0], [0, -1, 0]]
     T[:3, 3] = [5.0, 0.0, 2.0]
     d = Detections.from_camera(T, np.array([[0.0, 1.0, 10.0]]), np.array([0.0]), np.array([2.0]), np.array([0.1]),
-                               np.array([[4.0, 1.8, 1.5]]), ["car"])
+                               np.array([[4.0, 1.8, 1.5]]), ["car"], np.array([0.9]), np.array([[0.0, 0, 10, 10]]), [np.zeros(0)])
     assert np.allclose(d.centers[0], [15.0, 0.0, 1.0])
     # KITTI rotation_y 0 = forward along camera +x = odom -y
     assert math.isclose(d.yaws[0], -math.pi / 2, abs_tol=1e-12)
     cov = d.covariances[0]
     # the viewing ray is odom +x (with a small tilt): depth variance along it, lateral across
     assert cov[0, 0] > 3.9 and math.isclose(cov[1, 1], 0.01, rel_tol=1e-6)
-    assert len(Detections.from_camera(T, np.zeros((0, 3)), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros((0, 3)), [])) == 0
+    assert len(Detections.from_camera(T, np.zeros((0, 3)), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros((0, 3)), [],
+                                   np.zeros(0), np.zeros((0, 4)), [])) == 0
 
 
 def _kitti_line(frame, tid, x1, z):

@@ -298,7 +298,7 @@ OWNED = "owned by the track-buffer refactor"
 @pytest.mark.parametrize("prop", [
     pytest.param("exception", marks=pytest.mark.xfail(strict=True, reason=OWNED)),  # KLT on images of another size
     "accounting",
-    pytest.param("finite", marks=pytest.mark.xfail(strict=True, reason=OWNED)),  # NaN velocities published
+    "finite",
     "memory",
 ])
 def test_track_buffer_node(track_buffer_run, prop):

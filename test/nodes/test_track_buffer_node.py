@@ -78,6 +78,7 @@ def test_refined_depth_error_below_single_frame(ros_env):
     node.create_subscription(Detection3DArray, "/ba_perception/detections", out.append, 50)
     spin = ros_env.spinner()
     proc = ros_env.start("track_buffer_node", {"window": 10, "device": "cpu", "ego_wait_s": 0.5, "correspondences": "descriptor",
+                                               "num_points": 32, "max_iterations": 10,  # the 40 samples' matches
                                                "static_track_noise_px": 0.5})  # the tracks' pixel noise
     wait_for(lambda: obs_pub.get_subscription_count() and odom_pub.get_subscription_count(), 30, spin, "subscribe")
     T_base_cam = extrinsics_to_matrix([1.2, 0.0, 1.65, 0.0, 0.0, 0.0])
@@ -150,4 +151,78 @@ def test_klt_without_images_falls_back_to_priors_and_counts_it(ros_env):
     # the undecodable image is rejected when its frame needs it; the five others are missing
     wait_for(lambda: counters.get("rejected.image_encoding", 0) >= 1, 30, spin, "bad image counted")
     wait_for(lambda: counters.get("rejected.klt_image_missing", 0) >= 5, 30, spin, "missing images counted")
+    assert proc.poll() is None
+
+
+def test_node_over_dds_equals_the_in_process_stage(ros_env):
+    """What track_buffer_node publishes is exactly what TrackBufferStage (eval-oba, bench pipeline) computes.
+
+    The node runs with its declared defaults (KLT on the camera images); the same observation,
+    odometry and image messages go through the in-process stage, and the published
+    Detection3DArray must equal, field by field, the messages made from the stage's boxes.
+    """
+    from nav_msgs.msg import Odometry
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import Image
+
+    from ba_perception.core.oba.refine import publishable_boxes
+    from ba_perception.core.oba.stage import TrackBufferConfig, TrackBufferStage
+    from ba_perception.nodes.track_buffer_node import TrackBufferNode, refined_to_msgs, to_observations
+    from ba_perception.ros.convert import extrinsics_to_matrix, odometry_to_matrix
+    from ba_perception.ros.image import image_to_gray, numpy_to_image
+    from ba_perception.ros.node import ns_to_time
+    from ba_perception.ros.observations import msg_to_observations
+    from ba_perception_msgs.msg import Detection3D, Detection3DArray, ObjectObservationArray
+
+    n_frames, overrides = 12, {"device": "cpu", "ego_wait_s": 0.5}
+    rng = np.random.default_rng(11)
+    points_obj = rng.uniform(-0.5, 0.5, (25, 3)) * SIZE
+    desc = rng.normal(size=(25, 16))
+    texture = rng.integers(0, 255, (375, 1242 + 4 * n_frames), dtype=np.uint8)
+
+    def image(k):  # a textured scene sliding left 4 px per frame: KLT finds and follows corners
+        img = numpy_to_image(np.ascontiguousarray(texture[:, 4 * k: 4 * k + 1242]), "mono8")
+        img.header.stamp = ns_to_time(T0 + k * DT)
+        return img
+
+    node = ros_env.node("feeder_equal")
+    obs_pub = node.create_publisher(ObjectObservationArray, "/ba_perception/observations", 10)
+    odom_pub = node.create_publisher(Odometry, "/odom", 50)
+    img_pub = node.create_publisher(Image, "/camera/image_raw", 10)
+    out: list = []
+    node.create_subscription(Detection3DArray, "/ba_perception/detections", out.append, 50)
+    spin = ros_env.spinner()
+    proc = ros_env.start("track_buffer_node", overrides)
+    wait_for(lambda: obs_pub.get_subscription_count() and odom_pub.get_subscription_count()
+             and img_pub.get_subscription_count(), 30, spin, "subscribe")
+    params = {s.name: s.default for s in TrackBufferNode.PARAMS} | overrides
+    stage = TrackBufferStage(TrackBufferConfig.from_params(params, "cpu"))
+    assert stage.needs_images  # the shipped correspondences: KLT
+    T_base_cam = extrinsics_to_matrix(params["camera_extrinsics"])
+    images = [image(k) for k in range(n_frames)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(params["threads"])  # as the node: the same summation order
+    try:
+        for k in range(2):
+            img_pub.publish(images[k])
+        for k in range(n_frames):
+            if k + 2 < n_frames:  # images go two frames ahead of their observations
+                img_pub.publish(images[k + 2])
+            _publish_odom(odom_pub, k)
+            odom = Odometry()
+            odom.pose.pose.position.x, odom.pose.pose.orientation.w = 1.0 * k, 1.0
+            T_odom_cam = odometry_to_matrix(odom) @ T_base_cam
+            msg, _, _ = _frame(k, rng, points_obj, desc, T_odom_cam)
+            n = len(out)
+            obs_pub.publish(msg)
+            frame = msg_to_observations(msg)
+            res = stage.step(frame.stamp_ns, to_observations(frame), T_odom_cam, frame.K, image_to_gray(images[k]))
+            want = [deserialize_message(serialize_message(d), Detection3D) for d in refined_to_msgs(publishable_boxes(res.boxes)[0])]
+            wait_for(lambda: len(out) > n, 30, spin, f"output of frame {k}")
+            got = out[-1]
+            assert got.header.stamp == msg.header.stamp
+            assert list(got.detections) == want, f"frame {k}: node {got.detections} != stage {want}"
+    finally:
+        torch.set_num_threads(threads)
+    assert out[-1].detections[0].refined and out[-1].detections[0].num_frames == 8  # the BA window
     assert proc.poll() is None

@@ -8,7 +8,6 @@ centre is assigned to cell ``round(g)`` (clamped into the grid) and the ``offset
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,6 @@ from ba_perception.core import geometry as geo
 from ba_perception.core.config import config_from_params
 from ba_perception.core.detection.model import (
     CLASS_MEAN_SIZE_LWH,
-    FEATURE_STRIDE,
     OUTPUT_STRIDE,
     REF_FOCAL_PX,
     REG_CHANNELS,
@@ -32,12 +30,11 @@ class DecodeError(ValueError):
     """Raised when output maps or intrinsics have inconsistent shapes or invalid values."""
 
 
-PEAK_NMS_MODES = ("box", "maxpool")
 # Log-variance of log-depth that encodes an exactly known depth: the decoder's smallest relative
 # depth std, exp(-20 / 2) = 4.5e-5 (depth confidence ~0.999). Training ignores this target.
 EXACT_DEPTH_LOGVAR = -20.0
 # Candidates overlapping a kept box above this 2D IoU count as cells that fired for the same object
-# (box_agreement); 0.3 was best of 0.1 / 0.3 / 0.5 on the val split (2026-11-25 weights).
+# (box_agreement); chosen on the val split (docs/experiments.md).
 QUALITY_CLUSTER_IOU = 0.3
 
 
@@ -51,10 +48,9 @@ class DecodeConfig:
         samples_per_side: feature samples per box are a ``n x n`` grid (``n*n`` per object).
         sample_margin: fraction of the 2D box width/height left out at each side of the grid.
         yaw_std_rad: prior yaw standard deviation reported per object (the net has no yaw variance head).
-        peak_nms: how duplicates are removed. ``"box"``: every heatmap cell is a candidate, then
-            class-wise greedy NMS on the decoded 2D boxes (keeps objects whose centres fall in
-            adjacent cells). ``"maxpool"``: CenterNet 3x3 max-pool peaks (one object per 3x3 cells).
-        box_nms_iou: 2D IoU above which a lower-scored box of the same class is suppressed (``box`` only).
+        box_nms_iou: duplicates are removed by class-wise greedy NMS on the decoded 2D boxes of the
+            candidate cells (keeps objects whose centres fall in adjacent cells): a lower-scored box
+            of the same class overlapping a kept one above this 2D IoU is suppressed.
         candidate_top_k: highest heatmap scores per image taken as candidates before scoring and NMS
             (bounds decode time; cells below ``score_threshold`` are never candidates since the
             depth confidence is <= 1).
@@ -79,7 +75,6 @@ class DecodeConfig:
     samples_per_side: int = 5
     sample_margin: float = 0.15
     yaw_std_rad: float = 0.2
-    peak_nms: str = "box"
     box_nms_iou: float = 0.5
     candidate_top_k: int = 200
     depth_confidence_scale: float = 0.03
@@ -88,8 +83,6 @@ class DecodeConfig:
     flip_test: bool = True
 
     def __post_init__(self) -> None:
-        if self.peak_nms not in PEAK_NMS_MODES:
-            raise DecodeError(f"peak_nms must be one of {PEAK_NMS_MODES}, got {self.peak_nms!r}")
         if (self.depth_confidence_scale < 0 or self.box_quality_power < 0 or not 0 < self.box_nms_iou <= 1
                 or not 0 <= self.box_vote_iou < 1):
             raise DecodeError("depth_confidence_scale and box_quality_power must be >= 0, box_nms_iou in (0, 1] "
@@ -100,7 +93,7 @@ class DecodeConfig:
         """The fields present in ``params`` (e.g. detector_node's parameters), defaults for the rest.
 
         Raises:
-            DecodeError: unknown ``peak_nms`` or a negative scale / IoU outside (0, 1].
+            DecodeError: a negative scale or an IoU outside (0, 1].
         """
         return config_from_params(cls, params)
 
@@ -404,7 +397,7 @@ def select_candidates(
         heat: ``(B, C, h, w)`` heatmap scores in [0, 1].
         reg: ``(B, 13, h, w)`` regression maps (``REG_CHANNELS`` layout).
         stride: output stride, network pixels per cell.
-        cfg: ``peak_nms``, ``box_nms_iou``, ``box_vote_iou``, ``box_quality_power``, ``candidate_top_k``,
+        cfg: ``box_nms_iou``, ``box_vote_iou``, ``box_quality_power``, ``candidate_top_k``,
             ``depth_confidence_scale``, ``score_threshold``, ``max_detections``.
 
     Returns:
@@ -414,9 +407,6 @@ def select_candidates(
     """
     B, C, h, w = heat.shape
     dev = heat.device
-    if cfg.peak_nms == "maxpool":
-        # A cell is a candidate when it equals the max of its 3x3 neighbourhood (CenterNet NMS).
-        heat = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
     k = max(1, min(max(cfg.candidate_top_k, cfg.max_detections), C * h * w))
     raw, idx = heat.reshape(B, -1).topk(k, dim=1)  # (B, k)
     cls, pix = idx // (h * w), idx % (h * w)
@@ -430,25 +420,25 @@ def select_candidates(
         logvar = r[..., REG_CHANNELS["depth_logvar"]][..., 0]
         score = raw * torch.exp(-_relative_depth_std(logvar) / cfg.depth_confidence_scale)
         valid = valid & (score >= cfg.score_threshold)
-    if cfg.peak_nms == "box":
-        cell = torch.stack([xs, ys], -1).to(r.dtype)
-        boxes = boxes_from_ltrb(grid_to_net(cell + r[..., REG_CHANNELS["offset"]], stride), r[..., REG_CHANNELS["ltrb"]], stride)
-        bidx = torch.arange(B, device=dev)[:, None].expand(B, k)
-        vi = valid.nonzero(as_tuple=True)
-        groups = (bidx * C + cls)[vi]
-        keep = box_nms(boxes[vi], score[vi], groups, cfg.box_nms_iou)
-        kept_at = (vi[0][keep], vi[1][keep])
-        if cfg.box_vote_iou > 0:  # r is this call's own gather, so it can be written in place
-            r[kept_at] = box_vote(boxes[vi], cell[vi], r[vi], score[vi], groups, keep, stride, cfg.box_vote_iou)
-        if cfg.box_quality_power > 0:
-            rk = r[kept_at]
-            voted = boxes_from_ltrb(grid_to_net(cell[kept_at] + rk[:, REG_CHANNELS["offset"]], stride),
-                                    rk[:, REG_CHANNELS["ltrb"]], stride)
-            quality = box_agreement(voted, groups[keep], boxes[vi], score[vi], groups)
-            score = score.clone()
-            score[kept_at] = score[kept_at] * quality ** cfg.box_quality_power
-            keep = keep & (score[vi] >= cfg.score_threshold)  # the threshold applies to the final score
-        valid[vi] = keep
+    # class-wise box NMS of the candidate cells, box voting, box agreement
+    cell = torch.stack([xs, ys], -1).to(r.dtype)
+    boxes = boxes_from_ltrb(grid_to_net(cell + r[..., REG_CHANNELS["offset"]], stride), r[..., REG_CHANNELS["ltrb"]], stride)
+    bidx = torch.arange(B, device=dev)[:, None].expand(B, k)
+    vi = valid.nonzero(as_tuple=True)
+    groups = (bidx * C + cls)[vi]
+    keep = box_nms(boxes[vi], score[vi], groups, cfg.box_nms_iou)
+    kept_at = (vi[0][keep], vi[1][keep])
+    if cfg.box_vote_iou > 0:  # r is this call's own gather, so it can be written in place
+        r[kept_at] = box_vote(boxes[vi], cell[vi], r[vi], score[vi], groups, keep, stride, cfg.box_vote_iou)
+    if cfg.box_quality_power > 0:
+        rk = r[kept_at]
+        voted = boxes_from_ltrb(grid_to_net(cell[kept_at] + rk[:, REG_CHANNELS["offset"]], stride),
+                                rk[:, REG_CHANNELS["ltrb"]], stride)
+        quality = box_agreement(voted, groups[keep], boxes[vi], score[vi], groups)
+        score = score.clone()
+        score[kept_at] = score[kept_at] * quality ** cfg.box_quality_power
+        keep = keep & (score[vi] >= cfg.score_threshold)  # the threshold applies to the final score
+    valid[vi] = keep
     masked = torch.where(valid, score, torch.full_like(score, -1.0))
     top, order = masked.topk(min(cfg.max_detections, k), dim=1)
     sel = top >= 0
@@ -595,7 +585,3 @@ def gaussian_radius(wh: torch.Tensor, min_overlap: float = 0.7) -> torch.Tensor:
     r3 = (b3 + torch.sqrt(b3**2 - 4 * a3 * c3)) / 2
     return torch.minimum(torch.minimum(r1, r2), r3).clamp(min=0)
 
-
-def yaw_abs_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Absolute wrapped angle difference in [0, pi], radians."""
-    return geo.wrap_angle(a - b).abs().clamp(max=math.pi)

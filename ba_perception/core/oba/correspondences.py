@@ -222,8 +222,8 @@ class KltTracker:
     ``num_points`` survive, Shi-Tomasi corners inside the box (away from the survivors) are added as
     new tracks. The point tracks of a tracklet's window are read off its history, longest first.
     Following incrementally costs one forward-backward LK per frame for all tracklets together;
-    re-tracking each window from its first frame costs one per tracklet and window frame (val
-    split: 111 vs 40 ms per frame for the whole track buffer, and worse depth).
+    re-tracking each window from its first frame costs one per tracklet and window frame (slower,
+    and worse depth: docs/experiments.md).
 
     Args:
         num_points: K tracks returned per tracklet (up to 2K are followed).
@@ -232,9 +232,8 @@ class KltTracker:
         realign: after each frame-to-frame step, re-align every point against its patch in the frame
             it was seeded in (the anchor), warped by the affine image motion fitted to the points
             seeded with it; corrections of ``realign_max_px`` or more are refused. Chained LK drifts
-            as the object's image grows or shrinks; the warped anchor does not (world val split,
-            moving cars: median Sampson error of the tracks under the true object motion 0.19 ->
-            0.12 px). At most ``max_anchor_images`` anchor images are kept (grayscale, shared by
+            as the object's image grows or shrinks; the warped anchor does not (docs/experiments.md).
+            At most ``max_anchor_images`` anchor images are kept (grayscale, shared by
             all tracklets); points of the oldest are re-anchored in the newest frame.
     """
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import torch
@@ -54,15 +54,6 @@ class RefineConfig:
             ``static_depth_log_std`` being the detector's relative depth error); objects with
             fewer than ``min_points_for_selection`` tracks are static below ``static_speed_mps``.
             Static objects get zero velocity.
-        static_one_pose: with ``static_resolve``, also solve every problem with one pose for all
-            frames (in the same batch, doubling it) and report that pose for static objects
-            instead of the free solve's newest pose. Off by default: averaging the window's
-            detector depths, which persist and grow with range, loses depth accuracy (world test
-            split, KLT: median depth error 1.1 % worse than single-frame vs 3.7 % better, car
-            AP3D@0.5 52.9 vs 56.9; the static/moving calls are the same).
-        surface_std_m: the object's points lie on the surface of its detected box, with this
-            std (m; Cauchy-robust); 0 turns the surface prior off. It ties the box centre to the
-            triangulated surface instead of the detector's depth.
         covariance_scale: factor on the published pose and velocity covariances of refined boxes.
             The solver's covariance treats the detector's depth errors as independent from frame to
             frame while they persist, so it is overconfident (docs/experiments.md); consumers (the
@@ -73,11 +64,6 @@ class RefineConfig:
             and pitch zero: vehicles move along their heading and the window's velocity is a steadier
             yaw cue than the per-frame box. 0 turns it off. The published pose covariance is the
             solver's (it does not shrink the yaw variance).
-        lateral_speed_std_mps: std (m/s) of a car's velocity across its own heading in the motion
-            prior (vehicles do not slide sideways); 0 turns it off.
-        depth_error_correlation: correlation in ``[0, 0.99]`` of the detector's depth errors
-            between the frames of a window (``OBAProblem.prior_depth_correlation``); 0 treats
-            the frames' depths as independent measurements.
         scene_static: scene-level BA: every object gets one pose for all frames of its window
             (the static-world assumption of classic SfM; the ablation BA-Det compares against).
         min_baseline_m: camera travel below which the window is degenerate (zero baseline).
@@ -100,16 +86,12 @@ class RefineConfig:
     angular_accel_std: float = 1.0
     static_speed_mps: float = 0.5
     static_resolve: bool = True
-    static_one_pose: bool = False
     static_candidate_mps: float = 8.0
     static_track_noise_px: float = 0.0
     static_depth_log_std: float = 0.15
     min_points_for_selection: int = 4
-    surface_std_m: float = 0.0
     covariance_scale: float = 1.0
     heading_from_velocity_mps: float = 2.0
-    lateral_speed_std_mps: float = 0.0
-    depth_error_correlation: float = 0.0
     scene_static: bool = False
     min_baseline_m: float = 0.05
     min_depth_m: float = 0.5
@@ -121,16 +103,14 @@ class RefineConfig:
     def __post_init__(self) -> None:
         if self.correspondences not in CORRESPONDENCES:
             raise RefineError(f"correspondences must be one of {CORRESPONDENCES}, got {self.correspondences!r}")
-        if not self.covariance_scale > 0 or not self.heading_from_velocity_mps >= 0 or not self.lateral_speed_std_mps >= 0:
-            raise RefineError(f"covariance_scale must be > 0, heading_from_velocity_mps and lateral_speed_std_mps >= 0; got "
-                              f"{self.covariance_scale}, {self.heading_from_velocity_mps}, {self.lateral_speed_std_mps}")
+        if not self.covariance_scale > 0 or not self.heading_from_velocity_mps >= 0:
+            raise RefineError(f"covariance_scale must be > 0 and heading_from_velocity_mps >= 0; got "
+                              f"{self.covariance_scale}, {self.heading_from_velocity_mps}")
         if not self.static_track_noise_px >= 0 or not self.static_depth_log_std >= 0:
             raise RefineError(f"static_track_noise_px and static_depth_log_std must be >= 0; got "
                               f"{self.static_track_noise_px}, {self.static_depth_log_std}")
         if self.window < 0:
             raise RefineError(f"window must be >= 0 (0 = every frame of the tracklet), got {self.window}")
-        if not 0.0 <= self.depth_error_correlation <= 0.99:
-            raise RefineError(f"depth_error_correlation must be in [0, 0.99], got {self.depth_error_correlation}")
 
     def track_noise_px(self) -> float:
         """The point-track noise of the static test: ``static_track_noise_px``, or its source's default."""
@@ -262,7 +242,6 @@ def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None, p
     if not inc:
         return RefineBatch([], None, None, [], np.zeros((0, 3)), excluded)
     B, F, K = len(inc), max(len(i) for i in idxs), cfg.num_points
-    dt = np.float64
     T_oc = np.tile(np.eye(4), (B, F, 1, 1))
     Kmat = np.zeros((B, 3, 3))
     fmask = np.zeros((B, F), bool)
@@ -369,14 +348,6 @@ def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None, p
         prior_T_odom_obj=prior_T, prior_sqrt_info=L, prior_mask=fm.clone(),
         motion_sqrt_info=torch.tensor([1 / cfg.accel_std] * 3 + [1 / cfg.angular_accel_std] * 3, dtype=fd, device=cfg.device).expand(B, 6).clone(),
     )
-    if cfg.lateral_speed_std_mps > 0:  # cars move along their heading (cyclists and pedestrians need not)
-        car = torch.tensor([t.class_label == "car" for t in inc], dtype=torch.bool, device=cfg.device)
-        problem.lateral_sqrt_info = torch.where(car, 1.0 / cfg.lateral_speed_std_mps, 0.0).to(fd)
-    if cfg.depth_error_correlation > 0:
-        problem.prior_depth_correlation = torch.full((B,), cfg.depth_error_correlation, dtype=fd, device=cfg.device)
-    if cfg.surface_std_m > 0:
-        problem.box_size_lwh = tt(sizes).to(fd)
-        problem.surface_sqrt_info = torch.full((B,), 1.0 / cfg.surface_std_m, dtype=fd, device=cfg.device)
     return RefineBatch(inc, problem, OBAState(R0, t0_, p0), idxs, sizes, excluded, lam)
 
 
@@ -445,44 +416,23 @@ def refine_tracklets(
         history = batch.problem  # every kept frame: what the static test triangulates over
         if 0 < cfg.window < history.shape[1]:
             batch = _newest_frames(batch, cfg.window)
-        p, B = batch.problem, len(batch.tracks)
+        p = batch.problem
         if cfg.scene_static:
             ps, init_s = _static_problem(p, batch.init)
             res = _solve(cfg, ps, init_s, batch.initial_lambda)
             v, vcov = _velocity(res.state.t_odom_obj, p.stamps_s, p.frame_mask, res.pose_covariance)
-            _write_back(batch, res, torch.zeros_like(v), vcov, res.valid.clone(), replace(cfg, static_resolve=True, static_one_pose=True), out)
+            _write_back(batch, res, torch.zeros_like(v), vcov, res.valid.clone(), replace(cfg, static_resolve=True), out,
+                        one_pose=True)
             return [out[t.tracklet_id] for t in tracks]
-        if cfg.static_resolve and cfg.static_one_pose:
-            # Every problem twice in the same batched solve: with free per-frame poses
-            # (+ constant-velocity prior) and with one pose for all frames, reported for static objects.
-            dev = p.obs_uv.device
-            ps, init_s = _static_problem(p, batch.init)
-            pd = OBAProblem(**{**p.__dict__, "static": torch.zeros(B, dtype=torch.bool, device=dev)})
-            joint = OBAProblem(**{k: torch.cat([getattr(pd, k), getattr(ps, k)]) if getattr(pd, k) is not None else None
-                                  for k in p.__dict__})
-            init = batch.init
-            both = OBAState(*(torch.cat([a, b]) for a, b in zip(
-                (init.R_odom_obj, init.t_odom_obj, init.points_obj), (init_s.R_odom_obj, init_s.t_odom_obj, init_s.points_obj))))
-            lam = batch.initial_lambda
-            res_all = _solve(cfg, joint, both, None if lam is None else torch.cat([lam, lam]))
-            first = torch.arange(2 * B, device=dev) < B
-            res, sres = _take(res_all, first), _take(res_all, ~first)
-        else:
-            res = _solve(cfg, p, batch.init, batch.initial_lambda)
+        res = _solve(cfg, p, batch.init, batch.initial_lambda)
         v, vcov = _velocity(res.state.t_odom_obj, p.stamps_s, p.frame_mask, res.pose_covariance)
         speed = v.norm(dim=-1)
         static = (speed < cfg.static_speed_mps) & res.valid
-        final = res
         if cfg.static_resolve:
             decided, by_points = static_evidence(history).static(cfg.track_noise_px(), cfg.static_depth_log_std,
                                                            cfg.min_points_for_selection)
             static = res.valid & (speed < cfg.static_candidate_mps) & torch.where(decided, by_points, static)
-            if cfg.static_one_pose:
-                static = static & sres.valid
-                keep = torch.nonzero(static)[:, 0]
-                if len(keep):
-                    final = _merge(res, _take(sres, static), keep)
-        _write_back(batch, final, v, vcov, static, cfg, out)
+        _write_back(batch, res, v, vcov, static, cfg, out)
     return [out[t.tracklet_id] for t in tracks]
 
 
@@ -512,49 +462,53 @@ def _static_problem(p: OBAProblem, init: OBAState) -> tuple[OBAProblem, OBAState
                         init.points_obj)
 
 
-def tracker_detections(boxes: list[RefinedBox]) -> Detections:
-    """Refined boxes -> the tracker's input in odom (what tracker_node reads from a Detection3DArray).
+def _box_problem(b: RefinedBox) -> str:
+    """Why a box cannot be published (a non-finite value), or ``""``."""
+    checks = (("centre", (b.center_odom,)), ("pose", (b.R_odom_obj, b.center_cam)), ("size", (b.size_lwh,)),
+              ("box", (b.box_2d,)), ("score", ([b.score],)), ("features", (b.embedding,)))
+    for name, arrays in checks:
+        if not all(np.isfinite(np.asarray(a, np.float64)).all() for a in arrays):
+            return f"nonfinite_{name}"
+    return ""
 
-    Boxes without ego-motion (NaN centre) are left out; a position covariance without a positive
-    diagonal becomes NaN (the tracker then uses its class default); embeddings are passed only
-    when every box has one of the same size.
+
+def publishable_boxes(boxes: list[RefinedBox]) -> tuple[list[RefinedBox], Counter]:
+    """The boxes that may leave the track buffer, and the others counted by reason.
+
+    A box with a non-finite centre (no ego-motion for its frame), pose, size, 2D box, score or
+    embedding is left out (``nonfinite_<what>``); an unknown velocity (unrefined boxes) becomes zero
+    and an unknown or non-finite covariance the ``-1`` diagonal of "unknown", so no non-finite
+    number is ever published.
     """
-    boxes = [b for b in boxes if np.isfinite(b.center_odom).all()]
-    if not boxes:
-        return Detections.empty()
-    R = np.stack([b.R_odom_obj for b in boxes])
-    cov = np.stack([np.asarray(b.pose_covariance, np.float64).reshape(6, 6)[:3, :3] for b in boxes]).copy()
-    cov[~(np.diagonal(cov, axis1=1, axis2=2) > 0).all(axis=1)] = np.nan
-    emb = [np.asarray(b.embedding, np.float64).ravel() for b in boxes]
-    dims = {e.size for e in emb}
-    return Detections(
-        centers=np.stack([b.center_odom for b in boxes]), yaws=np.arctan2(R[:, 1, 0], R[:, 0, 0]),
-        sizes=np.stack([b.size_lwh for b in boxes]), labels=[b.class_label for b in boxes],
-        scores=np.array([b.score for b in boxes]), boxes_2d=np.stack([np.asarray(b.box_2d, np.float64) for b in boxes]),
-        embeddings=np.stack(emb) if len(dims) == 1 and 0 not in dims else None, covariances=cov,
-        static=np.array([b.refined and b.is_static for b in boxes], dtype=bool),
-        velocities=np.stack([np.asarray(b.velocity_odom, np.float64) if b.refined else np.full(3, np.nan) for b in boxes]),
-        velocity_covariances=np.stack([np.asarray(b.velocity_covariance, np.float64).reshape(3, 3) for b in boxes]))
+    out, dropped = [], Counter()
+    for b in boxes:
+        why = _box_problem(b)
+        if why:
+            dropped[why] += 1
+            continue
+        fix = {}
+        if not np.isfinite(b.velocity_odom).all():
+            fix |= {"velocity_odom": np.zeros(3), "velocity_covariance": -np.eye(3)}
+        if not np.isfinite(b.pose_covariance).all():
+            fix["pose_covariance"] = -np.eye(6)
+        if not np.isfinite(fix.get("velocity_covariance", b.velocity_covariance)).all():
+            fix["velocity_covariance"] = -np.eye(3)
+        out.append(replace(b, **fix) if fix else b)
+    return out, dropped
 
 
-def _take(res: OBAResult, m: torch.Tensor) -> OBAResult:
-    cov = None if res.pose_covariance is None else res.pose_covariance[m]
-    return OBAResult(
-        OBAState(res.state.R_odom_obj[m], res.state.t_odom_obj[m], res.state.points_obj[m]), res.cost[m], res.initial_cost[m],
-        res.iterations[m], res.converged[m], res.valid[m], res.lam[m], cov, res.num_obs[m],
-    )
-
-
-def _merge(res: OBAResult, sres: OBAResult, idx: torch.Tensor) -> OBAResult:
-    st = res.state.clone()
-    st.R_odom_obj[idx], st.t_odom_obj[idx], st.points_obj[idx] = sres.state.R_odom_obj, sres.state.t_odom_obj, sres.state.points_obj
-    cost, iters = res.cost.clone(), res.iterations.clone()
-    cost[idx], iters[idx] = sres.cost, iters[idx] + sres.iterations
-    cov = None
-    if res.pose_covariance is not None and sres.pose_covariance is not None:
-        cov = res.pose_covariance.clone()
-        cov[idx] = sres.pose_covariance
-    return OBAResult(st, cost, res.initial_cost, iters, res.converged, res.valid, res.lam, cov, res.num_obs)
+def tracker_detections(boxes: list[RefinedBox]) -> Detections:
+    """Refined boxes -> the tracker's input in odom: what tracker_node makes of the track buffer's
+    Detection3DArray (the :func:`publishable_boxes`, through :meth:`Detections.from_boxes`)."""
+    boxes, _ = publishable_boxes(boxes)
+    R = np.stack([b.R_odom_obj for b in boxes]) if boxes else np.zeros((0, 3, 3))
+    return Detections.from_boxes(
+        [b.center_odom for b in boxes], np.arctan2(R[:, 1, 0], R[:, 0, 0]), [b.size_lwh for b in boxes],
+        [b.class_label for b in boxes], [b.score for b in boxes], [np.asarray(b.box_2d, np.float64) for b in boxes],
+        [b.embedding for b in boxes], [np.asarray(b.pose_covariance, np.float64).reshape(6, 6)[:3, :3] for b in boxes],
+        refined=[b.refined for b in boxes], is_static=[b.is_static for b in boxes],
+        velocities=[b.velocity_odom for b in boxes],
+        velocity_covariances=[np.asarray(b.velocity_covariance, np.float64).reshape(3, 3) for b in boxes])
 
 
 def heading_from_velocity(R_odom_obj: np.ndarray, velocity_odom: np.ndarray, moving: np.ndarray, min_speed_mps: float) -> np.ndarray:
@@ -579,13 +533,14 @@ def heading_from_velocity(R_odom_obj: np.ndarray, velocity_odom: np.ndarray, mov
     return R
 
 
-def _write_back(batch: RefineBatch, res: OBAResult, v, vcov, static, cfg: RefineConfig, out: dict) -> None:
+def _write_back(batch: RefineBatch, res: OBAResult, v, vcov, static, cfg: RefineConfig, out: dict,
+                one_pose: bool = False) -> None:
+    """Refined boxes of the batch into ``out``; ``one_pose``: every problem was solved with one pose (slot 0)."""
     p = batch.problem
     nfr = p.frame_mask.sum(1) - 1  # newest packed frame
     B = len(batch.tracks)
     ar = torch.arange(B, device=nfr.device)
-    one_pose = static if cfg.static_resolve and cfg.static_one_pose else torch.zeros_like(static)
-    slot = torch.where(one_pose, torch.zeros_like(nfr), nfr)  # a one-pose solve keeps its pose in frame 0
+    slot = torch.zeros_like(nfr) if one_pose else nfr  # a one-pose solve keeps its pose in slot 0
     # Everything the boxes need, copied to the host once (per-element reads would sync the GPU each time).
     host = {
         "R": res.state.R_odom_obj[ar, nfr], "t": res.state.t_odom_obj[ar, nfr], "T_co": p.T_cam_odom[ar, nfr],

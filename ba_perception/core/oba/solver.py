@@ -12,15 +12,6 @@ Problem (one per tracklet ``b``; ``B`` problems padded to ``F`` frames and ``K``
   to the detector's box (``L_f`` is a 6x6 square-root information, typically weak along the
   viewing ray and strong across it); a constant-velocity prior on each run of three frames
   ``((t_c - t_b)/dt1 - (t_b - t_a)/dt0) / (sigma_acc * dt_mid)`` (and the same on rotation).
-  Optionally a surface prior on each point: its signed distance to the surface of the detected
-  box (size ``box_size_lwh``, centred on the object frame's origin) over ``sigma_surface``, with a
-  Cauchy loss of unit scale (points that are not on the object — background seen through the
-  box — are down-weighted).
-  Optionally the first row of every frame's whitened prior residual (the detector's error along
-  the viewing ray) is equicorrelated across the frames of a problem with coefficient ``rho``
-  (covariance ``(1 - rho) I + rho 11^T``): a monocular detector's depth error persists from frame
-  to frame, so ``F`` frames do not carry ``F`` independent depth measurements. The level of the
-  depth track then weighs about one frame's worth while its frame-to-frame shape is tied tightly.
   The cost is Ceres': ``0.5 * sum(rho(|r|^2))`` for reprojection plus ``0.5 * |r|^2`` for priors.
 
 Solver: analytic Jacobians; Gauss-Newton normal equations with IRLS weights ``rho'(s)``; Schur
@@ -57,10 +48,7 @@ Observability (why the scale and the object's motion are determined):
   static case in a moving frame). The rotation about the viewing ray and the lateral position are
   well observed by reprojection in every frame; yaw by the points' relative parallax.
 - The gauge freedom of the object frame relative to its points (6 DoF) is fixed by the pose
-  prior, and - much more tightly - by the surface prior when it is on: the points are
-  triangulated metrically (static object, known ego-motion) and the box of known size must wrap
-  them, so the box centre follows the triangulated surface instead of the detector's depth,
-  which is the least accurate quantity of a monocular detector. Without a prior (pure reprojection, as in the Ceres comparison) the caller fixes the
+  prior. Without a prior (pure reprojection, as in the Ceres comparison) the caller fixes the
   gauge by holding two frames' poses constant (``fixed_frames``).
 """
 
@@ -101,14 +89,6 @@ class OBAProblem:
             ``(1/(m/s^2)) x3`` for translation (odom axes), ``(1/(rad/s^2)) x3`` for rotation
             (object axes); zeros disable it.
         problem_mask: ``(B,)`` bool, problem enabled.
-        box_size_lwh: ``(B, 3)`` box size (length, width, height) for the surface prior, metres.
-        surface_sqrt_info: ``(B,)`` ``1/sigma_surface`` (1/m) of the surface prior; zeros disable it.
-        lateral_sqrt_info: ``(B,)`` ``1/sigma`` (1/(m/s)) of the vehicle prior: the velocity across
-            the object's heading (object y axis, central difference over frames f, f+2, at frame
-            f+1's orientation) is zero; part of the motion prior (same frames), zeros disable it.
-        prior_depth_correlation: ``(B,)`` correlation ``rho`` in ``[0, 1)`` across frames of the
-            first row of the whitened prior residual ``(prior_sqrt_info @ e)[0]`` (make that row
-            the viewing ray over the depth std); zeros = independent frames (clamped to 0.99).
     """
 
     obs_uv: torch.Tensor
@@ -125,10 +105,6 @@ class OBAProblem:
     static: torch.Tensor | None = None
     motion_sqrt_info: torch.Tensor | None = None
     problem_mask: torch.Tensor | None = None
-    box_size_lwh: torch.Tensor | None = None
-    surface_sqrt_info: torch.Tensor | None = None
-    lateral_sqrt_info: torch.Tensor | None = None
-    prior_depth_correlation: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -275,16 +251,12 @@ class _Prep:
     prior_t: torch.Tensor | None
     prior_L: torch.Tensor | None
     prior_m: torch.Tensor | None  # (B,F) float
-    prior_rho: torch.Tensor | None  # (B,1) correlation of the first prior row across frames, or None
     mot_m: torch.Tensor | None  # (B,F-2) float
     mot_dt0: torch.Tensor | None
     mot_dt1: torch.Tensor | None
     mot_dtm: torch.Tensor | None
     mot_w: torch.Tensor | None  # (B,1,6)
-    lat_w: torch.Tensor | None  # (B,1) or None
     valid: torch.Tensor  # (B,) bool
-    surf_half: torch.Tensor | None = None  # (B,1,3) half box size
-    surf_w: torch.Tensor | None = None  # (B,1) 1/sigma, zero where off (or point inactive: see surface_residuals)
     any_static: bool = True  # some problem maps several frames to one pose slot
     free_outer: torch.Tensor | None = None  # (B,6P,6P) free_i * free_j
     mot_Jt: torch.Tensor | None = None  # (B,F-2,3,3,3) constant translation rows of the motion Jacobian
@@ -300,8 +272,7 @@ def _check(problem: OBAProblem) -> None:
         "obs_mask": (B, F, K), "T_cam_odom": (B, F, 4, 4), "K": (B, 3, 3), "frame_mask": (B, F),
         "stamps_s": (B, F), "obs_sqrt_weight": (B, F, K), "prior_T_odom_obj": (B, F, 4, 4),
         "prior_sqrt_info": (B, F, 6, 6), "prior_mask": (B, F), "fixed_frames": (B, F), "static": (B,),
-        "motion_sqrt_info": (B, 6), "problem_mask": (B,), "box_size_lwh": (B, 3), "surface_sqrt_info": (B,),
-        "lateral_sqrt_info": (B,), "prior_depth_correlation": (B,),
+        "motion_sqrt_info": (B, 6), "problem_mask": (B,),
     }
     for name, shape in expect.items():
         v = getattr(problem, name)
@@ -309,8 +280,6 @@ def _check(problem: OBAProblem) -> None:
             raise OBASolverError(f"{name} must have shape {shape}, got {tuple(v.shape)}")
     if (problem.prior_T_odom_obj is None) != (problem.prior_sqrt_info is None):
         raise OBASolverError("prior_T_odom_obj and prior_sqrt_info must be given together")
-    if (problem.box_size_lwh is None) != (problem.surface_sqrt_info is None):
-        raise OBASolverError("box_size_lwh and surface_sqrt_info must be given together")
 
 
 def _finite_rows(x: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -354,8 +323,8 @@ def _prepare(problem: OBAProblem, state: OBAState, options: SolverOptions) -> _P
         fxfy=torch.stack([Kmat[:, 0, 0], Kmat[:, 1, 1]], -1)[:, None, None, :],
         cxcy=torch.stack([Kmat[:, 0, 2], Kmat[:, 1, 2]], -1)[:, None, None, :],
         slot=slot, free=torch.zeros(B, F, 6, dtype=dt, device=dev), point_active=torch.zeros(B, K, dtype=dt, device=dev),
-        prior_R=None, prior_t=None, prior_L=None, prior_m=None, prior_rho=None,
-        mot_m=None, mot_dt0=None, mot_dt1=None, mot_dtm=None, mot_w=None, lat_w=None, valid=valid, any_static=any_static,
+        prior_R=None, prior_t=None, prior_L=None, prior_m=None,
+        mot_m=None, mot_dt0=None, mot_dt1=None, mot_dtm=None, mot_w=None, valid=valid, any_static=any_static,
     )
     # Drop observations behind the camera at the initial state (they have no projection).
     Xc = _camera_points(prep, state)
@@ -376,9 +345,6 @@ def _prepare(problem: OBAProblem, state: OBAState, options: SolverOptions) -> _P
         prep.prior_t = torch.where(pm[..., None], problem.prior_T_odom_obj[..., :3, 3], torch.zeros((), dtype=dt, device=dev))
         prep.prior_L = torch.where(pm[..., None, None], problem.prior_sqrt_info, eye6)
         prep.prior_m = pm.to(dt)
-        if problem.prior_depth_correlation is not None:
-            rho = problem.prior_depth_correlation
-            prep.prior_rho = torch.where(torch.isfinite(rho), rho, torch.zeros_like(rho)).clamp(0.0, 0.99)[:, None]
     else:
         pm = torch.zeros(B, F, dtype=torch.bool, device=dev)
 
@@ -405,15 +371,6 @@ def _prepare(problem: OBAProblem, state: OBAState, options: SolverOptions) -> _P
         prep.mot_hidx = ((6 * (tt + ii) + oo) * (6 * F) + 6 * (tt + jj) + pp).reshape(-1)
         tt, ii, oo = torch.meshgrid(*(torch.arange(n, device=dev) for n in (T, 3, 6)), indexing="ij")
         prep.mot_gidx = (6 * (tt + ii) + oo).reshape(-1)
-        if problem.lateral_sqrt_info is not None:
-            lw = problem.lateral_sqrt_info
-            prep.lat_w = torch.where(torch.isfinite(lw), lw, torch.zeros_like(lw))[:, None]
-
-    if problem.box_size_lwh is not None:
-        size_ok = _finite_rows(problem.box_size_lwh, 1) & (problem.box_size_lwh > 0).all(-1)
-        sw = torch.where(size_ok & torch.isfinite(problem.surface_sqrt_info), problem.surface_sqrt_info, torch.zeros_like(problem.surface_sqrt_info))
-        prep.surf_half = torch.where(size_ok[:, None], 0.5 * problem.box_size_lwh, torch.ones_like(problem.box_size_lwh))[:, None, :]
-        prep.surf_w = sw.clamp(min=0)[:, None]
 
     # Free pose dofs per slot: the slot is used by a present frame that has evidence, not held.
     used = torch.zeros(B, F, dtype=dt, device=dev).scatter_add_(1, slot, (m.any(-1) | pm).to(dt)) > 0
@@ -503,27 +460,10 @@ def prior_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
     return r, J
 
 
-def correlated_prior_weights(prep: _Prep) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(a, c)``, each ``(B, 1)``: with ``s`` the first rows of the whitened prior residuals of a
-    problem's ``n`` prior frames, the equicorrelated cost ``0.5 s^T ((1-rho) I + rho 11^T)^-1 s``
-    equals the independent ``0.5 |s|^2`` plus ``0.5 (a |s|^2 - c (sum s)^2)`` (Sherman-Morrison)."""
-    rho = prep.prior_rho
-    n = prep.prior_m.sum(1, keepdim=True)
-    return rho / (1 - rho), rho / ((1 - rho) * (1 - rho + n * rho))
-
-
-def _correlated_prior_cost(prep: _Prep, rp: torch.Tensor) -> torch.Tensor:
-    a, c = correlated_prior_weights(prep)
-    s = rp[..., 0]
-    return 0.5 * (a * (s * s).sum(1, keepdim=True) - c * s.sum(1, keepdim=True) ** 2)[:, 0]
-
-
 def motion_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
     """Constant-velocity residuals ``(B, F-2, 6)`` on slots (a, b, c) = (f, f+1, f+2) and Jacobians
-    ``(B, F-2, 3, 6, 6)`` ``[slot a|b|c, residual, dof]``; with ``lateral_sqrt_info`` a 7th residual,
-    the velocity across the heading ``y_b . (t_c - t_a) / (dt0 + dt1)``."""
+    ``(B, F-2, 3, 6, 6)`` ``[slot a|b|c, residual, dof]``."""
     R, t = state.R_odom_obj, state.t_odom_obj
-    Rb = R[:, 1:-1]
     # the relative rotation of each consecutive pair, once: (a, b) pairs are [:, :-1], (b, c) pairs [:, 1:]
     M = R[:, :-1].transpose(-1, -2) @ R[:, 1:]  # (B, F-1, 3, 3)
     phi = so3_log(M)
@@ -534,12 +474,6 @@ def motion_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
     r_t = ((t[:, 2:] - t[:, 1:-1]) / dt1 - (t[:, 1:-1] - t[:, :-2]) / dt0) / dtm * wt
     r_r = (phi1 / dt1 - phi0 / dt0) / dtm * wr
     r = torch.cat([r_t, r_r], -1) * mm
-    if prep.lat_w is not None:
-        span = (dt0 + dt1)[..., 0]
-        y_b = Rb[..., :, 1]  # the object's left axis in odom at the middle frame
-        dtc = t[:, 2:] - t[:, :-2]
-        lw = prep.lat_w * prep.mot_m / span  # (B,T)
-        r = torch.cat([r, ((y_b * dtc).sum(-1) * lw)[..., None]], -1)
     if not jacobians:
         return r, None
     Ji = so3_right_jacobian_inv(phi)  # (B, F-1, 3, 3)
@@ -549,41 +483,7 @@ def motion_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
     J = torch.zeros(r.shape[:2] + (3, r.shape[-1], 6), dtype=R.dtype, device=R.device)
     J[..., :3, :3] = prep.mot_Jt  # translation rows: constant
     J[..., 3:6, 3:] = torch.stack([a_ * JiM[:, :-1], -(b_ * JiM[:, 1:] + a_ * Ji[:, :-1]), b_ * Ji[:, 1:]], 2) * wr_[:, :, None]
-    if prep.lat_w is not None:
-        # d/dt_a = -y_b, d/dt_c = +y_b; R_b -> R_b exp(delta): (delta x e_y) . u = delta . (e_y x u), u = R_b^T dtc
-        u = (Rb.transpose(-1, -2) @ dtc[..., None])[..., 0]
-        rot = torch.stack([u[..., 2], torch.zeros_like(u[..., 0]), -u[..., 0]], -1)  # e_y x u
-        lw_ = lw[..., None]
-        J[:, :, 0, 6, :3] = -y_b * lw_
-        J[:, :, 1, 6, 3:] = rot * lw_
-        J[:, :, 2, 6, :3] = y_b * lw_
     return r, J
-
-
-def surface_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
-    """Signed distance of each point to its box surface over sigma ``(B, K)`` (zero for inactive
-    points) and its Jacobian wrt the point ``(B, K, 3)`` (the outward normal of the nearest face)."""
-    p = state.points_obj
-    q = p.abs() - prep.surf_half  # per-axis distance outside the slab, (B,K,3)
-    outside = (q > 0).any(-1)
-    qo = q.clamp(min=0)
-    d_out = qo.norm(dim=-1)
-    d_in, axis = q.max(-1)
-    d = torch.where(outside, d_out, d_in)
-    w = prep.surf_w * prep.point_active
-    r = w * d
-    if not jacobians:
-        return r, None
-    sgn = torch.where(p >= 0, torch.ones_like(p), -torch.ones_like(p))
-    g_out = sgn * qo / d_out.clamp(min=1e-12)[..., None]
-    g_in = sgn * torch.nn.functional.one_hot(axis, 3).to(p.dtype)
-    return r, w[..., None] * torch.where(outside[..., None], g_out, g_in)
-
-
-def _surface_cost(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cauchy loss of unit scale on whitened surface residuals: ``(rho, rho')``."""
-    s = r * r
-    return torch.log1p(s), 1.0 / (1.0 + s)
 
 
 def _cost(prep: _Prep, state: OBAState, options: SolverOptions) -> torch.Tensor:
@@ -594,14 +494,9 @@ def _cost(prep: _Prep, state: OBAState, options: SolverOptions) -> torch.Tensor:
     if prep.prior_m is not None:
         rp, _ = prior_residuals(prep, state)
         cost = cost + 0.5 * (rp * rp).flatten(1).sum(-1)
-        if prep.prior_rho is not None:
-            cost = cost + _correlated_prior_cost(prep, rp)
     if prep.mot_m is not None:
         rm, _ = motion_residuals(prep, state)
         cost = cost + 0.5 * (rm * rm).flatten(1).sum(-1)
-    if prep.surf_w is not None:
-        rs, _ = surface_residuals(prep, state)
-        cost = cost + 0.5 * _surface_cost(rs)[0].sum(-1)
     return torch.where(behind, torch.full_like(cost, float("inf")), cost)
 
 
@@ -670,23 +565,11 @@ def _normal_equations(prep: _Prep, state: OBAState, options: SolverOptions) -> _
     Jpw = Jp * wgt
     V = torch.einsum("bfkri,bfkrj->bkij", Jpw, Jp)  # (B,K,3,3)
     gp = torch.einsum("bfkri,bfkr->bki", Jpw, r)
-    if prep.surf_w is not None:
-        rs, Js = surface_residuals(prep, state, jacobians=True)
-        rho_s, drho_s = _surface_cost(rs)
-        cost = cost + 0.5 * rho_s.sum(-1)
-        V = V + drho_s[..., None, None] * Js[..., :, None] * Js[..., None, :]
-        gp = gp + (drho_s * rs)[..., None] * Js
     if prep.prior_m is not None:
         rp, Jpr = prior_residuals(prep, state, jacobians=True)
         cost = cost + 0.5 * (rp * rp).flatten(1).sum(-1)
         Hf = Hf + Jpr.transpose(-1, -2) @ Jpr
         gf = gf + (Jpr.transpose(-1, -2) @ rp[..., None])[..., 0]
-        if prep.prior_rho is not None:  # per-frame part here, the rank-1 cross-frame part below
-            a_corr, c_corr = correlated_prior_weights(prep)
-            s0, j0 = rp[..., 0], Jpr[..., 0, :]  # (B,F), (B,F,6)
-            cost = cost + _correlated_prior_cost(prep, rp)
-            Hf = Hf + a_corr[..., None, None] * j0[..., :, None] * j0[..., None, :]
-            gf = gf + (a_corr * s0)[..., None] * j0
     # frames -> pose slots (identity for moving objects, all -> 0 for static ones)
     idx = prep.slot
     Hs = torch.zeros_like(Hf).scatter_add_(1, idx[..., None, None].expand_as(Hf), Hf)
@@ -697,11 +580,6 @@ def _normal_equations(prep: _Prep, state: OBAState, options: SolverOptions) -> _
     H = torch.zeros(B, 6 * F, 6 * F, dtype=Hf.dtype, device=Hf.device)
     # H.view(B, F, 6, F, 6)[b, p, i, q, j] = block (p, q), entry (i, j): the per-slot blocks on its diagonal
     H.view(B, F, 6, F, 6).diagonal(dim1=1, dim2=3).add_(Hs.permute(0, 2, 3, 1))
-    if prep.prior_m is not None and prep.prior_rho is not None:
-        v = torch.zeros_like(gf).scatter_add_(1, idx[..., None].expand_as(j0), j0)  # (B,F,6) in pose slots
-        vf = v.reshape(B, 6 * F)
-        H = H - c_corr[..., None] * vf[:, :, None] * vf[:, None, :]
-        g = g - (c_corr * s0.sum(1, keepdim=True))[..., None] * v
     if prep.mot_m is not None:
         rm, Jm = motion_residuals(prep, state, jacobians=True)
         cost = cost + 0.5 * (rm * rm).flatten(1).sum(-1)

@@ -9,15 +9,20 @@ parameter declarations are derived from them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from ba_perception.core.config import config_from_params
-from ba_perception.core.oba.refine import RefineConfig
-from ba_perception.core.oba.tracklets import TrackletConfig
+from ba_perception.core.geometry import valid_intrinsics
+from ba_perception.core.oba.correspondences import KltTracker
+from ba_perception.core.oba.refine import RefineConfig, RefinedBox, refine_tracklets
+from ba_perception.core.oba.tracklets import ObjectTrack, Observation, TrackletBuffer, TrackletConfig
 
 SOLVER_PARAMS = ("max_iterations", "loss", "loss_scale_px", "yaw_only")  # track_buffer_node parameters of SolverOptions
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -95,3 +100,133 @@ class TrackBufferConfig:
         names |= set(SOLVER_PARAMS) | {"static_window", "dtype"}
         names |= {f.name for f in fields(TrackBufferConfig)}
         return names - {"tracklets", "refine", "solver", "device"}
+
+
+class PointTracker(Protocol):
+    """What follows points through the images for the BA (:class:`KltTracker`, or an evaluation's ORB)."""
+
+    def step(self, stamp_ns: int, gray: np.ndarray, tracks: list[ObjectTrack]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Point tracks ``{tracklet_id: (uv (F, K, 2), mask (F, K))}`` of the tracklets updated at ``stamp_ns``."""
+
+    def reset(self) -> None:
+        """Forget everything (the stream restarted)."""
+
+
+@dataclass
+class StepResult:
+    """What one frame gave.
+
+    Attributes:
+        boxes: one :class:`RefinedBox` per tracklet updated in this frame (unrefined ones carry
+            the detection and the reason); empty when the frame was rejected.
+        assignment: per input observation the tracklet id it went to; -1 when the observation was
+            dropped (see ``dropped``) or the frame rejected.
+        rejected: empty, or why the whole frame was not used (``intrinsics``, ``stamp_jump``);
+            the stage's state is then untouched.
+        reset: the stamp went back (a bag loop): every tracklet was dropped before this frame.
+        solved: the BA ran in this frame (``solve_every_n``).
+        dropped: observations left out, by reason (``TrackletBuffer.last_dropped``).
+        seconds: wall time of ``associate`` (tracklets + point tracks) and ``refine`` (the BA).
+    """
+
+    boxes: list[RefinedBox] = field(default_factory=list)
+    assignment: list[int] = field(default_factory=list)
+    rejected: str = ""
+    reset: bool = False
+    solved: bool = False
+    dropped: Counter = field(default_factory=Counter)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class TrackBufferStage:
+    """The track buffer's per-frame step: tracklet association, point tracks, scheduled BA, reset.
+
+    Args:
+        config: settings (defaults: the shipped ones).
+        point_tracker: follows points for ``correspondences: klt`` / ``orb``; default a
+            :class:`KltTracker` when ``config.refine.correspondences`` is ``klt``, else none
+            (``descriptor`` and ``oracle`` read the observations' samples, ``none`` uses priors only).
+        clock: seconds for ``StepResult.seconds`` (a benchmark passes one that synchronises the GPU).
+    """
+
+    def __init__(self, config: TrackBufferConfig | None = None, point_tracker: PointTracker | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.config = config or TrackBufferConfig()
+        rc = self.config.refine
+        if point_tracker is None and rc.correspondences == "klt":
+            point_tracker = KltTracker(rc.num_points, realign=rc.klt_realign)
+        self.point_tracker = point_tracker
+        self.clock = clock
+        self.reset()
+
+    @property
+    def needs_images(self) -> bool:
+        """Whether :meth:`step` wants the frame's grayscale image."""
+        return self.point_tracker is not None
+
+    def reset(self) -> None:
+        """Drop every tracklet, point track and refinement (the stream restarted)."""
+        self.buffer = TrackletBuffer(self.config.tracklets)
+        if self.point_tracker is not None:
+            self.point_tracker.reset()
+        self.last_stamp_ns: int | None = None
+        self._jump_ns: int | None = None
+        self._frames = 0
+        self._last_refined: dict[int, RefinedBox] = {}
+
+    def _check_stamp(self, stamp_ns: int) -> tuple[str, bool]:
+        """``(rejected, reset)`` for a new frame's stamp (see :meth:`step`)."""
+        last, jump = self.last_stamp_ns, int(self.config.max_stamp_jump_s * 1e9)
+        if last is None or 0 <= stamp_ns - last <= jump:
+            return "", False
+        if stamp_ns < last:
+            return "", True
+        if self._jump_ns is not None and 0 <= stamp_ns - self._jump_ns <= jump:
+            return "", True  # the stream carries on from the jump: it was real
+        self._jump_ns = stamp_ns
+        return "stamp_jump", False
+
+    def step(self, stamp_ns: int, observations: Sequence[Observation], T_odom_cam: np.ndarray | None, K: np.ndarray,
+             gray: np.ndarray | None = None) -> StepResult:
+        """Advance by one frame.
+
+        A stamp before the last accepted one is a restarted stream (a bag loop): everything is
+        reset, then the frame is used. A stamp more than ``max_stamp_jump_s`` ahead is rejected
+        (``stamp_jump``) unless the next frame continues from it, so one absurd stamp neither
+        resets the tracklets nor makes the following frames look as if time went back.
+
+        Args:
+            stamp_ns: capture time, nanoseconds.
+            observations: the frame's detections, camera optical frame.
+            T_odom_cam: ``(4, 4)`` camera pose in odom at capture, or None when unknown.
+            K: ``(3, 3)`` intrinsics.
+            gray: ``(H, W)`` uint8 image of the frame for the point tracker; None when it is
+                missing (that frame's BA then uses priors only).
+
+        Returns:
+            A :class:`StepResult`.
+        """
+        if not valid_intrinsics(K):
+            return StepResult(assignment=[-1] * len(observations), rejected="intrinsics")
+        rejected, reset = self._check_stamp(int(stamp_ns))
+        if rejected:
+            return StepResult(assignment=[-1] * len(observations), rejected=rejected)
+        if reset:
+            self.reset()
+        self.last_stamp_ns, self._jump_ns = int(stamp_ns), None
+        t0 = self.clock()
+        tracks, assignment = self.buffer.update(int(stamp_ns), list(observations), T_odom_cam, K)
+        point_tracks = None
+        if self.point_tracker is not None and gray is not None:  # followed every frame
+            point_tracks = self.point_tracker.step(int(stamp_ns), gray, tracks)
+        t1 = self.clock()
+        self._frames += 1
+        solve = self._frames % self.config.solve_every_n == 0 or any(t.tracklet_id not in self._last_refined for t in tracks)
+        if solve:
+            boxes = refine_tracklets(tracks, self.config.refine, point_tracks)
+            self._last_refined = {b.tracklet_id: b for b in boxes}
+        else:
+            boxes = [self._last_refined[t.tracklet_id] for t in tracks]
+        t2 = self.clock()
+        return StepResult(boxes, assignment, "", reset, solve, Counter(self.buffer.last_dropped),
+                          {"associate": t1 - t0, "refine": t2 - t1})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,6 +177,18 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / n if n > 0 and np.isfinite(n) else v
 
 
+def observation_problem(o: Observation) -> str:
+    """Why an observation cannot be used (``nonfinite_box``, ``nonfinite_pose``, ``nonfinite_size``,
+    ``nonfinite_std``, ``nonfinite_score``, ``nonfinite_features``), or ``""`` when it can."""
+    checks = (("box", (o.box_2d,)), ("pose", (o.center_cam, o.R_cam_obj)), ("size", (o.size_lwh,)),
+              ("std", ([o.depth_std, o.lateral_std, o.yaw_std],)), ("score", ([o.score],)),
+              ("features", (o.embedding, o.sample_uv, o.descriptors)))
+    for name, arrays in checks:
+        if not all(np.isfinite(np.asarray(a, np.float64)).all() for a in arrays):
+            return f"nonfinite_{name}"
+    return ""
+
+
 class TrackletBuffer:
     """Keeps tracklets, associates each frame's detections to them and expires stale ones.
 
@@ -192,6 +204,7 @@ class TrackletBuffer:
         self.tracks: dict[int, ObjectTrack] = {}
         self._next_id = 1
         self._last_stamp_ns: int | None = None
+        self.last_dropped: dict[str, int] = {}
 
     def update(
         self, stamp_ns: int, observations: list[Observation], T_odom_cam: np.ndarray | None, K: np.ndarray
@@ -206,7 +219,9 @@ class TrackletBuffer:
 
         Returns:
             ``(tracks, assignment)``: the tracklets seen in this frame, and for each observation
-            the tracklet id it was appended to (new tracklets for unmatched detections).
+            the tracklet id it was appended to (new tracklets for unmatched detections), -1 for an
+            observation with a non-finite value, which is left out and counted by reason in
+            ``last_dropped`` (:func:`observation_problem`).
         """
         cfg = self.config
         if T_odom_cam is not None and not np.isfinite(np.asarray(T_odom_cam)).all():
@@ -214,7 +229,9 @@ class TrackletBuffer:
         dt_s = 0.0 if self._last_stamp_ns is None else max(0.0, (stamp_ns - self._last_stamp_ns) * 1e-9)
         self._last_stamp_ns = stamp_ns
         tracks = list(self.tracks.values())
-        ok_obs = [i for i, o in enumerate(observations) if np.isfinite(o.box_2d).all()]
+        problems = [observation_problem(o) for o in observations]
+        ok_obs = [i for i, why in enumerate(problems) if not why]
+        self.last_dropped = dict(Counter(why for why in problems if why))
         assignment = [-1] * len(observations)
         matched_tracks: set[int] = set()
         if tracks and ok_obs:
@@ -270,6 +287,29 @@ class TrackletBuffer:
         return len(self.tracks)
 
 
+def observations_from_arrays(labels: list[str], scores: np.ndarray, box_2d: np.ndarray, center_cam: np.ndarray,
+                             yaw: np.ndarray, size_lwh: np.ndarray, depth_std: np.ndarray, lateral_std: np.ndarray,
+                             yaw_std: np.ndarray, embedding: np.ndarray, sample_uv: np.ndarray,
+                             descriptors: np.ndarray) -> list[Observation]:
+    """One frame's detections as arrays over ``N`` objects -> the buffer's records, camera frame.
+
+    Args:
+        labels: class names; scores ``(N,)``; box_2d ``(N, 4)`` px; center_cam ``(N, 3)`` m;
+            yaw ``(N,)`` KITTI rotation_y; size_lwh ``(N, 3)`` m; depth_std, lateral_std (m),
+            yaw_std (rad) ``(N,)``; embedding ``(N, E)``; sample_uv ``(N, S, 2)`` px;
+            descriptors ``(N, S, D)``.
+    """
+    n = len(labels)
+    if n == 0:
+        return []
+    R = rotation_cam_from_yaw(torch.as_tensor(np.asarray(yaw, np.float64))).numpy()
+    box = np.asarray(box_2d, np.float64)
+    return [Observation(box_2d=box[i], center_cam=center_cam[i], R_cam_obj=R[i], size_lwh=size_lwh[i],
+                        depth_std=float(depth_std[i]), lateral_std=float(lateral_std[i]), yaw_std=float(yaw_std[i]),
+                        score=float(scores[i]), class_label=labels[i], embedding=embedding[i], sample_uv=sample_uv[i],
+                        descriptors=descriptors[i]) for i in range(n)]
+
+
 def observations_from_detections(det: Any, names: list[str]) -> list[Observation]:
     """Decoded detector output (``core.detection.decode.Detections``) -> the buffer's records, camera frame.
 
@@ -282,14 +322,10 @@ def observations_from_detections(det: Any, names: list[str]) -> list[Observation
         return []
     if len(names) != n:
         raise TrackletError(f"need one class name per detection ({n}), got {len(names)}")
-    R = rotation_cam_from_yaw(det.yaw.double()).numpy()
-    box, ctr, size = det.box_2d.double().numpy(), det.center_cam.double().numpy(), det.size_lwh.double().numpy()
-    emb, uv, desc = det.embedding.float().numpy(), det.sample_uv.float().numpy(), det.descriptors.float().numpy()
-    sc = det.scores.float().numpy()
-    d_std, l_std, y_std = (t.float().numpy() for t in (det.depth_std, det.lateral_std, det.yaw_std))
-    return [Observation(box_2d=box[i], center_cam=ctr[i], R_cam_obj=R[i], size_lwh=size[i], depth_std=float(d_std[i]),
-                        lateral_std=float(l_std[i]), yaw_std=float(y_std[i]), score=float(sc[i]), class_label=names[i],
-                        embedding=emb[i], sample_uv=uv[i], descriptors=desc[i]) for i in range(n)]
+    f64, f32 = (lambda t: t.double().numpy()), (lambda t: t.float().numpy())  # noqa: E731
+    return observations_from_arrays(names, f32(det.scores), f64(det.box_2d), f64(det.center_cam), f64(det.yaw),
+                                    f64(det.size_lwh), f32(det.depth_std), f32(det.lateral_std), f32(det.yaw_std),
+                                    f32(det.embedding), f32(det.sample_uv), f32(det.descriptors))
 
 
 def observation_from_box(

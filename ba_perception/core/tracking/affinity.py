@@ -138,7 +138,6 @@ def edge_affinity_batch(
     cov_tracks: np.ndarray | None = None,
     cov_dets: np.ndarray | None = None,
     image_sq: np.ndarray | None = None,
-    image_only: bool = False,
 ) -> np.ndarray:
     """Affinity matrices ``(B, n2*n1, n2*n1)`` of padded graph-matching problems.
 
@@ -159,8 +158,8 @@ def edge_affinity_batch(
             error shared by the whole frame cancels in both differences), i.e.
             ``w_edge * exp(-d^2 / 2)``.
         image_sq: optional ``(B, n2, n1, n2, n1)`` normalised squared disagreement of the image
-            layout (:func:`image_edge_sq`, NaN where unknown), added to the 3D term's
-            ``d^2 / sigma^2`` (or replacing it where known when ``image_only``).
+            layout (:func:`image_edge_sq`, NaN where unknown); where known it replaces the 3D
+            term's ``d^2 / sigma^2``.
     """
     B, n1, n2 = node.shape
     # diff[b, a, i, c, j] = (p_i - p_j) - (q_a - q_c)
@@ -175,7 +174,7 @@ def edge_affinity_batch(
         sq = np.einsum("...k,...k->...", diff, sol)
     if image_sq is not None:
         known = np.isfinite(image_sq)
-        sq = np.where(known, image_sq, sq) if image_only else sq + np.where(known, image_sq, 0.0)
+        sq = np.where(known, image_sq, sq)
     e = w_edge * np.exp(-0.5 * sq)
     g = gate.transpose(0, 2, 1)  # (B, n2, n1): [b, a, i]
     e = e * g[:, :, :, None, None] * g[:, None, None, :, :]

@@ -92,8 +92,3 @@ def update(
     P_new = 0.5 * (P_new + P_new.transpose(0, 2, 1))
     return x_new, P_new
 
-
-def mahalanobis_sq(diff: np.ndarray, S: np.ndarray) -> np.ndarray:
-    """Squared Mahalanobis distances ``diff^T S^-1 diff`` for ``(K, 3)`` diffs and ``(K, 3, 3)`` S."""
-    sol = np.linalg.solve(S, diff[:, :, None])[:, :, 0]
-    return np.einsum("ki,ki->k", diff, sol)

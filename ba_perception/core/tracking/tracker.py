@@ -37,7 +37,7 @@ from ba_perception.core.tracking.types import (
     TrackOutput,
 )
 
-METHODS = ("graph", "hungarian_3d", "hungarian_iou", "hungarian_node")
+METHODS = ("graph", "hungarian_3d", "hungarian_iou")
 MAX_COORD_M = 1e6  # detections with a centre coordinate beyond this (metres) are invalid
 MAX_SPEED_MPS = 1e3  # velocity measurements faster than this are ignored
 EMB_DIM_SWITCH_FRAMES = 3  # consecutive frames of another embedding length before the tracker adopts it
@@ -78,24 +78,21 @@ class TrackerConfig:
 
     Attributes:
         method: ``graph`` (3D + appearance + IoU nodes, relative-position edges, QAP),
-            ``hungarian_3d`` (Mahalanobis only), ``hungarian_iou`` (2D IoU only, no motion gate),
-            ``hungarian_node`` (the graph method's node affinity, linear assignment).
+            ``hungarian_3d`` (Mahalanobis only), ``hungarian_iou`` (2D IoU only, no motion gate).
         solver: graph-matching solver, one of ``matching.QAP_SOLVERS``.
         chi2_gate: gate on squared Mahalanobis distance (3 dof, 16.27 = 99.9 %).
         max_gate_m: hard cap on centre distance for any match, metres.
         iou_gate: minimum 2D IoU for ``hungarian_iou``.
-        w_3d, w_app, w_iou: node affinity weights. app_gate: pairs whose embeddings both exist and
-            have cosine below this never match.
+        w_3d, w_app, w_iou: node affinity weights.
         w_edge, edge_sigma_m: edge affinity weight and relative-position tolerance, metres.
         edge_mahalanobis: measure relative-position disagreement under the four centres'
             covariances (plus ``edge_sigma_m^2 I``) instead of the isotropic ``edge_sigma_m``.
-        edge_image: image layout in the edges: ``off`` (3D only), ``add`` (3D and image terms
-            multiply) or ``replace`` (image term where both tracks were seen last frame, 3D else).
-        edge_image_sigma: image-layout tolerance as a fraction of the box height.
+        edge_image_sigma: the edges use the image layout where both tracks were seen last frame
+            (the 3D term elsewhere), with this tolerance as a fraction of the box height.
         max_qap_size: components with more tracks or detections than this use linear assignment.
         rrwm_iters, rrwm_sk_iters: outer and Sinkhorn iteration caps of the ``rrwm`` solver.
         min_affinity: minimum node affinity of an accepted match.
-        rescue_iou, rescue_cos, rescue_max_m: appearance rescue of the ``graph`` / ``hungarian_node``
+        rescue_iou, rescue_cos, rescue_max_m: appearance rescue of the ``graph``
             gate (``rescue_iou`` 0 disables it). A track matched last frame with no candidate inside
             the 3D gate gets a detection as a candidate (3D term 0) when its last 2D box overlaps the
             detection's by IoU >= ``rescue_iou``, their embeddings agree with cosine >= ``rescue_cos``
@@ -109,15 +106,11 @@ class TrackerConfig:
         reid_radius_m, reid_speed_tol_mps: re-id gate radius around the constant-velocity
             extrapolation: ``radius_m + speed_tol * time_since_seen``.
         dup_dist_m: same-class detections closer than this are duplicates (lower score dropped).
-        ego_std_m: ego-motion / camera pose uncertainty added to every detection's x and y
-            variance, metres (errors shared by a whole frame, which edges are invariant to).
         time_reset_gap_s: a forward stamp jump larger than this resets like a backward jump.
         yaw_gain: blend factor of a new yaw measurement. size_window, emb_window: running-mean
             lengths of size and appearance embedding.
         min_score_new: minimum detection score to start a track (lower-scored detections only
             extend existing tracks).
-        static_velocity_std_mps: a detection the object BA judged static (``Detections.static``)
-            also measures the track's velocity as zero with this std, m/s; 0 = off.
         velocity_std_mps: a detection with a velocity (``Detections.velocities``, the object BA's,
             not judged static) also measures the track's velocity, with its covariance plus this
             std squared (m/s; a floor: the object BA's covariance is overconfident), and a new
@@ -138,11 +131,9 @@ class TrackerConfig:
     w_3d: float = 1.0
     w_app: float = 2.0
     w_iou: float = 0.5
-    app_gate: float = -1.0
     w_edge: float = 0.25
     edge_sigma_m: float = 1.0
     edge_mahalanobis: bool = True
-    edge_image: str = "replace"
     edge_image_sigma: float = 0.5
     max_qap_size: int = 10
     rrwm_iters: int = 15
@@ -160,13 +151,11 @@ class TrackerConfig:
     reid_radius_m: float = 2.0
     reid_speed_tol_mps: float = 2.0
     dup_dist_m: float = 0.25
-    ego_std_m: float = 0.0
     time_reset_gap_s: float = 10.0
     yaw_gain: float = 0.5
     size_window: int = 20
     emb_window: int = 3
     min_score_new: float = 0.2
-    static_velocity_std_mps: float = 0.0
     velocity_std_mps: float = 2.0
     max_detections: int = 256
     max_tracks: int = 512
@@ -188,10 +177,8 @@ class TrackerConfig:
             raise TrackerConfigError("n_init must be >= 1 and max ages >= 0")
         if self.chi2_gate <= 0 or self.max_gate_m <= 0 or self.edge_sigma_m <= 0:
             raise TrackerConfigError("chi2_gate, max_gate_m and edge_sigma_m must be > 0")
-        if self.edge_image not in ("off", "add", "replace") or self.edge_image_sigma <= 0:
-            raise TrackerConfigError("edge_image must be off, add or replace and edge_image_sigma > 0")
-        if not self.static_velocity_std_mps >= 0:
-            raise TrackerConfigError(f"static_velocity_std_mps must be >= 0, got {self.static_velocity_std_mps}")
+        if self.edge_image_sigma <= 0:
+            raise TrackerConfigError("edge_image_sigma must be > 0")
         if not self.velocity_std_mps >= 0:
             raise TrackerConfigError(f"velocity_std_mps must be >= 0, got {self.velocity_std_mps}")
         if self.max_detections < 1 or self.max_tracks < 1 or not 0 <= self.first_track_id < 2**62:
@@ -456,10 +443,6 @@ class Tracker:
             c["bad_covariance"] += int(m - good.sum())
             R = np.where(good[:, None, None], Rd, R)
         R_own = R
-        if self.config.ego_std_m > 0:
-            R = R.copy()
-            R[:, 0, 0] += self.config.ego_std_m**2
-            R[:, 1, 1] += self.config.ego_std_m**2
         # Duplicates: a detection with a higher-scored same-class neighbour closer than dup_dist_m.
         if m > 1:
             diff = pos[:, None, :] - pos[None, :, :]
@@ -531,11 +514,9 @@ class Tracker:
             iou = iou_2d_np(t.box, f.box)
             valid = same & t.has_box[:, None] & f.has_box[None, :] & (iou >= cfg.iou_gate)
             return hungarian(iou, valid)
-        use_app = cfg.method in ("graph", "hungarian_node") and self._emb_dim > 0
+        use_app = cfg.method == "graph" and self._emb_dim > 0
         if use_app:
             cos, has_cos = cosine_matrix(t.emb, t.has_emb, f.emb, f.has_emb)
-            if cfg.app_gate > -1.0:
-                same = same & ~(has_cos & (cos < cfg.app_gate))
         dist2 = centre_dist2(t.x[:, :3], f.pos)
         ti, di, d2 = gate_3d(t.x[:, :3], t.P[:, :3, :3], f.pos, f.R, same, cfg.chi2_gate, cfg.max_gate_m, dist2)
         if use_app and cfg.rescue_iou > 0:
@@ -563,7 +544,7 @@ class Tracker:
         gate = np.zeros((T, N), dtype=bool)
         node[ti, di] = aff
         gate[ti, di] = True
-        if cfg.method == "hungarian_node" or ti.size == 0:
+        if ti.size == 0:
             return hungarian(node, gate)
         score = self._graph_scores(t, f, ti, di, node, gate)
         return hungarian(score, gate)
@@ -646,13 +627,11 @@ class Tracker:
             eye = np.eye(3)
             ct = np.where(vr[:, :, None, None], t.P[rp, :3, :3], eye)
             cd = np.where(vc[:, :, None, None], f.R_own[cpd], eye)
-        isq = None
-        if cfg.edge_image != "off":
-            ok_t = vr & t.has_box[rp] & (t.misses[rp] == 0)
-            ok_d = vc & f.has_box[cpd]
-            isq = image_edge_sq(np.where(ok_t[..., None], t.box[rp], 0.0), ok_t,
-                                np.where(ok_d[..., None], f.box[cpd], 0.0), ok_d, cfg.edge_image_sigma)
-        K = edge_affinity_batch(rel_t, rel_d, nb, gb, cfg.edge_sigma_m, cfg.w_edge, ct, cd, isq, cfg.edge_image == "replace")
+        ok_t = vr & t.has_box[rp] & (t.misses[rp] == 0)
+        ok_d = vc & f.has_box[cpd]
+        isq = image_edge_sq(np.where(ok_t[..., None], t.box[rp], 0.0), ok_t,
+                            np.where(ok_d[..., None], f.box[cpd], 0.0), ok_d, cfg.edge_image_sigma)
+        K = edge_affinity_batch(rel_t, rel_d, nb, gb, cfg.edge_sigma_m, cfg.w_edge, ct, cd, isq)
         try:
             X = solve_qap(K, s1, s2, cfg.solver, cfg.rrwm_iters, cfg.rrwm_sk_iters)
             if not np.isfinite(X).all():
@@ -743,16 +722,13 @@ class Tracker:
     def _measure_velocity(self, x: np.ndarray, P: np.ndarray, d: Detections, orig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Kalman update of states ``x`` / ``P`` with the object BA's velocity evidence of detections ``orig``.
 
-        Detections it judged static measure zero velocity (``static_velocity_std_mps``), the others
-        their own velocity where known (its covariance plus ``velocity_std_mps`` squared); a zero
-        std turns that kind off.
+        Detections it judged static measure nothing here; the others their own velocity where known
+        (its covariance plus ``velocity_std_mps`` squared); a zero std turns it off.
         """
         cfg = self.config
         n = orig.size
         static = d.static[orig] if d.static is not None else np.zeros(n, dtype=bool)
         z, var = np.full((n, 3), np.nan), np.zeros(n)
-        if cfg.static_velocity_std_mps > 0:
-            z[static], var[static] = 0.0, cfg.static_velocity_std_mps**2
         if cfg.velocity_std_mps > 0 and d.velocities is not None:
             z[~static], var[~static] = d.velocities[orig][~static], cfg.velocity_std_mps**2
         ok = np.isfinite(z).all(1) & (np.abs(np.nan_to_num(z)) <= MAX_SPEED_MPS).all(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,16 +93,67 @@ class Detections:
         return cls(np.zeros((0, 3)), np.zeros(0), np.zeros((0, 3)), [])
 
     @classmethod
+    def from_boxes(cls, centers: np.ndarray, yaws: np.ndarray, sizes: np.ndarray, labels: Sequence[str],
+                   scores: np.ndarray, boxes_2d: np.ndarray, embeddings: Sequence[np.ndarray], covariances: np.ndarray,
+                   refined: np.ndarray | None = None, is_static: np.ndarray | None = None,
+                   velocities: np.ndarray | None = None, velocity_covariances: np.ndarray | None = None) -> Detections:
+        """The tracker's input from boxes in odom: the one place the input's conventions are applied.
+
+        Every producer (track_buffer_node's Detection3DArray in tracker_node, the object BA's
+        boxes in evaluation and benchmarks, single-frame observations) comes through here.
+
+        Args:
+            centers: ``(N, 3)`` odom, m. yaws: ``(N,)`` rad about odom +z. sizes, labels, scores,
+                boxes_2d: as the constructor.
+            embeddings: one vector per box; passed on only when all have the same non-zero length.
+            covariances: ``(N, 3, 3)`` centre covariance, m^2; one without a positive diagonal
+                becomes NaN (unknown: the tracker uses its class default).
+            refined, is_static: ``(N,)`` bool from the object BA, or None (single-frame boxes):
+                ``static`` is ``refined & is_static``.
+            velocities, velocity_covariances: ``(N, 3)`` m/s and ``(N, 3, 3)``; rows of boxes that
+                are not refined become NaN (unknown).
+        """
+        n = len(labels)
+        if n == 0:
+            return cls.empty()
+        try:
+            return cls._from_boxes(n, centers, yaws, sizes, labels, scores, boxes_2d, embeddings, covariances, refined,
+                                   is_static, velocities, velocity_covariances)
+        except ValueError as err:  # ragged or mis-sized per-box values
+            if isinstance(err, TrackingInputError):
+                raise
+            raise TrackingInputError(f"inconsistent detection arrays: {err}") from err
+
+    @classmethod
+    def _from_boxes(cls, n, centers, yaws, sizes, labels, scores, boxes_2d, embeddings, covariances, refined, is_static,
+                    velocities, velocity_covariances) -> Detections:
+        cov = np.array(covariances, np.float64).reshape(n, 3, 3)
+        cov[~(np.diagonal(cov, axis1=1, axis2=2) > 0).all(axis=1)] = np.nan
+        emb = [np.asarray(e, np.float64).ravel() for e in embeddings]
+        dims = {e.size for e in emb}
+        static = vel = vcov = None
+        if refined is not None:
+            ref = np.asarray(refined, bool).reshape(n)
+            static = ref & np.asarray(is_static, bool).reshape(n)
+            vel = np.where(ref[:, None], np.asarray(velocities, np.float64).reshape(n, 3), np.nan)
+            vcov = np.asarray(velocity_covariances, np.float64).reshape(n, 3, 3)
+        return cls(centers=np.asarray(centers, np.float64).reshape(n, 3), yaws=np.asarray(yaws, np.float64).reshape(n),
+                   sizes=np.asarray(sizes, np.float64).reshape(n, 3), labels=list(labels),
+                   scores=np.asarray(scores, np.float64).reshape(n), boxes_2d=np.asarray(boxes_2d, np.float64).reshape(n, 4),
+                   embeddings=np.stack(emb) if len(dims) == 1 and 0 not in dims else None, covariances=cov,
+                   static=static, velocities=vel, velocity_covariances=vcov)
+
+    @classmethod
     def from_camera(cls, T_odom_cam: np.ndarray, centers_cam: np.ndarray, rotation_y: np.ndarray, depth_std: np.ndarray,
-                    lateral_std: np.ndarray, sizes: np.ndarray, labels: list[str] | np.ndarray, scores: np.ndarray | None = None,
-                    boxes_2d: np.ndarray | None = None, embeddings: np.ndarray | None = None) -> Detections:
+                    lateral_std: np.ndarray, sizes: np.ndarray, labels: Sequence[str], scores: np.ndarray,
+                    boxes_2d: np.ndarray, embeddings: Sequence[np.ndarray]) -> Detections:
         """Single-frame camera detections moved to odom, with the ray-shaped centre covariance.
 
         Args:
             T_odom_cam: ``(4, 4)`` camera optical frame in odom at capture.
             centers_cam: ``(N, 3)`` box centres, camera frame, metres. rotation_y: ``(N,)`` KITTI yaw.
             depth_std, lateral_std: ``(N,)`` metres along / across the viewing ray.
-            sizes, labels, scores, boxes_2d, embeddings: as the constructor.
+            sizes, labels, scores, boxes_2d, embeddings: as :meth:`from_boxes`.
         """
         if len(centers_cam) == 0:
             return cls.empty()
@@ -115,8 +167,7 @@ class Detections:
         cov_cam = geometry.ray_covariance(ct, torch.as_tensor(np.asarray(depth_std, np.float64)),
                                           torch.as_tensor(np.asarray(lateral_std, np.float64)))
         R = Tt[:3, :3]
-        return cls(centers=c.numpy(), yaws=yaw.numpy(), sizes=sizes, labels=labels, scores=scores, boxes_2d=boxes_2d,
-                   embeddings=embeddings, covariances=(R @ cov_cam @ R.T).numpy())
+        return cls.from_boxes(c.numpy(), yaw.numpy(), sizes, labels, scores, boxes_2d, embeddings, (R @ cov_cam @ R.T).numpy())
 
 
 @dataclass

@@ -15,10 +15,6 @@ PED_SIZE = np.array([0.8, 0.6, 1.75])
 CYC_SIZE = np.array([1.76, 0.6, 1.73])
 
 
-class SceneError(ValueError):
-    """Raised when a scene cannot be generated from the given configuration."""
-
-
 @dataclass
 class Road:
     """A flat road centreline sampled every ``ds`` metres (odom frame, z = 0).

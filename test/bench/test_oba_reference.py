@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ba_perception.core.oba.reference import have_pycolmap, solve_with_pycolmap
+from ba_perception.bench.oba_reference import have_pycolmap, solve_with_pycolmap
 from ba_perception.core.oba.solver import SolverOptions, effective_observation_mask, problem_cost, solve
-from ba_perception.core.oba.synthetic import make_batch
+from ba_perception.data.oba_problems import make_batch
 
 pytestmark = pytest.mark.skipif(not have_pycolmap(), reason="pycolmap (test/bench dependency) is not installed")
 
