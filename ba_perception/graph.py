@@ -33,6 +33,7 @@ SIGKILL_TIMEOUT_S = 5.0  # then SIGKILL after this long
 COLCON_BUILD = "colcon build --base-paths src src/ba_perception/ba_perception_msgs --packages-up-to ba_perception"
 
 ParameterValue = Union[bool, int, float, str, list]
+_PLAIN = re.compile(r"[A-Za-z0-9_/.][A-Za-z0-9_/.:~+@-]*")  # a string rcl's -p reads as written
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
 
 
@@ -368,7 +369,6 @@ def ros_arg_value(value: ParameterValue) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(ros_arg_value(v) for v in value) + "]"
     text = str(value)
-    if text and parameter_value(text) == text and not any(c in text for c in ",[]{}#&*!|>'\"%@`") \
-            and text.strip() == text:
+    if _PLAIN.fullmatch(text) and parameter_value(text) == text:
         return text
-    return yaml.safe_dump(text, default_style="'").strip().removesuffix("\n...").strip()
+    return "'" + text.replace("'", "''") + "'"  # a single-quoted YAML scalar is always a string
