@@ -1,7 +1,8 @@
 """The node graph of the stack, in one place: read by launch/stack.launch.py and `ba-perception launch`.
 
 :data:`LAUNCH_ARGUMENTS` declares the launch arguments (one syntax for both launchers:
-``ros2 launch ... name:=value`` and ``ba-perception launch --name value``); :data:`NODES` lists the
+``ros2 launch ... name:=value`` and ``ba-perception launch name:=value`` or ``--name value``, with
+the same comma-separated ``remap:="FROM:=TO,FROM:=TO"``); :data:`NODES` lists the
 nodes, the argument values that enable each one and the node parameters each argument sets.
 :func:`plan_graph` turns the argument strings into the node list with *typed* parameter values
 (YAML rules, as ``ros2 param set`` and ``-p`` use) and remappings, and rejects an unknown argument

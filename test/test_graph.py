@@ -209,3 +209,15 @@ def test_launch_file_refuses_rviz_without_rviz2_before_any_node():
     opaque = [e for e in desc.entities if isinstance(e, OpaqueFunction)]
     with pytest.raises(RuntimeError, match="rviz2 is not installed"):
         opaque[0].execute(context)
+
+
+def test_a_workspace_built_without_the_messages_stops_before_any_node(monkeypatch):
+    """`colcon build` without --base-paths builds only ba_perception: say how to build both, start nothing."""
+    import ba_perception.graph as graph
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(graph.importlib.util, "find_spec",
+                        lambda name, *a: None if name == graph.MSGS_PACKAGE else real(name, *a))
+    with pytest.raises(GraphError) as err:
+        plan_graph({"source": "none"})
+    assert graph.COLCON_BUILD in str(err.value)
