@@ -1,7 +1,8 @@
 """The node graph of the stack, in one place: read by launch/stack.launch.py and `ba-perception launch`.
 
 :data:`LAUNCH_ARGUMENTS` declares the launch arguments (one syntax for both launchers:
-``ros2 launch ... name:=value`` and ``ba-perception launch --name value``); :data:`NODES` lists the
+``ros2 launch ... name:=value`` and ``ba-perception launch name:=value`` or ``--name value``, with
+the same comma-separated ``remap:="FROM:=TO,FROM:=TO"``); :data:`NODES` lists the
 nodes, the argument values that enable each one and the node parameters each argument sets.
 :func:`plan_graph` turns the argument strings into the node list with *typed* parameter values
 (YAML rules, as ``ros2 param set`` and ``-p`` use) and remappings, and rejects an unknown argument
@@ -33,6 +34,7 @@ SIGKILL_TIMEOUT_S = 5.0  # then SIGKILL after this long
 COLCON_BUILD = "colcon build --base-paths src src/ba_perception/ba_perception_msgs --packages-up-to ba_perception"
 
 ParameterValue = Union[bool, int, float, str, list]
+_PLAIN = re.compile(r"[A-Za-z0-9_/.][A-Za-z0-9_/.:~+@-]*")  # a string rcl's -p reads as written
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
 
 
@@ -368,7 +370,6 @@ def ros_arg_value(value: ParameterValue) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(ros_arg_value(v) for v in value) + "]"
     text = str(value)
-    if text and parameter_value(text) == text and not any(c in text for c in ",[]{}#&*!|>'\"%@`") \
-            and text.strip() == text:
+    if _PLAIN.fullmatch(text) and parameter_value(text) == text:
         return text
-    return yaml.safe_dump(text, default_style="'").strip().removesuffix("\n...").strip()
+    return "'" + text.replace("'", "''") + "'"  # a single-quoted YAML scalar is always a string

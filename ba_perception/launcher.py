@@ -222,7 +222,7 @@ class Launcher:
                     r.crashes.append(now)
                     delay = self.respawn_delay(r, now)
                     r.restart_at = now + delay
-                    self.log(f"[launch] {r.spec.name} exited with {code}; restart {r.restarts + 1} in {delay:.1f} s "
+                    self.log(f"[launch] {r.spec.name} exited with {code}; restart {r.restarts + 1} in {delay:.2f} s "
                              f"({len(r.crashes)} crash(es) in the last {self.respawn_window_s:.0f} s)")
                 elif now >= r.restart_at:
                     r.restarts += 1

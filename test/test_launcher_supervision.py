@@ -35,3 +35,27 @@ def test_failed_player_stops_the_graph_at_once_with_an_error():
     assert launcher.run() == 1
     assert time.monotonic() - t0 < 10.0
     assert all(r.proc.poll() is not None for r in launcher.running)
+
+
+def test_crashing_node_is_restarted_with_growing_back_off_and_never_given_up():
+    """A node that keeps crashing is restarted more than 5 times, each wait twice the one before
+    (up to the cap); crashes older than the window no longer count."""
+    lines: list[str] = []
+    crasher = NodeSpec("crasher", "crasher", respawn=True)
+    launcher = Launcher([], {}, None, [], [], log=lines.append, respawn_delay_s=0.02, respawn_max_delay_s=0.16,
+                        respawn_window_s=30.0)
+    launcher.cmds = [(crasher, [sys.executable, "-c", "raise SystemExit(3)"])]
+    launcher.start()
+    try:
+        deadline = time.monotonic() + 60.0
+        while sum("restarted crasher" in line for line in lines) < 7 and time.monotonic() < deadline:
+            assert launcher.poll()
+            time.sleep(0.005)
+    finally:
+        launcher.shutdown()
+    delays = [float(line.split(" in ")[1].split(" s")[0]) for line in lines if "exited with 3; restart" in line]
+    assert delays[:7] == [0.02, 0.04, 0.08, 0.16, 0.16, 0.16, 0.16]
+    r = launcher.running[0]
+    assert r.restarts >= 7
+    # after a quiet window the back-off starts over
+    assert launcher.respawn_delay(r, time.monotonic() + 31.0) == 0.02

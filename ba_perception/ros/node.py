@@ -163,50 +163,52 @@ class PerceptionNode(Node):
 def run_node(node_cls: type[Node], argv: Sequence[str] | None = None, **kwargs: Any) -> int:
     """``main()`` body shared by all nodes: init rclpy, announce readiness, spin, clean exit.
 
-    SIGINT or SIGTERM (``ros2 launch``, the project launcher, Ctrl-C in a terminal, which may send
-    SIGINT twice) stops the node: no traceback, ``close()`` and ``destroy_node()`` run once, exit 0.
-    Run as a process of its own (``argv`` None: a console script), the process then ends at once
-    instead of going through the interpreter's teardown (seconds with torch loaded).
+    SIGINT or SIGTERM (``ros2 launch``, the project launcher, Ctrl-C in a terminal, which sends
+    SIGINT twice under ``ros2 launch``) stops the node between two callbacks: no traceback, no
+    callback cut off, ``close()`` and ``destroy_node()`` once, exit 0. Run as a process of its own
+    (``argv`` None: a console script), the process then ends at once instead of going through the
+    interpreter's teardown (seconds with torch loaded).
 
     Returns the process exit code: 0 on a clean shutdown, 2 on an invalid parameter or a startup
     error, else the node's ``exit_code`` attribute when it sets one.
     """
-    interrupted = _catch_interrupts()
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    stop = _StopSignals()
     args = list(sys.argv if argv is None else argv)
     code = 0
     node = None
     try:
-        rclpy.init(args=args)
-        if interrupted:
-            raise KeyboardInterrupt
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         node = node_cls(cli_args=remove_ros_args(args)[1:], **kwargs) if _takes_cli(node_cls) else node_cls(**kwargs)
-        if interrupted:
-            raise KeyboardInterrupt
         announce_ready(node)
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        stop.spinning = True  # from now on a signal only ends this loop (checked every SPIN_PERIOD_S)
+        while rclpy.ok() and not stop.received:
+            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (ParameterError, StartupError, FileNotFoundError) as err:
-        if not interrupted:
-            print(f"{node_cls.__name__}: error: {err}", file=sys.stderr)
-            code = 2
-    except Exception:
-        if not interrupted:  # stopped while starting (the context went away under the constructor): clean
-            raise
+        print(f"{node_cls.__name__}: error: {err}", file=sys.stderr)
+        code = 2
     finally:
-        try:
-            if node is not None:
-                close = getattr(node, "close", None)
-                if close is not None:
-                    close()
-                node.destroy_node()
-        finally:
-            if rclpy.ok():
-                rclpy.try_shutdown()
+        stop.spinning = True  # a signal during cleanup is noted, never raised
+        if rclpy.ok():
+            rclpy.try_shutdown()  # ends the node's own threads (they watch rclpy.ok())
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+            node.destroy_node()
     code = code or int(getattr(node, "exit_code", 0) or 0)
     if argv is None:
         _exit_now(code)
     return code
+
+
+SPIN_PERIOD_S = 0.1  # longest a node takes to notice SIGINT/SIGTERM while idle
 
 
 def announce_ready(node: Node) -> None:
@@ -225,28 +227,26 @@ def announce_ready(node: Node) -> None:
     node._ba_ready_pub.publish(status)
 
 
-class _Interrupts(list):
-    """Truthy once SIGINT/SIGTERM arrived (a list of the signal numbers)."""
+class _StopSignals:
+    """SIGINT/SIGTERM handling of a node process (rclpy's own handlers are off).
 
-
-def _catch_interrupts() -> _Interrupts:
-    """Record SIGINT/SIGTERM in Python instead of raising KeyboardInterrupt.
-
-    Installed before ``rclpy.init``, whose own handlers (which shut the context down and so end
-    ``spin``) chain to these: a second Ctrl-C during cleanup no longer raises in ``destroy_node``.
+    While the node starts (models loading), the first signal raises KeyboardInterrupt so it stops
+    at once; once it spins, and during cleanup, a signal is only recorded: the spin loop ends after
+    the callback in progress, and a second Ctrl-C cannot interrupt ``destroy_node()``.
     """
-    import signal
 
-    seen = _Interrupts()
+    def __init__(self) -> None:
+        import signal
 
-    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
-        seen.append(signum)
-        if rclpy.ok():
-            rclpy.try_shutdown()  # before rclpy.init installed its handler, or if it did not act
+        self.received: list[int] = []
+        self.spinning = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
-    return seen
+    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        self.received.append(signum)
+        if not self.spinning and len(self.received) == 1:
+            raise KeyboardInterrupt
 
 
 def _exit_now(code: int) -> None:

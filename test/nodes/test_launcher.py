@@ -60,7 +60,7 @@ def test_launcher_restarts_killed_node_and_stops_on_sigint(ros_env, tmp_path):
         first = _pids(log.read_text(), "visualizer_node")[0]
         monitor = _pids(log.read_text(), "latency_monitor")[0]
         os.kill(first, signal.SIGKILL)
-        wait_for(lambda: "visualizer_node exited with -9; restart 1 in 1.0 s" in log.read_text(), 20, what="restart")
+        wait_for(lambda: "visualizer_node exited with -9; restart 1 in 1.00 s" in log.read_text(), 20, what="restart")
         wait_for(lambda: len(_pids(log.read_text(), "visualizer_node")) == 2, 20, what="a new visualizer_node")
         second = _pids(log.read_text(), "visualizer_node")[1]
         assert second != first and _alive(second)
