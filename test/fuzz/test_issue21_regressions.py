@@ -426,3 +426,19 @@ def test_d12_decompression_bomb_is_rejected_from_its_header(ctx):
     with pytest.raises(ImageError) as err:
         compressed_to_rgb(medium)
     assert err.value.reason == "too_large" and "max_decoded_pixels" in str(err.value)
+
+
+# ---------------------------------------------------------------------------- stall report
+def test_diagnostics_report_the_age_of_each_output(ctx):
+    from ba_perception.nodes.tracker_node import TrackerNode
+
+    node = ctx.create(TrackerNode, first_track_id=1)
+    h = Harness(node, node.on_input, node.worker)
+    diags = []
+    node._diag_pub.publish = diags.append
+    node.publish_diagnostics()
+    assert not any(kv.key.startswith("output_age_ms.") for kv in diags[-1].status[0].values)
+    h.feed(node.p["input_topic"], detections(0, np.random.default_rng(0)))
+    node.publish_diagnostics()
+    ages = {kv.key: int(kv.value) for kv in diags[-1].status[0].values if kv.key.startswith("output_age_ms.")}
+    assert list(ages) == [f"output_age_ms.{node.p['output_topic']}"] and 0 <= ages[f"output_age_ms.{node.p['output_topic']}"] < 5000
