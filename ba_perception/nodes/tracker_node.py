@@ -91,9 +91,10 @@ class TrackerNode(PerceptionNode):
         start = wall_ns()
         stamp = stamp_ns(msg)
         if self.last_stamp is not None and stamp < self.last_stamp:
+            # The tracker resets itself on the backward stamp; the ego-motion buffer is not reset here: it resets
+            # when the odometry itself goes back (counted as odom_backwards), so odometry already received for
+            # this frame is not thrown away (one absurd future stamp would otherwise cost the next frames).
             self.reject("stamp_backwards", "input stamp went backwards; tracks reset (bag looped?)")
-            if self.ego is not None:
-                self.ego.reset()
         self.last_stamp = stamp
         if self.p["input_type"] == "detections" and msg.header.frame_id != self.p["odom_frame"]:
             self.reject("frame_id", f"detections are in frame {msg.header.frame_id!r}, expected odom_frame "

@@ -442,3 +442,22 @@ def test_diagnostics_report_the_age_of_each_output(ctx):
     node.publish_diagnostics()
     ages = {kv.key: int(kv.value) for kv in diags[-1].status[0].values if kv.key.startswith("output_age_ms.")}
     assert list(ages) == [f"output_age_ms.{node.p['output_topic']}"] and 0 <= ages[f"output_age_ms.{node.p['output_topic']}"] < 5000
+
+
+def test_d7_tracker_side_an_absurd_future_stamp_does_not_cost_the_next_frame(ctx):
+    from ba_perception.nodes.tracker_node import TrackerNode
+
+    node = ctx.create(TrackerNode, input_type="observations", input_topic="/obs", first_track_id=1, ego_wait_s=0.0)
+    h = Harness(node, node.on_input, node.worker)
+    rng = np.random.default_rng(0)
+    out = h.published[node.p["output_topic"]]
+    for k in range(3):
+        h.feed("/odom", odometry(k))
+        h.feed("/obs", observations(k, rng))
+    absurd = observations(3, rng)
+    absurd.header.stamp.sec = 2**31 - 1
+    h.feed("/obs", absurd)  # no odometry there: rejected as missing_ego_motion
+    h.feed("/odom", odometry(3))
+    h.feed("/obs", observations(3, rng))  # counted as stamp_backwards, but its odometry is still there
+    assert node.counters["rejected.stamp_backwards"] == 1 and node.counters["rejected.missing_ego_motion"] == 1
+    assert len(out) == 4 and out[-1].header.stamp == stamp(3)
