@@ -44,13 +44,13 @@ TRACKER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("min_score_new", _DEFAULTS.min_score_new, "minimum detection score to start a track", min=0.0),
     ParamSpec("static_velocity_std_mps", _DEFAULTS.static_velocity_std_mps, "detections the object BA judged static "
               "also measure the track's velocity as zero with this std, m/s; 0 = off", min=0.0),
+    ParamSpec("velocity_std_mps", _DEFAULTS.velocity_std_mps, "refined moving detections also measure the track's "
+              "velocity (their covariance plus this std squared, m/s) and start new tracks with it; 0 = off", min=0.0),
     ParamSpec("max_detections", _DEFAULTS.max_detections, "objects accepted per input message; the excess (lowest "
               "scores) is rejected and counted as too_many_objects", min=1),
     ParamSpec("max_tracks", _DEFAULTS.max_tracks, "live tracks; no new track starts beyond it (counted)", min=1),
     ParamSpec("first_track_id", 0, "first track id; 0 = the wall clock in microseconds at start, so ids are never "
               "reused within a run, also after a restart of the node", min=0),
-    ParamSpec("velocity_std_mps", _DEFAULTS.velocity_std_mps, "refined moving detections also measure the track's "
-              "velocity (their covariance plus this std squared, m/s) and start new tracks with it; 0 = off", min=0.0),
 )
 
 

@@ -23,6 +23,8 @@ from fuzz.harness import (ENCODINGS, Harness, RosContext, camera_info, compresse
                           odometry, rss_mb, tracks)
 from fuzz.msggen import Fuzzer, nonfinite
 
+pytestmark = pytest.mark.slow  # about 3 minutes on a 2-core machine at FUZZ_SCALE=1
+
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
 RSS_GROWTH_MB = 150.0  # after warm-up; the leaks this guards against grew by gigabytes
 _domains = itertools.count(40 + (os.getpid() * 11) % 100)
@@ -80,7 +82,7 @@ def test_tracker_node_detections(ctx):
     h = Harness(node, node.on_input, node.worker)
     topic, out = node.p["input_topic"], node.p["output_topic"]
     fz, rng = Fuzzer(1), np.random.default_rng(1)
-    n = n_msgs(3000)
+    n = n_msgs(2000)
     rss = RssWatch(n)
     for k in range(n):
         rss.tick(k)
