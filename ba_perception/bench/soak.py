@@ -95,18 +95,22 @@ def _kill_and_restart(proc: NodeProcess, probe: SoakProbe, timeout_s: float = 12
     topic = OUTPUT_OF[proc.name]
     t_kill = time.monotonic()
     ids_before = {i for _, ids in probe.ids for i in ids}
+    gids_before = {bytes(i.endpoint_gid) for i in probe.node.get_publishers_info_by_topic(topic)}
     os.killpg(proc.proc.pid, signal.SIGKILL)
     proc.proc.wait()
     restarted = NodeProcess(_spec(proc.name), proc.params_file, proc.overrides, proc.env, proc.log_path.with_suffix(".restart.log"))
     deadline = t_kill + timeout_s
-    n0 = sum(1 for t in probe.arrivals[topic] if t > t_kill)
+    t_ready = None
     while time.monotonic() < deadline:
         probe.spin(0.02)
-        after = [t for t in probe.arrivals[topic] if t > t_kill + 0.05]
-        if len(after) > n0:
+        if t_ready is None and any(bytes(i.endpoint_gid) not in gids_before
+                                   for i in probe.node.get_publishers_info_by_topic(topic)):
+            t_ready = time.monotonic()  # the new process has started, created its publisher and been discovered
+        if any(t > t_kill + 0.05 for t in probe.arrivals[topic]):
             break
     after = [t for t in probe.arrivals[topic] if t > t_kill + 0.05]
     res = {"node": proc.name, "killed_at_s": None, "output_topic": topic,
+           "publisher_back_s": (t_ready - t_kill) if t_ready is not None else None,
            "recovery_s": (after[0] - t_kill) if after else None}
     if proc.name == "tracker_node":
         probe.spin(5.0)  # let new tracks be born and confirmed
@@ -188,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
                     procs[name].params_file, procs[name].overrides, procs[name].env = params_file, overrides, env
                     procs[name].start_sampling()
                     res["killed_at_s"] = round(now - t0, 1)
-                    print(f"    outputs resumed after {res['recovery_s'] if res['recovery_s'] is not None else 'never'} s"
+                    print(f"    publisher back after {res['publisher_back_s']} s, outputs resumed after "
+                          f"{res['recovery_s'] if res['recovery_s'] is not None else 'never'} s"
                           + (f", reused track ids: {res.get('n_reused')}" if name == "tracker_node" else ""), flush=True)
                     recoveries.append(res)
                     next_kill = time.monotonic() + args.kill_gap

@@ -4,6 +4,15 @@ Association is graph matching over gated track/detection graphs (3D Mahalanobis 
 2D IoU nodes, relative-position edges), with Hungarian baselines selectable by ``method``.
 With ``input_type: observations`` the detector's camera-frame boxes are moved to odom with the
 ego-motion; with ``detections`` (the track buffer's output) they already are.
+
+Input is validated per object: an object with an unusable pose (NaN, beyond 1e6 m, a non-unit
+quaternion) is rejected and counted (``rejected.bad_pose`` / ``bad_observation``), an embedding of
+another length than the message's common one is ignored (``rejected.embedding_size``), at most
+``max_detections`` objects per message are used (``rejected.too_many_objects``), and the objects the
+tracker itself drops are mirrored as rejections (``invalid_detection``, ``duplicate_detection``). A
+frame with a bad ``camera_pose`` or another ``frame_id`` than ``odom_frame`` is rejected whole; bad
+``k`` is published as zeros (unknown). Nothing non-finite is published. Track ids start at the wall
+clock in microseconds (``first_track_id: 0``), so they are not reused after a restart of the node.
 """
 
 from __future__ import annotations
