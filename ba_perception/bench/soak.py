@@ -197,8 +197,9 @@ def run(args: argparse.Namespace) -> int:
                           + (f", reused track ids: {res.get('n_reused')}" if name == "tracker_node" else ""), flush=True)
                     recoveries.append(res)
                     next_kill = time.monotonic() + args.kill_gap
+                    next_sample = time.monotonic()  # one sample right after the recovery, then the period again
                 if now >= next_sample:
-                    next_sample += args.sample_period
+                    next_sample = max(next_sample + args.sample_period, now + 0.5 * args.sample_period)
                     for p in procs.values():
                         p.sample()
                     # frames played before now - lag: judged now
