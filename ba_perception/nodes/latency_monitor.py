@@ -71,6 +71,8 @@ class LatencyMonitor(PerceptionNode):
     def on_input(self, raw: bytes) -> None:
         stamp = header_stamp_ns(raw)
         if stamp is None:
+            self.reject("input_header", f"a message on {self.p['input_topic']} without a readable CDR header; not counted "
+                        "as a frame")
             return
         self.count("frames_in")
         if stamp not in self.outputs:

@@ -201,7 +201,9 @@ def test_latency_monitor(ctx):
             msg.trace = [make_stage(f"stage_{k}_{i}", 1, 2, 3) for i in range(2000)]
         if k % 3 == 0:
             raw = serialize_message(image(k, rng, 8, 6)) if k % 2 else bytes(rng.integers(0, 255, 20, dtype=np.uint8))
+            counted = node.counters["frames_in"] + h.rejections()
             h.feed(node.p["input_topic"], raw)
+            assert node.counters["frames_in"] + h.rejections() >= counted + 1, "input frame neither counted nor rejected"
         before = (node.counters["frames_out"], h.rejections())
         h.feed(node.p["output_topic"], msg)
         assert h.callback_errors() == 0
