@@ -33,6 +33,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "oba": ("ba_perception.bench.oba", "batched object BA: 64x16x32 solve time (CUDA/CPU), speed-up vs pycolmap, Ceres agreement"),
     "pipeline": ("ba_perception.bench.pipeline",
                  "detector + object BA + tracker in one process (no DDS), per-stage p50/p95/p99, CPU or CUDA"),
+    "soak": ("ba_perception.bench.soak", "the node graph at a fixed rate for minutes: RSS per node, drop rate over time, kill -9 recovery"),
     "stack": ("ba_perception.bench.stack", "the node graph over DDS at fixed input rates + peak-throughput search (ros2_benchmark style)"),
     "tracker": ("ba_perception.bench.tracker", "Tracker.step latency, 50 tracks x 50 detections, CPU"),
     "transport": ("ba_perception.bench.transport", "1280x720 images between two processes over DDS"),

@@ -144,6 +144,8 @@ def run_graph(cfg: RunConfig, log=print) -> tuple[Path, Path]:
         "bag_recorder.topics:=[" + ",".join(OUTPUT_TOPICS) + "]",
         "bag_recorder.types:=[" + ",".join(OUTPUT_TOPICS.values()) + "]",
         *([] if cfg.lockstep else [f"bag_player.stamp_map_path:={cfg.out / STAMP_MAP}"]),
+        # one replay is one run with no restart: ids from 1 keep replays comparable (deterministic in lockstep)
+        "tracker_node.first_track_id:=1",
         *cfg.sets,
     ]
     remaps = []

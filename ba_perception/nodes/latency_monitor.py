@@ -4,6 +4,10 @@ Subscribes to the output topics (any of our array types: they carry ``header`` a
 to the input frame topic (to count frames that never produced an output), publishes a
 ``ba_perception_msgs/LatencyReport`` and a ``/diagnostics`` status with warn/error thresholds on
 the end-to-end p99, prints a live table when asked, and writes a JSON summary at shutdown.
+
+Bounded whatever the input: at most ``max_trace_len`` stage entries of a message are measured
+(``rejected.trace_too_long``), at most ``max_series`` latency series are kept (samples of further
+stage names are counted as ``rejected.stage_limit``), and the frames awaiting an output are capped.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ class LatencyMonitor(PerceptionNode):
     def on_input(self, raw: bytes) -> None:
         stamp = header_stamp_ns(raw)
         if stamp is None:
+            self.reject("input_header", f"a message on {self.p['input_topic']} without a readable CDR header; not counted "
+                        "as a frame")
             return
         self.count("frames_in")
         if stamp not in self.outputs:

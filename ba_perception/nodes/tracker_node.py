@@ -4,6 +4,15 @@ Association is graph matching over gated track/detection graphs (3D Mahalanobis 
 2D IoU nodes, relative-position edges), with Hungarian baselines selectable by ``method``.
 With ``input_type: observations`` the detector's camera-frame boxes are moved to odom with the
 ego-motion; with ``detections`` (the track buffer's output) they already are.
+
+Input is validated per object: an object with an unusable pose (NaN, beyond 1e6 m, a non-unit
+quaternion) is rejected and counted (``rejected.bad_pose`` / ``bad_observation``), an embedding of
+another length than the message's common one is ignored (``rejected.embedding_size``), at most
+``max_detections`` objects per message are used (``rejected.too_many_objects``), and the objects the
+tracker itself drops are mirrored as rejections (``invalid_detection``, ``duplicate_detection``). A
+frame with a bad ``camera_pose`` or another ``frame_id`` than ``odom_frame`` is rejected whole; bad
+``k`` is published as zeros (unknown). Nothing non-finite is published. Track ids start at the wall
+clock in microseconds (``first_track_id: 0``), so they are not reused after a restart of the node.
 """
 
 from __future__ import annotations
@@ -41,13 +50,13 @@ TRACKER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("reid", _DEFAULTS.reid, "re-identify recently lost tracks on appearance + 3D"),
     ParamSpec("reid_window_s", _DEFAULTS.reid_window_s, "how long lost tracks stay re-identifiable, seconds", min=0.0),
     ParamSpec("min_score_new", _DEFAULTS.min_score_new, "minimum detection score to start a track", min=0.0),
+    ParamSpec("velocity_std_mps", _DEFAULTS.velocity_std_mps, "refined moving detections also measure the track's "
+              "velocity (their covariance plus this std squared, m/s) and start new tracks with it; 0 = off", min=0.0),
     ParamSpec("max_detections", _DEFAULTS.max_detections, "objects accepted per input message; the excess (lowest "
               "scores) is rejected and counted as too_many_objects", min=1),
     ParamSpec("max_tracks", _DEFAULTS.max_tracks, "live tracks; no new track starts beyond it (counted)", min=1),
     ParamSpec("first_track_id", _DEFAULTS.first_track_id, "first track id; 0 = the wall clock in microseconds at start, so ids are never "
               "reused within a run, also after a restart of the node", min=0),
-    ParamSpec("velocity_std_mps", _DEFAULTS.velocity_std_mps, "refined moving detections also measure the track's "
-              "velocity (their covariance plus this std squared, m/s) and start new tracks with it; 0 = off", min=0.0),
 )
 
 
@@ -87,9 +96,10 @@ class TrackerNode(PerceptionNode):
         start = wall_ns()
         stamp = stamp_ns(msg)
         if self.last_stamp is not None and stamp < self.last_stamp:
+            # The tracker resets itself on the backward stamp; the ego-motion buffer is not reset here: it resets
+            # when the odometry itself goes back (counted as odom_backwards), so odometry already received for
+            # this frame is not thrown away (one absurd future stamp would otherwise cost the next frames).
             self.reject("stamp_backwards", "input stamp went backwards; tracks reset (bag looped?)")
-            if self.ego is not None:
-                self.ego.reset()
         self.last_stamp = stamp
         if self.p["input_type"] == "detections" and msg.header.frame_id != self.p["odom_frame"]:
             self.reject("frame_id", f"detections are in frame {msg.header.frame_id!r}, expected odom_frame "

@@ -7,7 +7,9 @@ A node subclasses :class:`PerceptionNode`, lists its ``PARAMS``, and in callback
 
 Every subscription and timer callback of a :class:`PerceptionNode` is guarded: an exception that
 escapes it is counted under ``rejected.callback_error`` and logged once per throttle period
-instead of leaving ``rclpy.spin`` (which would kill the node for one bad message).
+instead of leaving ``rclpy.spin`` (which would kill the node for one bad message). The diagnostics
+also carry ``output_age_ms.<topic>``: milliseconds since the node last published on each of its
+output topics, so a stalled node is visible as a growing age, not only as drops downstream.
 """
 
 from __future__ import annotations
@@ -86,12 +88,27 @@ class PerceptionNode(Node):
     PARAMS: ClassVar[Sequence[ParamSpec]] = ()
 
     def __init__(self, name: str, **kwargs: Any) -> None:
+        self._last_output: dict[str, float] = {}  # output topic -> monotonic time of the last publish
         super().__init__(name, **kwargs)
         self.p = declare_parameters(self, tuple(COMMON_PARAMS) + tuple(self.PARAMS))
         self.counters: Counter[str] = Counter()
         self._last_log: dict[str, float] = {}
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile("reliable", 10))
         self.create_timer(self.p["diagnostics_period_s"], self.publish_diagnostics)
+
+    def create_publisher(self, msg_type: Any, topic: str, qos_profile: Any, **kwargs: Any) -> Any:
+        """``Node.create_publisher``; publishing on it is noted for the ``output_age_ms.<topic>`` diagnostics."""
+        pub = super().create_publisher(msg_type, topic, qos_profile, **kwargs)
+        if topic in ("/diagnostics", "/parameter_events", "/rosout") or not hasattr(self, "_last_output"):
+            return pub
+        publish = pub.publish
+
+        def publish_and_note(msg: Any) -> None:
+            publish(msg)
+            self._last_output[topic] = time.monotonic()
+
+        pub.publish = publish_and_note
+        return pub
 
     def create_subscription(self, msg_type: Any, topic: str, callback: Callable[..., Any], qos_profile: Any,
                             **kwargs: Any) -> Any:
@@ -153,7 +170,9 @@ class PerceptionNode(Node):
             name=f"ba_perception: {self.get_fully_qualified_name()}",
             message="rejected inputs" if any(k.startswith("rejected.") for k in self.counters) else "ok",
             hardware_id=self.get_name(),
-            values=[KeyValue(key=k, value=str(v)) for k, v in sorted(self.counters.items())],
+            values=[KeyValue(key=k, value=str(v)) for k, v in sorted(self.counters.items())]
+            + [KeyValue(key=f"output_age_ms.{topic}", value=str(int(1e3 * (time.monotonic() - t))))
+               for topic, t in sorted(self._last_output.items())],
         )
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()

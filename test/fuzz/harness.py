@@ -19,6 +19,7 @@ import numpy as np
 
 T0 = 1_700_000_000 * 10**9
 DT = 100_000_000
+FED = {"messages": 0}  # messages fed to node callbacks in this test process (reported by test/fuzz/conftest.py)
 
 
 def rss_mb() -> float:
@@ -89,6 +90,7 @@ class Harness:
 
     def feed(self, topic: str, msg: Any) -> None:
         """Call the subscription callbacks of ``topic`` with ``msg`` and process what they handed to the worker."""
+        FED["messages"] += 1
         for sub in self.subs[topic]:
             sub.callback(msg)
         self.drain()

@@ -23,6 +23,8 @@ from fuzz.harness import (ENCODINGS, Harness, RosContext, camera_info, compresse
                           odometry, rss_mb, tracks)
 from fuzz.msggen import Fuzzer, nonfinite
 
+pytestmark = pytest.mark.slow  # about 3 minutes on a 2-core machine at FUZZ_SCALE=1
+
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
 RSS_GROWTH_MB = 150.0  # after warm-up; the leaks this guards against grew by gigabytes
 _domains = itertools.count(40 + (os.getpid() * 11) % 100)
@@ -80,7 +82,7 @@ def test_tracker_node_detections(ctx):
     h = Harness(node, node.on_input, node.worker)
     topic, out = node.p["input_topic"], node.p["output_topic"]
     fz, rng = Fuzzer(1), np.random.default_rng(1)
-    n = n_msgs(3000)
+    n = n_msgs(2000)
     rss = RssWatch(n)
     for k in range(n):
         rss.tick(k)
@@ -199,7 +201,9 @@ def test_latency_monitor(ctx):
             msg.trace = [make_stage(f"stage_{k}_{i}", 1, 2, 3) for i in range(2000)]
         if k % 3 == 0:
             raw = serialize_message(image(k, rng, 8, 6)) if k % 2 else bytes(rng.integers(0, 255, 20, dtype=np.uint8))
+            counted = node.counters["frames_in"] + h.rejections()
             h.feed(node.p["input_topic"], raw)
+            assert node.counters["frames_in"] + h.rejections() >= counted + 1, "input frame neither counted nor rejected"
         before = (node.counters["frames_out"], h.rejections())
         h.feed(node.p["output_topic"], msg)
         assert h.callback_errors() == 0

@@ -56,6 +56,7 @@ def test_tracks_latency_and_markers(ros_env):
 
     from ba_perception.ros.convert import extrinsics_to_matrix
     from ba_perception.ros.image import numpy_to_image
+    from ba_perception.ros.markers import marker_id
     from ba_perception.ros.node import ns_to_time
     from ba_perception_msgs.msg import LatencyReport, ObjectObservationArray, Track3DArray
 
@@ -127,7 +128,8 @@ def test_tracks_latency_and_markers(ros_env):
     assert stages["detector"].p50_ms == pytest.approx(2.0, abs=0.01)
     assert reports[-1].frames_received >= 1
     boxes = [m for m in markers[-1].markers if m.ns == "boxes"]
-    assert {m.id for m in boxes} == ids and markers[-1].markers[0].action == 3  # DELETEALL first
+    assert {m.id for m in boxes} == {marker_id(i) for i in ids} and markers[-1].markers[0].action == 3  # DELETEALL first
+    assert {int(m.text.split()[0]) for m in markers[-1].markers if m.ns == "labels"} == ids  # full uint64 ids
     # Missing ego-motion: observations with no odometry near their stamp are rejected and counted.
     obs_pub.publish(_observations(k + 200, K, np.eye(4)))
     wait_for(lambda: counters.get("rejected.missing_ego_motion", 0) >= 1, 10, spin, "missing ego-motion counted")

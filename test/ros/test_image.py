@@ -87,3 +87,40 @@ def test_gray_from_every_encoding_agrees():
     bad.encoding = "bayer_rggb8"
     with pytest.raises(ImageError):
         image_to_gray(bad)
+
+
+@pytest.mark.parametrize("enc", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "yuv422", "yuv422_yuy2"])
+def test_every_encoding_converts_to_a_contiguous_rgb_array(enc):
+    import torch
+
+    arr = {"rgb8": RGB, "bgr8": RGB[..., ::-1], "rgba8": np.dstack([RGB, np.full((6, 7), 9, np.uint8)]),
+           "bgra8": np.dstack([RGB[..., ::-1], np.full((6, 7), 9, np.uint8)]), "mono8": RGB[..., 0],
+           "mono16": RGB[..., 0].astype(np.uint16) * 257}.get(enc)
+    if arr is None:  # packed 4:2:2 needs an even width
+        arr = RNG.integers(0, 255, (6, 8, 2), dtype=np.uint8)
+    rgb = image_to_rgb(numpy_to_image(arr, enc))
+    assert rgb.dtype == np.uint8 and rgb.shape[2] == 3 and rgb.flags.c_contiguous
+    torch.as_tensor(rgb)  # what the detector's preprocessing does (it rejected negative strides)
+    if enc in ("bgr8", "rgba8", "bgra8"):
+        assert np.array_equal(rgb, RGB)
+
+
+def test_yuv422_grey_decodes_to_grey():
+    packed = np.full((4, 8, 2), 128, np.uint8)  # U = V = 128 (no colour), Y = 128
+    for enc in ("yuv422", "yuv422_yuy2"):
+        rgb = image_to_rgb(numpy_to_image(packed, enc))
+        assert np.abs(rgb.astype(int) - rgb[..., :1]).max() <= 1  # R = G = B
+    odd = numpy_to_image(np.zeros((4, 7, 2), np.uint8), "yuv422")
+    with pytest.raises(ImageError, match="even"):
+        image_to_rgb(odd)
+
+
+def test_too_large_images_are_rejected_before_conversion():
+    with pytest.raises(ImageError) as err:
+        image_to_rgb(numpy_to_image(RGB, "rgb8"), max_pixels=41)
+    assert err.value.reason == "too_large"
+    png = rgb_to_compressed(RGB, "png")
+    with pytest.raises(ImageError) as err:
+        compressed_to_rgb(png, max_pixels=41)
+    assert err.value.reason == "too_large"
+    assert compressed_to_rgb(png, max_pixels=42).shape == (6, 7, 3)

@@ -94,3 +94,20 @@ def test_invalid_configuration(bad):
     kw = dict(num_inputs=2, callback=lambda *m: None) | bad
     with pytest.raises(ValueError):
         TimeSynchronizer(**kw)
+
+
+def test_every_message_is_emitted_queued_or_counted_unpaired():
+    out, drops = [], []
+    sync = TimeSynchronizer(3, lambda *m: out.append(m), queue_size=10, slop_s=0.02,
+                            on_drop=lambda i, n: drops.append((i, n)))
+    _feed(sync, 50, skew_ns=9_000_000)
+    fed = [50, 40, 50]  # images, camera_infos (every 5th dropped), odometry
+    for i in range(3):
+        assert fed[i] == len(out) + sync.unpaired[i] + len(sync.queues[i]), i
+    # the 10 images without camera_info: 9 pushed out unpaired, the last one still waiting
+    assert sync.unpaired[0] == 9 == sum(n for i, n in drops if i == 0) and len(sync.queues[0]) == 1
+    # a reset (stamps jump back) drops what was queued, counted too
+    sync.add(0, _msg(Image, T0))
+    assert sum(len(q) for q in sync.queues) == 1
+    for i in range(3):
+        assert fed[i] + (i == 0) == len(out) + sync.unpaired[i] + len(sync.queues[i]), i
