@@ -357,7 +357,6 @@ def node_launch(spec: NodeSpec, values: Mapping[str, Any], graph: Sequence[str],
 def ros_arg_value(value: ParameterValue) -> str:
     """``value`` written for ``--ros-args -p name:=<text>`` so that rcl parses it back to the same type
     (strings that would read as another type are quoted)."""
-    import yaml
 
     if isinstance(value, bool):
         return "true" if value else "false"
