@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 
@@ -36,3 +37,30 @@ def replace_section(path: Path, begin: str, end: str, text: str, check: bool, re
         return 0
     path.write_text(new)
     return 0
+
+
+def add_section_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--write FILE`` / ``--check FILE`` of a command that generates a section (``what`` names it)."""
+    parser.add_argument("--write", metavar="FILE", help=f"replace the {what} section of this file")
+    parser.add_argument("--check", metavar="FILE", help=f"exit 2 if this file's {what} section is stale")
+
+
+def run_section_command(args: argparse.Namespace, command: str, begin: str, end: str, text: str) -> int:
+    """Print ``text``, or write / check it in the file named by ``--write`` / ``--check``.
+
+    Args:
+        args: parsed arguments of :func:`add_section_arguments`.
+        command: the ``ba-perception`` subcommand (named in the stale-file error).
+        begin: the first marker line.
+        end: the last marker line.
+        text: the generated section.
+
+    Returns:
+        0 (the process exit code).
+    """
+    target = args.write or args.check
+    if not target:
+        print(text)
+        return 0
+    return replace_section(Path(target), begin, end, text, check=bool(args.check),
+                           regenerate=f"ba-perception {command} --write {target}")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-from pathlib import Path
 
-from ba_perception.docs_section import replace_section
+from ba_perception.docs_section import add_section_arguments, run_section_command
 from ba_perception.graph import NODES
 from ba_perception.ros.node import COMMON_PARAMS, PerceptionNode
 from ba_perception.ros.params import ParamSpec, params_markdown
@@ -44,16 +43,9 @@ def reference() -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of params-doc."""
-    parser.add_argument("--write", metavar="FILE", help="replace the reference section of this file (docs/parameters.md)")
-    parser.add_argument("--check", metavar="FILE", help="exit 2 if this file's reference section is stale")
+    add_section_arguments(parser, "parameter reference")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run params-doc; returns the exit code."""
-    text = reference()
-    target = args.write or args.check
-    if not target:
-        print(text)
-        return 0
-    return replace_section(Path(target), BEGIN, END, text, check=bool(args.check),
-                           regenerate=f"ba-perception params-doc --write {target}")
+    return run_section_command(args, "params-doc", BEGIN, END, reference())
