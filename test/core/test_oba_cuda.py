@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ba_perception.core.oba.solver import CapturedSolve, GraphSolveCache, OBASolverError, SolverOptions, solve
+from ba_perception.core.oba.cuda_graph import CapturedSolve, GraphSolveCache
+from ba_perception.core.oba.solver import OBASolverError, SolverOptions, solve
 from ba_perception.data.oba_problems import make_batch
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
 
 from ba_perception.core.geometry import ray_sqrt_information, unproject_pixels
-from ba_perception.core.oba.correspondences import PointTracks, descriptor_tracks, oracle_tracks
+from ba_perception.core.oba.correspondences import (
+    PointTracks,
+    descriptor_tracks,
+    oracle_tracks,
+)
+from ba_perception.core.oba.cuda_graph import GraphSolveCache
 from ba_perception.core.oba.motion_state import static_evidence
-from ba_perception.core.oba.solver import GraphSolveCache, OBAProblem, OBAResult, OBAState, SolverOptions, newest_frames, solve
+from ba_perception.core.oba.solver import (
+    OBAProblem,
+    OBAResult,
+    OBAState,
+    SolverOptions,
+    newest_frames,
+    solve,
+)
 from ba_perception.core.oba.tracklets import ObjectTrack
 from ba_perception.core.tracking.types import Detections
 
@@ -218,8 +232,159 @@ def _usable_frames(track: ObjectTrack, config: RefineConfig) -> tuple[list[int],
     return front, ""
 
 
-def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None, point_tracks: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> RefineBatch:
+@dataclass
+class _Packed:
+    """The included tracklets' windows as padded host arrays (``B`` problems, ``F`` frames, ``N`` samples)."""
+
+    T_odom_cam: np.ndarray  # (B,F,4,4)
+    K: np.ndarray  # (B,3,3) intrinsics of the newest frame
+    frame_mask: np.ndarray  # (B,F)
+    stamps_s: np.ndarray  # (B,F) seconds since each window's first frame
+    center_cam: np.ndarray  # (B,F,3) detector box centres
+    R_cam_obj: np.ndarray  # (B,F,3,3)
+    stds: np.ndarray  # (B,F,3) depth, lateral, yaw std
+    sizes: np.ndarray  # (B,3) median detector size
+    sample_uv: np.ndarray  # (B,F,N,2), NaN where absent
+    sample_valid: np.ndarray  # (B,F,N)
+    descriptors: np.ndarray  # (B,F,N,D)
+    sample_ids: np.ndarray  # (B,F,N) oracle surface point ids, -1 unknown
+
+
+def _pack(tracks: list[ObjectTrack], windows: list[list[int]]) -> _Packed:
+    """Copy every window's observations into padded arrays (packing only; everything after it is batched)."""
+    B, F = len(tracks), max(len(w) for w in windows)
+    obs = [[t.frames[i].observation for i in w] for t, w in zip(tracks, windows)]
+    N = max([len(o.sample_uv) for row in obs for o in row] + [1])
+    D = max([o.descriptors.shape[-1] if o.descriptors.ndim == 2 else 0 for row in obs for o in row] + [1])
+    pk = _Packed(np.tile(np.eye(4), (B, F, 1, 1)), np.zeros((B, 3, 3)), np.zeros((B, F), bool), np.zeros((B, F)),
+                 np.zeros((B, F, 3)), np.tile(np.eye(3), (B, F, 1, 1)), np.ones((B, F, 3)), np.zeros((B, 3)),
+                 np.full((B, F, N, 2), np.nan), np.zeros((B, F, N), bool), np.zeros((B, F, N, D), np.float32),
+                 np.full((B, F, N), -1, np.int64))
+    pk.center_cam[..., 2] = 10.0
+    for b, (t, w) in enumerate(zip(tracks, windows)):
+        frames = list(t.frames)
+        t0 = frames[w[0]].stamp_ns
+        pk.K[b] = frames[w[-1]].K
+        pk.sizes[b] = np.median(np.stack([frames[i].observation.size_lwh for i in w]), axis=0)
+        for f, i in enumerate(w):
+            fr, o = frames[i], frames[i].observation
+            pk.T_odom_cam[b, f], pk.frame_mask[b, f] = fr.T_odom_cam, True
+            pk.stamps_s[b, f] = (fr.stamp_ns - t0) * 1e-9
+            pk.center_cam[b, f], pk.R_cam_obj[b, f] = o.center_cam, o.R_cam_obj
+            pk.stds[b, f] = (o.depth_std, o.lateral_std, o.yaw_std)
+            n = len(o.sample_uv)
+            if n:
+                pk.sample_uv[b, f, :n] = o.sample_uv
+                pk.sample_valid[b, f, :n] = True
+                if o.descriptors.ndim == 2 and o.descriptors.shape[0] == n and o.descriptors.shape[1] == D:
+                    pk.descriptors[b, f, :n] = o.descriptors
+                if o.sample_point_ids is not None and len(o.sample_point_ids) == n:
+                    pk.sample_ids[b, f, :n] = o.sample_point_ids
+    return pk
+
+
+def _detector_prior(pk: _Packed, cfg: RefineConfig, dev: Callable[[Any], torch.Tensor]):
+    """The detector's box per frame in odom ``(R, t)`` and the square-root information of that prior.
+
+    Returns:
+        ``(T_odom_cam, c_cam, R_prior, t_prior, prior_T (B,F,4,4), L (B,F,6,6))``: weak along the
+        viewing ray (first row), strong across it; roll/pitch by ``roll_pitch_std``, yaw by the
+        detector's yaw std.
+    """
+    dtype = cfg.dtype
+    T_odom_cam = dev(pk.T_odom_cam).to(dtype)
+    R_odom_cam = T_odom_cam[..., :3, :3]
+    R_prior = R_odom_cam @ dev(_project_so3(pk.R_cam_obj)).to(dtype)  # T_odom_obj = T_odom_cam @ T_cam_obj
+    c_cam = dev(pk.center_cam).to(dtype)
+    t_prior = (R_odom_cam @ c_cam[..., None])[..., 0] + T_odom_cam[..., :3, 3]
+    ray = (R_odom_cam @ (c_cam / c_cam.norm(dim=-1, keepdim=True))[..., None])[..., 0]
+    sd = dev(pk.stds[..., 0]).to(dtype).clamp(min=1e-3)
+    sl = dev(pk.stds[..., 1]).to(dtype).clamp(min=1e-3)
+    sy = dev(pk.stds[..., 2]).to(dtype).clamp(min=1e-4)
+    B, F = pk.frame_mask.shape
+    L = torch.zeros(B, F, 6, 6, dtype=dtype, device=cfg.device)
+    L[..., :3, :3] = ray_sqrt_information(ray, sd, sl)
+    rp = torch.full_like(sy, 1.0 / cfg.roll_pitch_std)
+    L[..., 3:, 3:] = torch.diag_embed(torch.stack([rp, rp, 1.0 / sy], -1))
+    prior_T = torch.zeros(B, F, 4, 4, dtype=dtype, device=cfg.device)
+    prior_T[..., :3, :3], prior_T[..., :3, 3], prior_T[..., 3, 3] = R_prior, t_prior, 1
+    return T_odom_cam, c_cam, R_prior, t_prior, prior_T, L
+
+
+def _point_tracks(tracks: list[ObjectTrack], windows: list[list[int]], pk: _Packed, cfg: RefineConfig,
+                  point_tracks: dict[int, tuple[np.ndarray, np.ndarray]] | None,
+                  dev: Callable[[Any], torch.Tensor]) -> PointTracks:
+    """``(B, F, K)`` point tracks: given ones (KLT / ORB), else from the observations' samples by ``correspondences``."""
+    B, F = pk.frame_mask.shape
+    K, dtype = cfg.num_points, cfg.dtype
+    if point_tracks:
+        uv = torch.zeros(B, F, K, 2, dtype=dtype, device=cfg.device)
+        om = torch.zeros(B, F, K, dtype=torch.bool, device=cfg.device)
+        for b, (t, w) in enumerate(zip(tracks, windows)):
+            if t.tracklet_id in point_tracks:
+                puv, pm = point_tracks[t.tracklet_id]
+                k = min(K, puv.shape[1])
+                uv[b, : len(w), :k] = dev(puv[w, :k]).to(dtype)
+                om[b, : len(w), :k] = dev(pm[w, :k])
+        return PointTracks(uv, om)
+    if cfg.correspondences == "descriptor":
+        return descriptor_tracks(dev(pk.sample_uv).to(dtype), dev(pk.descriptors).to(dtype), dev(pk.sample_valid), K,
+                                 cfg.match_ratio, cfg.match_min_similarity)
+    if cfg.correspondences == "oracle":
+        return oracle_tracks(dev(pk.sample_uv).to(dtype), dev(pk.sample_ids), K)
+    return PointTracks(torch.zeros(B, F, K, 2, dtype=dtype, device=cfg.device),
+                       torch.zeros(B, F, K, dtype=torch.bool, device=cfg.device))
+
+
+def _warm_start(tracks: list[ObjectTrack], windows: list[list[int]], R_prior: torch.Tensor, t_prior: torch.Tensor,
+                cfg: RefineConfig, dev: Callable[[Any], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Initial poses ``(R0, t0)`` and damping ``(B,)``: the previous solve's where it covered a frame
+    (``track.warm``), the detector's box elsewhere; written in one indexed assignment each."""
+    R0, t0 = R_prior.clone(), t_prior.clone()
+    lam = np.full(len(tracks), cfg.solver.initial_lambda)
+    bi, fi, Rw, tw = [], [], [], []
+    for b, (t, w) in enumerate(zip(tracks, windows)):
+        if not t.warm:
+            continue
+        poses = t.warm.get("poses", {})
+        for f, i in enumerate(w):
+            pose = poses.get(t.frames[i].stamp_ns)
+            if pose is not None:
+                bi.append(b)
+                fi.append(f)
+                Rw.append(pose[0])
+                tw.append(pose[1])
+        lam[b] = float(t.warm.get("lam", cfg.solver.initial_lambda))
+    if bi:
+        R0[bi, fi] = dev(np.stack(Rw)).to(cfg.dtype)
+        t0[bi, fi] = dev(np.stack(tw)).to(cfg.dtype)
+    return R0, t0, dev(lam).to(cfg.dtype)
+
+
+def _initial_points(pt: PointTracks, c_cam: torch.Tensor, T_odom_cam: torch.Tensor, R0: torch.Tensor, t0: torch.Tensor,
+                    K: torch.Tensor) -> torch.Tensor:
+    """Object-frame points ``(B, K, 3)``: each track's first observation back-projected at the detector's depth."""
+    B, _, Kp = pt.mask.shape
+    first = pt.mask.float().argmax(1)  # (B, K) first frame each track is seen in
+
+    def at_first(x: torch.Tensor) -> torch.Tensor:  # (B, F, K, ...) or (B, F, ...) -> (B, K, ...) at `first`
+        return torch.gather(x, 1, first.view(B, 1, Kp, *([1] * (x.dim() - 3))).expand(B, 1, Kp, *x.shape[3:]))[:, 0]
+
+    Xc = unproject_pixels(at_first(pt.uv), torch.gather(c_cam[..., 2], 1, first), K)
+    Toc_f = torch.gather(T_odom_cam, 1, first[..., None, None].expand(B, Kp, 4, 4))
+    Xo = (Toc_f[..., :3, :3] @ Xc[..., None])[..., 0] + Toc_f[..., :3, 3]
+    Rf = torch.gather(R0, 1, first[..., None, None].expand(B, Kp, 3, 3))
+    tf = torch.gather(t0, 1, first[..., None].expand(B, Kp, 3))
+    p0 = (Rf.transpose(-1, -2) @ (Xo - tf)[..., None])[..., 0]
+    return torch.where(pt.mask.any(1)[..., None] & torch.isfinite(p0), p0, torch.zeros_like(p0))
+
+
+def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None,
+                point_tracks: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> RefineBatch:
     """Pack tracklets into one padded problem (degenerate ones are excluded with a reason).
+
+    Stages: usable frames per tracklet -> host packing (:func:`_pack`) -> detector prior ->
+    point tracks -> warm start -> initial points -> :class:`OBAProblem`.
 
     Args:
         tracks: tracklets to refine.
@@ -231,124 +396,37 @@ def build_batch(tracks: list[ObjectTrack], config: RefineConfig | None = None, p
         A :class:`RefineBatch` (``problem`` is None when every tracklet was excluded).
     """
     cfg = config or RefineConfig()
-    inc, idxs, excluded = [], [], []
+    inc, windows, excluded = [], [], []
     for t in tracks:
         use, reason = _usable_frames(t, cfg)
         if reason:
             excluded.append((t, reason))
         else:
             inc.append(t)
-            idxs.append(use)
+            windows.append(use)
     if not inc:
         return RefineBatch([], None, None, [], np.zeros((0, 3)), excluded)
-    B, F, K = len(inc), max(len(i) for i in idxs), cfg.num_points
-    T_oc = np.tile(np.eye(4), (B, F, 1, 1))
-    Kmat = np.zeros((B, 3, 3))
-    fmask = np.zeros((B, F), bool)
-    stamps = np.zeros((B, F))
-    ctr = np.zeros((B, F, 3))
-    ctr[..., 2] = 10.0
-    Rco = np.tile(np.eye(3), (B, F, 1, 1))
-    stds = np.ones((B, F, 3))
-    sizes = np.zeros((B, 3))
-    N = max([len(t.frames[i].observation.sample_uv) for t, ii in zip(inc, idxs) for i in ii] + [1])
-    Dd = max([t.frames[i].observation.descriptors.shape[-1] if t.frames[i].observation.descriptors.ndim == 2 else 0 for t, ii in zip(inc, idxs) for i in ii] + [1])
-    suv = np.full((B, F, N, 2), np.nan)
-    desc = np.zeros((B, F, N, Dd), np.float32)
-    svalid = np.zeros((B, F, N), bool)
-    sid = np.full((B, F, N), -1, np.int64)
-    t0 = np.array([t.frames[ii[0]].stamp_ns for t, ii in zip(inc, idxs)], np.int64)
-    for b, (t, ii) in enumerate(zip(inc, idxs)):  # packing only; the solve below is batched
-        frames = list(t.frames)
-        Kmat[b] = frames[ii[-1]].K
-        sizes[b] = np.median(np.stack([frames[i].observation.size_lwh for i in ii]), axis=0)
-        for f, i in enumerate(ii):
-            fr, o = frames[i], frames[i].observation
-            T_oc[b, f], fmask[b, f] = fr.T_odom_cam, True
-            stamps[b, f] = (fr.stamp_ns - t0[b]) * 1e-9
-            ctr[b, f], Rco[b, f] = o.center_cam, o.R_cam_obj
-            stds[b, f] = (o.depth_std, o.lateral_std, o.yaw_std)
-            n = len(o.sample_uv)
-            if n:
-                suv[b, f, :n] = o.sample_uv
-                svalid[b, f, :n] = True
-                if o.descriptors.ndim == 2 and o.descriptors.shape[0] == n and o.descriptors.shape[1] == Dd:
-                    desc[b, f, :n] = o.descriptors
-                if o.sample_point_ids is not None and len(o.sample_point_ids) == n:
-                    sid[b, f, :n] = o.sample_point_ids
-    tt = lambda x: torch.as_tensor(np.asarray(x), device=cfg.device)  # noqa: E731
-    fd = cfg.dtype
-    T_odom_cam = tt(T_oc).to(fd)
-    R_odom_cam = T_odom_cam[..., :3, :3]
-    # detector box pose per frame in odom: T_odom_obj = T_odom_cam @ T_cam_obj
-    R_prior = R_odom_cam @ tt(_project_so3(Rco)).to(fd)
-    c_cam = tt(ctr).to(fd)
-    t_prior = (R_odom_cam @ c_cam[..., None])[..., 0] + T_odom_cam[..., :3, 3]
-    ray = (R_odom_cam @ (c_cam / c_cam.norm(dim=-1, keepdim=True))[..., None])[..., 0]
-    sd = tt(stds[..., 0]).to(fd).clamp(min=1e-3)
-    sl = tt(stds[..., 1]).to(fd).clamp(min=1e-3)
-    sy = tt(stds[..., 2]).to(fd).clamp(min=1e-4)
-    L = torch.zeros(B, F, 6, 6, dtype=fd, device=cfg.device)
-    L[..., :3, :3] = ray_sqrt_information(ray, sd, sl)  # weak along the ray (first row: the correlated one), strong across
-    rp = torch.full_like(sy, 1.0 / cfg.roll_pitch_std)
-    L[..., 3:, 3:] = torch.diag_embed(torch.stack([rp, rp, 1.0 / sy], -1))
-    prior_T = torch.zeros(B, F, 4, 4, dtype=fd, device=cfg.device)
-    prior_T[..., :3, :3], prior_T[..., :3, 3], prior_T[..., 3, 3] = R_prior, t_prior, 1
 
-    # correspondences -> point tracks (B, F, K)
-    fm = tt(fmask)
-    if point_tracks:
-        uv = torch.zeros(B, F, K, 2, dtype=fd, device=cfg.device)
-        om = torch.zeros(B, F, K, dtype=torch.bool, device=cfg.device)
-        for b, (t, ii) in enumerate(zip(inc, idxs)):
-            if t.tracklet_id in point_tracks:
-                puv, pm = point_tracks[t.tracklet_id]
-                k = min(K, puv.shape[1])
-                uv[b, : len(ii), :k] = tt(puv[ii, :k]).to(fd)
-                om[b, : len(ii), :k] = tt(pm[ii, :k])
-        pt = PointTracks(uv, om)
-    elif cfg.correspondences == "descriptor":
-        pt = descriptor_tracks(tt(suv).to(fd), tt(desc).to(fd), tt(svalid), K, cfg.match_ratio, cfg.match_min_similarity)
-    elif cfg.correspondences == "oracle":
-        pt = oracle_tracks(tt(suv).to(fd), tt(sid), K)
-    else:
-        pt = PointTracks(torch.zeros(B, F, K, 2, dtype=fd, device=cfg.device), torch.zeros(B, F, K, dtype=torch.bool, device=cfg.device))
-    Kt = tt(Kmat).to(fd)
-    T_cam_odom = torch.linalg.inv(T_odom_cam)
+    def dev(x: Any) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x), device=cfg.device)
 
-    # initial poses: the detector boxes, or the previous window's solution (warm start)
-    R0, t0_ = R_prior.clone(), t_prior.clone()
-    lam = torch.full((B,), cfg.solver.initial_lambda, dtype=fd, device=cfg.device)
-    for b, (t, ii) in enumerate(zip(inc, idxs)):
-        w = t.warm
-        if w:
-            for f, i in enumerate(ii):
-                s = t.frames[i].stamp_ns
-                if s in w.get("poses", {}):
-                    Rw, tw = w["poses"][s]
-                    R0[b, f], t0_[b, f] = tt(Rw).to(fd), tt(tw).to(fd)
-            lam[b] = float(w.get("lam", cfg.solver.initial_lambda))
-    # initial points: back-project each track's first observation at the detector depth
-    first = pt.mask.float().argmax(1)  # (B, K)
-    has = pt.mask.any(1)
-    g = lambda x: torch.gather(x, 1, first.view(B, 1, K, *([1] * (x.dim() - 3))).expand(B, 1, K, *x.shape[3:]))[:, 0]  # noqa: E731
-    uv0 = g(pt.uv)  # (B,K,2)
-    depth0 = torch.gather(c_cam[..., 2], 1, first)  # (B,K)
-    Xc = unproject_pixels(uv0, depth0, Kt)
-    Toc_f = torch.gather(T_odom_cam, 1, first[..., None, None].expand(B, K, 4, 4))
-    Xo = (Toc_f[..., :3, :3] @ Xc[..., None])[..., 0] + Toc_f[..., :3, 3]
-    Rf = torch.gather(R0, 1, first[..., None, None].expand(B, K, 3, 3))
-    tf = torch.gather(t0_, 1, first[..., None].expand(B, K, 3))
-    p0 = (Rf.transpose(-1, -2) @ (Xo - tf)[..., None])[..., 0]
-    p0 = torch.where(has[..., None] & torch.isfinite(p0), p0, torch.zeros_like(p0))
-
+    pk = _pack(inc, windows)
+    T_odom_cam, c_cam, R_prior, t_prior, prior_T, L = _detector_prior(pk, cfg, dev)
+    pt = _point_tracks(inc, windows, pk, cfg, point_tracks, dev)
+    R0, t0, lam = _warm_start(inc, windows, R_prior, t_prior, cfg, dev)
+    Kt = dev(pk.K).to(cfg.dtype)
+    p0 = _initial_points(pt, c_cam, T_odom_cam, R0, t0, Kt)
+    fm = dev(pk.frame_mask)
+    B, dtype = len(inc), cfg.dtype
     problem = OBAProblem(
-        obs_uv=pt.uv, obs_mask=pt.mask & fm[..., None], T_cam_odom=T_cam_odom, K=Kt, frame_mask=fm,
-        stamps_s=tt(stamps).to(fd), obs_sqrt_weight=torch.full(pt.mask.shape, 1.0 / cfg.pixel_std, dtype=fd, device=cfg.device),
+        obs_uv=pt.uv, obs_mask=pt.mask & fm[..., None], T_cam_odom=torch.linalg.inv(T_odom_cam), K=Kt, frame_mask=fm,
+        stamps_s=dev(pk.stamps_s).to(dtype),
+        obs_sqrt_weight=torch.full(pt.mask.shape, 1.0 / cfg.pixel_std, dtype=dtype, device=cfg.device),
         prior_T_odom_obj=prior_T, prior_sqrt_info=L, prior_mask=fm.clone(),
-        motion_sqrt_info=torch.tensor([1 / cfg.accel_std] * 3 + [1 / cfg.angular_accel_std] * 3, dtype=fd, device=cfg.device).expand(B, 6).clone(),
+        motion_sqrt_info=torch.tensor([1 / cfg.accel_std] * 3 + [1 / cfg.angular_accel_std] * 3, dtype=dtype,
+                                      device=cfg.device).expand(B, 6).clone(),
     )
-    return RefineBatch(inc, problem, OBAState(R0, t0_, p0), idxs, sizes, excluded, lam)
+    return RefineBatch(inc, problem, OBAState(R0, t0, p0), windows, pk.sizes, excluded, lam)
 
 
 def _velocity(t: torch.Tensor, stamps: torch.Tensor, fm: torch.Tensor, cov: torch.Tensor | None):

@@ -22,8 +22,8 @@ per-problem ``lambda`` (Nielsen update); per-problem convergence masks; at most
 ``max_iterations`` with an optional early exit (one host sync every ``sync_every`` iterations,
 0 = never). Every operation is batched over problems; there is no Python loop over objects.
 The same code runs on CPU and CUDA, in float32 or float64, following the inputs' device/dtype.
-On CUDA, :class:`CapturedSolve` replays the whole solve from a CUDA graph (no per-kernel launch
-cost) and :class:`GraphSolveCache` does so for batches of varying size.
+On CUDA, :class:`~ba_perception.core.oba.cuda_graph.CapturedSolve` replays the whole solve from a CUDA graph (no per-kernel launch
+cost) and :class:`~ba_perception.core.oba.cuda_graph.GraphSolveCache` does so for batches of varying size.
 
 Observability (why the scale and the object's motion are determined):
 
@@ -54,182 +54,20 @@ Observability (why the scale and the object's motion are determined):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
 from ba_perception.core.geometry import so3_exp, so3_log, so3_right_jacobian_inv
-
-LOSSES = ("trivial", "huber", "cauchy")
-
-
-class OBASolverError(ValueError):
-    """Raised when a problem's tensors have inconsistent shapes or options are invalid."""
-
-
-@dataclass
-class OBAProblem:
-    """A batch of ``B`` object-BA problems padded to ``F`` frames and ``K`` points.
-
-    Attributes:
-        obs_uv: ``(B, F, K, 2)`` observed pixels of point k in frame f (NaN allowed where masked).
-        obs_mask: ``(B, F, K)`` bool, observation present.
-        T_cam_odom: ``(B, F, 4, 4)`` known camera poses (odom -> camera optical frame), metres.
-        K: ``(B, 3, 3)`` pinhole intrinsics (pixels).
-        frame_mask: ``(B, F)`` bool, frame present (padding is False).
-        stamps_s: ``(B, F)`` capture times in seconds (needed by the motion prior).
-        obs_sqrt_weight: ``(B, F, K)`` 1 / pixel std of each observation (default 1).
-        prior_T_odom_obj: ``(B, F, 4, 4)`` detector box pose per frame in odom.
-        prior_sqrt_info: ``(B, F, 6, 6)`` square-root information of the prior residual
-            ``[t - t_prior (odom, m); log(R_prior^T R) (object frame, rad)]``.
-        prior_mask: ``(B, F)`` bool, prior present.
-        fixed_frames: ``(B, F)`` bool, hold that frame's pose constant (gauge).
-        static: ``(B,)`` bool, one pose for all frames of the problem.
-        motion_sqrt_info: ``(B, 6)`` ``1/sigma`` of the constant-velocity prior:
-            ``(1/(m/s^2)) x3`` for translation (odom axes), ``(1/(rad/s^2)) x3`` for rotation
-            (object axes); zeros disable it.
-        problem_mask: ``(B,)`` bool, problem enabled.
-    """
-
-    obs_uv: torch.Tensor
-    obs_mask: torch.Tensor
-    T_cam_odom: torch.Tensor
-    K: torch.Tensor
-    frame_mask: torch.Tensor
-    stamps_s: torch.Tensor | None = None
-    obs_sqrt_weight: torch.Tensor | None = None
-    prior_T_odom_obj: torch.Tensor | None = None
-    prior_sqrt_info: torch.Tensor | None = None
-    prior_mask: torch.Tensor | None = None
-    fixed_frames: torch.Tensor | None = None
-    static: torch.Tensor | None = None
-    motion_sqrt_info: torch.Tensor | None = None
-    problem_mask: torch.Tensor | None = None
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """``(B, F, K)``."""
-        B, F, K, _ = self.obs_uv.shape
-        return B, F, K
-
-    def to(self, device=None, dtype=None) -> OBAProblem:
-        """Copy to a device / floating dtype (bool tensors keep their dtype)."""
-        out = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if v is not None:
-                v = v.to(device=device, dtype=dtype if v.is_floating_point() else None)
-            out[f.name] = v
-        return OBAProblem(**out)
-
-
-# OBAProblem fields indexed by frame (dim 1); the others are per problem.
-PER_FRAME_FIELDS = ("obs_uv", "obs_mask", "T_cam_odom", "frame_mask", "stamps_s", "obs_sqrt_weight", "prior_T_odom_obj",
-                    "prior_sqrt_info", "prior_mask", "fixed_frames")
-
-
-def newest_frames(problem: OBAProblem, state: OBAState, n: int) -> tuple[OBAProblem, OBAState]:
-    """Problems and state cut to each problem's newest ``n`` present frames (frames packed oldest
-    first, padding last, as :func:`~ba_perception.core.oba.refine.build_batch` packs them); points are kept."""
-    B, F, _ = problem.shape
-    nf = problem.frame_mask.sum(1)
-    j = torch.arange(n, device=nf.device)
-    idx = ((nf - n).clamp(min=0)[:, None] + j).clamp(max=F - 1)  # (B, n)
-
-    def newest(x: torch.Tensor) -> torch.Tensor:
-        return torch.gather(x, 1, idx.view(B, n, *([1] * (x.dim() - 2))).expand(B, n, *x.shape[2:]))
-
-    cut = OBAProblem(**{f.name: (newest(v) if f.name in PER_FRAME_FIELDS and v is not None else v)
-                        for f in fields(problem) for v in [getattr(problem, f.name)]})
-    cut.frame_mask = cut.frame_mask & (j[None] < nf[:, None])
-    cut.obs_mask = cut.obs_mask & cut.frame_mask[..., None]
-    if cut.prior_mask is not None:
-        cut.prior_mask = cut.prior_mask & cut.frame_mask
-    return cut, OBAState(newest(state.R_odom_obj), newest(state.t_odom_obj), state.points_obj)
-
-
-@dataclass
-class OBAState:
-    """Unknowns: object poses per frame in odom and points in the object frame.
-
-    Attributes:
-        R_odom_obj: ``(B, F, 3, 3)`` object rotations.
-        t_odom_obj: ``(B, F, 3)`` object (box centre) positions in odom, metres.
-        points_obj: ``(B, K, 3)`` points in the object frame, metres.
-    """
-
-    R_odom_obj: torch.Tensor
-    t_odom_obj: torch.Tensor
-    points_obj: torch.Tensor
-
-    def clone(self) -> OBAState:
-        """Deep copy."""
-        return OBAState(self.R_odom_obj.clone(), self.t_odom_obj.clone(), self.points_obj.clone())
-
-    def T_odom_obj(self) -> torch.Tensor:
-        """``(B, F, 4, 4)`` poses."""
-        T = torch.zeros(self.R_odom_obj.shape[:-2] + (4, 4), dtype=self.R_odom_obj.dtype, device=self.R_odom_obj.device)
-        T[..., :3, :3] = self.R_odom_obj
-        T[..., :3, 3] = self.t_odom_obj
-        T[..., 3, 3] = 1
-        return T
-
-
-@dataclass
-class SolverOptions:
-    """LM settings. Tolerances follow Ceres' meanings (relative cost decrease, step, gradient)."""
-
-    max_iterations: int = 5
-    loss: str = "cauchy"
-    loss_scale_px: float = 2.0
-    yaw_only: bool = False
-    initial_lambda: float = 1e-4
-    min_diagonal: float = 1e-6
-    max_diagonal: float = 1e32
-    function_tolerance: float = 1e-12
-    parameter_tolerance: float = 1e-12
-    gradient_tolerance: float = 1e-12
-    min_depth_m: float = 1e-3
-    sync_every: int = 1
-    compute_covariance: bool = True
-    # No host sync anywhere (CUDA-graph capture): a given ``static`` tensor always takes the
-    # shared-slot code path instead of asking the device whether any problem is static.
-    assume_static: bool = False
-    # Fuse the LM iteration with torch.compile (Triton kernels on CUDA, C++ on CPU): 2x faster on
-    # an H100 inside a CUDA graph, but compiling takes tens of seconds per process and per batch
-    # shape, so a node's first frames of every new padded size would stall. Off by default.
-    compiled: bool = False
-
-
-@dataclass
-class OBAResult:
-    """Solver output.
-
-    Attributes:
-        state: refined unknowns (static problems: slot 0 broadcast to every frame).
-        cost: ``(B,)`` final Ceres-convention cost (NaN for invalid problems).
-        initial_cost: ``(B,)`` cost at the initial state.
-        iterations: ``(B,)`` LM iterations run per problem.
-        converged: ``(B,)`` a tolerance was met.
-        valid: ``(B,)`` problem was solvable (enabled and finite inputs).
-        lam: ``(B,)`` final damping (pass back as ``initial_lambda`` for a warm start).
-        pose_covariance: ``(B, F, 6, F, 6)`` covariance of the per-slot pose increments
-            ``[dt (odom, m), dtheta (object frame, rad)]`` with the points marginalised
-            (inverse of the Schur complement of the undamped Gauss-Newton information);
-            zero for held or unused slots; None unless ``compute_covariance``.
-        num_obs: ``(B,)`` observations used.
-    """
-
-    state: OBAState
-    cost: torch.Tensor
-    initial_cost: torch.Tensor
-    iterations: torch.Tensor
-    converged: torch.Tensor
-    valid: torch.Tensor
-    lam: torch.Tensor
-    pose_covariance: torch.Tensor | None
-    num_obs: torch.Tensor
-
+from ba_perception.core.oba.problem import (  # noqa: F401  (the solver's public types, re-exported)
+    LOSSES,
+    OBAProblem,
+    OBAResult,
+    OBASolverError,
+    OBAState,
+    SolverOptions,
+    newest_frames,
+)
 
 # ----------------------------------------------------------------------------------------------
 # preparation
@@ -769,116 +607,3 @@ def _pose_covariance(ne: _Normal, prep: _Prep, options: SolverOptions) -> torch.
     cov = cov * f[:, :, None] * f[:, None, :]
     cov = torch.where(ok[:, None, None], cov, torch.full_like(cov, float("nan")))
     return cov.reshape(B, P, 6, P, 6)
-
-
-class CapturedSolve:
-    """:func:`solve` recorded once as a CUDA graph and replayed on new inputs of the same shapes.
-
-    One LM solve launches hundreds of small kernels per iteration; replaying a graph removes the
-    per-launch host cost, which dominates at the node's sizes. The graph holds its own input and
-    output tensors: :meth:`__call__` copies the new problem and initial state into them, replays,
-    and returns the static :class:`OBAResult` (overwritten by the next call: clone what you keep).
-
-    Every optional field that is set on the capture problem must be set on later problems, and
-    vice versa (the graph records which terms exist). ``options.sync_every`` is forced to 0 and
-    ``assume_static`` to True (no host sync may happen inside a capture).
-
-    Raises:
-        OBASolverError: the problem is not on a CUDA device, or a later problem's fields or shapes differ.
-    """
-
-    def __init__(self, problem: OBAProblem, init: OBAState, options: SolverOptions | None = None, warmup: int = 2) -> None:
-        if problem.obs_uv.device.type != "cuda":
-            raise OBASolverError("CapturedSolve needs the problem on a CUDA device")
-        self.options = SolverOptions(**{**{f.name: getattr(options or SolverOptions(), f.name) for f in fields(SolverOptions)},
-                                        "sync_every": 0, "assume_static": True})
-        dev, dt = problem.obs_uv.device, problem.obs_uv.dtype
-        self.problem = problem.to(device=dev, dtype=dt)
-        self.problem = OBAProblem(**{f.name: (None if v is None else v.clone())
-                                     for f in fields(OBAProblem) for v in [getattr(self.problem, f.name)]})
-        self.init = OBAState(*(x.to(device=dev, dtype=dt).clone() for x in (init.R_odom_obj, init.t_odom_obj, init.points_obj)))
-        self.initial_lambda = torch.full((problem.shape[0],), self.options.initial_lambda, dtype=dt, device=dev)
-        stream = torch.cuda.Stream(device=dev)
-        stream.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(stream):
-            for _ in range(max(1, warmup)):  # allocator and library handles settle outside the capture
-                solve(self.problem, self.init, self.options, self.initial_lambda)
-        torch.cuda.current_stream(dev).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.result = solve(self.problem, self.init, self.options, self.initial_lambda)
-
-    def __call__(self, problem: OBAProblem | None = None, init: OBAState | None = None,
-                 initial_lambda: torch.Tensor | None = None) -> OBAResult:
-        """Copy ``problem`` / ``init`` (when given) into the graph's inputs, replay, return the graph's result.
-
-        ``initial_lambda`` (``(B,)``) warm-starts the damping; None restarts it at ``options.initial_lambda``.
-        """
-        if problem is not None:
-            for f in fields(OBAProblem):
-                dst, src = getattr(self.problem, f.name), getattr(problem, f.name)
-                if (dst is None) != (src is None) or (src is not None and src.shape != dst.shape):
-                    raise OBASolverError(f"CapturedSolve: field {f.name} differs from the captured problem "
-                                         f"({None if src is None else tuple(src.shape)} vs {None if dst is None else tuple(dst.shape)})")
-                if src is not None:
-                    dst.copy_(src, non_blocking=True)
-        if init is not None:
-            for dst, src in zip((self.init.R_odom_obj, self.init.t_odom_obj, self.init.points_obj),
-                                (init.R_odom_obj, init.t_odom_obj, init.points_obj)):
-                if src.shape != dst.shape:
-                    raise OBASolverError(f"CapturedSolve: initial state shape {tuple(src.shape)} differs from {tuple(dst.shape)}")
-                dst.copy_(src, non_blocking=True)
-        if initial_lambda is None:
-            self.initial_lambda.fill_(self.options.initial_lambda)
-        else:
-            self.initial_lambda.copy_(initial_lambda, non_blocking=True)
-        self.graph.replay()
-        return self.result
-
-
-def _pad_batch(x: torch.Tensor | None, n: int) -> torch.Tensor | None:
-    """``x`` with ``n`` zero rows appended along the batch dimension."""
-    if x is None or n == 0:
-        return x
-    return torch.cat([x, x.new_zeros((n, *x.shape[1:]))])
-
-
-class GraphSolveCache:
-    """CUDA-graph solves for batches of varying size: the batch is padded to a multiple of ``bucket``
-    with disabled problems, and one :class:`CapturedSolve` is kept per padded shape (at most
-    ``max_graphs``, least recently used dropped). CPU problems are solved eagerly.
-
-    The result is cut back to the caller's batch and cloned, so it stays valid after later calls.
-    """
-
-    def __init__(self, bucket: int = 16, max_graphs: int = 8) -> None:
-        self.bucket, self.max_graphs = max(1, bucket), max(1, max_graphs)
-        self._graphs: dict[tuple, CapturedSolve] = {}
-
-    def solve(self, problem: OBAProblem, init: OBAState, options: SolverOptions,
-              initial_lambda: torch.Tensor | None = None) -> OBAResult:
-        """Same contract as :func:`solve`."""
-        if problem.obs_uv.device.type != "cuda":
-            return solve(problem, init, options, initial_lambda)
-        _check(problem)
-        B = problem.shape[0]
-        n = -B % self.bucket
-        mask = problem.problem_mask if problem.problem_mask is not None else torch.ones(B, dtype=torch.bool, device=problem.obs_uv.device)
-        padded = OBAProblem(**{f.name: _pad_batch(getattr(problem, f.name), n) for f in fields(OBAProblem)})
-        padded.problem_mask = _pad_batch(mask, n)
-        state = OBAState(*(_pad_batch(x, n) for x in (init.R_odom_obj, init.t_odom_obj, init.points_obj)))
-        lam = None if initial_lambda is None else torch.cat([initial_lambda, initial_lambda.new_full((n,), options.initial_lambda)])
-        key = (tuple(padded.obs_uv.shape), padded.obs_uv.dtype, str(padded.obs_uv.device),
-               tuple(getattr(padded, f.name) is None for f in fields(OBAProblem)),
-               tuple(getattr(options, f.name) for f in fields(SolverOptions)))
-        graph = self._graphs.pop(key, None)
-        if graph is None:
-            if len(self._graphs) >= self.max_graphs:
-                self._graphs.pop(next(iter(self._graphs)))
-            graph = CapturedSolve(padded, state, options)
-        self._graphs[key] = graph  # most recently used last
-        r = graph(padded, state, lam)
-        cut = lambda x: None if x is None else x[:B].clone()  # noqa: E731
-        return OBAResult(OBAState(cut(r.state.R_odom_obj), cut(r.state.t_odom_obj), cut(r.state.points_obj)),
-                         cut(r.cost), cut(r.initial_cost), cut(r.iterations), cut(r.converged), cut(r.valid), cut(r.lam),
-                         cut(r.pose_covariance), cut(r.num_obs))

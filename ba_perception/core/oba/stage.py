@@ -22,7 +22,12 @@ from ba_perception.core.config import config_from_params
 from ba_perception.core.geometry import valid_intrinsics
 from ba_perception.core.oba.correspondences import KltTracker
 from ba_perception.core.oba.refine import RefineConfig, RefinedBox, refine_tracklets
-from ba_perception.core.oba.tracklets import ObjectTrack, Observation, TrackletBuffer, TrackletConfig
+from ba_perception.core.oba.tracklets import (
+    ObjectTrack,
+    Observation,
+    TrackletBuffer,
+    TrackletConfig,
+)
 
 SOLVER_PARAMS = ("max_iterations", "loss", "loss_scale_px", "yaw_only")  # track_buffer_node parameters of SolverOptions
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
