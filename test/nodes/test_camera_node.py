@@ -39,7 +39,9 @@ def test_image_folder(ros_env, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    written = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(5)]
+    # 20 files at 20 Hz: the subscription side of DDS discovery may still be matching for the first
+    # frames on a loaded machine (the node only knows that its publisher sees the subscription)
+    written = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(20)]
     for i, rgb in enumerate(written):
         cv2.imwrite(str(folder / f"{i:04d}.png"), rgb[..., ::-1])
     frames, infos, spin = _listen(ros_env)
