@@ -123,9 +123,9 @@ def run_node(node_cls: type[Node], argv: Sequence[str] | None = None, **kwargs: 
     SIGINT or SIGTERM (``ros2 launch``, the project launcher, Ctrl-C in a terminal, which sends
     SIGINT twice under ``ros2 launch``) stops the node between two callbacks: no traceback, no
     callback cut off; then ``close()`` (the node stops its threads), rclpy shutdown,
-    ``destroy_node()``, exit 0. Run as a process of its own
-    (``argv`` None: a console script), the process then ends at once instead of going through the
-    interpreter's teardown (seconds with torch loaded).
+    ``destroy_node()``, exit 0. Run as a process of its own (``argv`` None: a console script),
+    the process then ends at once instead of going through the interpreter's teardown (seconds
+    with torch loaded).
 
     Returns the process exit code: 0 on a clean shutdown, 2 on an invalid parameter or a startup
     error, else the node's ``exit_code`` attribute when it sets one.
