@@ -7,7 +7,7 @@ syntax from one function, :func:`ba_perception.graph.plan_graph`; arguments are 
 stop the graph as ``ros2 launch`` does (SIGINT, then SIGTERM after 5 s, then SIGKILL after 5 s more);
 a node that crashes is restarted with a back-off that doubles while it keeps crashing and starts
 over once it has run for a while; a node marked ``shutdown_on_exit`` that ends (the bag finished)
-stops the whole graph.
+stops the whole graph, after ``DRAIN_S`` when it finished cleanly.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ba_perception.graph import (
+    DRAIN_S,
     LAUNCH_ARGUMENTS,
     PACKAGE,
     RESPAWN_DELAY_S,
@@ -331,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         plan = plan_graph(launch_arguments(args), args.set, only=[n for n in args.only.split(",") if n])
-        launcher = Launcher.from_plan(plan)
+        launcher = Launcher.from_plan(plan, drain_s=DRAIN_S)
     except (GraphError, LaunchError) as err:
         raise CommandError(str(err)) from err
     if args.list:
