@@ -29,6 +29,7 @@ READY_TOPIC = "/ba_perception/ready"
 RESPAWN_DELAY_S = 1.0
 SIGTERM_TIMEOUT_S = 5.0  # SIGINT first; SIGTERM when still alive after this long
 SIGKILL_TIMEOUT_S = 5.0  # then SIGKILL after this long
+DRAIN_S = 3.0  # after the bag player finished cleanly, frames still in the pipeline get this long to reach the outputs
 # The colcon command that builds both packages (the repository root is a package, so colcon does not
 # look below it for ba_perception_msgs by itself); README "On a vehicle" and CI use it verbatim.
 COLCON_BUILD = "colcon build --base-paths src src/ba_perception/ba_perception_msgs --packages-up-to ba_perception"

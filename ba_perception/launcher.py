@@ -7,7 +7,7 @@ syntax from one function, :func:`ba_perception.graph.plan_graph`; arguments are 
 stop the graph as ``ros2 launch`` does (SIGINT, then SIGTERM after 5 s, then SIGKILL after 5 s more);
 a node that crashes is restarted with a back-off that doubles while it keeps crashing and starts
 over once it has run for a while; a node marked ``shutdown_on_exit`` that ends (the bag finished)
-stops the whole graph.
+stops the whole graph, after ``DRAIN_S`` when it finished cleanly.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ba_perception.graph import (
+    DRAIN_S,
     LAUNCH_ARGUMENTS,
     PACKAGE,
     RESPAWN_DELAY_S,
@@ -58,7 +59,8 @@ class Running:
     restarts: int = 0
     crashes: list[float] = field(default_factory=list)  # monotonic times of recent crashes
     restart_at: float | None = None  # a restart is due at this time
-    reported: bool = False
+    reported: bool = False  # its failure was logged and counted
+    noted: bool = False  # its clean exit was logged
 
 
 def executable_path(package: str, executable: str) -> Path:
@@ -234,16 +236,22 @@ class Launcher:
                 r.reported = True
                 self.log(f"[launch] {r.spec.name} exited with {code}; not restarted")
                 self.exit_code = 1
+            elif code == 0 and not r.noted:
+                r.noted = True  # (not `reported`: under Ctrl-C the node may be first to see the signal)
+                self.log(f"[launch] {r.spec.name} finished (exit 0)")
         return not self.stopping and any(r.proc.poll() is None or r.restart_at is not None for r in self.running)
 
-    def shutdown(self) -> None:
+    def shutdown(self, requested_at: float | None = None) -> None:
         """SIGINT every node; SIGTERM what is alive after ``sigterm_timeout_s``, SIGKILL after
-        ``sigkill_timeout_s`` more. Logs each node's exit code and how long it took to stop."""
+        ``sigkill_timeout_s`` more. Logs each node's exit code and how long it took to stop, counted
+        from ``requested_at`` (the SIGINT the launcher received; default now): under Ctrl-C in a
+        terminal the nodes got it too and may have stopped already."""
         self.stopping = True
-        t0 = time.monotonic()
-        alive = [r for r in self.running if r.proc.poll() is None]
+        t0 = time.monotonic() if requested_at is None else requested_at
+        alive = [r for r in self.running if r.restart_at is None and not r.reported]
         for r in alive:
-            r.proc.send_signal(signal.SIGINT)
+            if r.proc.poll() is None:
+                r.proc.send_signal(signal.SIGINT)
         for sig, timeout in ((signal.SIGTERM, self.sigterm_timeout_s), (signal.SIGKILL, self.sigkill_timeout_s), (None, 0)):
             deadline = time.monotonic() + timeout
             while alive and time.monotonic() < deadline:
@@ -265,10 +273,11 @@ class Launcher:
             self.log(f"[launch] {r.spec.name} killed (exit {r.proc.returncode})")
 
     def run(self) -> int:
-        stop = {"flag": False}
+        stop: dict[str, Any] = {"flag": False, "at": None}
 
         def on_signal(signum, frame):  # noqa: ARG001
             stop["flag"] = True
+            stop["at"] = stop["at"] or time.monotonic()
 
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -277,7 +286,7 @@ class Launcher:
                 time.sleep(0.05)
         finally:
             if not self.stopping:
-                self.shutdown()
+                self.shutdown(stop["at"])
             for s, h in old.items():
                 signal.signal(s, h)
         return self.exit_code
@@ -323,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         plan = plan_graph(launch_arguments(args), args.set, only=[n for n in args.only.split(",") if n])
-        launcher = Launcher.from_plan(plan)
+        launcher = Launcher.from_plan(plan, drain_s=DRAIN_S)
     except (GraphError, LaunchError) as err:
         raise CommandError(str(err)) from err
     if args.list:

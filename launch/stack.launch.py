@@ -5,7 +5,8 @@ it declares the launch arguments, turns their strings into the node list with ty
 values (YAML rules: lockstep:=true is a bool, rate:=2 a float, camera_extrinsics:=[...] a list)
 and remappings, and refuses an unknown value or a missing rviz2/bag before any node starts.
 Parameters come from one file, config/stack.yaml (override with params_file:=...). Crashed nodes
-are respawned; when the bag player finishes, the launch shuts down.
+are respawned; when the bag player finishes, the launch shuts down (after DRAIN_S, so the last
+frames reach the recorder; at once when it failed).
 
 Examples:
   ros2 launch ba_perception stack.launch.py source:=none backend:=tensorrt rviz:=true
@@ -19,13 +20,21 @@ from __future__ import annotations
 import os
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler, SetEnvironmentVariable
+from launch.actions import (
+    DeclareLaunchArgument,
+    EmitEvent,
+    OpaqueFunction,
+    RegisterEventHandler,
+    SetEnvironmentVariable,
+    TimerAction,
+)
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from ba_perception.graph import (
+    DRAIN_S,
     LAUNCH_ARGUMENTS,
     RESPAWN_DELAY_S,
     SIGKILL_TIMEOUT_S,
@@ -53,9 +62,18 @@ def _nodes(context, *args, **kwargs):
         )
         actions.append(node)
         if spec.shutdown_on_exit:
-            actions.append(RegisterEventHandler(OnProcessExit(
-                target_action=node, on_exit=[EmitEvent(event=Shutdown(reason=f"{spec.name} finished"))])))
+            actions.append(RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_stop_graph(spec.name))))
     return actions
+
+
+def _stop_graph(name: str):
+    """When ``name`` (the bag player) ends: stop the graph, after DRAIN_S if it finished cleanly."""
+
+    def on_exit(event, context):
+        shutdown = EmitEvent(event=Shutdown(reason=f"{name} finished (exit {event.returncode})"))
+        return [TimerAction(period=DRAIN_S, actions=[shutdown])] if event.returncode == 0 else [shutdown]
+
+    return on_exit
 
 
 def generate_launch_description() -> LaunchDescription:

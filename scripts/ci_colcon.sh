@@ -13,6 +13,7 @@ CHECK_ONLY=0
 [[ ${1:-} == --check-only ]] && { CHECK_ONLY=1; shift; }
 WORK=${1:-$(mktemp -d)}
 [[ $# -ge 1 ]] || trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$WORK"
 WS=$WORK/ws
 T0=$(date +%s)
 log() { printf '[ci-colcon] %s\n' "$*"; }

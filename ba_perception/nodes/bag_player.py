@@ -126,6 +126,7 @@ class BagPlayer(PerceptionNode):
         self.exit_code = 0
         self.stamp_map: dict[int, int] = {}  # restamped -> original capture stamp
         self.done = threading.Event()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._play, name="bag_player", daemon=True)
         self._thread.start()
 
@@ -162,7 +163,7 @@ class BagPlayer(PerceptionNode):
         t0 = time.monotonic()
         timeout = self.p["ready_timeout_s"] or float("inf")
         next_log = t0 + 10.0
-        while rclpy.ok():
+        while self._running():
             with self._ready_cv:
                 missing = self._graph_waiting_for()
                 if not missing:
@@ -196,13 +197,13 @@ class BagPlayer(PerceptionNode):
         if self.p["wait_for_subscribers"] <= 0 and not any(self.p["ready_topics"]):
             return
         deadline = time.monotonic() + self.p["wait_timeout_s"]
-        while rclpy.ok() and time.monotonic() < deadline:
+        while self._running() and time.monotonic() < deadline:
             if self._ready():
                 # The graph view says the endpoints exist, not that every writer/reader pair between
                 # other processes has matched yet (measured up to 0.7 s under load): let them settle.
-                time.sleep(1.0)
+                self._stop.wait(1.0)
                 return
-            time.sleep(0.02)
+            self._stop.wait(0.02)
         self.get_logger().warning("playing although the graph is not fully connected (wait_timeout_s passed)")
 
     def _play(self) -> None:
@@ -210,8 +211,8 @@ class BagPlayer(PerceptionNode):
             if not self._wait_graph_ready():
                 return
             self._wait_subscribers()
-            time.sleep(self.p["start_delay_s"])
-            while rclpy.ok():
+            self._stop.wait(self.p["start_delay_s"])
+            while self._running():
                 self._play_once()
                 if not self.p["loop"]:
                     break
@@ -235,7 +236,7 @@ class BagPlayer(PerceptionNode):
         t0_bag = t0_wall = None
         pending: int | None = None  # stamp of the last trigger frame awaiting its output
         for conn, t_bag, raw in self.reader.messages(connections=self.connections):
-            if not rclpy.ok():
+            if not self._running():
                 return
             if lockstep:
                 if conn.topic == trigger and pending is not None:
@@ -246,7 +247,7 @@ class BagPlayer(PerceptionNode):
                     t0_bag, t0_wall = t_bag, time.monotonic()
                 delay = t0_wall + (t_bag - t0_bag) / 1e9 / rate - time.monotonic()
                 if delay > 0:
-                    time.sleep(delay)
+                    self._stop.wait(delay)
             if self.clock_pub is not None:
                 from rosgraph_msgs.msg import Clock
 
@@ -263,7 +264,8 @@ class BagPlayer(PerceptionNode):
         if lockstep and pending is not None:
             self._wait_ack(pending)
         for pub in self.publishers_by_topic.values():  # let reliable readers take the tail
-            pub.wait_for_all_acked(rclpy.duration.Duration(seconds=5.0))
+            if self._running():
+                pub.wait_for_all_acked(rclpy.duration.Duration(seconds=5.0))
 
     def _write_stamp_map(self, path: Path) -> None:
         try:
@@ -300,14 +302,21 @@ class BagPlayer(PerceptionNode):
         with self._ack:
             while stamp not in self._acked:
                 left = deadline - time.monotonic()
-                if left <= 0 or not rclpy.ok():
+                if left <= 0 or not self._running():
                     self.count("lockstep_timeouts")
                     return
                 self._ack.wait(min(left, 0.1))
             self._acked.discard(stamp)
             self.count("lockstep_acked")
 
+    def _running(self) -> bool:
+        return rclpy.ok() and not self._stop.is_set()
+
     def close(self) -> None:
+        """Stop playback (the message being published completes), then close the bag."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=1.0)
         self.reader.close()
 
 

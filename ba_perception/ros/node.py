@@ -184,9 +184,10 @@ def run_node(node_cls: type[Node], argv: Sequence[str] | None = None, **kwargs: 
 
     SIGINT or SIGTERM (``ros2 launch``, the project launcher, Ctrl-C in a terminal, which sends
     SIGINT twice under ``ros2 launch``) stops the node between two callbacks: no traceback, no
-    callback cut off, ``close()`` and ``destroy_node()`` once, exit 0. Run as a process of its own
-    (``argv`` None: a console script), the process then ends at once instead of going through the
-    interpreter's teardown (seconds with torch loaded).
+    callback cut off; then ``close()`` (the node stops its threads), rclpy shutdown,
+    ``destroy_node()``, exit 0. Run as a process of its own (``argv`` None: a console script),
+    the process then ends at once instead of going through the interpreter's teardown (seconds
+    with torch loaded).
 
     Returns the process exit code: 0 on a clean shutdown, 2 on an invalid parameter or a startup
     error, else the node's ``exit_code`` attribute when it sets one.
@@ -214,12 +215,13 @@ def run_node(node_cls: type[Node], argv: Sequence[str] | None = None, **kwargs: 
         code = 2
     finally:
         stop.spinning = True  # a signal during cleanup is noted, never raised
-        if rclpy.ok():
-            rclpy.try_shutdown()  # ends the node's own threads (they watch rclpy.ok())
         if node is not None:
             close = getattr(node, "close", None)
             if close is not None:
-                close()
+                close()  # stops the node's own threads (a frame in progress is finished and published)
+        if rclpy.ok():
+            rclpy.try_shutdown()
+        if node is not None:
             node.destroy_node()
     code = code or int(getattr(node, "exit_code", 0) or 0)
     if argv is None:
