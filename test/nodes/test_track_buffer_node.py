@@ -137,7 +137,7 @@ def test_klt_without_images_falls_back_to_priors_and_counts_it(ros_env):
     T_base_cam = extrinsics_to_matrix([1.2, 0.0, 1.65, 0.0, 0.0, 0.0])
     # one undecodable image, for frame 3, sent two frames ahead of it; the others are simply missing
     bad = numpy_to_image(np.zeros((4, 4, 3), np.uint8), "rgb8")
-    bad.encoding, bad.header.stamp = "yuv422_yuy2", ns_to_time(T0 + 3 * DT)
+    bad.encoding, bad.header.stamp = "bayer_rggb8", ns_to_time(T0 + 3 * DT)
     for k in range(6):
         if k == 1:
             img_pub.publish(bad)
