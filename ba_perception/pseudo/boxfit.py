@@ -48,6 +48,9 @@ class FitOptions:
         centre_sigma_m / yaw_sigma_deg: priors on the point-based centre and L-shape yaw.  top_edge_weight: weight of the 2D top edge
             (the cuboid's top corners rise above a car's silhouette).  moving_min_m: track motion
             max_fit_views: evenly spaced labelled frames used in the optimisation.
+        silhouette_shrink: label box / projected cuboid box, width and height (cars in the world:
+            medians 0.94 and 0.92 over unoccluded, untruncated cars; without it the fit pushes
+            boxes ~6 % too far).
     """
 
     min_mean_iou: float = 0.5
@@ -57,6 +60,8 @@ class FitOptions:
     max_fit_views: int = 20
     shape_min_m: float = 0.05
     yaw_sigma_deg: float = 4.0
+    max_nfev: int = 80
+    silhouette_shrink: tuple[float, float] = (0.94, 0.92)
     body_low_m: tuple[float, float] = (0.25, 0.9)
 
 
@@ -135,11 +140,13 @@ def box_corners_odom(center: np.ndarray, size_lwh: np.ndarray, yaw: float) -> np
     return np.stack([center[0] + c * x - s * y, center[1] + s * x + c * y, center[2] + z], 1)
 
 
-def project_box(corners: np.ndarray, views: TrackViews) -> tuple[np.ndarray, np.ndarray]:
-    """2D boxes of the corners in every view, clipped to the image.
+def project_box(corners: np.ndarray, views: TrackViews, shrink: tuple[float, float] = (1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+    """2D boxes of the corners in every view, shrunk about their centre, clipped to the image.
 
     Args:
         corners: ``(8, 3)`` odom.  views: the cameras.
+        shrink: ``(width, height)`` factors: a 2D label is the object's silhouette box, smaller than
+            the projected cuboid's box (rounded corners, narrower roof).
 
     Returns:
         ``(boxes (F, 4), valid (F,))``: valid where every corner is in front of the camera.
@@ -151,7 +158,9 @@ def project_box(corners: np.ndarray, views: TrackViews) -> tuple[np.ndarray, np.
     u = views.K[:, None, 0, 0] * pc[..., 0] / zc + views.K[:, None, 0, 2]
     v = views.K[:, None, 1, 1] * pc[..., 1] / zc + views.K[:, None, 1, 2]
     W, H = views.image_wh
-    b = np.stack([u.min(1), v.min(1), u.max(1), v.max(1)], 1)
+    cu, cv = (u.min(1) + u.max(1)) / 2, (v.min(1) + v.max(1)) / 2
+    hw, hh = shrink[0] * (u.max(1) - u.min(1)) / 2, shrink[1] * (v.max(1) - v.min(1)) / 2
+    b = np.stack([cu - hw, cv - hh, cu + hw, cv + hh], 1)
     b = np.stack([np.clip(b[:, 0], 0, W - 1), np.clip(b[:, 1], 0, H - 1), np.clip(b[:, 2], 0, W - 1),
                   np.clip(b[:, 3], 0, H - 1)], 1)
     return b, valid
@@ -201,7 +210,7 @@ def _residuals(x: np.ndarray, views: TrackViews, ground_z: float, prior: tuple, 
                opts: FitOptions, edge_w: np.ndarray) -> np.ndarray:
     cx, cy, yaw, l, w, h = x
     corners = box_corners_odom(np.array([cx, cy, ground_z + h / 2]), np.array([l, w, h]), yaw)
-    b, valid = project_box(corners, views)
+    b, valid = project_box(corners, views, opts.silhouette_shrink)
     scale = np.maximum(views.boxes[:, 3] - views.boxes[:, 1], 10.0)[:, None]
     r = (b - views.boxes) / scale * edge_w * valid[:, None]
     (m, s) = prior
@@ -293,14 +302,14 @@ def fit_box(cluster: ObjectCluster, views: TrackViews, cls: str = "car", opts: F
         lb = [-np.inf, -np.inf, axis - 0.35, 0.6 * l0, 0.6 * w0, 0.6 * h0]
         ub = [np.inf, np.inf, axis + 0.35, 1.6 * l0, 1.6 * w0, 1.6 * h0]
         x0 = np.clip(x0, np.array(lb) + 1e-6, np.array(ub) - 1e-6)
-        res = least_squares(_residuals, x0, bounds=(lb, ub), loss="soft_l1", f_scale=0.2, max_nfev=80,
+        res = least_squares(_residuals, x0, bounds=(lb, ub), loss="soft_l1", f_scale=0.2, max_nfev=opts.max_nfev,
                             args=(sub, cluster.ground_z, prior, c_xy, axis, opts, edge_w))
         if best is None or res.cost < best.cost:
             best = res
     cx, cy, yaw, l, w, h = best.x
     center = np.array([cx, cy, cluster.ground_z + h / 2])
     size = np.array([l, w, h])
-    b, valid = project_box(box_corners_odom(center, size, yaw), views)
+    b, valid = project_box(box_corners_odom(center, size, yaw), views, opts.silhouette_shrink)
     ious = np.where(valid, iou_rows(b, views.boxes), 0.0)
     mean_iou = float(ious.mean())
     cent = cluster.frame_centroids[:, :2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ba_perception.pseudo.boxfit import (
-    TrackViews, box_corners_odom, fit_box, heading_from_shape, lshape_yaw, project_box,
+    FitOptions, TrackViews, box_corners_odom, fit_box, heading_from_shape, lshape_yaw, project_box,
 )
 from ba_perception.pseudo.clustering import ObjectCluster
 
@@ -48,7 +48,7 @@ def _car_surface(center, size, yaw, rng, cams_xy, n=800):
 def _views(center, size, yaw, cams):
     T_cam_odom = np.linalg.inv(np.stack(cams))
     v = TrackViews(np.arange(len(cams)), np.zeros((len(cams), 4)), np.stack([K] * len(cams)), T_cam_odom, (1242, 375))
-    boxes, _ = project_box(box_corners_odom(np.array([*center, size[2] / 2]), np.array(size), yaw), v)
+    boxes, _ = project_box(box_corners_odom(np.array([*center, size[2] / 2]), np.array(size), yaw), v, FitOptions().silhouette_shrink)
     v.boxes = boxes
     return v
 
