@@ -13,11 +13,13 @@ Boxes are upright in odom: centre ``(x, y, z)`` (geometric centre, metres), size
 3. 2D agreement: centre, yaw and size are refined so that the projected cuboid's 2D box matches the
    2D labels in every frame (edges touching the image border are not used), with priors on the
    size and on the point-based centre; the length-axis hypothesis with the lower cost wins.
-4. Heading: from the end of the car the cameras saw (:func:`heading_from_shape`: seen from the
-   front, the roof-level points start a hood and windshield behind the end face; from the rear,
-   close to it), falling back to the traffic side (parked along the road on
-   the ego's right: facing the ego's travel direction; on its left: against it). Not from motion:
-   the kept boxes are static, and a static car's per-frame clusters drift as the ego passes it.
+4. Heading (the kept boxes are static, so not from motion; a static car's per-frame clusters
+   drift as the ego passes it): a car whose length axis is within ``parallel_deg`` of the ego's
+   path (parked along the road) takes the traffic side (right-hand traffic: on the ego's right
+   facing its travel direction, on its left against it). Any other car (e.g. perpendicular
+   parking) takes the end the cameras saw (:func:`heading_from_shape`: seen from the front, the
+   roof-level points start a hood and windshield behind the end face; from the rear, close to
+   it), else the side rule.
 5. Filters: the box is kept when its projections agree with the 2D labels (mean IoU >= 0.5; a
    moving car's points triangulate at a depth scaled by the relative speed, so a static cuboid at
    that depth disagrees with its 2D boxes) and its per-frame main-cluster centroids stay within
@@ -47,7 +49,8 @@ class FitOptions:
             filter on the per-frame main-cluster centroids (BEV, median distance to their median).
         centre_sigma_m / yaw_sigma_deg: priors on the point-based centre and L-shape yaw.  top_edge_weight: weight of the 2D top edge
             (the cuboid's top corners rise above a car's silhouette).  moving_min_m: track motion
-            max_fit_views: evenly spaced labelled frames used in the optimisation.
+            side_prior / parallel_deg: heading of cars parked along the ego's path from the traffic side.
+        max_fit_views: evenly spaced labelled frames used in the optimisation.
         silhouette_shrink: label box / projected cuboid box, width and height (cars in the world:
             medians 0.94 and 0.92 over unoccluded, untruncated cars; without it the fit pushes
             boxes ~6 % too far).
@@ -61,6 +64,8 @@ class FitOptions:
     shape_min_m: float = 0.05
     yaw_sigma_deg: float = 4.0
     max_nfev: int = 80
+    side_prior: bool = True
+    parallel_deg: float = 25.0
     silhouette_shrink: tuple[float, float] = (0.94, 0.92)
     body_low_m: tuple[float, float] = (0.25, 0.9)
 
@@ -314,17 +319,19 @@ def fit_box(cluster: ObjectCluster, views: TrackViews, cls: str = "car", opts: F
     mean_iou = float(ious.mean())
     cent = cluster.frame_centroids[:, :2]
     spread = float(np.median(np.linalg.norm(cent - np.median(cent, 0), axis=1))) if len(cent) else 0.0
-    # heading (the kept boxes are static, so not from motion): the points' shape, else the traffic side
+    # heading (the kept boxes are static, so not from motion): a car parked along the ego's path
+    # takes the traffic side; otherwise the end of the car the cameras saw (shape), else the side
     fwd = np.array([np.cos(yaw), np.sin(yaw)])
+    cam_dir = cams_xy[-1] - cams_xy[0] if len(cams_xy) >= 2 else fwd
+    along = abs(float(cam_dir @ fwd)) > np.cos(np.radians(opts.parallel_deg)) * np.linalg.norm(cam_dir)
     score = heading_from_shape(cluster.points, cluster.height, center, yaw, size)
-    if abs(score) > opts.shape_min_m:
-        source, flip = "shape", score < 0
-    else:
-        # parked along the road: on the right of the ego's travel facing along it, on the left against it
-        cam_dir = cams_xy[-1] - cams_xy[0] if len(cams_xy) >= 2 else fwd
+    if (along and np.linalg.norm(cam_dir) > 1.0 and opts.side_prior) or abs(score) <= opts.shape_min_m:
+        # on the right of the ego's travel facing along it, on its left against it (right-hand traffic)
         rel = center[:2] - cams_xy[0]
         left = cam_dir[0] * rel[1] - cam_dir[1] * rel[0] > 0
         source, flip = "side", (float(cam_dir @ fwd) < 0) != left
+    else:
+        source, flip = "shape", score < 0
     if flip:
         yaw = yaw + np.pi
     yaw = float(np.arctan2(np.sin(yaw), np.cos(yaw)))
