@@ -6,7 +6,8 @@ segment is the object's main cluster in that frame (points seen through the box 
 background, or on an occluder, fall in other segments). Global: a point belongs to its track's
 object when it was in the main cluster in at least half of the frames that saw it; the track's
 object is the union of those points, cleaned by a bird's-eye-view distance test around their
-median. All arrays in odom (metres) unless stated.
+median, and then (:func:`refine_with_boxes`) by its projections: a point must fall inside the
+track's 2D box in nearly every labelled frame. All arrays in odom (metres) unless stated.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class ClusterOptions:
         main_share: share of a point's frames in which it must be in the main cluster.
         bev_radius_m: points farther than this from the track's BEV median are dropped.
         min_points: an object needs this many points.
+        box_share: share of its track's labelled frames a point must project inside the 2D box in
+            (:func:`refine_with_boxes`, applied by the pipeline).
     """
 
     ground_min_m: float = 0.2
@@ -37,6 +40,7 @@ class ClusterOptions:
     main_share: float = 0.5
     bev_radius_m: float = 3.5
     min_points: int = 15
+    box_share: float = 0.9
 
 
 @dataclass
@@ -153,3 +157,46 @@ def double_clustering(pc: PointCloud, T_odom_cam: np.ndarray, T_odom_base: np.nd
         gz = base[2, 3] - (up[0] * (pm[0] - base[0, 3]) + up[1] * (pm[1] - base[1, 3])) / max(up[2], 1e-6)
         out[int(t)] = ObjectCluster(int(t), pc.xyz[idx], h[idx], cent, frames_t, float(gz), up.copy())
     return out
+
+
+def box_consistency(points: np.ndarray, boxes: np.ndarray, K: np.ndarray, T_cam_odom: np.ndarray,
+                    image_wh: tuple[int, int], grow: float = 0.05) -> np.ndarray:
+    """Share of a track's labelled frames in which each point projects inside the track's 2D box.
+
+    Frames where the point falls outside the image (or behind the camera) do not count.
+
+    Args:
+        points: ``(P, 3)`` odom.  boxes: ``(F, 4)`` the track's 2D labels, pixels.  K: ``(F, 3, 3)``.
+        T_cam_odom: ``(F, 4, 4)``.  image_wh: ``(W, H)``.  grow: boxes grown by this share of their size.
+
+    Returns:
+        ``(P,)`` share in ``[0, 1]`` (1 where no frame counts).
+    """
+    pc = np.einsum("fij,pj->fpi", T_cam_odom[:, :3, :3], points) + T_cam_odom[:, None, :3, 3]
+    z = pc[..., 2]
+    zc = np.maximum(z, 1e-3)
+    u = K[:, None, 0, 0] * pc[..., 0] / zc + K[:, None, 0, 2]
+    v = K[:, None, 1, 1] * pc[..., 1] / zc + K[:, None, 1, 2]
+    W, H = image_wh
+    counts = (z > 0.5) & (u >= 0) & (u <= W - 1) & (v >= 0) & (v <= H - 1)
+    gw = grow * (boxes[:, 2] - boxes[:, 0])[:, None]
+    gh = grow * (boxes[:, 3] - boxes[:, 1])[:, None]
+    inside = ((u >= boxes[:, 0:1] - gw) & (u <= boxes[:, 2:3] + gw) & (v >= boxes[:, 1:2] - gh) & (v <= boxes[:, 3:4] + gh))
+    n = counts.sum(0)
+    return np.where(n > 0, (inside & counts).sum(0) / np.maximum(n, 1), 1.0)
+
+
+def refine_with_boxes(cluster: ObjectCluster, boxes: np.ndarray, K: np.ndarray, T_cam_odom: np.ndarray,
+                      image_wh: tuple[int, int], min_share: float = 0.9, min_points: int = 15) -> ObjectCluster | None:
+    """The cluster without points that leave the track's 2D box in more than ``1 - min_share`` of its frames.
+
+    A neighbour's or background point seen through the box in some frames projects outside it in
+    others; the object's own points stay inside its (complete-silhouette) box in every frame.
+    Returns None when fewer than ``min_points`` remain.
+    """
+    share = box_consistency(cluster.points, boxes, K, T_cam_odom, image_wh)
+    keep = share >= min_share
+    if keep.sum() < min_points:
+        return None
+    return ObjectCluster(cluster.track_id, cluster.points[keep], cluster.height[keep], cluster.frame_centroids,
+                         cluster.frames, cluster.ground_z, cluster.up)

@@ -5,7 +5,9 @@ track is classified:
 
 - state: ``parked`` (ground-truth speed < 0.1 m/s in every frame) or ``moving`` (>= 0.5 m/s in some
   frame); range: the closest camera distance over the frames it has a 2D box in.
-- eligible parked car: parked, a 2D box in >= ``--min-frames`` frames, closest range <= ``--max-range``.
+- eligible parked car: parked, a 2D box with at most ``--max-occlusion`` (0.5) of it occluded in
+  >= ``--min-frames`` (10) frames, closest range <= ``--max-range`` (40 m). Cars deep in a parking
+  lot seen only through gaps between nearer rows are not eligible (``--max-occlusion 1`` counts them).
 
 Reported: share of eligible parked cars with an accepted label (coverage); of those, centre error
 (odom, m), yaw error with the heading resolved (deg, in [0, 180]) and mod 180 (in [0, 90]),
@@ -30,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="pseudo-label output folder (with manifest.json)")
     parser.add_argument("--compare", default=None, help="a second output folder (e.g. --odom-noise) to compare with")
     parser.add_argument("--min-frames", type=int, default=10, help="2D-labelled frames an eligible car needs")
+    parser.add_argument("--max-occlusion", type=float, default=0.5,
+                        help="a frame counts toward --min-frames when the car's occluded share is at most this (1: any)")
     parser.add_argument("--max-range", type=float, default=40.0, help="closest range of an eligible car, m")
     parser.add_argument("--json", default=None, help="write the result JSON here (default DIR/eval.json)")
 
@@ -70,16 +74,18 @@ def ground_truth_tracks(bag: str | Path, max_frames: int | None = None) -> dict[
         for i in range(len(g)):
             t = int(g.track_id[i])
             d = tracks.setdefault(t, {"cls": g.class_label[i], "T": {}, "size": g.size_lwh[i].copy(), "speed": [],
-                                      "frames": [], "range": []})
+                                      "frames": [], "range": [], "occlusion": []})
             d["T"][k] = g.T_odom_obj[i]
             d["speed"].append(float(np.linalg.norm(g.velocity_odom[i])))
             if np.isfinite(g.box_full[i]).all():
                 d["frames"].append(k)
                 d["range"].append(float(np.linalg.norm(g.T_odom_obj[i][:3, 3] - cam)))
+                d["occlusion"].append(float(g.occlusion[i]))
     return tracks
 
 
-def evaluate_sequence(out: Path, name: str, entry: dict, min_frames: int, max_range: float) -> list[dict]:
+def evaluate_sequence(out: Path, name: str, entry: dict, min_frames: int, max_range: float,
+                      max_occlusion: float = 1.0) -> list[dict]:
     """One row per ground-truth car track with a 2D label: state, range, eligibility and, if labelled, errors."""
     from ba_perception.pseudo.labels import read_label_file
 
@@ -96,8 +102,10 @@ def evaluate_sequence(out: Path, name: str, entry: dict, min_frames: int, max_ra
         vmax = max(g["speed"])
         state = "parked" if vmax < 0.1 else ("moving" if vmax >= 0.5 else "slow")
         rng = min(g["range"])
+        n_visible = sum(o <= max_occlusion for o in g["occlusion"])
         row = {"sequence": name, "track_id": t, "state": state, "range_m": rng, "n_frames": len(g["frames"]),
-               "eligible": state == "parked" and len(g["frames"]) >= min_frames and rng <= max_range,
+               "n_frames_visible": n_visible,
+               "eligible": state == "parked" and n_visible >= min_frames and rng <= max_range,
                "labelled": t in boxes}
         if t in boxes:
             b = boxes[t]
@@ -143,7 +151,7 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def evaluate_dir(out: Path, min_frames: int = 10, max_range: float = 40.0) -> dict:
+def evaluate_dir(out: Path, min_frames: int = 10, max_range: float = 40.0, max_occlusion: float = 0.5) -> dict:
     """Evaluate a pseudo-label folder; returns ``{"table": ..., "rows": ..., "timing": ...}``."""
     from ba_perception.cli import CommandError
 
@@ -153,10 +161,11 @@ def evaluate_dir(out: Path, min_frames: int = 10, max_range: float = 40.0) -> di
     manifest = json.loads(mpath.read_text())
     rows = []
     for name, entry in sorted(manifest["sequences"].items()):
-        rows += evaluate_sequence(out, name, entry, min_frames, max_range)
+        rows += evaluate_sequence(out, name, entry, min_frames, max_range, max_occlusion)
     frames = sum(e["frames"] for e in manifest["sequences"].values())
     secs = sum(e["seconds"]["total"] for e in manifest["sequences"].values())
     return {"table": summarise(rows), "rows": rows,
+            "eligibility": {"min_frames": min_frames, "max_range_m": max_range, "max_occlusion": max_occlusion},
             "timing": {"frames": frames, "seconds": round(secs, 1), "s_per_100_frames": round(100 * secs / max(frames, 1), 1)},
             "sequences": {n: {"bag": e["bag"], "frames": e["frames"], "odom_noise": e.get("odom_noise")}
                           for n, e in manifest["sequences"].items()}}
@@ -182,11 +191,11 @@ def run(args: argparse.Namespace) -> int:
     from ba_perception.pseudo.labels import write_json
 
     out = Path(args.dir)
-    res = evaluate_dir(out, args.min_frames, args.max_range)
+    res = evaluate_dir(out, args.min_frames, args.max_range, args.max_occlusion)
     print(f"{out}: {res['timing']['frames']} frames, {res['timing']['s_per_100_frames']} s per 100 frames")
     print(format_table(res["table"]))
     if args.compare:
-        other = evaluate_dir(Path(args.compare), args.min_frames, args.max_range)
+        other = evaluate_dir(Path(args.compare), args.min_frames, args.max_range, args.max_occlusion)
         a, b = res["table"]["all"], other["table"]["all"]
         diff = {k: (b[k] - a[k]) if isinstance(a[k], float) and isinstance(b[k], float) else None for k in a}
         res["compare"] = {"dir": args.compare, "table": other["table"], "difference_all": diff}

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ba_perception.pseudo.boxfit import CLASS_PRIORS, FitOptions, FittedBox, TrackViews, fit_box
-from ba_perception.pseudo.clustering import ClusterOptions, ObjectCluster, double_clustering
+from ba_perception.pseudo.clustering import ClusterOptions, ObjectCluster, double_clustering, refine_with_boxes
 from ba_perception.pseudo.reconstruct import LabelFrame, PointCloud, ReconstructOptions, reconstruct
 
 
@@ -77,10 +77,16 @@ def label_sequence(frames: list[LabelFrame], rec: ReconstructOptions | None = No
     views = track_views(frames)
     classes = track_classes(frames)
     boxes = {}
-    for t, c in clusters.items():
+    clu = clu or ClusterOptions()
+    for t, c in list(clusters.items()):
         cls = classes.get(t, "car")
         if cls not in CLASS_PRIORS or t not in views:
             continue
+        v = views[t]
+        c = refine_with_boxes(c, v.boxes, v.K, v.T_cam_odom, v.image_wh, clu.box_share, clu.min_points)
+        if c is None:
+            continue
+        clusters[t] = c
         b = fit_box(c, views[t], cls, fit)
         if b is not None:
             boxes[t] = b

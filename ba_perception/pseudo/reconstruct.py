@@ -57,6 +57,8 @@ class ReconstructOptions:
         epipolar_max_px: distance of a tracked point to its epipolar line (known relative pose).
         min_views: observations a point needs.  max_reproj_px: mean reprojection error bound.
         min_angle_deg: largest ray angle a point needs.  box_margin_px: boxes grown by this.
+        exclusive_corners: new corners only where exactly one box covers the pixel (ownership
+            of pixels in overlapping boxes is ambiguous; tracked points may enter such regions).
     """
 
     max_corners: int = 2500
@@ -69,6 +71,7 @@ class ReconstructOptions:
     min_angle_deg: float = 1.0
     box_margin_px: float = 0.0
     lk_window: int = 15
+    exclusive_corners: bool = False
 
 
 @dataclass
@@ -95,26 +98,40 @@ class PointCloud:
         return len(self.xyz)
 
 
-def box_of_pixels(uv: np.ndarray, boxes: np.ndarray, margin_px: float = 0.0) -> np.ndarray:
+def box_of_pixels(uv: np.ndarray, boxes: np.ndarray, margin_px: float = 0.0, exclusive: bool = False) -> np.ndarray:
     """Index of the label box each pixel lies in, ``-1`` for none.
 
     Where boxes overlap the box with the lowest bottom edge (largest ``y2``) wins: on a flat road it
-    belongs to the nearer object, the occluder.
+    belongs to the nearer object, the occluder; with ``exclusive`` such pixels get ``-1`` instead.
 
     Args:
         uv: ``(M, 2)`` pixels.  boxes: ``(N, 4)`` ``(x1, y1, x2, y2)``.  margin_px: grow boxes by this.
+        exclusive: ``-1`` for pixels inside more than one box.
 
     Returns:
         ``(M,)`` int64 box index.
     """
     if len(boxes) == 0 or len(uv) == 0:
         return np.full(len(uv), -1, np.int64)
-    b = boxes[None]
-    inside = ((uv[:, None, 0] >= b[..., 0] - margin_px) & (uv[:, None, 0] <= b[..., 2] + margin_px)
-              & (uv[:, None, 1] >= b[..., 1] - margin_px) & (uv[:, None, 1] <= b[..., 3] + margin_px))
+    inside = _inside(uv, boxes, margin_px)
     score = np.where(inside, boxes[None, :, 3], -np.inf)
     best = np.argmax(score, 1)
-    return np.where(inside.any(1), best, -1).astype(np.int64)
+    n = inside.sum(1)
+    return np.where((n == 1) if exclusive else (n >= 1), best, -1).astype(np.int64)
+
+
+def _inside(uv: np.ndarray, boxes: np.ndarray, margin_px: float) -> np.ndarray:
+    b = boxes[None]
+    return ((uv[:, None, 0] >= b[..., 0] - margin_px) & (uv[:, None, 0] <= b[..., 2] + margin_px)
+            & (uv[:, None, 1] >= b[..., 1] - margin_px) & (uv[:, None, 1] <= b[..., 3] + margin_px))
+
+
+def inside_own_box(uv: np.ndarray, track_id: np.ndarray, boxes: np.ndarray, box_track_id: np.ndarray,
+                   margin_px: float = 0.0) -> np.ndarray:
+    """``(M,)`` bool: pixel ``uv[m]`` lies in a box whose track id is ``track_id[m]`` (other boxes ignored)."""
+    if len(boxes) == 0 or len(uv) == 0:
+        return np.zeros(len(uv), bool)
+    return (_inside(uv, boxes, margin_px) & (box_track_id[None, :] == track_id[:, None])).any(1)
 
 
 def fundamental_from_poses(K_a: np.ndarray, T_odom_a: np.ndarray, K_b: np.ndarray, T_odom_b: np.ndarray) -> np.ndarray:
@@ -171,8 +188,7 @@ def track_features(frames: list[LabelFrame], opts: ReconstructOptions | None = N
             ok &= (p1[:, 0] >= 0) & (p1[:, 0] <= W - 1) & (p1[:, 1] >= 0) & (p1[:, 1] <= H - 1)
             Fm = fundamental_from_poses(frames[f - 1].K, frames[f - 1].T_odom_cam, fr.K, fr.T_odom_cam)
             ok &= epipolar_distance(Fm, cur_uv.astype(np.float64), p1.astype(np.float64)) < opts.epipolar_max_px
-            b = box_of_pixels(p1.astype(np.float64), boxes, opts.box_margin_px)
-            ok &= (b >= 0) & (tid_of_box[np.maximum(b, 0)] == cur_tid) if len(boxes) else np.zeros_like(ok)
+            ok &= inside_own_box(p1.astype(np.float64), cur_tid, boxes, tid_of_box, opts.box_margin_px)
             cur_uv, cur_feat, cur_tid = p1[ok], cur_feat[ok], cur_tid[ok]
         # new corners in the boxes, away from tracked ones
         if len(boxes):
@@ -186,7 +202,7 @@ def track_features(frames: list[LabelFrame], opts: ReconstructOptions | None = N
                                               blockSize=3)
             if corners is not None:
                 c = corners.reshape(-1, 2).astype(np.float32)
-                b = box_of_pixels(c.astype(np.float64), boxes, opts.box_margin_px)
+                b = box_of_pixels(c.astype(np.float64), boxes, opts.box_margin_px, exclusive=opts.exclusive_corners)
                 c, b = c[b >= 0], b[b >= 0]
                 cur_uv = np.concatenate([cur_uv, c])
                 cur_feat = np.concatenate([cur_feat, n_feat + np.arange(len(c))])

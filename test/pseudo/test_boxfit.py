@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ba_perception.pseudo.boxfit import (
-    TrackViews, box_corners_odom, fit_box, heading_from_shape, lshape_yaw, project_box,
+    FitOptions, TrackViews, box_corners_odom, fit_box, heading_from_shape, lshape_yaw, project_box,
 )
 from ba_perception.pseudo.clustering import ObjectCluster
 
@@ -48,7 +49,7 @@ def _car_surface(center, size, yaw, rng, cams_xy, n=800):
 def _views(center, size, yaw, cams):
     T_cam_odom = np.linalg.inv(np.stack(cams))
     v = TrackViews(np.arange(len(cams)), np.zeros((len(cams), 4)), np.stack([K] * len(cams)), T_cam_odom, (1242, 375))
-    boxes, _ = project_box(box_corners_odom(np.array([*center, size[2] / 2]), np.array(size), yaw), v)
+    boxes, _ = project_box(box_corners_odom(np.array([*center, size[2] / 2]), np.array(size), yaw), v, FitOptions().silhouette_shrink)
     v.boxes = boxes
     return v
 
@@ -63,9 +64,15 @@ def test_lshape_yaw_recovers_the_axes_of_an_l_shaped_point_set():
     assert abs(np.degrees(lshape_yaw(p @ R.T)) - 23.0) < 2.0
 
 
-def test_fit_box_recovers_a_parked_car_and_its_heading():
+@pytest.mark.parametrize("center_xy, yaw_deg, source", [
+    ((20.0, -4.0), 7.0, "side"),     # parked along the road on the right, facing the ego's travel direction
+    ((20.0, 5.0), 183.0, "side"),    # on the left, facing against it
+    ((20.0, -7.0), 93.0, "shape"),   # perpendicular, front towards the road (hood seen)
+    ((20.0, -7.0), -87.0, "shape"),  # perpendicular, rear towards the road (rear seen)
+])
+def test_fit_box_recovers_a_parked_car_and_its_heading(center_xy, yaw_deg, source):
     rng = np.random.default_rng(2)
-    center, size, yaw = np.array([20.0, -4.0]), (4.3, 1.78, 1.55), np.radians(180 + 7.0)
+    center, size, yaw = np.array(center_xy), (4.3, 1.78, 1.55), np.radians(yaw_deg)
     cams = [_cam(float(x)) for x in np.linspace(0, 8, 15)]
     cams_xy = np.stack([T[:2, 3] for T in cams])
     pts, h = _car_surface(center, size, yaw, rng, cams_xy)
@@ -75,7 +82,7 @@ def test_fit_box_recovers_a_parked_car_and_its_heading():
     assert b is not None and b.accepted, b.reason
     assert np.linalg.norm(b.center[:2] - center) < 0.25
     dyaw = np.degrees(np.arctan2(np.sin(b.yaw - yaw), np.cos(b.yaw - yaw)))
-    assert abs(dyaw) < 4.0  # heading resolved, not only mod 180
+    assert abs(dyaw) < 4.0 and b.heading_source == source  # heading resolved, not only mod 180
     assert abs(b.size_lwh[0] - size[0]) < 0.5 and b.mean_iou > 0.8
 
 
