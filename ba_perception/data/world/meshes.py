@@ -324,6 +324,12 @@ def load_car(model: str) -> Mesh:
     )
 
 
+@lru_cache(maxsize=None)
+def load_car_lod(model: str, cell_m: float) -> Mesh:
+    """:func:`load_car` decimated on a ``cell_m`` grid (:func:`decimate`), cached per process."""
+    return decimate(load_car(model), cell_m)
+
+
 def box_mesh(size: np.ndarray | tuple[float, float, float], center=(0.0, 0.0, 0.0), color=(0.5, 0.5, 0.5)) -> Mesh:
     """An axis-aligned box (12 triangles) with flat normals, metres."""
     s = np.asarray(size, np.float64) / 2

@@ -172,7 +172,7 @@ class World:
                 mesh = M.load_car(a.model)
                 self.renderer.add_mesh(a.model, mesh)
                 for suffix, cell in LOD_CELLS_M.items():
-                    self.renderer.add_mesh(a.model + suffix, M.decimate(mesh, cell))
+                    self.renderer.add_mesh(a.model + suffix, M.load_car_lod(a.model, cell))
             self.surface[a.track_id] = self._surface_points(a)
 
     def close(self) -> None:
