@@ -84,6 +84,13 @@ def test_pitched_rolled_rig_flows_into_exported_K_pose_and_ground_truth(tmp_path
     with BagWriter(tmp_path / "b") as bag:
         bag.write(f)
     (bf,) = list(read_bag(tmp_path / "b"))
+    # what the nodes get as camera_extrinsics from the bag's /tf_static gives back the same mounting
+    from ba_perception.eval.replay import extrinsics_from_bag
+    from ba_perception.ros.convert import extrinsics_to_matrix
+
+    ext = extrinsics_from_bag(tmp_path / "b")
+    assert np.allclose(extrinsics_to_matrix(ext), f.T_base_cam, atol=1e-9)
+    assert math.isclose(math.degrees(ext[4]), 4.0, abs_tol=1e-6) and math.isclose(math.degrees(ext[3]), -3.0, abs_tol=1e-6)
     assert np.allclose(bf.K, f.K) and np.allclose(bf.T_base_cam, f.T_base_cam) and np.allclose(bf.T_odom_cam, f.T_odom_cam)
     g = bf.objects
     assert len(g) == 2

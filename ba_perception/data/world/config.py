@@ -46,7 +46,7 @@ class WorldConfig:
             so that old numbers can be reproduced.
         rig: name of the camera rig family (reporting only; the values are the fields here).
         pitch_deg, roll_deg: camera mounting pitch (positive = looking down) and roll (positive =
-            clockwise as seen from behind the camera), degrees, applied in base_link.
+            right side down), degrees: the REP-103 pitch / roll of the camera body in base_link.
         exposure: image gain (1 = none).  white_balance: per-channel RGB gains.
         vignetting: brightness loss at the image corners, [0, 1) (0 = none).
         car_pool: which car meshes the scene draws from (``meshes.CAR_POOLS``; v3 only).

@@ -118,9 +118,9 @@ class WorldFrame:
 
 
 def mounting_rotation(pitch_deg: float, roll_deg: float) -> np.ndarray:
-    """Rotation ``(3, 3)`` of the camera body (x fwd, y left, z up) in base_link: roll about x, then
-    pitch about y (positive pitch looks down: ``R = R_y(pitch) @ R_x(-roll)``)."""
-    p, r = math.radians(pitch_deg), math.radians(-roll_deg)
+    """Rotation ``(3, 3)`` of the camera body (x fwd, y left, z up) in base_link: ``R = R_y(pitch) @ R_x(roll)``,
+    the REP-103 roll / pitch of ``camera_extrinsics`` (positive pitch looks down, positive roll lowers the right side)."""
+    p, r = math.radians(pitch_deg), math.radians(roll_deg)
     Ry = np.array([[math.cos(p), 0, math.sin(p)], [0, 1, 0], [-math.sin(p), 0, math.cos(p)]])
     Rx = np.array([[1, 0, 0], [0, math.cos(r), -math.sin(r)], [0, math.sin(r), math.cos(r)]])
     return Ry @ Rx
