@@ -44,12 +44,13 @@ def split_seed_base(split: str) -> int:
 
 
 def plan(split: str, presets: list[str], sequences: int | None, frames: int | None, base: WorldConfig,
-         rigs: bool = True) -> list[WorldConfig]:
+         rigs: bool = False) -> list[WorldConfig]:
     """World configs of every sequence of a split (deterministic).
 
     In world v3 (``base.world_version``) each sequence also gets a camera rig and appearance
     (:func:`rigs.draw_rig`; families cycle over the split's domain, ``cross`` for test_cross,
-    else ``train``) and the split's car pool; ``rigs=False`` keeps ``base``'s camera.
+    else ``train``) when ``rigs`` (as `synth` and `eval-det` do; else ``base``'s camera is kept) and
+    the split's car pool.
     v2 splits cycle the 4 v2 presets as before.
     """
     from ba_perception.data.world.rigs import RIG_FAMILIES, draw_rig

@@ -281,7 +281,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preprocess", default="horizon_band",
                         help=f"--splits: comma-separated preprocessing modes evaluated on the same frames ({', '.join(PREPROCESS_MODES)})")
     parser.add_argument("--split", default=None, choices=("train", "val", "test"),
-                        help="instead of --splits: AP|R40 on a cached split of the KITTI-rig world v2 (the detector's own data)")
+                        help="instead of --splits: AP|R40 on a cached KITTI-rig split as the detector trains on it (train/data.py)")
     parser.add_argument("--sequences", type=int, default=None,
                         help="world sequences per split (default: --splits as data.synth plans them; --split 8)")
     parser.add_argument("--pairs-per-sequence", type=int, default=10, help="--split: frame pairs per sequence (every 9th frame)")
@@ -311,7 +311,7 @@ def _run_world(args: argparse.Namespace, be) -> int:
     n_frames = (args.frames_per_sequence - 1) * args.frame_every + 1
     try:
         base = WorldConfig(world_version=version, noise_std=2.0)
-        splits = {n: plan(n, list(VERSION_PRESETS[version]), args.sequences, n_frames, base) for n in names}
+        splits = {n: plan(n, list(VERSION_PRESETS[version]), args.sequences, n_frames, base, rigs=True) for n in names}
         res = evaluate_world(lambda x: be(x), be.input_hw, splits, args.frames_per_sequence, args.frame_every,
                              DecodeConfig(score_threshold=args.score_threshold, flip_test=not args.no_flip_test),
                              modes, args.difficulty)

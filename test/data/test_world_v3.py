@@ -116,13 +116,13 @@ def test_splits_are_model_disjoint_and_v2_splits_are_unchanged():
     assert not {body(m) for m in M.CAR_POOLS["train"]} & {body(m) for m in M.CAR_POOLS["cross"]}
     presets = list(VERSION_PRESETS["v3"])
     for split in ("train", "val", "test"):
-        cfgs = plan(split, presets, 5, 2, WorldConfig())
+        cfgs = plan(split, presets, 5, 2, WorldConfig(), rigs=True)
         assert {c.car_pool for c in cfgs} == {"train"} and {c.rig for c in cfgs} <= set(RIG_FAMILIES["train"])
-    cross = plan("test_cross", presets, 3, 2, WorldConfig())
+    cross = plan("test_cross", presets, 3, 2, WorldConfig(), rigs=True)
     assert {c.car_pool for c in cross} == {"cross"} and {c.rig for c in cross} <= set(RIG_FAMILIES["cross"])
     models = {a.model for a in generate(cross[0]).agents if a.cls == "car"}
     assert models and models <= set(M.CAR_POOLS["cross"])
-    old = plan("test", list(VERSION_PRESETS["v2"]), 2, 2, WorldConfig(world_version="v2"))
+    old = plan("test", list(VERSION_PRESETS["v2"]), 2, 2, WorldConfig(world_version="v2"), rigs=True)
     assert all(c.rig == "kitti" and c.width == 1242 and c.pitch_deg == 0 for c in old)
     assert {a.model for a in generate(old[0]).agents if a.cls == "car"} <= set(M.CAR_MODELS)
 
@@ -143,3 +143,15 @@ def test_a_drawn_rig_with_appearance_renders_bit_identically():
         return h.hexdigest()
 
     assert digest(cfg) == digest(WorldConfig.from_dict(cfg.to_dict()))
+
+
+def test_split_stats_report_ego_travel_per_window_and_object_states():
+    from ba_perception.data.world.stats import split_stats, stats_rows
+
+    cfgs = [WorldConfig(preset="highway", seed=1, n_frames=30), WorldConfig(preset="parking_lot", seed=1, n_frames=30)]
+    s = split_stats(cfgs)
+    hw = s["highway"]["travel_per_window_m"]
+    # 8 frames = 0.7 s at 10 Hz; the highway preset drives 20-30 m/s (car following may slow it, never speed it up)
+    assert hw["n"] == 23 and hw["p90"] <= 30 * 0.7 + 1e-6 and s["highway"]["travel_per_window_m"]["share_below_2m"] == 0.0
+    assert s["parking_lot"]["objects_parked"] > 0 and s["highway"]["objects_parked"] == 0
+    assert s["all"]["sequences"] == 2 and len(stats_rows(s)) == 4

@@ -124,7 +124,7 @@ def test_evaluate_world_reports_every_split_and_rig_with_both_preprocessings():
         return {"heatmap": torch.zeros(1, 3, h, w), "regression": torch.zeros(1, NUM_REG, h, w),
                 "embedding": torch.ones(1, 4, h, w), "features": torch.ones(1, 4, 2 * h, 2 * w)}
 
-    splits = {"test": plan("test", ["urban"], 1, 1, WorldConfig()), "test_cross": plan("test_cross", ["urban"], 1, 1, WorldConfig())}
+    splits = {"test": plan("test", ["urban"], 1, 1, WorldConfig(), rigs=True), "test_cross": plan("test_cross", ["urban"], 1, 1, WorldConfig(), rigs=True)}
     res = evaluate_world(forward, (192, 640), splits, 1, 1, DecodeConfig(flip_test=False), ("letterbox", "horizon_band"),
                          progress=False)
     assert set(shapes) == {(1, 3, 192, 640)} and len(shapes) == 4
