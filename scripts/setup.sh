@@ -14,8 +14,9 @@ hash_of() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 stamp_ok() { [[ -f $STAMPS/$1 && $(cat "$STAMPS/$1") == "$2" ]]; }
 stamp_set() { mkdir -p "$STAMPS"; echo "$2" >"$STAMPS/$1"; }
 
-# 1. Debian packages: EGL/Mesa for offscreen rendering, car meshes for the synthetic world.
-APT_PKGS=(libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri trigger-rally-data)
+# 1. Debian packages: EGL/Mesa for offscreen rendering, car meshes for the synthetic world
+#    (trigger-rally-data; torcs-data, converted from AC3D with assimp-utils in step 5).
+APT_PKGS=(libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri trigger-rally-data torcs-data assimp-utils)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -62,4 +63,8 @@ if ! stamp_ok pkg "$h" || [[ ! -x $VENV/bin/ba-perception ]]; then
   stamp_set pkg "$h"
 fi
 "$VENV/bin/python" scripts/link_executables.py "$VENV"
+
+# 5. TORCS car meshes converted once (AC3D -> OBJ + PNG) into $VENV/share/ba_perception/torcs
+#    (never committed; the conversion skips cars already converted).
+"$VENV/bin/python" -W ignore::RuntimeWarning -m ba_perception.data.world.meshes --convert-torcs | sed 's/^/[setup] /'
 log "ready: $VENV ($(du -sh "$VENV" | cut -f1))"

@@ -76,12 +76,17 @@ def contact_sheet(frames: list, columns: int = 2, with_maps: bool = True) -> np.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="urban", help=f"one of {', '.join(PRESETS)}")
+    parser.add_argument("--preset", default="urban", help=f"one of {', '.join(PRESETS)} (residential: world v3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--frames", type=int, default=100, help="frames to render")
     parser.add_argument("--tiles", type=int, default=8, help="frames on the contact sheet (evenly spaced)")
     parser.add_argument("--width", type=int, default=1242)
     parser.add_argument("--height", type=int, default=375)
+    parser.add_argument("--rig", default=None,
+                        help="draw this camera rig family (data.world.rigs: kitti, dash_720p, ..., x_1080p) with --seed "
+                             "instead of --width/--height")
+    parser.add_argument("--cars", default="train", choices=("train", "cross", "all"), help="car model pool (world v3)")
+    parser.add_argument("--version", default=None, help="world generator version (default: the current one)")
     parser.add_argument("--bag", default=None, help="preview a recorded bag (rosbag2 folder) instead of rendering")
     parser.add_argument("--out", default="out/world_preview.png", help="contact sheet PNG")
     parser.add_argument("--gif", default=None, help="also write an animated GIF of all frames here")
@@ -106,7 +111,16 @@ def run(args: argparse.Namespace) -> int:
             if not frames or frames[0].image is None:
                 raise CommandError(f"{args.bag} has no images to preview")
         else:
-            cfg = WorldConfig(preset=args.preset, seed=args.seed, width=args.width, height=args.height, n_frames=args.frames)
+            from ba_perception.data.world.config import WORLD_VERSION
+            from ba_perception.data.world.rigs import draw_rig
+
+            cfg = WorldConfig(preset=args.preset, seed=args.seed, width=args.width, height=args.height, n_frames=args.frames,
+                              world_version=args.version or WORLD_VERSION, car_pool=args.cars)
+            if args.rig:
+                try:
+                    cfg = draw_rig(cfg, args.rig, args.seed)
+                except KeyError as err:
+                    raise CommandError(str(err.args[0])) from err
             frames = list(render_sequence(cfg))
     except (MeshError, RenderError, WorldConfigError) as err:
         raise CommandError(str(err)) from err

@@ -16,15 +16,20 @@ import zlib
 from dataclasses import replace
 from pathlib import Path
 
-from ba_perception.data.world.config import PRESETS, WorldConfig
+from ba_perception.data.world.config import VERSION_PRESETS, WORLD_VERSION, WORLD_VERSIONS, WorldConfig
 
-WORLD_VERSION = "v2"  # bump when the generator's output for a given config (or the bag format) changes; v2: box_2d_full
+# WORLD_VERSION (data.world.config) is bumped when the generator's output for a given config (or
+# the bag format) changes; v2: box_2d_full; v3: stops per minute, residential preset, a camera rig
+# and appearance per sequence, TORCS cars, model-disjoint test_cross split.
 # split -> (sequences, frames per sequence, seed base); presets cycle over the chosen list.
 SPLITS: dict[str, tuple[int, int, int]] = {
     "train": (32, 100, 0),
     "val": (4, 100, 100_000),
     "test": (8, 100, 200_000),
+    "test_cross": (6, 100, 300_000),
 }
+# World v3: rig domain and car pool of each split (other names: in-distribution, like test).
+SPLIT_DOMAIN: dict[str, str] = {"test_cross": "cross"}
 
 
 class SynthError(RuntimeError):
@@ -38,31 +43,59 @@ def split_seed_base(split: str) -> int:
     return 1_000_000 + (zlib.crc32(split.encode()) % 1000) * 10_000
 
 
-def plan(split: str, presets: list[str], sequences: int | None, frames: int | None, base: WorldConfig) -> list[WorldConfig]:
-    """World configs of every sequence of a split (deterministic)."""
+def plan(split: str, presets: list[str], sequences: int | None, frames: int | None, base: WorldConfig,
+         rigs: bool = False) -> list[WorldConfig]:
+    """World configs of every sequence of a split (deterministic).
+
+    In world v3 (``base.world_version``) each sequence also gets a camera rig and appearance
+    (:func:`rigs.draw_rig`; families cycle over the split's domain, ``cross`` for test_cross,
+    else ``train``) when ``rigs`` (as `synth` and `eval-det` do; else ``base``'s camera is kept) and
+    the split's car pool.
+    v2 splits cycle the 4 v2 presets as before.
+    """
+    from ba_perception.data.world.rigs import RIG_FAMILIES, draw_rig
+
     n_seq, n_frames, _ = SPLITS.get(split, (4, 100, 0))
     n_seq = sequences if sequences is not None else n_seq
     n_frames = frames if frames is not None else n_frames
     seed0 = split_seed_base(split)
-    return [replace(base, preset=presets[i % len(presets)], seed=seed0 + i, n_frames=n_frames) for i in range(n_seq)]
+    out = []
+    for i in range(n_seq):
+        cfg = replace(base, preset=presets[i % len(presets)], seed=seed0 + i, n_frames=n_frames)
+        if base.world_version != "v2":
+            domain = SPLIT_DOMAIN.get(split, "train")
+            cfg = replace(cfg, car_pool=domain)
+            if rigs:
+                fams = list(RIG_FAMILIES[domain])
+                cfg = draw_rig(cfg, fams[i % len(fams)], cfg.seed)
+        out.append(cfg)
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="train | val | test | any NAME (own seed range)")
     parser.add_argument("--preset", default="all",
-                        help=f"comma-separated presets cycled over the sequences, or 'all' ({', '.join(PRESETS)})")
+                        help=f"comma-separated presets cycled over the sequences, or 'all' ({', '.join(VERSION_PRESETS[WORLD_VERSION])})")
     parser.add_argument("--out", default="data", help="output root (default: data/)")
-    parser.add_argument("--version", default=WORLD_VERSION, help="dataset version folder suffix (world-VERSION)")
+    parser.add_argument("--version", default=WORLD_VERSION, choices=WORLD_VERSIONS,
+                        help="world generator version, also the folder suffix (world-VERSION); v2 = the previous world")
     parser.add_argument("--sequences", type=int, default=None, help="number of sequences (default per split)")
     parser.add_argument("--frames", type=int, default=None, help="frames per sequence (default 100)")
-    parser.add_argument("--width", type=int, default=1242)
-    parser.add_argument("--height", type=int, default=375)
+    parser.add_argument("--width", type=int, default=None,
+                        help="image width (default 1242); with --width or --height every sequence keeps that one camera")
+    parser.add_argument("--height", type=int, default=None, help="image height (default 375)")
+    parser.add_argument("--no-rigs", action="store_true", help="v3: keep one camera (KITTI's, or --width/--height) "
+                                                               "instead of drawing a rig per sequence")
     parser.add_argument("--rate", type=float, default=10.0, help="frame rate, Hz")
     parser.add_argument("--noise", type=float, default=2.0, help="sensor noise std, 8-bit levels")
     parser.add_argument("--blur", type=int, default=0, help="box-blur radius, pixels")
     parser.add_argument("--kitti", action="store_true", help="also export KITTI tracking files")
     parser.add_argument("--no-bag", action="store_true", help="do not write rosbag2 files (KITTI only)")
     parser.add_argument("--overwrite", action="store_true", help="re-render sequences that already exist")
+    parser.add_argument("--stats", action="store_true",
+                        help="render nothing; print the split's ego travel per 8-frame window, object ranges and "
+                             "moving/standing shares (and write them as JSON to --stats-out)")
+    parser.add_argument("--stats-out", default=None, help="JSON file for --stats (default: print only)")
 
 
 def _check_writable(root: Path) -> None:
@@ -146,24 +179,44 @@ def render_split(split: str, configs: list[WorldConfig], root: Path, bags: bool 
     return [entries[f"seq_{i:04d}"] for i in range(len(configs))]
 
 
+def _print_stats(args: argparse.Namespace, configs: list[WorldConfig]) -> int:
+    from ba_perception.data.world.stats import split_stats, stats_rows
+
+    stats = split_stats(configs)
+    print(f"world {args.version} split {args.split!r}: {len(configs)} sequences x {configs[0].n_frames} frames (scenes only, no rendering)")
+    for line in stats_rows(stats):
+        print("  " + line)
+    if args.stats_out:
+        out = Path(args.stats_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"split": args.split, "version": args.version, "stats": stats}, indent=1))
+        print(f"wrote {out}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ba_perception.cli import CommandError
     from ba_perception.data.world import MeshError, RenderError, WorldConfigError, check_meshes
 
-    presets = list(PRESETS) if args.preset == "all" else [p.strip() for p in args.preset.split(",") if p.strip()]
-    bad = [p for p in presets if p not in PRESETS]
+    known = VERSION_PRESETS[args.version]
+    presets = list(known) if args.preset == "all" else [p.strip() for p in args.preset.split(",") if p.strip()]
+    bad = [p for p in presets if p not in known]
     if bad or not presets:
-        raise CommandError(f"unknown preset {', '.join(bad) or repr(args.preset)}; use --preset with any of: all, {', '.join(PRESETS)}")
+        raise CommandError(f"unknown preset {', '.join(bad) or repr(args.preset)}; use --preset with any of: all, {', '.join(known)}")
     if args.no_bag and not args.kitti:
         raise CommandError("--no-bag without --kitti would write nothing; add --kitti or drop --no-bag")
     if not args.split or "/" in args.split or args.split.startswith("."):
         raise CommandError(f"invalid split name {args.split!r}; use train, val, test or a plain NAME")
-    base = WorldConfig(width=args.width, height=args.height, rate_hz=args.rate, noise_std=args.noise, blur_px=args.blur)
+    base = WorldConfig(width=args.width or 1242, height=args.height or 375, rate_hz=args.rate, noise_std=args.noise,
+                       blur_px=args.blur, world_version=args.version)
+    one_camera = args.no_rigs or args.width is not None or args.height is not None
     try:
         check_meshes()
-        configs = plan(args.split, presets, args.sequences, args.frames, base)
+        configs = plan(args.split, presets, args.sequences, args.frames, base, rigs=not one_camera)
         for c in configs[:1]:
             c.validate()
+        if args.stats:
+            return _print_stats(args, configs)
         root = Path(args.out) / f"world-{args.version}" / args.split
         entries = render_split(args.split, configs, root, bags=not args.no_bag, kitti=args.kitti, overwrite=args.overwrite)
     except (SynthError, MeshError, RenderError, WorldConfigError) as err:

@@ -460,3 +460,53 @@ def evaluate_all(frames: list[tuple[FrameBoxes, FrameBoxes]], difficulty: str = 
             "errors": depth_yaw_errors(frames, cls),
         }
     return res
+
+
+RECALL_BINS_M: tuple[tuple[float, float], ...] = ((0.0, 40.0), (40.0, 60.0))
+
+
+def rig_metrics(frames: list[tuple[FrameBoxes, FrameBoxes]], score_threshold: float, cls: str = "car",
+                difficulty: str = "moderate", iou_2d_thr: float = 0.5) -> dict:
+    """The per-rig summary of `eval-det`: AP3D at the loose threshold, AP2D at 0.7 (car), recall by
+    depth and relative depth errors.
+
+    Recall counts difficulty-valid ``cls`` GT (by GT depth, :data:`RECALL_BINS_M`) matched by a
+    detection scoring at least ``score_threshold`` (what the node publishes) at 2D IoU >=
+    ``iou_2d_thr`` (greedy by score); depth errors are ``(z_det - z_gt) / z_gt`` over those matches.
+
+    Returns:
+        ``frames``, ``num_gt``, ``ap3d_r40@<loose>``, ``ap2d_r40@0.7`` (car; 0.5 otherwise),
+        ``recall`` (``"0-40"``, ``"40-60"``: share and count), ``depth_rel_signed_median``,
+        ``depth_rel_abs_median``, ``matched``.
+    """
+    diff = DIFFICULTIES[difficulty]
+    loose = IOU_THRESHOLDS[cls][1]
+    thr2d = 0.7 if cls == "car" else 0.5
+    hits = {b: [0, 0] for b in RECALL_BINS_M}
+    rel = []
+    for gt, det in frames:
+        valid, _ = valid_gt(gt, cls, diff)
+        g = _subset(gt, np.nonzero(valid)[0])
+        d = _subset(det, np.nonzero((det.labels == cls) & (det.scores >= score_threshold))[0])
+        match = _match_frame(iou_2d(d.box_2d, g.box_2d), d.scores, iou_2d_thr)
+        found = np.zeros(len(g), bool)
+        found[match[match >= 0]] = True
+        z = g.center_cam[:, 2]
+        for lo, hi in RECALL_BINS_M:
+            m = (z >= lo) & (z < hi)
+            hits[(lo, hi)][0] += int((found & m).sum())
+            hits[(lo, hi)][1] += int(m.sum())
+        for k in np.nonzero(match >= 0)[0]:
+            zg = g.center_cam[match[k], 2]
+            rel.append((d.center_cam[k, 2] - zg) / max(zg, 1e-6))
+    rel_a = np.array(rel)
+    return {
+        "frames": len(frames),
+        "num_gt": int(sum(n for _, n in hits.values())),
+        f"ap3d_r40@{loose}": evaluate_ap(frames, cls, loose, "3d", difficulty),
+        f"ap2d_r40@{thr2d}": evaluate_ap(frames, cls, thr2d, "2d", difficulty),
+        "recall": {f"{lo:g}-{hi:g}": {"share": h / n if n else float("nan"), "count": n} for (lo, hi), (h, n) in hits.items()},
+        "matched": int(len(rel_a)),
+        "depth_rel_signed_median": float(np.median(rel_a)) if len(rel_a) else float("nan"),
+        "depth_rel_abs_median": float(np.median(np.abs(rel_a))) if len(rel_a) else float("nan"),
+    }

@@ -1,4 +1,5 @@
-"""Evaluate the detector on a world split (`ba-perception eval-det`): AP|R40 table + JSON under out/eval/."""
+"""Evaluate the detector on world splits (`ba-perception eval-det`): per-rig table of the in-distribution
+`test` and cross-domain `test_cross` splits (world v3), or AP|R40 on a cached KITTI-rig split; JSON under out/eval/."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from ba_perception.core import geometry as geo
 from ba_perception.core.detection.decode import DecodeConfig, decode, net_to_grid, network_outputs
 from ba_perception.core.detection.model import CLASSES, OUTPUT_STRIDE
+from ba_perception.core.detection.preprocess import PREPROCESS_MODES, Preprocess, apply_preprocess, to_chw_float
 from ba_perception.eval.detection_ap import (
     DIFFICULTIES,
     IOU_THRESHOLDS,
@@ -23,6 +25,7 @@ from ba_perception.eval.detection_ap import (
     evaluate_ap,
     ground_truth_matches,
     localisation_bounds,
+    rig_metrics,
     substitute_ground_truth,
     valid_gt,
 )
@@ -166,6 +169,91 @@ def evaluate_on_split(forward: Forward, split, decode_cfg: DecodeConfig | None =
     return res
 
 
+def world_gt_frame(objects) -> FrameBoxes:
+    """Ground truth of a rendered world frame (objects with no visible silhouette box are dropped)."""
+    ok = np.isfinite(objects.box_full).all(1)
+    idx = np.nonzero(ok)[0]
+    return FrameBoxes(
+        labels=np.array([objects.class_label[i] for i in idx], dtype=object), box_2d=objects.box_full[idx],
+        center_cam=objects.center_cam[idx], size_lwh=objects.size_lwh[idx], yaw=objects.rotation_y[idx],
+        occlusion=objects.occlusion[idx], truncation=objects.truncation[idx],
+    )
+
+
+def evaluate_world(forward: Forward, net_hw: tuple[int, int], splits: dict[str, list], frames_per_sequence: int,
+                   frame_every: int, decode_cfg: DecodeConfig, modes: tuple[str, ...] = ("horizon_band",),
+                   difficulty: str = "moderate", recall_score_threshold: float | None = None, progress: bool = True) -> dict:
+    """Render world sequences and evaluate ``forward`` per split, rig and preprocessing mode.
+
+    Args:
+        forward: maps ``(1, 3, *net_hw)`` float images in [0, 1] to the network output dict.
+        net_hw: network input size.
+        splits: split name -> world configs (``data.synth.plan``); each config's ``rig`` groups the report.
+        frames_per_sequence, frame_every: frames ``0, every, 2 every, ...`` of each sequence.
+        decode_cfg: decode settings (a low ``score_threshold`` suits AP).
+        recall_score_threshold: minimum score counted for recall and depth errors (default: the
+            node's, ``DecodeConfig().score_threshold``).
+        modes: preprocessing modes run on the same rendered frames (:data:`PREPROCESS_MODES`); the
+            horizon band is placed with each rig's intrinsics and mounting.
+
+    Returns:
+        ``{mode: {split: {rig: rig_metrics, "all": rig_metrics}}}`` plus ``rigs`` (split -> rig -> the
+        camera values of its sequences).
+    """
+    from tqdm import tqdm
+
+    from ba_perception.data.world import World
+
+    frames: dict[str, dict[str, dict[str, list]]] = {m: {} for m in modes}
+    rigs: dict[str, dict[str, list]] = {}
+    total = sum(len(c) for c in splits.values()) * frames_per_sequence
+    bar = tqdm(total=total, unit="frame", desc="eval-det", disable=not progress)
+    for split, configs in splits.items():
+        for cfg in configs:
+            rigs.setdefault(split, {}).setdefault(cfg.rig, []).append(
+                {"size": [cfg.width, cfg.height], "K": cfg.intrinsics().round(2).tolist(), "height_m": round(cfg.camera_height_m, 3),
+                 "pitch_deg": round(cfg.pitch_deg, 2), "roll_deg": round(cfg.roll_deg, 2), "preset": cfg.preset, "seed": cfg.seed})
+            with World(cfg) as world:
+                for k in range(frames_per_sequence):
+                    f = world.render(k * frame_every)
+                    gt = world_gt_frame(f.objects)
+                    x0 = to_chw_float(f.image)
+                    K = torch.from_numpy(f.K)
+                    for mode in modes:
+                        pre = Preprocess.for_camera(mode, f.image.shape[:2], net_hw, f.K, f.T_base_cam[:3, :3])
+                        x = apply_preprocess(x0, pre)
+                        with torch.inference_mode():
+                            out = network_outputs(forward, x, decode_cfg)
+                        (det,) = decode({k2: v.float().cpu() for k2, v in out.items()}, K[None], pre, decode_cfg)
+                        frames[mode].setdefault(split, {}).setdefault(cfg.rig, []).append((gt, det_frame(det)))
+                    bar.update(1)
+    bar.close()
+    thr = DecodeConfig().score_threshold if recall_score_threshold is None else recall_score_threshold
+    res: dict = {"rigs": rigs, "recall_score_threshold": thr}
+    for mode in modes:
+        res[mode] = {}
+        for split, by_rig in frames[mode].items():
+            res[mode][split] = {rig: rig_metrics(fr, thr, "car", difficulty) for rig, fr in by_rig.items()}
+            res[mode][split]["all"] = rig_metrics([x for fr in by_rig.values() for x in fr], thr, "car", difficulty)
+    return res
+
+
+def rig_table(res: dict, mode: str) -> list[str]:
+    """Printable per-rig car table of :func:`evaluate_world` for one preprocessing mode (percent)."""
+    def num(v: float, scale: float = 1.0) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{scale * v:.1f}"
+
+    lines = [f"{'split':<11}{'rig':<13}{'frames':>6}{'GT':>6}  {'AP3D@0.5':>8}  {'AP2D@0.7':>8}  {'recall<40m':>10}  "
+             f"{'40-60m':>7}  {'dz/z med':>8}  {'|dz|/z med':>10}"]
+    for split, by_rig in res[mode].items():
+        for rig, m in by_rig.items():
+            r = m["recall"]
+            lines.append(f"{split:<11}{rig:<13}{m['frames']:>6}{m['num_gt']:>6}  {num(m['ap3d_r40@0.5']):>8}  "
+                         f"{num(m['ap2d_r40@0.7']):>8}  {num(r['0-40']['share'], 100):>10}  {num(r['40-60']['share'], 100):>7}  "
+                         f"{num(m['depth_rel_signed_median'], 100):>8}  {num(m['depth_rel_abs_median'], 100):>10}")
+    return lines
+
+
 def summary_rows(res: dict) -> list[tuple[str, str]]:
     """(metric, value) rows of the key numbers for a printed table."""
     rows = []
@@ -185,9 +273,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI options of `ba-perception eval-det`."""
     parser.add_argument("--model", default="models/detector.onnx", help="ONNX model (or a .pt checkpoint)")
     parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--sequences", type=int, default=8, help="world sequences (the official test split has 8)")
-    parser.add_argument("--pairs-per-sequence", type=int, default=10, help="frame pairs per sequence (every 9th frame)")
+    parser.add_argument("--splits", default="test,test_cross",
+                        help="world splits rendered and reported side by side, per camera rig (default test,test_cross)")
+    parser.add_argument("--world-version", default=None, help="world generator version of --splits (default: the current one)")
+    parser.add_argument("--frames-per-sequence", type=int, default=10, help="--splits: frames per sequence")
+    parser.add_argument("--frame-every", type=int, default=9, help="--splits: frames between evaluated frames")
+    parser.add_argument("--preprocess", default="horizon_band",
+                        help=f"--splits: comma-separated preprocessing modes evaluated on the same frames ({', '.join(PREPROCESS_MODES)})")
+    parser.add_argument("--split", default=None, choices=("train", "val", "test"),
+                        help="instead of --splits: AP|R40 on a cached KITTI-rig split as the detector trains on it (train/data.py)")
+    parser.add_argument("--sequences", type=int, default=None,
+                        help="world sequences per split (default: --splits as data.synth plans them; --split 8)")
+    parser.add_argument("--pairs-per-sequence", type=int, default=10, help="--split: frame pairs per sequence (every 9th frame)")
     parser.add_argument("--cache-dir", default="data/detector")
     parser.add_argument("--difficulty", default="moderate", choices=("easy", "moderate", "hard"))
     parser.add_argument("--score-threshold", type=float, default=0.03)
@@ -199,8 +296,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out/eval/detection.json")
 
 
+def _run_world(args: argparse.Namespace, be) -> int:
+    from ba_perception.cli import CommandError
+    from ba_perception.data.synth import plan
+    from ba_perception.data.world import MeshError, RenderError, WorldConfig
+    from ba_perception.data.world.config import VERSION_PRESETS, WORLD_VERSION
+
+    version = args.world_version or WORLD_VERSION
+    modes = tuple(m.strip() for m in args.preprocess.split(",") if m.strip())
+    bad = [m for m in modes if m not in PREPROCESS_MODES]
+    if bad or not modes:
+        raise CommandError(f"unknown --preprocess {', '.join(bad) or repr(args.preprocess)}; choose from {', '.join(PREPROCESS_MODES)}")
+    names = [n.strip() for n in args.splits.split(",") if n.strip()]
+    n_frames = (args.frames_per_sequence - 1) * args.frame_every + 1
+    try:
+        base = WorldConfig(world_version=version, noise_std=2.0)
+        splits = {n: plan(n, list(VERSION_PRESETS[version]), args.sequences, n_frames, base, rigs=True) for n in names}
+        res = evaluate_world(lambda x: be(x), be.input_hw, splits, args.frames_per_sequence, args.frame_every,
+                             DecodeConfig(score_threshold=args.score_threshold, flip_test=not args.no_flip_test),
+                             modes, args.difficulty)
+    except (MeshError, RenderError) as err:
+        raise CommandError(str(err)) from err
+    res.update({"model": str(args.model), "backend": be.name, "world_version": version, "splits": names,
+                "sequences": {n: len(c) for n, c in splits.items()}, "frames_per_sequence": args.frames_per_sequence,
+                "frame_every": args.frame_every, "difficulty": args.difficulty})
+    print(f"detector {args.model} [{be.name}] on world {version} splits {', '.join(names)} "
+          f"({', '.join(f'{n}: {len(c)} seq x {args.frames_per_sequence} frames' for n, c in splits.items())}; car, {args.difficulty}; "
+          f"recall and depth at score >= {res['recall_score_threshold']:g}, 2D IoU >= 0.5)")
+    for mode in modes:
+        print(f"preprocess {mode}:")
+        for line in rig_table(res, mode):
+            print("  " + line)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(json_safe(res), indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    """Evaluate a model on a world split; print a table and write JSON."""
+    """Evaluate a model on world splits; print a table and write JSON."""
     from ba_perception.cli import CommandError
     from ba_perception.core.detection.backends import BackendError, create_backend
     from ba_perception.train.data import DataError, SplitSpec, build_split
@@ -212,10 +347,12 @@ def run(args: argparse.Namespace) -> int:
         be = create_backend(args.backend, threads=args.threads, **kw)
     except BackendError as err:
         raise CommandError(str(err)) from err
-    from ba_perception.data.world import PRESETS
+    if args.split is None:
+        return _run_world(args, be)
+    from ba_perception.data.world.config import VERSION_PRESETS
 
-    presets = tuple(PRESETS) if args.split == "test" else SplitSpec().presets  # test: as data.synth plans it
-    spec = SplitSpec(name=args.split, sequences=args.sequences, pairs_per_sequence=args.pairs_per_sequence,
+    presets = VERSION_PRESETS["v2"] if args.split == "test" else SplitSpec().presets  # test: as data.synth plans v2
+    spec = SplitSpec(name=args.split, sequences=args.sequences or 8, pairs_per_sequence=args.pairs_per_sequence,
                      pair_every=9, presets=presets)
     try:
         split = build_split(spec, be.input_hw, args.cache_dir)

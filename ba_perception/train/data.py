@@ -64,6 +64,9 @@ class SplitSpec:
         d = asdict(self)
         d["net_hw"] = list(net_hw)
         d["presets"] = list(self.presets)
+        from ba_perception.data.world.config import WORLD_VERSION
+
+        d["world_version"] = WORLD_VERSION  # a cache rendered by another world version is not reused
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def seeds(self) -> list[tuple[str, int]]:

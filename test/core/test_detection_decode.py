@@ -21,7 +21,13 @@ from ba_perception.core.detection.decode import (
     unflip_outputs,
 )
 from ba_perception.core.detection.model import NUM_REG, REG_CHANNELS
-from ba_perception.core.detection.preprocess import Preprocess, PreprocessError, apply_preprocess
+from ba_perception.core.detection.preprocess import (
+    HORIZON_ROW_FRACTION,
+    Preprocess,
+    PreprocessError,
+    apply_preprocess,
+    horizon_row,
+)
 
 K_SRC = torch.tensor([[721.5, 0.0, 609.6], [0.0, 707.0, 172.9], [0.0, 0.0, 1.0]], dtype=torch.float64)
 SRC_HW = (375, 1242)
@@ -41,16 +47,16 @@ def _box_2d(centers, sizes, yaw):
     return geo.box2d_from_points(geo.project_points(geo.box_corners_cam(centers, sizes, yaw), K_SRC))
 
 
-def _encoded(pre, labels, centers, sizes, yaw, box):
+def _encoded(pre, labels, centers, sizes, yaw, box, K=K_SRC):
     """Training targets of the objects and empty heat / regression maps at the output stride."""
     h, w = NET_HW[0] // 8, NET_HW[1] // 8
-    enc = encode_objects(labels, centers, sizes, yaw, box, K_SRC, pre, (h, w))
+    enc = encode_objects(labels, centers, sizes, yaw, box, K, pre, (h, w))
     return enc, torch.zeros(1, 3, h, w), torch.zeros(1, NUM_REG, h, w)
 
 
-def _heads(pre, labels, centers, sizes, yaw, box, depth_logvar=0.0):
+def _heads(pre, labels, centers, sizes, yaw, box, depth_logvar=0.0, K=K_SRC):
     h, w = NET_HW[0] // 8, NET_HW[1] // 8
-    enc, heat, reg = _encoded(pre, labels, centers, sizes, yaw, box)
+    enc, heat, reg = _encoded(pre, labels, centers, sizes, yaw, box, K)
     for i in range(len(labels)):
         x, y = enc.cell_xy[i].tolist()
         heat[0, labels[i], y, x] = 0.9 - 0.1 * i
@@ -86,6 +92,52 @@ def test_preprocess_resize_follows_the_pixel_map():
     assert (out[0, 0, row, u_net.long()] - expect).abs().max() < 0.1
     with pytest.raises(PreprocessError):
         apply_preprocess(torch.zeros(1, 3, 10, 10), pre)
+
+
+def test_horizon_band_keeps_the_training_rig_and_fills_the_input_for_tall_images():
+    # KITTI-sized frames: letterbox exactly as before (the shipped pixel map).
+    assert Preprocess.horizon_band(SRC_HW, NET_HW, 172.9) == Preprocess.letterbox(SRC_HW, NET_HW)
+    # 16:9 1080p: a full-width band of the network's aspect ratio, no padding, horizon at the training share.
+    K = torch.tensor([[960.0, 0, 955.0], [0, 960.0, 530.0], [0, 0, 1]], dtype=torch.float64)
+    pre = Preprocess.horizon_band((1080, 1920), NET_HW, 530.0)
+    assert pre.crop_hw == (576, 1920) and pre.crop_x == 0 and pre.resized_hw == NET_HW and pre.pad_x == pre.pad_y == 0
+    assert abs((530.0 + 0.5 - pre.crop_y) / 576 - HORIZON_ROW_FRACTION) <= 1 / 576
+    # Exact map: points project to the same network pixel through K_net and through to_net, and back.
+    pts = torch.tensor([[[2.0, 1.4, 15.0], [-7.0, 1.5, 40.0], [0.3, -0.5, 80.0]]], dtype=torch.float64)
+    uv_src = geo.project_points(pts, K)
+    uv_net = geo.project_points(pts, pre.K_net(K))
+    assert torch.allclose(pre.to_net(uv_src), uv_net, atol=1e-9)
+    assert torch.allclose(pre.to_src(pre.to_net(uv_src)), uv_src, atol=1e-9)
+    # The resampled image follows the map: a vertical ramp I(u, v) = v reads back the source row.
+    img = torch.arange(1080, dtype=torch.float64)[:, None].expand(1, 3, 1080, 1920).clone()
+    out = apply_preprocess(img, pre)
+    v_net = torch.arange(10, 182, dtype=torch.float64)
+    expect = pre.to_src(torch.stack([torch.full_like(v_net, 320.0), v_net], -1))[:, 1]
+    assert (out[0, 0, v_net.long(), 320] - expect).abs().max() < 0.1
+
+
+def test_horizon_row_follows_the_mounting_pitch():
+    K = torch.tensor([[800.0, 0, 640.0], [0, 800.0, 360.0], [0, 0, 1]], dtype=torch.float64).numpy()
+    R_body_opt = geo.R_BODY_OPTICAL.numpy()
+    p = math.radians(3.0)  # looking 3 deg down: the horizon moves up by f tan(3 deg)
+    Ry = torch.tensor([[math.cos(p), 0, math.sin(p)], [0, 1, 0], [-math.sin(p), 0, math.cos(p)]], dtype=torch.float64).numpy()
+    assert horizon_row(K, R_body_opt) == pytest.approx(360.0)
+    assert horizon_row(K, Ry @ R_body_opt) == pytest.approx(360.0 - 800.0 * math.tan(p))
+    with pytest.raises(PreprocessError):
+        Preprocess.for_camera("stretch", (720, 1280), NET_HW, K)
+
+
+def test_decode_through_a_horizon_band_recovers_boxes_in_original_pixels():
+    src_hw = (1080, 1920)
+    K = torch.tensor([[960.0, 0, 955.0], [0, 960.0, 530.0], [0, 0, 1]], dtype=torch.float64)
+    pre = Preprocess.horizon_band(src_hw, NET_HW, 530.0)
+    labels, centers, sizes, yaw, _ = _objects()
+    box = geo.box2d_from_points(geo.project_points(geo.box_corners_cam(centers, sizes, yaw), K))
+    enc, outs = _heads(pre, labels, centers, sizes, yaw, box, K=K)
+    (det,) = decode(outs, K, pre, DecodeConfig(score_threshold=0.5, depth_confidence_scale=0.0))
+    assert len(det) == 3
+    assert torch.allclose(det.center_cam.double(), centers, atol=2e-3)
+    assert torch.allclose(det.box_2d.double(), box, atol=5e-2)
 
 
 def test_decode_recovers_encoded_boxes_exactly():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 import numpy as np
@@ -84,3 +85,52 @@ def test_perfect_outputs_score_full_ap_and_zero_errors():
     assert res["classes"]["pedestrian"]["ap3d_r40@0.5"] == 100.0
     assert car["errors"]["depth_abs_median_m"] < 1e-3
     assert any("car ap3d_r40@0.7" == k and v == "100.0" for k, v in summary_rows(res))
+
+
+def _cars(z, box_h=60.0, scores=None):
+    n = len(z)
+    boxes = np.array([[100.0 * i, 100.0, 100.0 * i + 80.0, 100.0 + box_h] for i in range(n)])
+    return FrameBoxes(labels=np.array(["car"] * n, dtype=object), box_2d=boxes,
+                      center_cam=np.stack([np.zeros(n), np.ones(n), np.asarray(z, float)], 1),
+                      size_lwh=np.tile([4.0, 1.8, 1.5], (n, 1)), yaw=np.zeros(n), scores=scores if scores is not None else [])
+
+
+def test_rig_metrics_recall_by_range_and_signed_depth_error():
+    from ba_perception.eval.detection_ap import rig_metrics
+
+    gt = _cars([10.0, 30.0, 45.0, 55.0])
+    # detections on the first three cars, 10 % too far; the 45-m one scores below the threshold
+    det = _cars([11.0, 33.0, 49.5], scores=np.array([0.9, 0.8, 0.05]))
+    m = rig_metrics([(gt, det)], score_threshold=0.08)
+    assert m["recall"]["0-40"] == {"share": 1.0, "count": 2}
+    assert m["recall"]["40-60"] == {"share": 0.0, "count": 2}
+    assert m["matched"] == 2
+    assert m["depth_rel_signed_median"] == pytest.approx(0.1) and m["depth_rel_abs_median"] == pytest.approx(0.1)
+    near = _cars([11.0, 27.0], scores=np.array([0.9, 0.8]))
+    assert rig_metrics([(gt, near)], score_threshold=0.08)["depth_rel_signed_median"] == pytest.approx(0.0)
+
+
+def test_evaluate_world_reports_every_split_and_rig_with_both_preprocessings():
+    from ba_perception.core.detection.decode import DecodeConfig
+    from ba_perception.data.synth import plan
+    from ba_perception.data.world import WorldConfig
+    from ba_perception.eval.detection_eval import evaluate_world, rig_table
+
+    shapes = []
+
+    def forward(x):  # an empty network: no detections anywhere
+        shapes.append(tuple(x.shape))
+        h, w = x.shape[-2] // 8, x.shape[-1] // 8
+        return {"heatmap": torch.zeros(1, 3, h, w), "regression": torch.zeros(1, NUM_REG, h, w),
+                "embedding": torch.ones(1, 4, h, w), "features": torch.ones(1, 4, 2 * h, 2 * w)}
+
+    splits = {"test": plan("test", ["urban"], 1, 1, WorldConfig(), rigs=True), "test_cross": plan("test_cross", ["urban"], 1, 1, WorldConfig(), rigs=True)}
+    res = evaluate_world(forward, (192, 640), splits, 1, 1, DecodeConfig(flip_test=False), ("letterbox", "horizon_band"),
+                         progress=False)
+    assert set(shapes) == {(1, 3, 192, 640)} and len(shapes) == 4
+    for mode in ("letterbox", "horizon_band"):
+        assert set(res[mode]) == {"test", "test_cross"}
+        assert set(res[mode]["test"]) == {splits["test"][0].rig, "all"}
+        assert set(res[mode]["test_cross"]) == {splits["test_cross"][0].rig, "all"}
+        assert res[mode]["test"]["all"]["matched"] == 0
+        assert len(rig_table(res, mode)) == 5

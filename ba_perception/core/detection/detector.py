@@ -42,23 +42,35 @@ class Detector:
         backend: any backend from :func:`core.detection.backends.create_backend`.
         decode_cfg: thresholds and feature-sampling options.
         classes: class names in heatmap order (default: the model metadata's, else ``CLASSES``).
+        preprocess: ``horizon_band`` (images taller than the network input are cropped to a band
+            around the horizon; the training rig's images are letterboxed as before) or
+            ``letterbox`` (the whole image, padded), see :meth:`Preprocess.for_camera`.
     """
 
-    def __init__(self, backend: Backend, decode_cfg: DecodeConfig | None = None, classes: list[str] | None = None) -> None:
+    def __init__(self, backend: Backend, decode_cfg: DecodeConfig | None = None, classes: list[str] | None = None,
+                 preprocess: str = "horizon_band") -> None:
         self.backend = backend
         self.decode_cfg = decode_cfg or DecodeConfig()
         meta_classes = (backend.metadata or {}).get("config", {}).get("classes")
         self.classes = list(classes or meta_classes or CLASSES)
-        self._pre: dict[tuple[int, int], Preprocess] = {}
+        self.preprocess_mode = preprocess
+        self._pre: dict[tuple, Preprocess] = {}
 
-    def preprocess_for(self, src_hw: tuple[int, int]) -> Preprocess:
-        """The (cached) letterbox for images of ``src_hw``."""
-        if src_hw not in self._pre:
-            self._pre[src_hw] = Preprocess.letterbox(src_hw, self.backend.input_hw)
-        return self._pre[src_hw]
+    def preprocess_for(self, src_hw: tuple[int, int], K: np.ndarray | None = None,
+                       R_base_cam: np.ndarray | None = None) -> Preprocess:
+        """The (cached) preprocessing for images of ``src_hw`` from a camera with ``K`` and mounting
+        ``R_base_cam`` (None: level; no ``K``: letterbox)."""
+        key = (src_hw, None if K is None else np.asarray(K, np.float64).tobytes(),
+               None if R_base_cam is None else np.asarray(R_base_cam, np.float64).tobytes())
+        if key not in self._pre:
+            mode = self.preprocess_mode if K is not None else "letterbox"
+            self._pre[key] = Preprocess.for_camera(mode, src_hw, self.backend.input_hw, K, R_base_cam)
+        return self._pre[key]
 
-    def detect(self, image: np.ndarray | torch.Tensor, K: np.ndarray | torch.Tensor) -> DetectionResult:
-        """Detect objects in one ``(H, W, 3)`` uint8 RGB image with ``(3, 3)`` intrinsics (pixels).
+    def detect(self, image: np.ndarray | torch.Tensor, K: np.ndarray | torch.Tensor,
+               R_base_cam: np.ndarray | None = None) -> DetectionResult:
+        """Detect objects in one ``(H, W, 3)`` uint8 RGB image with ``(3, 3)`` intrinsics (pixels) and,
+        optionally, the camera's ``(3, 3)`` rotation in base_link (places the horizon band).
 
         Raises:
             DetectorError: wrong image layout/dtype or invalid intrinsics.
@@ -72,7 +84,7 @@ class Detector:
         Kt = torch.as_tensor(np.asarray(K, dtype=np.float64).reshape(3, 3))
         if not torch.isfinite(Kt).all() or Kt[0, 0] <= 0 or Kt[1, 1] <= 0:
             raise DetectorError("intrinsics K must be finite with positive focal lengths")
-        pre = self.preprocess_for((int(x.shape[-2]), int(x.shape[-1])))
+        pre = self.preprocess_for((int(x.shape[-2]), int(x.shape[-1])), Kt.numpy(), R_base_cam)
         x = apply_preprocess(x, pre)
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)

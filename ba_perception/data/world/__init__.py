@@ -26,10 +26,13 @@ Distant cars are drawn with vertex-clustered LODs (GT always describes what was 
 
 ``World(cfg)`` renders frames in any order (``world.render(i)``); ``scene.generate(cfg)`` gives
 the scenario (road, ego, agents) without rendering. Presets: highway, urban, parking_lot,
-occlusion_stress. Same config -> bit-identical output. Conventions are those of
+occlusion_stress, residential (v3). Same config -> bit-identical output. Conventions are those of
 ``ba_perception.core.geometry`` (object frame x fwd / y left / z up, box centre = geometric centre).
-Cars are the textured trigger-rally meshes (Debian ``trigger-rally-data``) with random paint;
-pedestrians and cyclists are articulated boxes.
+``WorldConfig.world_version`` selects the generator: ``v3`` (default: stops per minute, camera
+rigs with pitch/roll and per-sequence appearance from ``rigs.draw_rig``, trigger-rally and TORCS
+cars at real sizes from a model pool) or ``v2`` (the previous world, bit-identical). Cars are
+textured meshes (Debian ``trigger-rally-data``, ``torcs-data``) with random paint; pedestrians and
+cyclists are articulated boxes. ``stats.split_stats`` measures ego travel and object ranges.
 """
 
 from __future__ import annotations

@@ -6,7 +6,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-PRESETS: tuple[str, ...] = ("highway", "urban", "parking_lot", "occlusion_stress")
+PRESETS: tuple[str, ...] = ("highway", "urban", "parking_lot", "occlusion_stress", "residential")
+# World generator versions still renderable: v2 (stops per sequence, KITTI rig, 9 trigger-rally cars)
+# and v3 (stops per minute, residential preset, camera rigs, TORCS cars, appearance per sequence).
+WORLD_VERSIONS: tuple[str, ...] = ("v2", "v3")
+WORLD_VERSION = "v3"
+VERSION_PRESETS: dict[str, tuple[str, ...]] = {"v2": PRESETS[:4], "v3": PRESETS}
 
 # KITTI tracking camera 02 (sequence 0000), rectified.
 KITTI_WIDTH, KITTI_HEIGHT = 1242, 375
@@ -37,6 +42,14 @@ class WorldConfig:
         gt_max_range_m: objects farther than this from the camera get no GT entry.
         start_stamp_ns: stamp of frame 0.
         surface_points: GT surface points kept per object for correspondences.
+        world_version: generator version (:data:`WORLD_VERSIONS`); old versions stay renderable
+            so that old numbers can be reproduced.
+        rig: name of the camera rig family (reporting only; the values are the fields here).
+        pitch_deg, roll_deg: camera mounting pitch (positive = looking down) and roll (positive =
+            right side down), degrees: the REP-103 pitch / roll of the camera body in base_link.
+        exposure: image gain (1 = none).  white_balance: per-channel RGB gains.
+        vignetting: brightness loss at the image corners, [0, 1) (0 = none).
+        car_pool: which car meshes the scene draws from (``meshes.CAR_POOLS``; v3 only).
     """
 
     preset: str = "urban"
@@ -56,11 +69,24 @@ class WorldConfig:
     gt_max_range_m: float = 100.0
     start_stamp_ns: int = 1_700_000_000_000_000_000
     surface_points: int = 2000
+    world_version: str = WORLD_VERSION
+    rig: str = "kitti"
+    pitch_deg: float = 0.0
+    roll_deg: float = 0.0
+    exposure: float = 1.0
+    white_balance: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    vignetting: float = 0.0
+    car_pool: str = "train"
 
     def validate(self) -> None:
         """Raise :class:`WorldConfigError` with a fix for invalid values."""
-        if self.preset not in PRESETS:
-            raise WorldConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.world_version not in WORLD_VERSIONS:
+            raise WorldConfigError(f"unknown world_version {self.world_version!r}; choose one of {', '.join(WORLD_VERSIONS)}")
+        presets = VERSION_PRESETS[self.world_version]
+        if self.preset not in presets:
+            raise WorldConfigError(f"unknown preset {self.preset!r} for world {self.world_version}; choose one of {', '.join(presets)}")
+        if not (0 <= self.vignetting < 1) or self.exposure <= 0 or min(self.white_balance) <= 0:
+            raise WorldConfigError("exposure and white_balance must be > 0 and vignetting in [0, 1)")
         if self.width < 16 or self.height < 16 or self.width > 8192 or self.height > 8192:
             raise WorldConfigError(f"image size {self.width}x{self.height} out of range 16..8192")
         if not (0 < self.rate_hz <= 1000):
@@ -83,4 +109,14 @@ class WorldConfig:
         return int(self.start_stamp_ns + round(index * 1e9 / self.rate_hz))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["white_balance"] = list(d["white_balance"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WorldConfig":
+        """Inverse of :meth:`to_dict` (manifest entries); unknown keys are an error."""
+        d = dict(d)
+        if "white_balance" in d:
+            d["white_balance"] = tuple(float(v) for v in d["white_balance"])
+        return cls(**d)

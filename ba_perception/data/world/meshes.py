@@ -1,9 +1,21 @@
-"""Triangle meshes for the synthetic world: trigger-rally car models and articulated primitives."""
+"""Triangle meshes for the synthetic world: trigger-rally and TORCS car models and primitives.
+
+Car meshes come from Debian packages and are never committed: ``trigger-rally-data`` (9 rally
+cars, read straight from its data.zip) and ``torcs-data`` (AC3D road and touring cars, GPL-2+ or
+Free Art License per model, see /usr/share/doc/torcs-data/copyright), converted once at set-up
+with ``assimp`` (Debian ``assimp-utils``) into OBJ + PNG under :func:`torcs_cache_dir`
+(``python -m ba_perception.data.world.meshes --convert-torcs``, run by scripts/setup.sh).
+"""
 
 from __future__ import annotations
 
 import io
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,6 +31,27 @@ CAR_MODELS: tuple[str, ...] = (
     "fox_kitcar", "fox_super500", "fox_wrc",
 )
 MESH_FIX = "install the car meshes with `sudo apt-get install trigger-rally-data` (or `bash scripts/setup.sh`)"
+TORCS_CARS_DIR = Path("/usr/share/games/torcs/cars")
+# TORCS road / touring cars used (the open-wheel car1-ow1 and the dune buggy are left out).
+TORCS_MODELS: tuple[str, ...] = (
+    "p406", "acura-nsx-sz", "car1-stock1", "car1-trb1", "car1-trb3", "car2-trb1", "car3-trb1", "car4-trb1",
+    "car5-trb1", "155-DTM", "baja-bug", "car1-stock2", "car6-trb1", "car7-trb1", "car8-trb1",
+)
+TORCS_FIX = ("convert the TORCS car meshes with `bash scripts/setup.sh` (needs Debian torcs-data and assimp-utils; "
+             "it runs `python -m ba_perception.data.world.meshes --convert-torcs`)")
+# Model-disjoint pools (world v3): 'train' cars appear in train / val / test, 'cross' cars only in
+# test_cross (other bodies, not just other liveries of a training body).
+CAR_POOLS: dict[str, tuple[str, ...]] = {
+    "train": ("cordo_kitcar", "cordo_super500", "cordo_wrc", "evo_kitcar", "evo_super500", "evo_wrc",
+              "p406", "acura-nsx-sz", "car1-stock1", "car1-trb1", "car1-trb3", "car2-trb1", "car3-trb1",
+              "car4-trb1", "car5-trb1"),
+    "cross": ("fox_kitcar", "fox_super500", "fox_wrc", "155-DTM", "baja-bug", "car1-stock2", "car6-trb1",
+              "car7-trb1", "car8-trb1"),
+}
+CAR_POOLS["all"] = CAR_POOLS["train"] + CAR_POOLS["cross"]
+# Real overall length of the car each trigger-rally body stands for (Ford Escort RS Cosworth,
+# Mitsubishi Lancer Evolution, VW Fox), metres; TORCS models carry theirs in their .xml.
+TRIGGER_LENGTH_M = {"cordo": 4.21, "evo": 4.36, "fox": 3.83}
 
 
 class MeshError(RuntimeError):
@@ -105,13 +138,132 @@ def _open_zip() -> zipfile.ZipFile:
     return zipfile.ZipFile(TRIGGER_RALLY_ZIP)
 
 
-def check_meshes() -> None:
-    """Raise :class:`MeshError` naming the fix when the car mesh package is not installed."""
+def check_meshes(models: tuple[str, ...] = CAR_MODELS) -> None:
+    """Raise :class:`MeshError` naming the fix when a car mesh of ``models`` is not installed."""
     with _open_zip() as z:
         names = set(z.namelist())
-    missing = [m for m in CAR_MODELS if f"vehicles/{m}/{m}.obj" not in names]
+    missing = [m for m in models if m in CAR_MODELS and f"vehicles/{m}/{m}.obj" not in names]
     if missing:
         raise MeshError(f"car models {missing} missing from {TRIGGER_RALLY_ZIP}: {MESH_FIX}")
+    torcs = [m for m in models if m in TORCS_MODELS]
+    if torcs:
+        d = torcs_cache_dir()
+        missing = [m for m in torcs if not (d / m / "meta.json").is_file()]
+        if missing:
+            raise MeshError(f"TORCS car models {missing} missing from {d}: {TORCS_FIX}")
+
+
+def torcs_cache_dir() -> Path:
+    """Where the converted TORCS cars live: ``$BA_PERCEPTION_MESH_CACHE/torcs`` or ``<venv>/share/ba_perception/torcs``."""
+    root = os.environ.get("BA_PERCEPTION_MESH_CACHE")
+    return (Path(root) if root else Path(sys.prefix) / "share" / "ba_perception") / "torcs"
+
+
+def _torcs_xml_params(xml: str) -> dict:
+    """Overall size, axle positions and wheel geometry from a TORCS car .xml (metres)."""
+    def num(section: str, name: str) -> float:
+        sec = re.search(rf'<section name="{re.escape(section)}">(.*?)</section>', xml, re.S)
+        m = re.search(rf'<attnum name="{re.escape(name)}"[^>]*\bval="([^"]*)"', sec.group(1) if sec else "")
+        if m is None:
+            raise MeshError(f"TORCS car xml has no {section}/{name}")
+        return float(m.group(1))
+
+    rim_in = num("Front Right Wheel", "rim diameter")
+    tyre = num("Front Right Wheel", "tire width") / 1000 * num("Front Right Wheel", "tire height-width ratio")
+    return {"length": num("Car", "body length"), "front_x": num("Front Axle", "xpos"), "rear_x": num("Rear Axle", "xpos"),
+            "wheel_y": abs(num("Front Right Wheel", "ypos")), "wheel_radius": rim_in * 0.0254 / 2 + tyre,
+            "tyre_width": num("Front Right Wheel", "tire width") / 1000}
+
+
+def convert_torcs(out_dir: Path | None = None, src_dir: Path = TORCS_CARS_DIR) -> list[str]:
+    """Convert the TORCS cars (AC3D) to OBJ + PNG + meta.json under ``out_dir``; skips finished ones.
+
+    Returns:
+        The converted (or already present) model names.
+
+    Raises:
+        MeshError: torcs-data or the ``assimp`` command is missing, or a conversion fails.
+    """
+    from PIL import Image
+
+    out_dir = out_dir or torcs_cache_dir()
+    if not src_dir.is_dir():
+        raise MeshError(f"TORCS cars not found at {src_dir}: apt-get install torcs-data")
+    assimp = shutil.which("assimp")
+    if assimp is None:
+        raise MeshError("the assimp command is missing: apt-get install assimp-utils")
+    done = []
+    for m in TORCS_MODELS:
+        dst = out_dir / m
+        if (dst / "meta.json").is_file():
+            done.append(m)
+            continue
+        dst.mkdir(parents=True, exist_ok=True)
+        src = src_dir / m
+        res = subprocess.run([assimp, "export", str(src / f"{m}.acc"), str(dst / "body.obj")], capture_output=True, text=True)
+        if res.returncode != 0 or not (dst / "body.obj").is_file():
+            raise MeshError(f"assimp could not convert {src / f'{m}.acc'}: {res.stderr.strip()[-300:]}")
+        Image.open(src / f"{m}.rgb").convert("RGB").save(dst / "body.png")
+        meta = _torcs_xml_params((src / f"{m}.xml").read_text(errors="replace"))
+        (dst / "meta.json").write_text(json.dumps(meta, indent=1))
+        done.append(m)
+    return done
+
+
+def _wheel_mesh(radius: float, width: float, segments: int = 14) -> Mesh:
+    """A dark wheel (cylinder about the object y axis) centred at the origin."""
+    c = cylinder_mesh(radius, width, segments, (0.08, 0.08, 0.08))
+    T = np.eye(4)
+    T[:3, :3] = [[1, 0, 0], [0, 0, 1], [0, -1, 0]]  # z up -> y
+    T[:3, 3] = [0.0, -width / 2, 0.0]
+    return transformed(c, T)
+
+
+def _load_torcs(model: str) -> Mesh:
+    from PIL import Image
+
+    d = torcs_cache_dir() / model
+    if not (d / "meta.json").is_file():
+        raise MeshError(f"TORCS car {model} not converted in {d}: {TORCS_FIX}")
+    meta = json.loads((d / "meta.json").read_text())
+    p, t, n = _parse_obj((d / "body.obj").read_text(errors="replace"))
+    # assimp writes AC3D y-up: x forward, y up, z right -> object frame x forward, y left, z up.
+    pos = np.stack([p[:, 0], -p[:, 2], p[:, 1]], 1)
+    nrm = np.stack([n[:, 0], -n[:, 2], n[:, 1]], 1)
+    nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-9)
+    r = float(meta["wheel_radius"])
+    pos[:, 2] += 0.1 - pos[:, 2].min()  # body sill 10 cm above the road, wheels below it
+    parts = [Mesh(pos.astype(np.float32), nrm.astype(np.float32), t.astype(np.float32),
+                  np.ones((len(pos), 3), np.float32))]
+    wheel = _wheel_mesh(r, min(float(meta["tyre_width"]), 0.3))
+    for x in (meta["front_x"], meta["rear_x"]):
+        for side in (1, -1):
+            T = np.eye(4)
+            T[:3, 3] = [x, side * meta["wheel_y"], r]
+            parts.append(transformed(wheel, T))
+    P = np.concatenate([m.positions for m in parts])
+    lo, hi = P.min(0), P.max(0)
+    n_body = len(pos)
+    paint = np.zeros(len(P), np.float32)
+    paint[:n_body] = 1.0
+    # TORCS liveries are mostly one blue; in grey the renderer repaints their mid-grey texels with
+    # the car's random colour (as for trigger-rally bodies), keeping stickers and shading.
+    tex = np.asarray(Image.open(d / "body.png").convert("L").convert("RGB"), dtype=np.uint8)
+    return Mesh(
+        positions=(P - (lo + hi) / 2).astype(np.float32),
+        normals=np.concatenate([m.normals for m in parts]).astype(np.float32),
+        uvs=np.concatenate([m.uvs for m in parts]).astype(np.float32),
+        colors=np.concatenate([m.colors for m in parts]).astype(np.float32),
+        texture=tex,
+        paintable=paint,
+    )
+
+
+def real_length_m(model: str) -> float:
+    """Overall length of the real car a model stands for, metres (sets its size in world v3)."""
+    if model in TORCS_MODELS:
+        return float(json.loads((torcs_cache_dir() / model / "meta.json").read_text())["length"])
+    return TRIGGER_LENGTH_M[model.split("_")[0]]
 
 
 @lru_cache(maxsize=None)
@@ -126,8 +278,10 @@ def load_car(model: str) -> Mesh:
     """
     from PIL import Image
 
+    if model in TORCS_MODELS:
+        return _load_torcs(model)
     if model not in CAR_MODELS:
-        raise MeshError(f"unknown car model {model!r}; known: {', '.join(CAR_MODELS)}")
+        raise MeshError(f"unknown car model {model!r}; known: {', '.join(CAR_MODELS + TORCS_MODELS)}")
     with _open_zip() as z:
         base = f"vehicles/{model}/{model}"
         body_p, body_t, body_n = _parse_obj(z.read(base + ".obj").decode("latin-1"))
@@ -168,6 +322,12 @@ def load_car(model: str) -> Mesh:
         texture=tex,
         paintable=paint,
     )
+
+
+@lru_cache(maxsize=None)
+def load_car_lod(model: str, cell_m: float) -> Mesh:
+    """:func:`load_car` decimated on a ``cell_m`` grid (:func:`decimate`), cached per process."""
+    return decimate(load_car(model), cell_m)
 
 
 def box_mesh(size: np.ndarray | tuple[float, float, float], center=(0.0, 0.0, 0.0), color=(0.5, 0.5, 0.5)) -> Mesh:
@@ -299,3 +459,17 @@ def decimate(mesh: Mesh, cell_m: float) -> Mesh:
         texture=mesh.texture,
         paintable=None if mesh.paintable is None else mesh.paintable[corners],
     )
+
+
+if __name__ == "__main__":  # set-up step: python -m ba_perception.data.world.meshes --convert-torcs
+    import argparse
+
+    ap = argparse.ArgumentParser(description="convert the TORCS car meshes for the synthetic world")
+    ap.add_argument("--convert-torcs", action="store_true", required=True)
+    ap.add_argument("--out", type=Path, default=None, help=f"cache folder (default {torcs_cache_dir()})")
+    a = ap.parse_args()
+    try:
+        names = convert_torcs(a.out)
+    except MeshError as err:
+        raise SystemExit(f"error: {err}") from err
+    print(f"{len(names)} TORCS cars in {a.out or torcs_cache_dir()}")

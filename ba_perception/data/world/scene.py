@@ -185,6 +185,7 @@ class _PresetParams:
     radius: tuple[float, float]              # curve radius range, metres
     buildings: bool
     trees_per_100m: float
+    stops_per_min: float = 0.0               # world v3: stops are a rate (v2: ``stops`` per sequence)
 
 
 PRESET_PARAMS: dict[str, _PresetParams] = {
@@ -196,7 +197,13 @@ PRESET_PARAMS: dict[str, _PresetParams] = {
                                  (2.7, 4.5), True, 5.0, 3.0, 0.5, 0.0, (80.0, 400.0), False, 1.0),
     "occlusion_stress": _PresetParams(2, 3.3, 2.3, 3.0, (2.0, 9.0), 2, (9.0, 20.0), (3.0, 10.0), True,
                                       (5.2, 8.0), False, 14.0, 3.0, 3.0, 0.3, (60.0, 250.0), True, 2.0),
+    # The typical KITTI scene: one lane each way, parked cars on both sides, ego 6-12 m/s.
+    "residential": _PresetParams(1, 3.1, 2.2, 2.0, (6.0, 12.0), 0, (40.0, 110.0), (5.0, 11.0), True,
+                                 (5.3, 9.0), False, 3.0, 0.5, 1.0, 0.0, (80.0, 300.0), True, 5.0),
 }
+# Stops per minute of driving in world v3 (each: braking, 1.5-4 s standing, pulling away), so a
+# preset's speed profile is its designed one whatever the sequence length.
+STOPS_PER_MIN = {"highway": 0.0, "urban": 1.0, "parking_lot": 1.0, "occlusion_stress": 1.5, "residential": 0.5}
 
 _PAINTS = np.array([
     [0.85, 0.85, 0.85], [0.1, 0.1, 0.1], [0.55, 0.57, 0.6], [0.6, 0.05, 0.05], [0.1, 0.2, 0.55],
@@ -204,13 +211,25 @@ _PAINTS = np.array([
 ])
 
 
-def _speed_profile(rng: np.random.Generator, t: np.ndarray, v_range: tuple[float, float], stops: int) -> np.ndarray:
-    """Speed (m/s) on the time grid: piecewise-linear between random knots, with optional stops."""
+def _speed_profile(rng: np.random.Generator, t: np.ndarray, v_range: tuple[float, float], stops: int,
+                   stops_per_min: float | None = None) -> np.ndarray:
+    """Speed (m/s) on the time grid: piecewise-linear between random knots, with optional stops.
+
+    ``stops`` stops per sequence (world v2), or, with ``stops_per_min``, a Poisson number of stops
+    at that rate, each starting anywhere in (or just before) the sequence (world v3).
+    """
     T = float(t[-1])
     n_knots = max(3, int(T / 4) + 2)
     kt = np.linspace(0, T, n_knots)
     kv = rng.uniform(*v_range, size=n_knots)
     v = np.interp(t, kt, kv)
+    if stops_per_min is not None:
+        ramp = 2.0
+        for _ in range(int(rng.poisson(stops_per_min * (T + 2 * ramp + 4.0) / 60.0))):
+            t0 = rng.uniform(-2 * ramp - 4.0, T)
+            hold = rng.uniform(1.5, 4.0)
+            v = v * np.clip(np.maximum((t0 - t) / ramp, (t - t0 - hold) / ramp), 0, 1)
+        return v
     for _ in range(stops):
         if T < 10:  # a stop needs room: braking, standing and pulling away
             break
@@ -424,6 +443,24 @@ def _scenery(rng: np.random.Generator, road: Road, p: _PresetParams, preset: str
     return M.merge(parts[::-1])
 
 
+# World v3 paints: the v2 ten plus common car colours (silver, greys, blues, reds, beige, white).
+_PAINTS_V3 = np.concatenate([_PAINTS, np.array([
+    [0.72, 0.74, 0.76], [0.4, 0.42, 0.45], [0.05, 0.12, 0.3], [0.25, 0.45, 0.7], [0.45, 0.03, 0.06],
+    [0.75, 0.68, 0.55], [0.95, 0.95, 0.95], [0.2, 0.2, 0.22], [0.9, 0.35, 0.05], [0.55, 0.6, 0.2],
+])])
+
+
+def _car_look_v3(rng: np.random.Generator, pool: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    """Model from the config's pool, scaled to its real car's length (+-4 %, per-axis +-3 %), a paint."""
+    models = M.CAR_POOLS[pool]
+    model = models[int(rng.integers(len(models)))]
+    lo, hi = M.load_car(model).bounds()
+    ext = (hi - lo).astype(np.float64)
+    scale = M.real_length_m(model) / ext[0] * rng.uniform(0.96, 1.04) * rng.uniform(0.97, 1.03, 3)
+    color = _PAINTS_V3[int(rng.integers(len(_PAINTS_V3)))] * rng.uniform(0.85, 1.1)
+    return model, ext * scale, scale, np.clip(color, 0, 1)
+
+
 def _car_look(rng: np.random.Generator, allow_box: bool = False) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
     model = M.CAR_MODELS[int(rng.integers(len(M.CAR_MODELS)))]
     base = M.load_car(model)
@@ -441,13 +478,19 @@ def generate(cfg: WorldConfig) -> Scene:
         WorldConfigError: invalid configuration.  MeshError: car meshes missing.
     """
     cfg.validate()
-    M.check_meshes()
+    v3 = cfg.world_version != "v2"
+    M.check_meshes(M.CAR_POOLS[cfg.car_pool] if v3 else M.CAR_MODELS)
     p = PRESET_PARAMS[cfg.preset]
     rng = np.random.default_rng([cfg.seed, PRESETS_INDEX[cfg.preset]])
     duration = (cfg.n_frames - 1) / cfg.rate_hz
     dt = 0.01
     t = np.arange(0.0, duration + 1.0 + dt, dt)
-    v_ego = _speed_profile(rng, t, p.ego_speed, p.stops)
+    rate = STOPS_PER_MIN[cfg.preset] if v3 else None
+    v_ego = _speed_profile(rng, t, p.ego_speed, p.stops, rate)
+
+    def car_look(rng: np.random.Generator) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+        return _car_look_v3(rng, cfg.car_pool) if v3 else _car_look(rng)
+
     ego_d = -(rng.integers(p.lanes) + 0.5) * p.lane_width
     s_ego = _integrate(0.0, v_ego, dt)
     travel = float(s_ego[-1])
@@ -472,8 +515,11 @@ def generate(cfg: WorldConfig) -> Scene:
             pos = lo + rng.uniform(0, p.traffic_gap[1])
             while pos < hi:
                 if not (direction > 0 and abs(d - ego_d) < 0.1 and abs(pos) < 12):
-                    model, size, scale, color = _car_look(rng)
-                    v = _speed_profile(rng, t, p.traffic_speed, 1 if (p.stops and rng.random() < 0.3) else 0)
+                    model, size, scale, color = car_look(rng)
+                    if v3:
+                        v = _speed_profile(rng, t, p.traffic_speed, 0, 0.5 * rate)
+                    else:
+                        v = _speed_profile(rng, t, p.traffic_speed, 1 if (p.stops and rng.random() < 0.3) else 0)
                     a = Agent(new_id(), "car", model, size, scale, color, np.full_like(t, pos), d,
                               yaw_offset=0.0 if direction > 0 else math.pi, phase0=0.0)
                     movers.append((a, v, direction))
@@ -490,7 +536,7 @@ def generate(cfg: WorldConfig) -> Scene:
             pos = lo + rng.uniform(0, 5)
             while pos < hi:
                 if rng.random() < (0.85 if p.perpendicular_parking else 0.75):
-                    model, size, scale, color = _car_look(rng)
+                    model, size, scale, color = car_look(rng)
                     if p.perpendicular_parking:
                         d = sgn * (p.lanes * p.lane_width + p.parking / 2 + rng.uniform(-0.2, 0.2))
                         yaw = sgn * math.pi / 2 + (math.pi if rng.random() < 0.5 else 0.0) + rng.uniform(-0.06, 0.06)
@@ -557,7 +603,7 @@ def generate(cfg: WorldConfig) -> Scene:
                  np.clip(sky_top, 0, 1), np.clip(sky_hor, 0, 1))
 
 
-PRESETS_INDEX = {"highway": 1, "urban": 2, "parking_lot": 3, "occlusion_stress": 4}
+PRESETS_INDEX = {"highway": 1, "urban": 2, "parking_lot": 3, "occlusion_stress": 4, "residential": 5}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -117,10 +117,19 @@ class WorldFrame:
     yaw_rate: float = 0.0
 
 
+def mounting_rotation(pitch_deg: float, roll_deg: float) -> np.ndarray:
+    """Rotation ``(3, 3)`` of the camera body (x fwd, y left, z up) in base_link: ``R = R_y(pitch) @ R_x(roll)``,
+    the REP-103 roll / pitch of ``camera_extrinsics`` (positive pitch looks down, positive roll lowers the right side)."""
+    p, r = math.radians(pitch_deg), math.radians(roll_deg)
+    Ry = np.array([[math.cos(p), 0, math.sin(p)], [0, 1, 0], [-math.sin(p), 0, math.cos(p)]])
+    Rx = np.array([[1, 0, 0], [0, math.cos(r), -math.sin(r)], [0, math.sin(r), math.cos(r)]])
+    return Ry @ Rx
+
+
 def base_to_camera(cfg: WorldConfig) -> np.ndarray:
-    """``T_base_cam``: the camera optical frame on the ego (forward offset, height), float64."""
+    """``T_base_cam``: the camera optical frame on the ego (forward offset, height, pitch, roll), float64."""
     T = np.eye(4)
-    T[:3, :3] = R_BODY_OPTICAL.numpy()
+    T[:3, :3] = mounting_rotation(cfg.pitch_deg, cfg.roll_deg) @ R_BODY_OPTICAL.numpy()
     T[:3, 3] = [cfg.camera_forward_m, 0.0, cfg.camera_height_m]
     return T
 
@@ -163,7 +172,7 @@ class World:
                 mesh = M.load_car(a.model)
                 self.renderer.add_mesh(a.model, mesh)
                 for suffix, cell in LOD_CELLS_M.items():
-                    self.renderer.add_mesh(a.model + suffix, M.decimate(mesh, cell))
+                    self.renderer.add_mesh(a.model + suffix, M.load_car_lod(a.model, cell))
             self.surface[a.track_id] = self._surface_points(a)
 
     def close(self) -> None:
@@ -373,8 +382,17 @@ class World:
         )
 
     def _postprocess(self, image: np.ndarray, index: int) -> np.ndarray:
-        """Optional box blur and Gaussian sensor noise (OpenCV RNG seeded per frame: deterministic)."""
+        """Optional exposure / white balance / vignetting, box blur and Gaussian sensor noise (OpenCV
+        RNG seeded per frame: deterministic)."""
         cfg = self.cfg
+        if cfg.exposure != 1.0 or tuple(cfg.white_balance) != (1.0, 1.0, 1.0) or cfg.vignetting > 0:
+            if not hasattr(self, "_gain"):
+                H, W = cfg.height, cfg.width
+                yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+                r2 = ((xx - (W - 1) / 2) ** 2 + (yy - (H - 1) / 2) ** 2) / (((W - 1) / 2) ** 2 + ((H - 1) / 2) ** 2)
+                vig = 1.0 - np.float32(cfg.vignetting) * r2
+                self._gain = (vig[..., None] * np.float32(cfg.exposure) * np.asarray(cfg.white_balance, np.float32))
+            image = np.clip(image.astype(np.float32) * self._gain + 0.5, 0, 255).astype(np.uint8)
         if cfg.blur_px <= 0 and cfg.noise_std <= 0:
             return image.copy()
         import cv2
