@@ -72,9 +72,16 @@ def _track_cell(d: dict[str, Any]) -> str:
 
 
 def _det_cell(d: dict[str, Any]) -> str:
-    car = d["summary"]["car"] if "summary" in d else d["car"]
-    return (f"car AP3D@0.5 **{car['ap3d@0.5']:.1f}**, AP3D@0.7 {car['ap3d@0.7']:.1f}, AP2D@0.7 {car['ap2d@0.7']:.1f}, "
-            f"median relative depth error {_pct(car['depth_rel_median'])} within 40 m")
+    mode = next(m for m in ("horizon_band", "letterbox") if m in d)
+    parts = []
+    for split, label in (("test", "seen rigs and car models"), ("test_cross", "unseen rigs and car models")):
+        m = d[mode].get(split, {}).get("all")
+        if m is None:
+            continue
+        parts.append(f"{label} ({split}): car AP3D@0.5 **{m['ap3d_r40@0.5']:.1f}**, AP2D@0.7 {m['ap2d_r40@0.7']:.1f}, "
+                     f"recall within 40 m {_pct(m['recall']['0-40']['share'])}, median signed depth error "
+                     f"{100 * m['depth_rel_signed_median']:+.1f} %")
+    return "; ".join(parts)
 
 
 def _pipeline_cell(d: dict[str, Any]) -> str:
@@ -93,7 +100,8 @@ def _stack_cell(d: dict[str, Any]) -> str:
 
 
 ROWS: tuple[ResultRow, ...] = (
-    ResultRow("detector, world test split", "ba-perception eval-det", "eval_det_test.json", _det_cell),
+    ResultRow("detector per camera rig, world test splits (shipped weights)", "ba-perception eval-det",
+              "eval_det.json", _det_cell),
     ResultRow("object BA vs single frame, world test split, cars in tracklets >= 5 frames",
               "ba-perception eval-oba --split test --variants single klt oracle", "eval_oba_test.json", _oba_cell),
     ResultRow("tracking, world test split, 3D, all classes", "ba-perception eval-track --split test",

@@ -16,7 +16,7 @@ rows=("$@")
 for row in "${rows[@]}"; do
   echo "[measure] $row"
   case $row in
-    det) $BP eval-det --split test --out $R/eval_det_test.json ;;
+    det) $BP eval-det --out $R/eval_det.json ;;
     oba) $BP eval-oba --split test --variants single klt oracle --out $R/eval_oba_test.json ;;
     track) $BP eval-track --split test --out $R/eval_track_test.json ;;
     pipeline) $BP bench pipeline --observations world --out $R/bench_pipeline.json ;;
