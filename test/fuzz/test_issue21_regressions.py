@@ -135,6 +135,13 @@ def _match(a, b) -> float:
     return float(np.where(same, iou, 0.0).max(1).min())
 
 
+def _scored(msg, min_score: float):
+    """A copy of ObjectObservationArray ``msg`` with only the observations scored at least ``min_score``."""
+    from ba_perception_msgs.msg import ObjectObservationArray
+
+    return ObjectObservationArray(observations=[o for o in msg.observations if o.score >= min_score])
+
+
 def test_d2_every_camera_encoding_gives_the_rgb8_detections(ctx, world_frame):
     from ba_perception.nodes.detector_node import DetectorNode
     from ba_perception.ros.convert import k_to_camera_info
@@ -174,11 +181,14 @@ def test_d2_every_camera_encoding_gives_the_rgb8_detections(ctx, world_frame):
     png = detect(hc, comp, rgb_to_compressed(rgb, "png"))
     assert [o.box_2d.tolist() for o in png.observations] == [o.box_2d.tolist() for o in ref.observations], "png"
     # Lossy or subsampled: the same objects, each box overlapping its rgb8 box by IoU > 0.7 (measured 0.78-0.80).
+    # Detections scored near the threshold may come and go with the pixel noise: compared are the
+    # confident ones of each side (score >= 2x the threshold), which must all be found in the other.
+    confident = 2 * raw.p["score_threshold"]
     for name, got in (("jpeg", detect(hc, comp, rgb_to_compressed(rgb, "jpeg", quality=95))),
                       ("yuv422", detect(hr, raw, numpy_to_image(_to_yuv422(rgb, "uyvy"), "yuv422"))),
                       ("yuv422_yuy2", detect(hr, raw, numpy_to_image(_to_yuv422(rgb, "yuyv"), "yuv422_yuy2")))):
-        assert len(got.observations) == len(ref.observations), name
-        assert _match(got, ref) > 0.7 and _match(ref, got) > 0.7, name
+        assert _match(_scored(ref, confident), got) > 0.7 and _match(_scored(got, confident), ref) > 0.7, name
+        assert len(_scored(ref, confident).observations) >= 1, "the frame must have confident detections"
     # Mono cameras: the same detections as the rgb8 frame of the same grey image.
     ref_gray = detect(hr, raw, numpy_to_image(np.repeat(gray[..., None], 3, 2), "rgb8"))
     for enc, arr in (("mono8", gray), ("mono16", gray.astype(np.uint16) * 257)):
