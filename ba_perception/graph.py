@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 PACKAGE = "ba_perception"
 MSGS_PACKAGE = "ba_perception_msgs"
@@ -34,7 +34,7 @@ DRAIN_S = 3.0  # after the bag player finished cleanly, frames still in the pipe
 # look below it for ba_perception_msgs by itself); README "On a vehicle" and CI use it verbatim.
 COLCON_BUILD = "colcon build --base-paths src src/ba_perception/ba_perception_msgs --packages-up-to ba_perception"
 
-ParameterValue = Union[bool, int, float, str, list]
+ParameterValue = bool | int | float | str | list
 _PLAIN = re.compile(r"[A-Za-z0-9_/.][A-Za-z0-9_/.:~+@-]*")  # a string rcl's -p reads as written
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
 
@@ -92,6 +92,7 @@ class NodeSpec:
     arg_params: dict[str, str] = field(default_factory=dict)  # node parameter <- launch argument
 
     def enabled(self, args: Mapping[str, Any]) -> bool:
+        """Whether the node is started for the launch arguments ``args``."""
         for key, accepted in self.enabled_if.items():
             if str(args.get(key, LAUNCH_ARGUMENTS[key].default)) not in accepted:
                 return False
@@ -115,8 +116,11 @@ NODES: tuple[NodeSpec, ...] = (
 
 @dataclass(frozen=True)
 class NodeLaunch:
-    """One process to start: ``package``/``executable`` named ``name``, with typed parameter overrides
-    on top of the params file (none for rviz2), the graph's remappings and extra arguments."""
+    """Launch description of one process.
+
+    One process to start: ``package``/``executable`` named ``name``, with typed parameter overrides
+    on top of the params file (none for rviz2), the graph's remappings and extra arguments.
+    """
 
     name: str
     package: str
@@ -155,15 +159,19 @@ def package_root() -> Path:
 
 
 def default_params_file() -> Path:
+    """The shipped parameter file, ``config/stack.yaml``."""
     return package_root() / "config" / "stack.yaml"
 
 
 def fastdds_profile() -> Path:
+    """The shipped Fast DDS profile, ``config/fastdds_profile.xml``."""
     return package_root() / "config" / "fastdds_profile.xml"
 
 
 def parameter_value(text: str) -> ParameterValue:
-    """A ROS parameter value from its command-line text, by the YAML rules ``ros2 param set`` and
+    """Parse a ROS parameter value from its command-line text.
+
+    A ROS parameter value from its command-line text, by the YAML rules ``ros2 param set`` and
     ``--ros-args -p`` use: ``true``/``false`` -> bool, ``3`` -> int, ``2.5``/``1e-3`` -> float,
     ``[a, b]`` -> a list of one type (ints and floats mixed -> floats); anything else (a quoted
     scalar, a mapping, an empty or mixed list, invalid YAML) stays the string.
@@ -220,7 +228,9 @@ def launch_value(name: str, text: str) -> Any:
 
 
 def parse_remaps(items: str | Sequence[str]) -> tuple[tuple[str, str], ...]:
-    """Topic remappings from ``FROM:=TO`` items, each of which may hold several separated by commas
+    """Parse topic remappings from ``FROM:=TO`` items.
+
+    Topic remappings from ``FROM:=TO`` items, each of which may hold several separated by commas
     (the launch argument ``remap:="a:=b,c:=d"`` and ``ba-perception launch --remap a:=b,c:=d``).
 
     Raises:
@@ -253,7 +263,9 @@ def parse_override(item: str) -> tuple[str, str, ParameterValue]:
 
 
 def node_parameters(params_file: Path, node: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """``ros__parameters`` of ``node`` in a ROS 2 parameter YAML, with ``NODE.PARAM:=VALUE`` overrides
+    """Parameters of one node from a ROS 2 parameter YAML, with overrides applied.
+
+    ``ros__parameters`` of ``node`` in a ROS 2 parameter YAML, with ``NODE.PARAM:=VALUE`` overrides
     for that node applied (values parsed as YAML, like ``ros2 run ... -p``); ``{}`` when absent.
 
     Raises:
@@ -283,8 +295,7 @@ def package_installed(package: str) -> bool:
 
 def plan_graph(arguments: Mapping[str, str], overrides: Sequence[str] = (), only: Sequence[str] = (),
                share: Path | None = None, check_files: bool = True) -> GraphPlan:
-    """The processes of the graph for these launch argument strings: the one function behind both
-    launchers.
+    """The processes of the graph for these launch argument strings: the one function behind both launchers.
 
     Args:
         arguments: launch argument name -> string (as typed on the command line); missing ones take
@@ -340,8 +351,11 @@ def plan_graph(arguments: Mapping[str, str], overrides: Sequence[str] = (), only
 
 def node_launch(spec: NodeSpec, values: Mapping[str, Any], graph: Sequence[str], overrides: Mapping[str, ParameterValue],
                 params_file: Path) -> NodeLaunch:
-    """The process of one node: ``values`` are typed launch arguments (:func:`launch_value`), ``graph``
-    the names of the nodes started with it (the bag player waits until they announce readiness)."""
+    """Build the process launch of one node.
+
+    The process of one node: ``values`` are typed launch arguments (:func:`launch_value`), ``graph``
+    the names of the nodes started with it (the bag player waits until they announce readiness).
+    """
     params: dict[str, ParameterValue] = {}
     for param, arg in spec.arg_params.items():
         if values.get(arg, "") != "":
@@ -356,9 +370,11 @@ def node_launch(spec: NodeSpec, values: Mapping[str, Any], graph: Sequence[str],
 
 
 def ros_arg_value(value: ParameterValue) -> str:
-    """``value`` written for ``--ros-args -p name:=<text>`` so that rcl parses it back to the same type
-    (strings that would read as another type are quoted)."""
+    """Write a parameter value as ``--ros-args -p`` text that parses back to the same type.
 
+    ``value`` written for ``--ros-args -p name:=<text>`` so that rcl parses it back to the same type
+    (strings that would read as another type are quoted).
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):

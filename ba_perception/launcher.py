@@ -52,6 +52,7 @@ class LaunchError(RuntimeError):
 
 @dataclass
 class Running:
+    """One started process of the launcher, with its restart bookkeeping."""
     spec: Any  # NodeLaunch (or NodeSpec): .name, .respawn, .shutdown_on_exit
     cmd: list[str]
     proc: subprocess.Popen
@@ -64,7 +65,9 @@ class Running:
 
 
 def executable_path(package: str, executable: str) -> Path:
-    """Where ``ros2 run package executable`` finds it (``<prefix>/lib/<package>/``, via the ament
+    """Path of a ROS 2 package's executable.
+
+    Where ``ros2 run package executable`` finds it (``<prefix>/lib/<package>/``, via the ament
     index), else this environment's ``bin/`` (the project venv).
 
     Raises:
@@ -190,6 +193,7 @@ class Launcher:
         return subprocess.Popen(cmd, env=graph_env())
 
     def start(self) -> None:
+        """Start every planned process."""
         for spec, cmd in self.cmds:
             proc = self._spawn(cmd)
             self.running.append(Running(spec, cmd, proc, started=time.monotonic()))
@@ -242,10 +246,11 @@ class Launcher:
         return not self.stopping and any(r.proc.poll() is None or r.restart_at is not None for r in self.running)
 
     def shutdown(self, requested_at: float | None = None) -> None:
-        """SIGINT every node; SIGTERM what is alive after ``sigterm_timeout_s``, SIGKILL after
-        ``sigkill_timeout_s`` more. Logs each node's exit code and how long it took to stop, counted
-        from ``requested_at`` (the SIGINT the launcher received; default now): under Ctrl-C in a
-        terminal the nodes got it too and may have stopped already."""
+        """SIGINT every node; SIGTERM what is alive after ``sigterm_timeout_s``, SIGKILL after ``sigkill_timeout_s`` more.
+
+        Logs each node's exit code and how long it took to stop, counted from ``requested_at`` (the SIGINT the launcher received;
+        default now): under Ctrl-C in a terminal the nodes got it too and may have stopped already.
+        """
         self.stopping = True
         t0 = time.monotonic() if requested_at is None else requested_at
         alive = [r for r in self.running if r.restart_at is None and not r.reported]
@@ -273,6 +278,7 @@ class Launcher:
             self.log(f"[launch] {r.spec.name} killed (exit {r.proc.returncode})")
 
     def run(self) -> int:
+        """Supervise the processes until they end or a signal arrives; return the exit code."""
         stop: dict[str, Any] = {"flag": False, "at": None}
 
         def on_signal(signum, frame):  # noqa: ARG001
@@ -293,6 +299,7 @@ class Launcher:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """CLI options of ``ba-perception launch``."""
     parser.add_argument("assignments", nargs="*", metavar="NAME:=VALUE",
                         help="launch arguments as for ros2 launch, e.g. source:=bag bag:=drive.mcap lockstep:=true")
     for name, arg in LAUNCH_ARGUMENTS.items():
@@ -328,6 +335,7 @@ def launch_arguments(args: argparse.Namespace) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Plan the node graph from the arguments and run it."""
     from ba_perception.cli import CommandError
 
     try:

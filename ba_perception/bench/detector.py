@@ -21,11 +21,16 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ba_perception.eval.results import machine_info
+
+if TYPE_CHECKING:
+    from ba_perception.core.detection.backends import OnnxRuntimeBackend
+    from ba_perception.core.detection.detector import Detector
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-frames", type=int, default=0,
                         help="memory run: full detector on N frames (cycling through rendered world images), RSS sampled; 0 = skip")
     parser.add_argument("--memory-every", type=int, default=50, help="frames between RSS samples of the memory run")
-    parser.add_argument("--memory-images", type=int, default=4, help="distinct rendered 1242x375 world images the memory run cycles through")
+    parser.add_argument("--memory-images", type=int, default=4,
+                        help="distinct rendered 1242x375 world images the memory run cycles through")
     parser.add_argument("--node-frames", type=int, default=0,
                         help="node memory run: detector_node process on N frames from bag_player (lockstep, looped bag); 0 = skip")
     parser.add_argument("--node-bag", default="", help="bag for the node run (default: render a 40-frame 1242x375 world bag)")
@@ -241,20 +247,76 @@ def _time_cuda(fn, x, iters: int, warmup: int) -> list[float]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the benchmark."""
-    from ba_perception.cli import CommandError
+def _network_rows(args: argparse.Namespace, ort_cpu: OnnxRuntimeBackend, ck_path: Path, onnx_path: Path, tmp: Path,
+                  x: torch.Tensor) -> list[dict]:
+    """Latency rows of the network alone on ``x``: ONNX Runtime and torch on CPU, every GPU backend there is."""
     from ba_perception.core.detection.backends import (
+        Backend,
         BackendError,
         OnnxRuntimeBackend,
         TorchBackend,
         create_backend,
         tensorrt_available,
     )
+
+    rows: list[dict] = []
+
+    def add(name, device, ms):
+        rows.append({"backend": name, "device": device, **_stats(ms)})
+
+    add(ort_cpu.name, "cpu", _time_cpu(ort_cpu, x, args.iters, args.warmup))
+    tb = TorchBackend(ck_path, device="cpu", threads=args.threads)
+    add(tb.name, "cpu", _time_cpu(tb, x, max(10, args.iters // 2), args.warmup))
+    if not torch.cuda.is_available():
+        return rows
+    gpu = torch.cuda.get_device_name()
+    be: Backend
+    for fp16, graph in ((True, True), (True, False), (False, False)):
+        be = TorchBackend(ck_path, device="cuda", fp16=fp16, cuda_graph=graph)
+        add(be.name, gpu, _time_cuda(be, x, args.iters * 4, args.warmup * 4))
+    try:
+        be = OnnxRuntimeBackend(onnx_path, device="cuda")
+        add(be.name, gpu, _time_cuda(be, x, args.iters, args.warmup))
+    except BackendError as err:
+        print(f"skip onnxruntime GPU: {err}")
+    if tensorrt_available():
+        for prec in ("fp16", "fp32"):
+            try:
+                be = create_backend("tensorrt", onnx_path=onnx_path, precision=prec, engine_cache_dir=tmp / "engines")
+                add(be.name, gpu, _time_cuda(be, x, args.iters * 4, args.warmup * 4))
+            except BackendError as err:
+                print(f"skip tensorrt {prec}: {err}")
+    return rows
+
+
+def _pipeline_timings(det: Detector, iters: int, warmup: int) -> tuple[dict[str, list[float]], list[float]]:
+    """Per-stage times (ms) of ``det`` on a random 1242x375 image, and the process RSS (MB) after warm-up and at the end."""
+    img = np.random.default_rng(0).integers(0, 255, (375, 1242, 3), dtype=np.uint8)
+    K = np.array([[721.5, 0, 609.6], [0, 721.5, 172.9], [0, 0, 1.0]])
+    stages: dict[str, list[float]] = {"preprocess": [], "inference": [], "decode": [], "total": []}
+    rss = []
+    for i in range(iters + warmup):
+        if i == warmup:
+            rss.append(process_rss_mb())
+        t0 = time.perf_counter()
+        r = det.detect(img, K)
+        tot = (time.perf_counter() - t0) * 1e3
+        if i >= warmup:
+            for k, v in r.timings_ms.items():
+                stages[k].append(v)
+            stages["total"].append(tot)
+    rss.append(process_rss_mb())
+    return stages, rss
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark."""
+    from ba_perception.cli import CommandError
+    from ba_perception.core.detection.backends import OnnxRuntimeBackend, create_backend
     from ba_perception.core.detection.decode import DecodeConfig
     from ba_perception.core.detection.detector import Detector
-    from ba_perception.graph import default_params_file, node_parameters
     from ba_perception.core.detection.model import MonoDetector, save_checkpoint
+    from ba_perception.graph import default_params_file, node_parameters
     from ba_perception.train.export import export_onnx
 
     if args.memory_frames < 0 or args.node_frames < 0 or args.memory_every < 1 or args.memory_images < 1:
@@ -300,49 +362,11 @@ def run(args: argparse.Namespace) -> int:
     ort_cpu = OnnxRuntimeBackend(onnx_path, device="cpu", threads=args.threads)
     h, w = ort_cpu.input_hw
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
-    rows: list[dict] = []
-
-    def add(name, device, ms):
-        rows.append({"backend": name, "device": device, **_stats(ms)})
-
-    add(ort_cpu.name, "cpu", _time_cpu(ort_cpu, x, args.iters, args.warmup))
-    tb = TorchBackend(ck_path, device="cpu", threads=args.threads)
-    add(tb.name, "cpu", _time_cpu(tb, x, max(10, args.iters // 2), args.warmup))
-    if torch.cuda.is_available():
-        gpu = torch.cuda.get_device_name()
-        for fp16, graph in ((True, True), (True, False), (False, False)):
-            be = TorchBackend(ck_path, device="cuda", fp16=fp16, cuda_graph=graph)
-            add(be.name, gpu, _time_cuda(be, x, args.iters * 4, args.warmup * 4))
-        try:
-            be = OnnxRuntimeBackend(onnx_path, device="cuda")
-            add(be.name, gpu, _time_cuda(be, x, args.iters, args.warmup))
-        except BackendError as err:
-            print(f"skip onnxruntime GPU: {err}")
-        if tensorrt_available():
-            for prec in ("fp16", "fp32"):
-                try:
-                    be = create_backend("tensorrt", onnx_path=onnx_path, precision=prec, engine_cache_dir=tmp / "engines")
-                    add(be.name, gpu, _time_cuda(be, x, args.iters * 4, args.warmup * 4))
-                except BackendError as err:
-                    print(f"skip tensorrt {prec}: {err}")
+    rows = _network_rows(args, ort_cpu, ck_path, onnx_path, tmp, x)
     # full pipeline on a KITTI-size image with the default backend
     be = create_backend("auto", onnx_path=onnx_path, checkpoint=ck_path, threads=args.threads)
     det = Detector(be, node_decode)  # the node's settings (config/stack.yaml)
-    img = np.random.default_rng(0).integers(0, 255, (375, 1242, 3), dtype=np.uint8)
-    K = np.array([[721.5, 0, 609.6], [0, 721.5, 172.9], [0, 0, 1.0]])
-    stages: dict[str, list[float]] = {"preprocess": [], "inference": [], "decode": [], "total": []}
-    rss = []
-    for i in range(args.iters + args.warmup):
-        if i == args.warmup:
-            rss.append(process_rss_mb())
-        t0 = time.perf_counter()
-        r = det.detect(img, K)
-        tot = (time.perf_counter() - t0) * 1e3
-        if i >= args.warmup:
-            for k, v in r.timings_ms.items():
-                stages[k].append(v)
-            stages["total"].append(tot)
-    rss.append(process_rss_mb())
+    stages, rss = _pipeline_timings(det, args.iters, args.warmup)
     pipeline = {k: _stats(v) for k, v in stages.items()}
     res = {
         "input_hw": [h, w], "weights": weights, "threads": args.threads, "machine": machine_info(),
@@ -358,7 +382,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r_['backend']:42s} {str(r_['device'])[:22]:22s} {r_['p50_ms']:8.2f} {r_['p95_ms']:8.2f} {r_['mean_ms']:8.2f} {r_['n']:5d}")
     image = "1242x375, flip test" if node_decode.flip_test else "1242x375 image"
     for k, v in pipeline.items():
-        print(f"{'pipeline ' + k + ' (' + be.name + ')':42s} {image:22s} {v['p50_ms']:8.2f} {v['p95_ms']:8.2f} {v['mean_ms']:8.2f} {v['n']:5d}")
+        print(f"{'pipeline ' + k + ' (' + be.name + ')':42s} {image:22s} "
+              f"{v['p50_ms']:8.2f} {v['p95_ms']:8.2f} {v['mean_ms']:8.2f} {v['n']:5d}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))

@@ -23,12 +23,29 @@ import signal
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ba_perception.bench.stack import (GRAPH_NODES, TOPIC_DET, TOPIC_IMAGE, TOPIC_INFO, TOPIC_OBS, TOPIC_ODOM,
-                                       TOPIC_TRACKS, NodeProcess, Probe, StackBenchError, _spec, _wait,
-                                       bag_image_rate, ensure_bag, host_info, model_params, ros_environment)
+from ba_perception.bench.stack import (
+    GRAPH_NODES,
+    TOPIC_DET,
+    TOPIC_IMAGE,
+    TOPIC_INFO,
+    TOPIC_OBS,
+    TOPIC_ODOM,
+    TOPIC_TRACKS,
+    NodeProcess,
+    Probe,
+    StackBenchError,
+    _spec,
+    _wait,
+    bag_image_rate,
+    ensure_bag,
+    host_info,
+    model_params,
+    ros_environment,
+)
 from ba_perception.graph import default_params_file
 
 OUTPUT_OF = {"tracker_node": TOPIC_TRACKS, "track_buffer_node": TOPIC_DET, "detector_node": TOPIC_OBS}
@@ -90,7 +107,7 @@ class SoakProbe(Probe):
         self.ids.append((now, [int(t.track_id) for t in msg.tracks]))
 
 
-def _kill_and_restart(proc: NodeProcess, probe: SoakProbe, timeout_s: float = 120.0) -> dict:
+def _kill_and_restart(proc: NodeProcess, probe: SoakProbe, timeout_s: float = 120.0) -> tuple[dict, NodeProcess]:
     """SIGKILL ``proc``'s process group, start it again, wait until its output topic carries a message."""
     topic = OUTPUT_OF[proc.name]
     t_kill = time.monotonic()
@@ -109,7 +126,7 @@ def _kill_and_restart(proc: NodeProcess, probe: SoakProbe, timeout_s: float = 12
         if any(t > t_kill + 0.05 for t in probe.arrivals[topic]):
             break
     after = [t for t in probe.arrivals[topic] if t > t_kill + 0.05]
-    res = {"node": proc.name, "killed_at_s": None, "output_topic": topic,
+    res: dict[str, Any] = {"node": proc.name, "killed_at_s": None, "output_topic": topic,
            "publisher_back_s": (t_ready - t_kill) if t_ready is not None else None,
            "recovery_s": (after[0] - t_kill) if after else None}
     if proc.name == "tracker_node":
@@ -118,6 +135,42 @@ def _kill_and_restart(proc: NodeProcess, probe: SoakProbe, timeout_s: float = 12
         res.update(ids_before=len(ids_before), ids_after=len(new_ids), reused_ids=sorted(new_ids & ids_before)[:20],
                    n_reused=len(new_ids & ids_before))
     return res, restarted
+
+
+def _kill_next(name: str, procs: dict[str, NodeProcess], probe: SoakProbe, t_s: float) -> dict:
+    """Kill node ``name`` ``t_s`` seconds into the soak, restart it in ``procs`` and report its recovery."""
+    print(f"  kill -9 {name} at {t_s:.0f} s ...", flush=True)
+    res, procs[name] = _kill_and_restart(procs[name], probe)
+    procs[name].start_sampling()
+    res["killed_at_s"] = round(t_s, 1)
+    print(f"    publisher back after {res['publisher_back_s']} s, outputs resumed after "
+          f"{res['recovery_s'] if res['recovery_s'] is not None else 'never'} s"
+          + (f", reused track ids: {res.get('n_reused')}" if name == "tracker_node" else ""), flush=True)
+    return res
+
+
+def _take_sample(procs: dict[str, NodeProcess], probe: SoakProbe, cut: int, now: float, t_s: float,
+                 lag: float) -> tuple[dict[str, Any], int]:
+    """Sample every node's CPU / RSS and judge the frames played before ``now - lag`` (monotonic seconds).
+
+    Returns:
+        The sample (``t_s`` seconds into the soak) and the new ``cut``: frames ``[0, cut)`` of
+        ``probe.in_stamps`` are judged.
+    """
+    for p in procs.values():
+        p.sample()
+    ready = [i for i in range(cut, len(probe.in_times)) if probe.in_times[i] <= now - lag]
+    judged = probe.in_stamps[cut:cut + len(ready)]
+    cut += len(ready)
+    dropped = sum(1 for s in judged if s not in probe.out_stamps)
+    rss_mb = {n: p.rss_mb[-1] if p.rss_mb else None for n, p in procs.items()}
+    sample = {"t_s": round(t_s, 2), "frames": len(judged), "dropped": dropped,
+              "drop_fraction": dropped / len(judged) if judged else None,
+              "rss_mb": rss_mb,
+              "cpu_pct": {n: p.cpu[-1] if p.cpu else None for n, p in procs.items()}}
+    rss = " ".join(f"{n.split('_')[0]} {v:.0f}" for n, v in rss_mb.items() if v)
+    print(f"  {sample['t_s']:6.0f} s  frames {len(judged):3d} dropped {dropped:3d}  RSS MB {rss}", flush=True)
+    return sample, cut
 
 
 def _rss_growth(series: list[float], t: list[float], warmup: float) -> dict:
@@ -165,7 +218,6 @@ def run(args: argparse.Namespace) -> int:
         try:
             for name in names:
                 procs[name] = NodeProcess(_spec(name), params_file, overrides, env, logs / f"{name}.log")
-                procs[name].params_file, procs[name].overrides, procs[name].env = params_file, overrides, env
             vis = int(args.visualizer)  # the probe's own subscriptions count: 1 on observations and detections, 2 on tracks
             _wait(probe, list(procs.values()), lambda: probe.subscribers(TOPIC_IMAGE) >= 2 + vis
                   and probe.subscribers(TOPIC_OBS) >= 2 and probe.subscribers(TOPIC_DET) >= 2
@@ -186,34 +238,13 @@ def run(args: argparse.Namespace) -> int:
                 probe.spin(0.05)
                 now = time.monotonic()
                 if kills and now >= next_kill:
-                    name = kills.pop(0)
-                    print(f"  kill -9 {name} at {now - t0:.0f} s ...", flush=True)
-                    res, procs[name] = _kill_and_restart(procs[name], probe)
-                    procs[name].params_file, procs[name].overrides, procs[name].env = params_file, overrides, env
-                    procs[name].start_sampling()
-                    res["killed_at_s"] = round(now - t0, 1)
-                    print(f"    publisher back after {res['publisher_back_s']} s, outputs resumed after "
-                          f"{res['recovery_s'] if res['recovery_s'] is not None else 'never'} s"
-                          + (f", reused track ids: {res.get('n_reused')}" if name == "tracker_node" else ""), flush=True)
-                    recoveries.append(res)
+                    recoveries.append(_kill_next(kills.pop(0), procs, probe, now - t0))
                     next_kill = time.monotonic() + args.kill_gap
                     next_sample = time.monotonic()  # one sample right after the recovery, then the period again
                 if now >= next_sample:
                     next_sample = max(next_sample + args.sample_period, now + 0.5 * args.sample_period)
-                    for p in procs.values():
-                        p.sample()
-                    # frames played before now - lag: judged now
-                    ready = [i for i in range(cut, len(probe.in_times)) if probe.in_times[i] <= now - args.lag]
-                    judged = probe.in_stamps[cut:cut + len(ready)]
-                    cut += len(ready)
-                    dropped = sum(1 for s in judged if s not in probe.out_stamps)
-                    sample = {"t_s": round(now - t0, 2), "frames": len(judged), "dropped": dropped,
-                              "drop_fraction": dropped / len(judged) if judged else None,
-                              "rss_mb": {n: p.rss_mb[-1] if p.rss_mb else None for n, p in procs.items()},
-                              "cpu_pct": {n: p.cpu[-1] if p.cpu else None for n, p in procs.items()}}
+                    sample, cut = _take_sample(procs, probe, cut, now, now - t0, args.lag)
                     samples.append(sample)
-                    rss = " ".join(f"{n.split('_')[0]} {v:.0f}" for n, v in sample["rss_mb"].items() if v)
-                    print(f"  {sample['t_s']:6.0f} s  frames {len(judged):3d} dropped {dropped:3d}  RSS MB {rss}", flush=True)
                 for n, p in procs.items():
                     if not p.alive():
                         raise CommandError(f"{n} died during the soak:\n{p.tail()}")
@@ -227,12 +258,7 @@ def run(args: argparse.Namespace) -> int:
     per_node = {n: _rss_growth([s["rss_mb"][n] or np.nan for s in samples], t, args.warmup) for n in names}
     judged = [s for s in samples if s["frames"]]
     half = len(judged) // 2
-
-    def frac(ss):
-        f = sum(s["frames"] for s in ss)
-        return sum(s["dropped"] for s in ss) / f if f else None
-
-    data = {
+    data: dict[str, Any] = {
         "benchmark": "bench soak", "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": {**host_info(), "loadavg_end": os.getloadavg()},
         "config": {"minutes": args.minutes, "rate_hz": args.rate, "warmup_s": args.warmup, "sample_period_s": args.sample_period,
@@ -241,24 +267,35 @@ def run(args: argparse.Namespace) -> int:
                    "method": "RSS = psutil, node process tree; a frame is dropped when no Track3DArray with its (restamped) "
                              "stamp arrived within lag; recovery = SIGKILL until the node's output topic carries a "
                              "message again, restarted at once by the bench (no respawn delay)"},
-        "summary": {"rss": per_node, "drop_fraction": frac(judged), "drop_fraction_first_half": frac(judged[:half]),
-                    "drop_fraction_second_half": frac(judged[half:]), "frames": sum(s["frames"] for s in judged)},
+        "summary": {"rss": per_node, "drop_fraction": _drop_fraction(judged), "drop_fraction_first_half": _drop_fraction(judged[:half]),
+                    "drop_fraction_second_half": _drop_fraction(judged[half:]), "frames": sum(s["frames"] for s in judged)},
         "recoveries": recoveries, "samples": samples,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1))
-    print(f"\nRSS growth after {args.warmup:g} s warm-up (median of the first vs last 10 % of samples):")
-    for n, g in per_node.items():
-        if g.get("growth_pct") is not None:
-            print(f"  {n:20s} {g['rss_after_warmup_mb']:7.0f} -> {g['rss_end_mb']:7.0f} MB  ({g['growth_pct']:+.1f} %)")
-    s = data["summary"]
-    print(f"dropped: {100 * (s['drop_fraction'] or 0):.1f} % of {s['frames']} frames (first half "
-          f"{100 * (s['drop_fraction_first_half'] or 0):.1f} %, second half {100 * (s['drop_fraction_second_half'] or 0):.1f} %)")
+    _print_summary(data["summary"], args.warmup)
     print(f"wrote {out}")
     if args.plot:
         _plot(data, Path(args.plot))
         print(f"wrote {args.plot}")
     return 0
+
+
+def _drop_fraction(samples: list[dict]) -> float | None:
+    """Fraction of the judged frames of ``samples`` that were dropped (None: no frames)."""
+    f = sum(s["frames"] for s in samples)
+    return sum(s["dropped"] for s in samples) / f if f else None
+
+
+def _print_summary(summary: dict[str, Any], warmup_s: float) -> None:
+    """Print the RSS growth per node and the dropped fraction of frames."""
+    print(f"\nRSS growth after {warmup_s:g} s warm-up (median of the first vs last 10 % of samples):")
+    for n, g in summary["rss"].items():
+        if g.get("growth_pct") is not None:
+            print(f"  {n:20s} {g['rss_after_warmup_mb']:7.0f} -> {g['rss_end_mb']:7.0f} MB  ({g['growth_pct']:+.1f} %)")
+    s = summary
+    print(f"dropped: {100 * (s['drop_fraction'] or 0):.1f} % of {s['frames']} frames (first half "
+          f"{100 * (s['drop_fraction_first_half'] or 0):.1f} %, second half {100 * (s['drop_fraction_second_half'] or 0):.1f} %)")
 
 
 def _plot(data: dict, path: Path) -> None:

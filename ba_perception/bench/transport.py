@@ -24,6 +24,7 @@ from ba_perception.graph import fastdds_profile
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """CLI options of ``ba-perception bench transport``."""
     parser.add_argument("--rate", type=float, default=30.0, help="publish rate, Hz")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each run")
     parser.add_argument("--width", type=int, default=1280)
@@ -64,6 +65,7 @@ def _run_pair(args: argparse.Namespace, profile: Path | None, tmp: Path, tag: st
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``bench transport`` (or, with ``--role``, one of its publisher / subscriber processes)."""
     if args.role == "pub":
         from ba_perception.ros.probe import image_publisher
 
@@ -82,8 +84,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{args.width}x{args.height} rgb8 at {args.rate:g} Hz for {args.seconds:g} s, reliable QoS, "
           f"publisher and subscriber in separate processes\n")
     print(f"{'transport':32s} {'delivered':>12s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s}")
+
+    def p(v):
+        return f"{v:8.2f}" if v is not None else "     n/a"
+
     for r in rows:
-        p = (lambda v: f"{v:8.2f}" if v is not None else "     n/a")
         print(f"{r['transport']:32s} {r['delivered']:5d}/{r['sent']:<6d} {p(r['p50_ms'])} {p(r['p99_ms'])} {p(r['max_ms'])}")
     if len(rows) == 2 and rows[0]["p99_ms"] and rows[1]["p99_ms"]:
         print(f"\np99 ratio shipped/reference: {rows[0]['p99_ms'] / rows[1]['p99_ms']:.2f}")

@@ -43,6 +43,7 @@ class EgoMotionBuffer:
         return len(self.stamps)
 
     def reset(self) -> None:
+        """Forget all poses."""
         self.stamps.clear()
         self.poses.clear()
 

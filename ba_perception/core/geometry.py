@@ -277,8 +277,10 @@ def boxes_cam_to_frame(T_a_cam: torch.Tensor, center_cam: torch.Tensor, ry: torc
 
 
 def ray_covariance(center_cam: torch.Tensor, depth_std: torch.Tensor, lateral_std: torch.Tensor) -> torch.Tensor:
-    """Camera-frame covariance ``(N, 3, 3)`` of box centres: ``depth_std`` along the viewing ray,
-    ``lateral_std`` across it (m). ``Sigma = lat^2 I + (depth^2 - lat^2) r r^T`` with r the unit ray."""
+    """Camera-frame covariance ``(N, 3, 3)`` of box centres: ``depth_std`` along the viewing ray, ``lateral_std`` across it (m).
+
+    ``Sigma = lat^2 I + (depth^2 - lat^2) r r^T`` with r the unit ray.
+    """
     r = center_cam / center_cam.norm(dim=-1, keepdim=True).clamp(min=1e-9)
     lat2 = (lateral_std**2)[..., None, None]
     dep2 = (depth_std**2)[..., None, None]
@@ -287,10 +289,13 @@ def ray_covariance(center_cam: torch.Tensor, depth_std: torch.Tensor, lateral_st
 
 
 def ray_sqrt_information(ray: torch.Tensor, depth_std: torch.Tensor, lateral_std: torch.Tensor) -> torch.Tensor:
-    """Square-root information ``(N, 3, 3)`` of :func:`ray_covariance` (``L^T L = Sigma^-1``) whose
+    """Square-root information of a ray-aligned position covariance.
+
+    Square-root information ``(N, 3, 3)`` of :func:`ray_covariance` (``L^T L = Sigma^-1``) whose
     rows are the unit viewing ray over ``depth_std`` and two unit directions across it over
     ``lateral_std``: ``(L e)[0]`` is the whitened error along the ray. ``ray`` ``(N, 3)`` unit
-    vectors in any frame (the rows are in the same frame); stds in metres."""
+    vectors in any frame (the rows are in the same frame); stds in metres.
+    """
     # the coordinate axis least aligned with the ray is never parallel to it
     helper = torch.nn.functional.one_hot(ray.abs().argmin(-1), 3).to(ray.dtype)
     across1 = torch.linalg.cross(ray, helper)

@@ -18,7 +18,9 @@ def id_color(track_id: int) -> tuple[float, float, float]:
 
 
 def clip_segment(pa: np.ndarray, pb: np.ndarray, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """The part of the image segment ``pa``-``pb`` (float pixels) inside a margin of one image size around
+    """Clip an image segment to a margin around the image.
+
+    The part of the image segment ``pa``-``pb`` (float pixels) inside a margin of one image size around
     ``[0, width) x [0, height)``, as int pixel tuples; None when none of it is (or it is not finite).
 
     Clipping in floating point first keeps OpenCV's int32 pixel coordinates valid for any projection

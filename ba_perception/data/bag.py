@@ -13,10 +13,11 @@ Message definitions and RIHS01 type hashes are embedded, so any rosbag2 tool can
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -51,9 +52,25 @@ class BagError(RuntimeError):
     """Raised when a bag cannot be written or read (existing path, missing topics, bad data)."""
 
 
+class GroundTruthFrame(Protocol):
+    """What :func:`gt_message` reads of a frame (a world, bag or KITTI label frame)."""
+
+    @property
+    def stamp_ns(self) -> int:
+        """Image stamp, ns."""
+
+    @property
+    def T_odom_cam(self) -> np.ndarray:
+        """``(4, 4)`` camera optical frame in odom."""
+
+    @property
+    def objects(self) -> GroundTruth:
+        """Ground truth of the objects in view."""
+
+
 @lru_cache(maxsize=1)
-def typestore() -> "Typestore":
-    """rosbags typestore: ROS 2 Jazzy standard types + ``ba_perception_msgs`` from its .msg files.
+def typestore() -> Typestore:
+    """Rosbags typestore: ROS 2 Jazzy standard types + ``ba_perception_msgs`` from its .msg files.
 
     The ``.msg`` files come from the source tree (``ba_perception_msgs/msg``) or, when this module
     is installed elsewhere (``colcon build``), from the package's share folder in the ament index.
@@ -73,8 +90,11 @@ def typestore() -> "Typestore":
 
 
 def installed_msg_dir() -> Path:
-    """``share/ba_perception_msgs/msg`` of the installed package: found through the ament index
-    (``AMENT_PREFIX_PATH``, set by ``source install/setup.bash``), else under ``sys.prefix`` (the venv)."""
+    """Directory of the installed ``ba_perception_msgs`` message definitions.
+
+    ``share/ba_perception_msgs/msg`` of the installed package: found through the ament index
+    (``AMENT_PREFIX_PATH``, set by ``source install/setup.bash``), else under ``sys.prefix`` (the venv).
+    """
     import sys
 
     try:
@@ -102,7 +122,7 @@ def _pose(store, T: np.ndarray):
     )
 
 
-def _vec(store, v) -> object:
+def _vec(store, v) -> Any:
     return store.types["geometry_msgs/msg/Vector3"](x=float(v[0]), y=float(v[1]), z=float(v[2]))
 
 
@@ -116,7 +136,7 @@ def _matrix(pose) -> np.ndarray:
     return T
 
 
-def gt_message(frame: "WorldFrame", store: "Typestore | None" = None):
+def gt_message(frame: GroundTruthFrame, store: Typestore | None = None):
     """The ``GroundTruthObjectArray`` of a frame (header frame_id ``camera_optical``).
 
     Boxes that do not exist (nothing visible) are written as NaN.
@@ -175,7 +195,7 @@ class BagWriter:
         self._conns: dict = {}
         self._tf_done = False
 
-    def __enter__(self) -> "BagWriter":
+    def __enter__(self) -> BagWriter:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer.open()
@@ -200,8 +220,15 @@ class BagWriter:
     def _put(self, topic: str, msg, stamp_ns: int) -> None:
         self._writer.write(self._conns[topic], stamp_ns, self.store.serialize_cdr(msg, _TYPES[topic]))
 
-    def write(self, frame: "WorldFrame") -> None:
-        """Write one frame's image, camera info, odometry and ground truth (tf_static once)."""
+    def write(self, frame: WorldFrame | BagFrame) -> None:
+        """Write one frame's image, camera info, odometry and ground truth (tf_static once).
+
+        Raises:
+            BagError: a frame without an image (a bag read with ``images=False``).
+        """
+        if frame.image is None:
+            raise BagError(f"frame {frame.index} has no image to write (read the source with images=True)")
+        image = frame.image
         st, P, stamp = self.store, self.store.types, frame.stamp_ns
         if not self._tf_done:
             tf = P["geometry_msgs/msg/TransformStamped"](
@@ -211,11 +238,11 @@ class BagWriter:
             )
             self._put(TOPIC_TF_STATIC, P["tf2_msgs/msg/TFMessage"](transforms=[tf]), stamp)
             self._tf_done = True
-        H, W = frame.image.shape[:2]
+        H, W = image.shape[:2]
         if self.write_images:
             img = P["sensor_msgs/msg/Image"](
                 header=_header(st, stamp, FRAME_CAMERA), height=H, width=W, encoding="rgb8", is_bigendian=0,
-                step=W * 3, data=np.ascontiguousarray(frame.image).reshape(-1),
+                step=W * 3, data=np.ascontiguousarray(image).reshape(-1),
             )
             self._put(TOPIC_IMAGE, img, stamp)
         K = frame.K
@@ -262,10 +289,10 @@ class BagFrame:
     T_base_cam: np.ndarray
     velocity_base: np.ndarray
     yaw_rate: float
-    objects: "GroundTruth"
+    objects: GroundTruth
 
 
-def ground_truth_from_message(msg) -> tuple[np.ndarray, "GroundTruth"]:
+def ground_truth_from_message(msg) -> tuple[np.ndarray, GroundTruth]:
     """``(T_odom_cam, GroundTruth)`` from a ``GroundTruthObjectArray`` (rosbags or rclpy object)."""
     from ba_perception.data.world.sequence import GroundTruth
 
@@ -294,7 +321,9 @@ def ground_truth_from_message(msg) -> tuple[np.ndarray, "GroundTruth"]:
 
 
 def camera_mount(path: str | Path, image_topic: str = TOPIC_IMAGE) -> np.ndarray | None:
-    """``T_base_camera`` (4x4) from a bag's ``/tf_static``: the ``base_link`` -> transform whose child is the
+    """Camera mounting transform from a bag's ``/tf_static``.
+
+    ``T_base_camera`` (4x4) from a bag's ``/tf_static``: the ``base_link`` -> transform whose child is the
     frame the images on ``image_topic`` are stamped in (a lidar or IMU mount is never taken for the
     camera's). None when the bag has no such transform.
 
@@ -311,9 +340,11 @@ def camera_mount(path: str | Path, image_topic: str = TOPIC_IMAGE) -> np.ndarray
         if first is None:
             return None
         store = typestore()
-        camera = store.deserialize_cdr(first[2], images[0].msgtype).header.frame_id
+        image: Any = store.deserialize_cdr(first[2], images[0].msgtype)  # rosbags messages are untyped dataclasses
+        camera = image.header.frame_id
         for conn, _, raw in reader.messages(connections=tfs):
-            for tf in store.deserialize_cdr(raw, conn.msgtype).transforms:
+            tf_msg: Any = store.deserialize_cdr(raw, conn.msgtype)
+            for tf in tf_msg.transforms:
                 if tf.header.frame_id == FRAME_BASE and tf.child_frame_id == camera:
                     return _matrix(tf.transform)
         return None
@@ -360,7 +391,7 @@ def read_bag(path: str | Path, images: bool = True) -> Iterator[BagFrame]:
         pending: dict[int, dict] = {}
         index = 0
         for conn, _, raw in reader.messages(connections=conns):
-            msg = store.deserialize_cdr(raw, conn.msgtype)
+            msg: Any = store.deserialize_cdr(raw, conn.msgtype)
             if conn.topic == TOPIC_TF_STATIC:
                 for tf in msg.transforms:
                     if tf.header.frame_id == FRAME_BASE and tf.child_frame_id == FRAME_CAMERA:

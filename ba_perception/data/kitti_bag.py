@@ -20,10 +20,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ba_perception.data.kitti import KittiError, _seq_name, read_kitti
+
+if TYPE_CHECKING:
+    from ba_perception.data.world.sequence import GroundTruth
 
 DEFAULT_START_STAMP_NS = 1_700_000_000_000_000_000  # the synthetic world's frame-0 stamp (never 0)
 TRUNCATION_OF_LEVEL = {0: 0.0, 1: 0.325, 2: 0.75}
@@ -121,7 +125,7 @@ def kitti_to_bag(root: str | Path, seq: int | str, bag: str | Path, rate_hz: flo
                 writer.write(replace(frame, objects=g))
                 frames += 1
                 objects += len(g)
-                size = (frame.image.shape[1], frame.image.shape[0])
+                size = (frame.image.shape[1], frame.image.shape[0]) if frame.image is not None else size
     except (KittiError, BagError) as err:
         raise KittiBagError(str(err)) from err
     if frames != n:
@@ -155,26 +159,20 @@ def bag_with_labels(src: str | Path, labels: str | Path, dst: str | Path, image_
     Raises:
         KittiBagError: unreadable bag or labels, a missing topic, more labelled frames than images, ``dst`` exists.
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
     from ba_perception.core.ego_motion import EgoMotionBuffer
     from ba_perception.data.bag import (
-        TOPIC_GT,
         TOPIC_IMAGE,
         TOPIC_INFO,
         TOPIC_ODOM,
         TOPIC_TF_STATIC,
         BagError,
-        _matrix,
         camera_mount,
-        gt_message,
         open_reader,
         typestore,
     )
     from ba_perception.data.kitti import fill_track_velocities, label_ground_truth, read_label_rows
     from ba_perception.ros.convert import extrinsics_to_matrix
     from ba_perception.ros.ego_motion import DEFAULT_CAMERA_EXTRINSICS
-    from ba_perception.ros.sync import header_stamp_ns
 
     src, labels, dst = Path(src), Path(labels), Path(dst)
     if not labels.is_file():
@@ -199,25 +197,11 @@ def bag_with_labels(src: str | Path, labels: str | Path, dst: str | Path, image_
                 raise KittiBagError(f"bag {src} has no {topic} (needed to place the labels); remap with "
                                     "--image-topic/--camera-info-topic/--odom-topic")
         # First pass: frame stamps, intrinsics, odometry, mounting (small messages only).
-        image_stamps: list[int] = []
-        odom: dict[int, np.ndarray] = {}
-        K = size_wh = None
         T_base_cam = camera_mount(src, image_topic)
         if T_base_cam is None:  # no mounting in the bag: the nodes' default camera_extrinsics
             T_base_cam = extrinsics_to_matrix(DEFAULT_CAMERA_EXTRINSICS)
-        for conn, _, raw in reader.messages(connections=conns):
-            if conn.topic == image_topic:
-                stamp = header_stamp_ns(bytes(raw[:16]))
-                if stamp is None:
-                    raise KittiBagError(f"{image_topic} in {src}: not a little-endian CDR message with a header")
-                image_stamps.append(stamp)
-                continue
-            msg = store.deserialize_cdr(raw, conn.msgtype)
-            if conn.topic == info_topic and K is None:
-                K, size_wh = np.reshape(np.asarray(msg.k, np.float64), (3, 3)), (int(msg.width), int(msg.height))
-            elif conn.topic == odom_topic:
-                odom[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = _matrix(msg.pose.pose)
-        if not image_stamps or not odom or K is None:
+        image_stamps, odom, K, size_wh = _scan(reader, conns, store, src, image_topic, info_topic, odom_topic)
+        if not image_stamps or not odom or K is None or size_wh is None:
             raise KittiBagError(f"bag {src} has no messages on {image_topic}, {info_topic} or {odom_topic}")
         if rows and max(rows) >= len(image_stamps):
             raise KittiBagError(f"frame counts disagree: {labels} labels frame {max(rows)} but {src} has only "
@@ -233,25 +217,64 @@ def bag_with_labels(src: str | Path, labels: str | Path, dst: str | Path, image_
         periods = np.diff(image_stamps)
         fill_track_velocities(gts, float(np.median(periods)) / 1e9 if len(periods) else 0.1)
         # Second pass: copy under the standard names, ground truth right after each image.
-        writer = Writer(dst, version=9, storage_plugin=StoragePlugin.MCAP)
-        writer.open()
-        try:
-            out = {c.topic: writer.add_connection(rename[c.topic], c.msgtype, typestore=store,
-                                                  offered_qos_profiles=c.ext.offered_qos_profiles)
-                   for c in conns}
-            gt_conn = writer.add_connection(TOPIC_GT, "ba_perception_msgs/msg/GroundTruthObjectArray", typestore=store)
-            k = 0
-            for conn, t, raw in reader.messages(connections=conns):
-                writer.write(out[conn.topic], t, raw)
-                if conn.topic == image_topic:
-                    frame = _LabelFrame(image_stamps[k], poses[k], gts[k])
-                    writer.write(gt_conn, t, store.serialize_cdr(gt_message(frame, store), gt_conn.msgtype))
-                    k += 1
-        finally:
-            writer.close()
+        frames = [_LabelFrame(stamp, T, gt) for stamp, T, gt in zip(image_stamps, poses, gts)]
+        _copy_with_ground_truth(reader, conns, store, rename, dst, image_topic, frames)
     finally:
         reader.close()
-    return KittiBagInfo(dst, len(image_stamps), sum(len(g) for g in gts), *(size_wh or (0, 0)))
+    return KittiBagInfo(dst, len(image_stamps), sum(len(g) for g in gts), *size_wh)
+
+
+def _scan(reader: Any, conns: list, store: Any, src: Path, image_topic: str, info_topic: str,
+          odom_topic: str) -> tuple[list[int], dict[int, np.ndarray], np.ndarray | None, tuple[int, int] | None]:
+    """First pass over a bag: image header stamps (ns), odometry poses by stamp (ns), the first intrinsics and image size.
+
+    Raises:
+        KittiBagError: an image message without a readable CDR header.
+    """
+    from ba_perception.data.bag import _matrix
+    from ba_perception.ros.sync import header_stamp_ns
+
+    image_stamps: list[int] = []
+    odom: dict[int, np.ndarray] = {}
+    K: np.ndarray | None = None
+    size_wh: tuple[int, int] | None = None
+    for conn, _, raw in reader.messages(connections=conns):
+        if conn.topic == image_topic:
+            stamp = header_stamp_ns(bytes(raw[:16]))
+            if stamp is None:
+                raise KittiBagError(f"{image_topic} in {src}: not a little-endian CDR message with a header")
+            image_stamps.append(stamp)
+            continue
+        msg: Any = store.deserialize_cdr(raw, conn.msgtype)  # rosbags messages are untyped dataclasses
+        if conn.topic == info_topic and K is None:
+            K, size_wh = np.reshape(np.asarray(msg.k, np.float64), (3, 3)), (int(msg.width), int(msg.height))
+        elif conn.topic == odom_topic:
+            odom[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = _matrix(msg.pose.pose)
+    return image_stamps, odom, K, size_wh
+
+
+def _copy_with_ground_truth(reader: Any, conns: list, store: Any, rename: dict[str, str], dst: Path, image_topic: str,
+                            frames: list[_LabelFrame]) -> None:
+    """Copy ``conns`` of ``reader`` to a new MCAP bag ``dst`` under the names of ``rename``, ground truth after each image."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from ba_perception.data.bag import TOPIC_GT, gt_message
+
+    writer = Writer(dst, version=9, storage_plugin=StoragePlugin.MCAP)
+    writer.open()
+    try:
+        out = {c.topic: writer.add_connection(rename[c.topic], c.msgtype, typestore=store,
+                                              offered_qos_profiles=c.ext.offered_qos_profiles)
+               for c in conns}
+        gt_conn = writer.add_connection(TOPIC_GT, "ba_perception_msgs/msg/GroundTruthObjectArray", typestore=store)
+        k = 0
+        for conn, t, raw in reader.messages(connections=conns):
+            writer.write(out[conn.topic], t, raw)
+            if conn.topic == image_topic:
+                writer.write(gt_conn, t, store.serialize_cdr(gt_message(frames[k], store), gt_conn.msgtype))
+                k += 1
+    finally:
+        writer.close()
 
 
 @dataclass
@@ -260,4 +283,4 @@ class _LabelFrame:
 
     stamp_ns: int
     T_odom_cam: np.ndarray
-    objects: object
+    objects: GroundTruth

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,8 +15,11 @@ EDGES = ((0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4),
 
 
 def draw_ground_truth(image: np.ndarray, K: np.ndarray, gt, max_occlusion: float = 0.95) -> np.ndarray:
-    """RGB copy of ``image`` with every GT object's projected 3D box (front face crossed), track id
-    and class colour; objects hidden more than ``max_occlusion`` are skipped."""
+    """Draw the ground-truth 3D boxes of one frame onto a copy of the image.
+
+    RGB copy of ``image`` with every GT object's projected 3D box (front face crossed), track id
+    and class colour; objects hidden more than ``max_occlusion`` are skipped.
+    """
     import cv2
 
     from ba_perception.data.world.sequence import local_box_corners
@@ -76,6 +80,7 @@ def contact_sheet(frames: list, columns: int = 2, with_maps: bool = True) -> np.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """CLI options of ``ba-perception world-preview``."""
     parser.add_argument("--preset", default="urban", help=f"one of {', '.join(PRESETS)} (residential: world v3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--frames", type=int, default=100, help="frames to render")
@@ -93,6 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Render a world sequence and write its contact sheet (and GIF)."""
     from PIL import Image
 
     from ba_perception.cli import CommandError
@@ -105,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             from ba_perception.data.bag import BagError, read_bag
 
             try:
-                frames = list(read_bag(args.bag))
+                frames: list[Any] = list(read_bag(args.bag))  # BagFrames here, WorldFrames below: image, K, objects
             except BagError as err:
                 raise CommandError(f"{err}") from err
             if not frames or frames[0].image is None:

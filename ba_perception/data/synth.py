@@ -73,6 +73,7 @@ def plan(split: str, presets: list[str], sequences: int | None, frames: int | No
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """CLI options of ``ba-perception synth``."""
     parser.add_argument("--split", default="train", help="train | val | test | any NAME (own seed range)")
     parser.add_argument("--preset", default="all",
                         help=f"comma-separated presets cycled over the sequences, or 'all' ({', '.join(VERSION_PRESETS[WORLD_VERSION])})")
@@ -195,6 +196,7 @@ def _print_stats(args: argparse.Namespace, configs: list[WorldConfig]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Render the requested synthetic-world split."""
     from ba_perception.cli import CommandError
     from ba_perception.data.world import MeshError, RenderError, WorldConfigError, check_meshes
 

@@ -131,29 +131,33 @@ def convex_intersection_area(a: np.ndarray, b: np.ndarray) -> float:
     for i in range(len(clip)):
         if not subject:
             return 0.0
-        p1, p2 = clip[i], clip[(i + 1) % len(clip)]
-        ex, ey = p2[0] - p1[0], p2[1] - p1[1]
-
-        def inside(q):  # left of (or on) the directed clip edge
-            return ex * (q[1] - p1[1]) - ey * (q[0] - p1[0]) >= -1e-12
-
-        def cross(q1, q2):
-            dx, dy = q2[0] - q1[0], q2[1] - q1[1]
-            den = ex * dy - ey * dx
-            t = (ey * (q1[0] - p1[0]) - ex * (q1[1] - p1[1])) / den if den != 0 else 0.0
-            return (q1[0] + t * dx, q1[1] + t * dy)
-
-        out = []
-        for j in range(len(subject)):
-            cur, prev = subject[j], subject[j - 1]
-            if inside(cur):
-                if not inside(prev):
-                    out.append(cross(prev, cur))
-                out.append(cur)
-            elif inside(prev):
-                out.append(cross(prev, cur))
-        subject = out
+        subject = _clip_by_edge(subject, clip[i], clip[(i + 1) % len(clip)])
     return _poly_area(np.asarray(subject)) if len(subject) >= 3 else 0.0
+
+
+def _clip_by_edge(subject: list, p1: np.ndarray, p2: np.ndarray) -> list:
+    """One Sutherland-Hodgman step: the polygon ``subject`` (list of points) clipped to the left of edge ``p1`` -> ``p2``."""
+    ex, ey = p2[0] - p1[0], p2[1] - p1[1]
+
+    def inside(q):  # left of (or on) the directed clip edge
+        return ex * (q[1] - p1[1]) - ey * (q[0] - p1[0]) >= -1e-12
+
+    def cross(q1, q2):
+        dx, dy = q2[0] - q1[0], q2[1] - q1[1]
+        den = ex * dy - ey * dx
+        t = (ey * (q1[0] - p1[0]) - ex * (q1[1] - p1[1])) / den if den != 0 else 0.0
+        return (q1[0] + t * dx, q1[1] + t * dy)
+
+    out = []
+    for j in range(len(subject)):
+        cur, prev = subject[j], subject[j - 1]
+        if inside(cur):
+            if not inside(prev):
+                out.append(cross(prev, cur))
+            out.append(cur)
+        elif inside(prev):
+            out.append(cross(prev, cur))
+    return out
 
 
 def iou_bev(a: FrameBoxes, b: FrameBoxes) -> np.ndarray:
@@ -348,8 +352,11 @@ GT_FIELDS = ("depth", "yaw", "size", "centre")
 
 def ground_truth_matches(frames: list[tuple[FrameBoxes, FrameBoxes]], cls: str,
                          iou_2d_thr: float = 0.5) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per frame, the ``cls`` detections matched to a ``cls`` GT by 2D IoU (greedy by score, all GT
-    regardless of difficulty): ``(detection rows, GT rows)``."""
+    """Match ``cls`` detections to ``cls`` ground truth by 2D IoU, per frame.
+
+    Per frame, the ``cls`` detections matched to a ``cls`` GT by 2D IoU (greedy by score, all GT
+    regardless of difficulty): ``(detection rows, GT rows)``.
+    """
     out = []
     for gt, det in frames:
         gi, di = np.nonzero(gt.labels == cls)[0], np.nonzero(det.labels == cls)[0]
@@ -364,7 +371,9 @@ def ground_truth_matches(frames: list[tuple[FrameBoxes, FrameBoxes]], cls: str,
 def substitute_ground_truth(frames: list[tuple[FrameBoxes, FrameBoxes]], cls: str, fields: tuple[str, ...],
                             iou_2d_thr: float = 0.5,
                             matches: list[tuple[np.ndarray, np.ndarray]] | None = None) -> list[tuple[FrameBoxes, FrameBoxes]]:
-    """Oracle analysis: copy of ``frames`` where each ``cls`` detection matched to a ``cls`` GT by 2D IoU
+    """Oracle analysis: replace named quantities of matched detections by ground truth.
+
+    Oracle analysis: copy of ``frames`` where each ``cls`` detection matched to a ``cls`` GT by 2D IoU
     (greedy by score, like :func:`depth_yaw_errors`, all GT regardless of difficulty) takes the named
     GT quantities; unmatched detections and the 2D boxes and scores stay as they are.
 
@@ -467,8 +476,7 @@ RECALL_BINS_M: tuple[tuple[float, float], ...] = ((0.0, 40.0), (40.0, 60.0))
 
 def rig_metrics(frames: list[tuple[FrameBoxes, FrameBoxes]], score_threshold: float, cls: str = "car",
                 difficulty: str = "moderate", iou_2d_thr: float = 0.5) -> dict:
-    """The per-rig summary of `eval-det`: AP3D at the loose threshold, AP2D at 0.7 (car), recall by
-    depth and relative depth errors.
+    """The per-rig summary of `eval-det`: AP3D at the loose threshold, AP2D at 0.7 (car), recall by depth and relative depth errors.
 
     Recall counts difficulty-valid ``cls`` GT (by GT depth, :data:`RECALL_BINS_M`) matched by a
     detection scoring at least ``score_threshold`` (what the node publishes) at 2D IoU >=

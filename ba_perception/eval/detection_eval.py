@@ -1,5 +1,8 @@
-"""Evaluate the detector on world splits (`ba-perception eval-det`): per-rig table of the in-distribution
-`test` and cross-domain `test_cross` splits (world v3), or AP|R40 on a cached KITTI-rig split; JSON under out/eval/."""
+"""Evaluate the detector on world splits or a KITTI-rig split (``ba-perception eval-det``).
+
+Evaluate the detector on world splits (`ba-perception eval-det`): per-rig table of the in-distribution
+`test` and cross-domain `test_cross` splits (world v3), or AP|R40 on a cached KITTI-rig split; JSON under out/eval/.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -62,9 +65,12 @@ ORACLE_ROWS: tuple[tuple[str, ...], ...] = (
 
 
 def centre_cells(split, i: int, stride: int = OUTPUT_STRIDE) -> np.ndarray:
-    """Output-grid cell ``(N, 2)`` (col, row) of the projected 3D centre of each GT object of frame ``i``
+    """Output-grid cell of each ground-truth object's projected 3D centre in frame ``i``.
+
+    Output-grid cell ``(N, 2)`` (col, row) of the projected 3D centre of each GT object of frame ``i``
     (same objects and order as :func:`gt_frame`), as the training targets assign them; objects with
-    z <= 0.5 m get -1000 (they own no cell)."""
+    z <= 0.5 m get -1000 (they own no cell).
+    """
     rows = split.objects_of(i)
     rows = rows[np.isfinite(split.obj_box[rows]).all(1)]
     pre = split.preprocess
@@ -79,9 +85,12 @@ def centre_cells(split, i: int, stride: int = OUTPUT_STRIDE) -> np.ndarray:
 
 def crowded_fraction(frames: list[tuple[FrameBoxes, FrameBoxes]], cells: list[np.ndarray], cls: str = "car",
                      difficulty: str = "moderate") -> float:
-    """Fraction of difficulty-valid ``cls`` GT with another GT object's centre cell within one cell
+    """Fraction of ground-truth objects whose centre cell is crowded by another object's.
+
+    Fraction of difficulty-valid ``cls`` GT with another GT object's centre cell within one cell
     (3x3 neighbourhood): there a single-peak heatmap with 3x3 max-pool NMS keeps both only if the two
-    peaks are exactly equal."""
+    peaks are exactly equal.
+    """
     n = hit = 0
     for (gt, _), cell in zip(frames, cells):
         valid, _ = valid_gt(gt, cls, DIFFICULTIES[difficulty])
@@ -95,9 +104,12 @@ def crowded_fraction(frames: list[tuple[FrameBoxes, FrameBoxes]], cells: list[np
 
 def diagnose(frames: list[tuple[FrameBoxes, FrameBoxes]], cells: list[np.ndarray] | None = None, cls: str = "car",
              difficulty: str = "moderate") -> dict:
-    """What limits AP: oracle rows (matched detections take GT depth / yaw / size / centre, see
+    """Diagnose what limits AP.
+
+    What limits AP: oracle rows (matched detections take GT depth / yaw / size / centre, see
     :func:`substitute_ground_truth`), 2D localisation bounds and errors on valid GT
-    (:func:`localisation_bounds`) and, given the GT centre cells, the crowded fraction."""
+    (:func:`localisation_bounds`) and, given the GT centre cells, the crowded fraction.
+    """
     strict, loose = IOU_THRESHOLDS[cls]
     thr2d = 0.7 if cls == "car" else 0.5
     oracle = []
@@ -342,9 +354,10 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     model = Path(args.model)
-    kw = {"checkpoint": model} if model.suffix == ".pt" else {"onnx_path": model}
+    is_checkpoint = model.suffix == ".pt"
     try:
-        be = create_backend(args.backend, threads=args.threads, **kw)
+        be = create_backend(args.backend, onnx_path=None if is_checkpoint else model,
+                            checkpoint=model if is_checkpoint else None, threads=args.threads)
     except BackendError as err:
         raise CommandError(str(err)) from err
     if args.split is None:

@@ -218,6 +218,7 @@ def read_outputs(record: Path) -> dict[str, dict[int, Any]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """CLI options of ``ba-perception replay-eval``."""
     parser.add_argument("bag", nargs="?", default=None,
                         help="rosbag2 folder or .mcap/.db3 file with camera topics (+ odometry, ground truth); "
                              "omit it with --kitti")
@@ -310,6 +311,7 @@ def labelled_input(bag: Path, labels: Path, out: Path, log=print, **topics: str)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Play a bag (or KITTI sequence) through the node graph, record and score it."""
     from ba_perception.cli import CommandError
 
     out = Path(args.out or f"out/replay-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -92,9 +92,9 @@ def mot_frames(gt_frames: list[Any], tracks: dict[int, Any]) -> tuple[list[MotFr
         f3.append(MotFrame(gt_ids=np.asarray(g.track_id), gt_labels=list(g.class_label), pred_ids=pred_ids,
                            pred_labels=labels, gt_centers=np.asarray(g.center_odom).reshape(-1, 3), pred_centers=centers))
         gb = np.asarray(g.box_full, np.float64).reshape(-1, 4)
-        ok = np.isfinite(gb).all(1)
+        ok = np.all(np.isfinite(gb), axis=1)
         pb = np.array([list(t.box_2d) for t in tr]).reshape(-1, 4)
-        pok = (pb >= 0).all(1) if len(pb) else np.zeros(0, bool)
+        pok = np.all(pb >= 0, axis=1)  # (0,) for a frame without tracks
         f2.append(MotFrame(gt_ids=np.asarray(g.track_id)[ok], gt_labels=[c for c, k in zip(g.class_label, ok) if k],
                            pred_ids=pred_ids[pok], pred_labels=[c for c, k in zip(labels, pok) if k],
                            gt_boxes_2d=gb[ok], pred_boxes_2d=pb[pok]))

@@ -70,19 +70,25 @@ def print_summary(s: dict, out: Path) -> None:
 
 
 def _plots(out: Path, s: dict, bag: Path, outputs: dict) -> list[tuple[str, str]]:
+    """Write the report's figures under ``out``; ``(file name, caption)`` of each one made."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg")  # before the helpers import pyplot
 
     from ba_perception.data.bag import read_bag
 
-    made = []
     frames = list(read_bag(bag, images=True))
     tracks = outputs.get("/ba_perception/tracks", {})
-    # Bird's-eye view: GT trajectories (thin grey) vs tracked trajectories coloured by id.
+    return _plot_bev(out, frames, tracks) + _plot_overlays(out, frames, tracks) + _plot_latency(out, s) + _plot_depth(out, s)
+
+
+def _plot_bev(out: Path, frames: list, tracks: dict) -> list[tuple[str, str]]:
+    """Bird's-eye view of ground-truth and tracked trajectories."""
+    import matplotlib.pyplot as plt
+
     from ba_perception.core.overlay import id_color
 
+    made = []
     fig, ax = plt.subplots(figsize=(8, 8))
     gt_paths: dict[int, list] = {}
     ego = []
@@ -111,7 +117,12 @@ def _plots(out: Path, s: dict, bag: Path, outputs: dict) -> list[tuple[str, str]
     fig.savefig(out / "bev.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     made.append(("bev.png", "Bird's-eye view of ground-truth and tracked trajectories"))
-    # Overlay frames with projected track boxes and ids.
+    return made
+
+
+def _plot_overlays(out: Path, frames: list, tracks: dict) -> list[tuple[str, str]]:
+    """A few frames with the tracks' 3D boxes projected."""
+    import matplotlib.pyplot as plt
     import torch
 
     from ba_perception.core import geometry
@@ -119,6 +130,7 @@ def _plots(out: Path, s: dict, bag: Path, outputs: dict) -> list[tuple[str, str]
     from ba_perception.nodes.visualizer_node import boxes_of
     from ba_perception.ros.convert import pose_to_matrix
 
+    made = []
     picks = [f for f in frames if f.stamp_ns in tracks][:: max(1, len(frames) // 4)][:4]
     if picks:
         fig, axes = plt.subplots(len(picks), 1, figsize=(12, 3.2 * len(picks)))
@@ -137,7 +149,14 @@ def _plots(out: Path, s: dict, bag: Path, outputs: dict) -> list[tuple[str, str]
         fig.savefig(out / "overlays.png", dpi=90, bbox_inches="tight")
         plt.close(fig)
         made.append(("overlays.png", "Frames with the tracks' 3D boxes projected, coloured by id"))
-    # Latency histograms per stage.
+    return made
+
+
+def _plot_latency(out: Path, s: dict) -> list[tuple[str, str]]:
+    """Latency histogram per stage."""
+    import matplotlib.pyplot as plt
+
+    made = []
     samples = s.get("latency", {}).get("samples_ms", {})
     stages = [k for k in samples if not k.endswith(".queue") and samples[k]]
     if stages:
@@ -150,7 +169,14 @@ def _plots(out: Path, s: dict, bag: Path, outputs: dict) -> list[tuple[str, str]
         fig.savefig(out / "latency.png", dpi=100)
         plt.close(fig)
         made.append(("latency.png", "Latency per stage (histograms)"))
-    # Depth error by range, before / after object BA.
+    return made
+
+
+def _plot_depth(out: Path, s: dict) -> list[tuple[str, str]]:
+    """Depth error by range, before / after object BA."""
+    import matplotlib.pyplot as plt
+
+    made = []
     d = s.get("depth_ba", {})
     if d.get("samples"):
         a = np.array(d["samples"])

@@ -67,7 +67,7 @@ def mot_frames(seq: SequenceData, tracks_per_frame: list[list[Any]], max_range_m
         f3.append(MotFrame(gt_ids=gt.track_id[g], gt_labels=gl, pred_ids=ids, pred_labels=labels,
                            gt_centers=gt.center_odom[g], pred_centers=np.array([t.center for t in shown]).reshape(-1, 3)))
         pb = np.array([t.box_2d for t in shown], np.float64).reshape(-1, 4)
-        pok = np.isfinite(pb).all(1)
+        pok = np.all(np.isfinite(pb), axis=1)
         gb = np.asarray(gt.box_full, np.float64).reshape(-1, 4)
         g2 = g & np.isfinite(gb).all(1)
         f2.append(MotFrame(gt_ids=gt.track_id[g2], gt_labels=[gt.class_label[k] for k in np.nonzero(g2)[0]],

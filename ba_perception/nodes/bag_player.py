@@ -144,8 +144,11 @@ class BagPlayer(PerceptionNode):
             self._ready_cv.notify_all()
 
     def _graph_waiting_for(self) -> list[str]:
-        """What the graph still lacks: nodes not ready, or played topics that have not matched the
-        subscriptions the ready nodes announced (empty when playing may start)."""
+        """List what the graph still lacks before playing may start.
+
+        What the graph still lacks: nodes not ready, or played topics that have not matched the
+        subscriptions the ready nodes announced (empty when playing may start).
+        """
         wanted = [n for n in self.p["wait_for_nodes"] if n]
         missing = [n for n in wanted if n not in self._ready_nodes]
         if missing:

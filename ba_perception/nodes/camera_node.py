@@ -71,10 +71,12 @@ class FrameSource:
             bgr = cv2.imread(str(self.files[self.index]), cv2.IMREAD_COLOR)
             self.index += 1
             return None if bgr is None else np.ascontiguousarray(bgr[..., ::-1])
-        ok, bgr = self.cap.read()
+        cap = self.cap
+        assert cap is not None  # __init__ opened a capture for every source that is not an image folder
+        ok, bgr = cap.read()
         if not ok and self.loop and hasattr(self, "video"):
-            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            ok, bgr = self.cap.read()
+            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, bgr = cap.read()
         return np.ascontiguousarray(bgr[..., ::-1]) if ok else None
 
 

@@ -34,7 +34,8 @@ class DetectorNode(PerceptionNode):
         ParamSpec("threads", 1, "CPU threads for the engine; 0 = library default (more than one per node "
                   "oversubscribes a small CPU running the whole graph)", min=0),
         ParamSpec("engine_cache_dir", "", "TensorRT engine cache; '' = the default cache folder"),
-        ParamSpec("score_threshold", _D.score_threshold, "minimum final detection score (heatmap score x depth confidence x box agreement)", min=0.0, max=1.0),
+        ParamSpec("score_threshold", _D.score_threshold,
+                  "minimum final detection score (heatmap score x depth confidence x box agreement)", min=0.0, max=1.0),
         ParamSpec("max_detections", _D.max_detections, "detections kept per image", min=1),
         ParamSpec("box_nms_iou", _D.box_nms_iou, "2D IoU above which a lower-scored box of the same class is suppressed",
                   min=0.05, max=1.0),
@@ -85,6 +86,7 @@ class DetectorNode(PerceptionNode):
         self.input = CameraInput(self, self.on_frame)
 
     def on_frame(self, frame: CameraFrame) -> None:
+        """Detect objects in one camera frame and publish them."""
         start = wall_ns()
         result = self.detector.detect(frame.rgb, frame.K)
         h, w = frame.rgb.shape[:2]
@@ -95,6 +97,7 @@ class DetectorNode(PerceptionNode):
         self.count("objects_out", len(msg.observations))
 
     def close(self) -> None:
+        """Stop the input worker."""
         self.input.close()
 
 

@@ -69,6 +69,7 @@ class LatencyMonitor(PerceptionNode):
         self.create_timer(self.p["report_period_s"], self.report)
 
     def on_input(self, raw: bytes) -> None:
+        """Count one input message and remember its stamp as pending."""
         stamp = header_stamp_ns(raw)
         if stamp is None:
             self.reject("input_header", f"a message on {self.p['input_topic']} without a readable CDR header; not counted "
@@ -83,6 +84,7 @@ class LatencyMonitor(PerceptionNode):
         self._expire()
 
     def on_output(self, msg: Any) -> None:
+        """Record the latency of one output message."""
         now = wall_ns()
         stamp = time_to_ns(msg.header.stamp)
         self.count("frames_out")
@@ -111,6 +113,7 @@ class LatencyMonitor(PerceptionNode):
             self.count("frames_dropped")
 
     def diagnostic_level(self) -> bytes:
+        """Diagnostic level from the end-to-end p99 latency and the warn / error thresholds."""
         e2e = [s for s in self.stats.summary() if s.stage in ("end_to_end", "pipeline")]
         if not e2e:
             return DiagnosticStatus.OK
@@ -120,6 +123,7 @@ class LatencyMonitor(PerceptionNode):
         return DiagnosticStatus.WARN if p99 > self.p["warn_ms"] else DiagnosticStatus.OK
 
     def report(self) -> None:
+        """Publish the latency report."""
         from ba_perception_msgs.msg import LatencyReport, StageLatency
 
         self._expire()
@@ -134,6 +138,7 @@ class LatencyMonitor(PerceptionNode):
             print(format_table(rows), flush=True)
 
     def close(self) -> None:
+        """Write the summary JSON when ``summary_path`` is set."""
         if self.p["summary_path"]:
             data = {"stages": [asdict(r) for r in self.stats.summary()], "counters": dict(self.counters),
                     "samples_ms": {k: list(v) for k, v in self.stats.samples.items()}}

@@ -92,6 +92,7 @@ class TrackerNode(PerceptionNode):
         self._reported = dict(self.tracker.counters)  # tracker counters already turned into rejections
 
     def on_input(self, item: tuple[int, Any]) -> None:
+        """Track one detection message (``(received_ns, msg)``) and publish the tracks."""
         received, msg = item
         start = wall_ns()
         stamp = stamp_ns(msg)
@@ -122,8 +123,11 @@ class TrackerNode(PerceptionNode):
         self.count("frames_out")
 
     def report_tracker_counters(self) -> None:
-        """Mirror the tracker's counters as ``tracker.<name>`` (current totals) and turn the objects it
-        dropped since the last frame into counted, logged rejections."""
+        """Mirror the tracker's counters and count the objects it dropped.
+
+        Mirror the tracker's counters as ``tracker.<name>`` (current totals) and turn the objects it
+        dropped since the last frame into counted, logged rejections.
+        """
         c = self.tracker.counters
         for k, v in c.items():
             if v:  # current totals (Counter.update would add them up every frame)
@@ -137,8 +141,11 @@ class TrackerNode(PerceptionNode):
         self._reported = dict(c)
 
     def _bounded(self, items: list) -> list:
-        """At most ``max_detections`` objects of a message (the highest scores, in message order); the
-        excess is rejected and counted before any conversion work."""
+        """Keep at most ``max_detections`` objects of a message.
+
+        At most ``max_detections`` objects of a message (the highest scores, in message order); the
+        excess is rejected and counted before any conversion work.
+        """
         limit = self.p["max_detections"]
         if len(items) <= limit:
             return items
@@ -148,8 +155,10 @@ class TrackerNode(PerceptionNode):
         return [items[i] for i in np.sort(np.argsort(-score, kind="stable")[:limit])]
 
     def _objects(self, items: list) -> list:
-        """The objects of a message with a usable pose, bounded by :meth:`_bounded`; the others are rejected
-        one by one and counted."""
+        """The objects of a message with a usable pose, bounded by :meth:`_bounded`.
+
+        The others are rejected one by one and counted.
+        """
         good = []
         for o in self._bounded(items):
             why = pose_problem(o.pose)
@@ -185,11 +194,13 @@ class TrackerNode(PerceptionNode):
         if len(msg.observations) > self.p["max_detections"]:
             msg.observations = self._bounded(list(msg.observations))
         obs = msg_to_observations(msg, self.reject)
+        assert self.ego is not None  # created for input_type "observations"
         T_odom_cam = self.ego.camera_pose(stamp)
         return Detections.from_camera(T_odom_cam, obs.center_cam, obs.yaw, obs.depth_std, obs.lateral_std, obs.size_lwh,
                                       obs.labels, obs.scores, obs.box_2d, list(obs.embedding)), T_odom_cam
 
     def to_msg(self, msg: Any, tracks: list, T_odom_cam: np.ndarray, received: int, start: int) -> Any:
+        """Track3DArray of ``tracks`` for input ``msg``, with the camera pose and the stage trace."""
         from ba_perception_msgs.msg import Track3D, Track3DArray
 
         K = np.asarray(msg.k, np.float64)
@@ -225,6 +236,7 @@ class TrackerNode(PerceptionNode):
         return out
 
     def close(self) -> None:
+        """Stop the worker thread."""
         self.worker.close()
 
 

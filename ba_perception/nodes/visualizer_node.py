@@ -26,13 +26,15 @@ from ba_perception.ros.node import PerceptionNode, run_node
 from ba_perception.ros.params import ParamSpec, qos_profile
 from ba_perception.ros.sync import subscribe_synchronized
 
-
 MAX_SPEED_MPS = 1e3  # a faster velocity is not drawn
 
 
 def box_problem(o: Any) -> str | None:
-    """Why one Track3D / Detection3D cannot be drawn (None when it can): a bad pose or a size that is not
-    finite, positive and below ``MAX_COORD_M``."""
+    """Say why one Track3D / Detection3D cannot be drawn.
+
+    Why one Track3D / Detection3D cannot be drawn (None when it can): a bad pose or a size that is not
+    finite, positive and below ``MAX_COORD_M``.
+    """
     why = pose_problem(o.pose)
     if why is not None:
         return why
@@ -43,8 +45,11 @@ def box_problem(o: Any) -> str | None:
 
 
 def boxes_of(msg: Any, items: list | None = None) -> tuple[np.ndarray, np.ndarray, list[int], list[str], np.ndarray]:
-    """``(poses (N,4,4), sizes (N,3), ids, labels, velocities (N,3))`` of a Track3DArray/Detection3DArray
-    (or of ``items``, its objects after validation)."""
+    """Boxes of a Track3DArray / Detection3DArray as arrays.
+
+    ``(poses (N,4,4), sizes (N,3), ids, labels, velocities (N,3))`` of a Track3DArray/Detection3DArray
+    (or of ``items``, its objects after validation).
+    """
     if items is None:
         items = msg.tracks if hasattr(msg, "tracks") else msg.detections
     ids = [int(getattr(o, "track_id", getattr(o, "tracklet_id", 0))) for o in items]
@@ -110,11 +115,13 @@ class VisualizerNode(PerceptionNode):
         return poses, sizes, ids, labels, vel
 
     def on_boxes(self, msg: Any) -> None:
+        """Publish the box markers of one message."""
         poses, sizes, ids, labels, vel = self.valid_boxes(msg)
         self.marker_pub.publish(box_marker_array(msg.header, poses, sizes, ids, labels, vel, self.p["line_width"]))
         self.count("marker_frames")
 
     def on_pair(self, msg: Any, image: Any) -> None:
+        """Publish the overlay image of one message and its image."""
         try:
             rgb = image_to_rgb(image, self.p["max_decoded_pixels"])
         except ImageError as err:

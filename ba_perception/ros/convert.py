@@ -12,7 +12,6 @@ from sensor_msgs.msg import CameraInfo
 
 from ba_perception.core import geometry
 
-
 MIN_FOCAL_PX, MAX_FOCAL_PX = 1e-1, 1e6  # sane focal lengths, pixels (a 1e+-300 one is a broken calibration)
 MAX_IMAGE_SIDE_PX = 65536  # largest camera_info width / height; principal point within +-this
 MAX_COORD_M = 1e6  # largest |coordinate| of a pose accepted from a message, metres
@@ -70,9 +69,12 @@ def pose_problem(pose: Pose) -> str | None:
 
 
 def k_problem(K: np.ndarray) -> str | None:
-    """Why a 3x3 intrinsics matrix is unusable (None when it is fine): NaN/inf, a focal length outside
+    """Say why a 3x3 intrinsics matrix is unusable.
+
+    Why a 3x3 intrinsics matrix is unusable (None when it is fine): NaN/inf, a focal length outside
     [:data:`MIN_FOCAL_PX`, :data:`MAX_FOCAL_PX`], a principal point or skew beyond
-    :data:`MAX_IMAGE_SIDE_PX`, or a last row other than (0, 0, 1)."""
+    :data:`MAX_IMAGE_SIDE_PX`, or a last row other than (0, 0, 1).
+    """
     K = np.asarray(K, dtype=np.float64).reshape(3, 3)
     if not np.all(np.isfinite(K)):
         return "K contains NaN/inf"

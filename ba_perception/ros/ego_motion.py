@@ -78,6 +78,7 @@ class EgoMotionInput:
                 self.extrinsics_source = f"/tf_static ({tf.child_frame_id})"
 
     def reset(self) -> None:
+        """Forget all odometry."""
         self.buffer.reset()
 
     def camera_pose(self, stamp: int) -> np.ndarray:

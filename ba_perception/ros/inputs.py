@@ -12,8 +12,9 @@ so latency never grows with a queue.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -83,6 +84,7 @@ class LatestSlot:
             return item
 
     def close(self) -> None:
+        """Wake up waiting readers; ``get`` returns None from now on."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
@@ -105,6 +107,7 @@ class FrameWorker:
         self._thread.start()
 
     def put(self, item: Any) -> None:
+        """Hand ``item`` to the worker, counting a dropped older one."""
         if self.slot.put(item):
             self.node.count(self.drop_counter)
 
@@ -119,6 +122,7 @@ class FrameWorker:
                 self.node.reject("processing_error", f"{type(err).__name__}: {err}")
 
     def close(self) -> None:
+        """Stop the worker thread."""
         self._running = False
         self.slot.close()
         self._thread.join(timeout=2.0)
@@ -191,4 +195,5 @@ class CameraInput:
         self.worker.put(CameraFrame(rgb, K, image.header, t, self._arrival.pop(t, wall_ns())))
 
     def close(self) -> None:
+        """Stop the worker thread."""
         self.worker.close()

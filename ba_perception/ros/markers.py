@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,8 +17,11 @@ from ba_perception.core.overlay import id_color
 
 
 def marker_id(object_id: int) -> int:
-    """The int32 ``Marker.id`` of a uint64 track / tracklet id (its low 31 bits: ids alive at the same time
-    are consecutive in practice, so they stay distinct; the text label shows the full id)."""
+    """Marker id of a track / tracklet id.
+
+    The int32 ``Marker.id`` of a uint64 track / tracklet id (its low 31 bits: ids alive at the same time
+    are consecutive in practice, so they stay distinct; the text label shows the full id).
+    """
     return int(object_id) & 0x7FFFFFFF
 
 

@@ -19,7 +19,8 @@ import sys
 import time
 import traceback
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import rclpy
 from builtin_interfaces.msg import Time as TimeMsg
@@ -107,7 +108,7 @@ class PerceptionNode(Node):
             publish(msg)
             self._last_output[topic] = time.monotonic()
 
-        pub.publish = publish_and_note
+        pub.publish = publish_and_note  # type: ignore[method-assign]  # this publisher's publish also notes the time
         return pub
 
     def create_subscription(self, msg_type: Any, topic: str, callback: Callable[..., Any], qos_profile: Any,
@@ -121,8 +122,11 @@ class PerceptionNode(Node):
         return super().create_timer(timer_period_sec, self.guard(callback, "timer"), *args, **kwargs)
 
     def guard(self, callback: Callable[..., Any], where: str) -> Callable[..., Any]:
-        """``callback`` wrapped so that an exception is counted as ``rejected.callback_error`` and logged
-        (throttled, with the innermost frame) instead of propagating into the executor."""
+        """Wrap a callback so that its exceptions are counted and logged.
+
+        ``callback`` wrapped so that an exception is counted as ``rejected.callback_error`` and logged
+        (throttled, with the innermost frame) instead of propagating into the executor.
+        """
 
         @functools.wraps(callback)
         def guarded(*args: Any) -> Any:
@@ -141,8 +145,11 @@ class PerceptionNode(Node):
         return qos_profile(self.p[key], self.p.get(f"{key}_depth", 5))
 
     def output_qos(self, prefix: str = "") -> Any:
-        """Publisher QoS of a pipeline output: as :meth:`qos`, with ``reliable`` upgraded to keep its
-        last messages for late-joining readers (transient local; compatible with volatile readers)."""
+        """Publisher QoS of a pipeline output.
+
+        Publisher QoS of a pipeline output: as :meth:`qos`, with ``reliable`` upgraded to keep its
+        last messages for late-joining readers (transient local; compatible with volatile readers).
+        """
         key = f"{prefix}_qos" if prefix else "qos"
         kind = "reliable_history" if self.p[key] == "reliable" else self.p[key]
         return qos_profile(kind, self.p.get(f"{key}_depth", 5))
@@ -165,6 +172,7 @@ class PerceptionNode(Node):
         return DiagnosticStatus.OK
 
     def publish_diagnostics(self) -> None:
+        """Publish the node's counters and output ages as a diagnostic status."""
         status = DiagnosticStatus(
             level=self.diagnostic_level(),
             name=f"ba_perception: {self.get_fully_qualified_name()}",
@@ -233,19 +241,21 @@ SPIN_PERIOD_S = 0.1  # longest a node takes to notice SIGINT/SIGTERM while idle
 
 
 def announce_ready(node: Node) -> None:
-    """Publish on the latched :data:`ba_perception.graph.READY_TOPIC` that ``node`` is constructed
+    """Announce that ``node`` is ready to process.
+
+    Publish on the latched :data:`ba_perception.graph.READY_TOPIC` that ``node`` is constructed
     (models loaded, subscriptions created) and ready to process; the bag player waits for it.
 
     The status carries the node's name (``hardware_id``) and, under the key ``subscription``, the
     resolved topic of each of its subscriptions, so a publisher can wait until it has matched them.
+    The publisher stays alive with the node (a node holds its publishers until destroyed).
     """
     from ba_perception.graph import READY_TOPIC
 
     values = [KeyValue(key="subscription", value=sub.topic_name) for sub in node.subscriptions]
     status = DiagnosticStatus(level=DiagnosticStatus.OK, name=node.get_fully_qualified_name(), message="ready",
                               hardware_id=node.get_name(), values=values)
-    node._ba_ready_pub = node.create_publisher(DiagnosticStatus, READY_TOPIC, qos_profile("reliable_history", 1))
-    node._ba_ready_pub.publish(status)
+    node.create_publisher(DiagnosticStatus, READY_TOPIC, qos_profile("reliable_history", 1)).publish(status)
 
 
 class _StopSignals:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,9 +77,12 @@ def detections_to_msg(det: Any, names: list[str], header: Any, K: np.ndarray, im
 
 
 def observation_problem(o: Any) -> str | None:
-    """Why one ObjectObservation cannot be used (None when it can): a bad pose (see
+    """Say why one ObjectObservation cannot be used.
+
+    Why one ObjectObservation cannot be used (None when it can): a bad pose (see
     :func:`~ba_perception.ros.convert.pose_problem`), a size that is not finite and positive, or a
-    non-finite score, 2D box or standard deviation."""
+    non-finite score, 2D box or standard deviation.
+    """
     why = pose_problem(o.pose)
     if why is not None:
         return why

@@ -36,17 +36,22 @@ class OutputCounter:
         self.count += 1
 
     def spin_once(self, timeout_s: float) -> None:
+        """Process callbacks for up to ``timeout_s`` seconds."""
         self.executor.spin_once(timeout_sec=timeout_s)
 
     def close(self) -> None:
+        """Shut down the executor, node and context."""
         self.executor.shutdown()
         self.node.destroy_node()
         self.context.try_shutdown()
 
 
 class StackProbe:
-    """An in-process rclpy node for ``bench stack``: graph discovery checks and counters of the
-    frames played (camera_info stamps), the graph's Track3DArray stamps and objects per frame."""
+    """In-process rclpy probe node for ``bench stack``.
+
+    An in-process rclpy node for ``bench stack``: graph discovery checks and counters of the
+    frames played (camera_info stamps), the graph's Track3DArray stamps and objects per frame.
+    """
 
     def __init__(self, domain_id: int) -> None:
         import rclpy
@@ -91,6 +96,7 @@ class StackProbe:
         self.refined.append(sum(1 for d in msg.detections if d.refined))
 
     def reset(self) -> None:
+        """Clear the frame counters and stamps."""
         self.frames = 0
         self.in_stamps.clear()
         self.out_stamps.clear()
@@ -98,6 +104,7 @@ class StackProbe:
         self.refined.clear()
 
     def spin(self, seconds: float) -> None:
+        """Process callbacks for ``seconds``."""
         end = time.monotonic() + seconds
         while True:
             left = end - time.monotonic()
@@ -106,17 +113,22 @@ class StackProbe:
             self.executor.spin_once(timeout_sec=min(left, 0.05))
 
     def subscribers(self, topic: str) -> int:
+        """Number of subscribers of ``topic``."""
         return self.node.count_subscribers(topic)
 
     def close(self) -> None:
+        """Shut down the executor, node and context."""
         self.executor.shutdown()
         self.node.destroy_node()
         self.context.try_shutdown()
 
 
 def image_publisher(args: Any) -> None:
-    """``bench transport``'s publisher process: ``args.count`` rgb8 images at ``args.rate`` Hz, stamped
-    with the wall clock right before ``publish``; writes ``{"failures": n}`` to ``args.result``."""
+    """Image publisher process of ``bench transport``.
+
+    ``bench transport``'s publisher process: ``args.count`` rgb8 images at ``args.rate`` Hz, stamped
+    with the wall clock right before ``publish``; writes ``{"failures": n}`` to ``args.result``.
+    """
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -153,8 +165,11 @@ def image_publisher(args: Any) -> None:
 
 
 def image_subscriber(args: Any) -> None:
-    """``bench transport``'s subscriber process: the wall-clock latency of each image by index,
-    written to ``args.result`` as ``{"latency_ms": {index: ms}}``."""
+    """Image subscriber process of ``bench transport``.
+
+    ``bench transport``'s subscriber process: the wall-clock latency of each image by index,
+    written to ``args.result`` as ``{"latency_ms": {index: ms}}``.
+    """
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image

@@ -16,7 +16,8 @@ from __future__ import annotations
 import itertools
 import struct
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rclpy.node import Node

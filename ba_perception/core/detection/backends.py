@@ -46,8 +46,11 @@ class Backend(Protocol):
     fixed_batch: int | None  # the only batch size the model takes; None: any
 
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Network outputs of a ``(B, 3, H, W)`` batch in [0, 1], as float32 CPU or device tensors."""
-        """Run the network on ``(B, 3, H, W)`` float32 images in [0, 1]."""
+        """Run the network on a ``(B, 3, H, W)`` float32 batch in [0, 1].
+
+        Returns:
+            The network outputs, as float32 CPU or device tensors.
+        """
         ...
 
 

@@ -161,13 +161,16 @@ def unflip_outputs(flipped: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, t
 
 
 def forward_flip_averaged(forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Network outputs for ``(B, 3, h, w)`` inputs ``x`` with test-time flip: the heatmap and the
+    """Network outputs averaged over the image and its horizontal mirror.
+
+    Network outputs for ``(B, 3, h, w)`` inputs ``x`` with test-time flip: the heatmap and the
     regression are the means over ``x`` and its horizontal mirror (:func:`unflip_outputs`); the
     appearance embedding and dense features are those of ``x``.
 
     A ``forward`` whose ``fixed_batch`` attribute is None (a backend that takes any batch size)
     runs once on the ``2B`` images; any other runs twice, mirror first, and its outputs are
-    copied before the second call, since graph-replaying backends reuse their output buffers."""
+    copied before the second call, since graph-replaying backends reuse their output buffers.
+    """
     if getattr(forward, "fixed_batch", 1) is None:
         both = forward(torch.cat([x, x.flip(-1)]))
         B = x.shape[0]
@@ -181,9 +184,13 @@ def forward_flip_averaged(forward: Callable[[torch.Tensor], dict[str, torch.Tens
     return out
 
 
-def network_outputs(forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], x: torch.Tensor, cfg: DecodeConfig) -> dict[str, torch.Tensor]:
-    """The outputs :func:`decode` takes for ``(B, 3, h, w)`` inputs ``x``: flip-averaged
-    (:func:`forward_flip_averaged`) when ``cfg.flip_test``, one forward pass otherwise."""
+def network_outputs(forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], x: torch.Tensor,
+                    cfg: DecodeConfig) -> dict[str, torch.Tensor]:
+    """Network outputs for decoding, flip-averaged when the config asks for it.
+
+    The outputs :func:`decode` takes for ``(B, 3, h, w)`` inputs ``x``: flip-averaged
+    (:func:`forward_flip_averaged`) when ``cfg.flip_test``, one forward pass otherwise.
+    """
     return forward_flip_averaged(forward, x) if cfg.flip_test else forward(x)
 
 
@@ -281,8 +288,11 @@ def _gather(maps: torch.Tensor, b: torch.Tensor, ys: torch.Tensor, xs: torch.Ten
 
 
 def boxes_from_ltrb(c_net: torch.Tensor, ltrb_log: torch.Tensor, stride: int) -> torch.Tensor:
-    """2D boxes ``(*, 4)`` (x1, y1, x2, y2), network pixels, from centres ``(*, 2)`` and the ``ltrb``
-    channels (log side distances in cells, ``(*, 4)``); with ``stride`` 1, boxes in cells."""
+    """Decode ``ltrb`` side distances around centres into 2D boxes.
+
+    2D boxes ``(*, 4)`` (x1, y1, x2, y2), network pixels, from centres ``(*, 2)`` and the ``ltrb``
+    channels (log side distances in cells, ``(*, 4)``); with ``stride`` 1, boxes in cells.
+    """
     ltrb = ltrb_log.clamp(max=10.0).exp() * stride
     return torch.cat([c_net - ltrb[..., :2], c_net + ltrb[..., 2:]], dim=-1)
 

@@ -58,18 +58,25 @@ class Detector:
 
     def preprocess_for(self, src_hw: tuple[int, int], K: np.ndarray | None = None,
                        R_base_cam: np.ndarray | None = None) -> Preprocess:
-        """The (cached) preprocessing for images of ``src_hw`` from a camera with ``K`` and mounting
-        ``R_base_cam`` (None: level; no ``K``: letterbox)."""
+        """Return the cached preprocessing for one image size, intrinsics and mounting.
+
+        The (cached) preprocessing for images of ``src_hw`` from a camera with ``K`` and mounting
+        ``R_base_cam`` (None: level; no ``K``: letterbox).
+        """
         key = (src_hw, None if K is None else np.asarray(K, np.float64).tobytes(),
                None if R_base_cam is None else np.asarray(R_base_cam, np.float64).tobytes())
         if key not in self._pre:
-            mode = self.preprocess_mode if K is not None else "letterbox"
-            self._pre[key] = Preprocess.for_camera(mode, src_hw, self.backend.input_hw, K, R_base_cam)
+            if K is None:
+                self._pre[key] = Preprocess.letterbox(src_hw, self.backend.input_hw)
+            else:
+                self._pre[key] = Preprocess.for_camera(self.preprocess_mode, src_hw, self.backend.input_hw, K, R_base_cam)
         return self._pre[key]
 
     def detect(self, image: np.ndarray | torch.Tensor, K: np.ndarray | torch.Tensor,
                R_base_cam: np.ndarray | None = None) -> DetectionResult:
-        """Detect objects in one ``(H, W, 3)`` uint8 RGB image with ``(3, 3)`` intrinsics (pixels) and,
+        """Detect objects in one image.
+
+        Detect objects in one ``(H, W, 3)`` uint8 RGB image with ``(3, 3)`` intrinsics (pixels) and,
         optionally, the camera's ``(3, 3)`` rotation in base_link (places the horizon band).
 
         Raises:

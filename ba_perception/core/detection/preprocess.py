@@ -72,7 +72,8 @@ class Preprocess:
     @property
     def window_hw(self) -> tuple[int, int]:
         """Size of the original window that is resized (the crop, else the whole image)."""
-        return tuple(self.crop_hw) if self.crop_hw is not None else tuple(self.src_hw)
+        h, w = self.crop_hw if self.crop_hw is not None else self.src_hw
+        return int(h), int(w)
 
     @classmethod
     def letterbox(cls, src_hw: tuple[int, int], net_hw: tuple[int, int]) -> Preprocess:

@@ -383,6 +383,8 @@ class Tracker:
         c = self.counters
         n = len(d)
         c["detections_in"] += n
+        scores, labels = d.scores, np.asarray(d.labels)
+        assert scores is not None  # Detections.__post_init__ fills in the default scores
         valid = (
             np.isfinite(d.centers).all(1)
             & np.isfinite(d.sizes).all(1)
@@ -394,11 +396,11 @@ class Tracker:
         idx = np.nonzero(valid)[0]
         if idx.size > self.config.max_detections:
             c["detections_over_limit"] += int(idx.size - self.config.max_detections)
-            best = np.argsort(-np.nan_to_num(d.scores[idx], nan=0.0), kind="stable")[: self.config.max_detections]
+            best = np.argsort(-np.nan_to_num(scores[idx], nan=0.0), kind="stable")[: self.config.max_detections]
             idx = np.sort(idx[best])
         pos, yaw, size = d.centers[idx], _wrap(d.yaws[idx]), d.sizes[idx]
-        score = np.nan_to_num(d.scores[idx], nan=0.0)
-        cls = self._class_code(d.labels[idx])
+        score = np.nan_to_num(scores[idx], nan=0.0)
+        cls = self._class_code(labels[idx])
         m = idx.shape[0]
         # 2D boxes: optional, NaN / degenerate rows are "unknown".
         if d.boxes_2d is not None:
@@ -553,9 +555,12 @@ class Tracker:
         self, t: _Tracks, f: _Frame, same: np.ndarray, cos: np.ndarray, has_cos: np.ndarray, dist2: np.ndarray,
         ti: np.ndarray, di: np.ndarray, d2: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Add the appearance-rescued pairs (see ``TrackerConfig.rescue_iou``) to the 3D candidates,
+        """Add appearance-rescued track/detection pairs to the 3D candidates.
+
+        Add the appearance-rescued pairs (see ``TrackerConfig.rescue_iou``) to the 3D candidates,
         with ``d2 = chi2_gate`` (a 3D node term of 0). Only tracks without a 3D candidate are
-        rescued: it keeps the gated graph (and the QAPs) as small as before where 3D works."""
+        rescued: it keeps the gated graph (and the QAPs) as small as before where 3D works.
+        """
         cfg = self.config
         fresh = t.has_box & (t.misses == 0)
         fresh[ti] = False  # a track with a candidate inside the 3D gate is not rescued
@@ -575,8 +580,11 @@ class Tracker:
     def _graph_scores(
         self, t: _Tracks, f: _Frame, ti: np.ndarray, di: np.ndarray, node: np.ndarray, gate: np.ndarray
     ) -> np.ndarray:
-        """Scores for the final projection: node affinity, replaced by the QAP's soft assignment
-        inside every connected component of the gated graph with >= 2 tracks and >= 2 detections."""
+        """Assignment scores: node affinity, or the QAP's soft assignment per component.
+
+        Scores for the final projection: node affinity, replaced by the QAP's soft assignment
+        inside every connected component of the gated graph with >= 2 tracks and >= 2 detections.
+        """
         cfg = self.config
         T, N = node.shape
         lt, ld = _bipartite_components(ti, di, T, N)
@@ -604,8 +612,10 @@ class Tracker:
         self, t: _Tracks, f: _Frame, node: np.ndarray, gate: np.ndarray,
         lt: np.ndarray, ld: np.ndarray, chosen: np.ndarray, score: np.ndarray,
     ) -> bool:
-        """Solve the QAPs of the ``chosen`` components as one padded batch; write soft assignments
-        into ``score``. Returns False (and counts it) when the solver fails."""
+        """Solve the QAPs of the ``chosen`` components as one padded batch; write soft assignments into ``score``.
+
+        Returns False (and counts it) when the solver fails.
+        """
         cfg = self.config
         B = int(chosen.sum())
         # Batch slot of every component (-1: not in this batch); padded index tables.
@@ -797,9 +807,12 @@ class Tracker:
 
 
 def _bipartite_components(ti: np.ndarray, di: np.ndarray, T: int, N: int) -> tuple[np.ndarray, np.ndarray]:
-    """Connected-component labels ``(T,)``, ``(N,)`` (contiguous from 0) of the bipartite graph
+    """Connected components of a bipartite track/detection graph.
+
+    Connected-component labels ``(T,)``, ``(N,)`` (contiguous from 0) of the bipartite graph
     with edges ``(ti[k], di[k])``, by min-label propagation (a few vectorised sweeps: tracking
-    graphs after gating have a small diameter; cheaper here than building a scipy sparse graph)."""
+    graphs after gating have a small diameter; cheaper here than building a scipy sparse graph).
+    """
     lt = np.arange(T)
     ld = np.arange(T, T + N)
     while True:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 STATUS_TENTATIVE = 0  # fewer than n_init hits (Track3D.STATUS_TENTATIVE)
 STATUS_CONFIRMED = 1  # confirmed and matched this frame
@@ -93,10 +94,10 @@ class Detections:
         return cls(np.zeros((0, 3)), np.zeros(0), np.zeros((0, 3)), [])
 
     @classmethod
-    def from_boxes(cls, centers: np.ndarray, yaws: np.ndarray, sizes: np.ndarray, labels: Sequence[str],
-                   scores: np.ndarray, boxes_2d: np.ndarray, embeddings: Sequence[np.ndarray], covariances: np.ndarray,
-                   refined: np.ndarray | None = None, is_static: np.ndarray | None = None,
-                   velocities: np.ndarray | None = None, velocity_covariances: np.ndarray | None = None) -> Detections:
+    def from_boxes(cls, centers: ArrayLike, yaws: ArrayLike, sizes: ArrayLike, labels: Sequence[str],
+                   scores: ArrayLike, boxes_2d: ArrayLike, embeddings: Sequence[ArrayLike], covariances: ArrayLike,
+                   refined: ArrayLike | None = None, is_static: ArrayLike | None = None,
+                   velocities: ArrayLike | None = None, velocity_covariances: ArrayLike | None = None) -> Detections:
         """The tracker's input from boxes in odom: the one place the input's conventions are applied.
 
         Every producer (track_buffer_node's Detection3DArray in tracker_node, the object BA's

@@ -109,12 +109,13 @@ class WorldConfig:
         return int(self.start_stamp_ns + round(index * 1e9 / self.rate_hz))
 
     def to_dict(self) -> dict:
+        """The config as a JSON-serialisable dict (manifest entries)."""
         d = asdict(self)
         d["white_balance"] = list(d["white_balance"])
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "WorldConfig":
+    def from_dict(cls, d: dict) -> WorldConfig:
         """Inverse of :meth:`to_dict` (manifest entries); unknown keys are an error."""
         d = dict(d)
         if "white_balance" in d:

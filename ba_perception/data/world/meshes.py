@@ -17,8 +17,9 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,7 @@ class Mesh:
 
     @property
     def n_triangles(self) -> int:
+        """Number of triangles (three positions each)."""
         return len(self.positions) // 3
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -120,11 +122,19 @@ def _vehicle_params(xml: str) -> tuple[np.ndarray, float, list[np.ndarray], floa
     if part is None:
         raise MeshError("vehicle file has no <part>")
     attrs = part.group(1)
-    pos = np.array([float(x) for x in re.search(r'pos="([^"]*)"', attrs).group(1).split(",")])
-    scale = float(re.search(r'scale="([^"]*)"', attrs).group(1))
+    pos = np.array([float(x) for x in _vehicle_field(r'pos="([^"]*)"', attrs, "<part pos>").split(",")])
+    scale = float(_vehicle_field(r'scale="([^"]*)"', attrs, "<part scale>"))
     wheels = [np.array([float(x) for x in m.split(",")]) for m in re.findall(r'<wheel[^>]*\bpos="([^"]*)"', xml)]
-    radius = float(re.search(r'<wheel[^>]*\bradius="([^"]*)"', xml).group(1))
+    radius = float(_vehicle_field(r'<wheel[^>]*\bradius="([^"]*)"', xml, "<wheel radius>"))
     return pos, scale, wheels, radius
+
+
+def _vehicle_field(pattern: str, text: str, what: str) -> str:
+    """The first group of ``pattern`` in a ``.vehicle`` file's ``text``; :class:`MeshError` naming ``what`` when absent."""
+    m = re.search(pattern, text)
+    if m is None:
+        raise MeshError(f"vehicle file has no {what}")
+    return m.group(1)
 
 
 def _trigger_to_object(p: np.ndarray) -> np.ndarray:
@@ -266,7 +276,7 @@ def real_length_m(model: str) -> float:
     return TRIGGER_LENGTH_M[model.split("_")[0]]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_car(model: str) -> Mesh:
     """Load a trigger-rally car (body + four wheels) centred on its 3D box, metres.
 
@@ -324,7 +334,7 @@ def load_car(model: str) -> Mesh:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_car_lod(model: str, cell_m: float) -> Mesh:
     """:func:`load_car` decimated on a ``cell_m`` grid (:func:`decimate`), cached per process."""
     return decimate(load_car(model), cell_m)
@@ -353,12 +363,12 @@ def box_mesh(size: np.ndarray | tuple[float, float, float], center=(0.0, 0.0, 0.
             for k in tri:
                 pos.append(q[k] * s + c)
                 nrm.append(n)
-    pos = np.asarray(pos, np.float32)
+    positions = np.asarray(pos, np.float32)
     return Mesh(
-        positions=pos,
+        positions=positions,
         normals=np.asarray(nrm, np.float32),
-        uvs=np.zeros((len(pos), 2), np.float32),
-        colors=np.tile(np.asarray(color, np.float32), (len(pos), 1)),
+        uvs=np.zeros((len(positions), 2), np.float32),
+        colors=np.tile(np.asarray(color, np.float32), (len(positions), 1)),
     )
 
 
@@ -381,12 +391,12 @@ def cylinder_mesh(radius: float, height: float, segments: int = 10, color=(0.5, 
             for p in (np.r_[0, 0, height], p10, p11):
                 pos.append(p)
                 nrm.append(np.array([0, 0, 1.0]))
-    pos = np.asarray(pos, np.float32)
+    positions = np.asarray(pos, np.float32)
     return Mesh(
-        positions=pos,
+        positions=positions,
         normals=np.asarray(nrm, np.float32),
-        uvs=np.zeros((len(pos), 2), np.float32),
-        colors=np.tile(np.asarray(color, np.float32), (len(pos), 1)),
+        uvs=np.zeros((len(positions), 2), np.float32),
+        colors=np.tile(np.asarray(color, np.float32), (len(positions), 1)),
     )
 
 
@@ -413,7 +423,7 @@ def transformed(mesh: Mesh, T: np.ndarray) -> Mesh:
     )
 
 
-def sample_surface(mesh: Mesh, n: int, seed: int) -> np.ndarray:
+def sample_surface(mesh: Mesh, n: int, seed: int | Sequence[int]) -> np.ndarray:
     """``(n, 3)`` float64 points sampled uniformly (by area) on the mesh surface, object frame."""
     tri = mesh.positions.reshape(-1, 3, 3).astype(np.float64)
     area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from ba_perception.data.world.meshes import Mesh
+
+if TYPE_CHECKING:
+    import moderngl
 
 # Meshes are drawn instanced: one draw per mesh per frame, pose/paint/id per instance
 # (llvmpipe's cost is dominated by per-draw overhead, not by triangles).
@@ -234,9 +238,14 @@ class _InstanceBuffer:
 
     def __init__(self) -> None:
         self.cap = 0
-        self.buf = None
-        self.vao = None
-        self.sil_vao = None
+        self.buf: Any = None  # moderngl Buffer and VertexArrays, made on first use by Renderer._instances
+        self.vao: Any = None
+        self.sil_vao: Any = None
+
+
+def _uniform(prog: moderngl.Program, name: str) -> moderngl.Uniform:
+    """The uniform ``name`` of a shader program (a program's members also include blocks and attributes)."""
+    return cast("moderngl.Uniform", prog[name])
 
 
 class Renderer:
@@ -255,7 +264,7 @@ class Renderer:
         import moderngl
 
         try:
-            self.ctx = moderngl.create_standalone_context(backend="egl")
+            self.ctx = moderngl.create_standalone_context(backend="egl")  # type: ignore[arg-type]  # stub types **settings as dicts
         except Exception as err:  # noqa: BLE001 - any context failure is the same user problem
             raise RenderError(
                 f"cannot create an EGL OpenGL context ({err}); install libegl1 libegl-mesa0 libgl1-mesa-dri "
@@ -273,8 +282,8 @@ class Renderer:
         self.sil = ctx.program(vertex_shader=_SIL_VS, fragment_shader=_SIL_FS)
         self.sil_batch = ctx.program(vertex_shader=_SIL_BATCH_VS, fragment_shader=_SIL_FS)
         for prog in (self.prog, self.batch_prog, self.sil, self.sil_batch):
-            prog["P"].write(P)
-        self.batch_prog["use_tex"].value = False
+            _uniform(prog, "P").write(P)
+        _uniform(self.batch_prog, "use_tex").value = False
         self.color_rb = ctx.renderbuffer((width, height), 4)
         self.depth_rb = ctx.renderbuffer((width, height), 1, dtype="f4")
         self.inst_rb = ctx.renderbuffer((width, height), 1, dtype="i4")
@@ -283,14 +292,16 @@ class Renderer:
         self._atlas_size = (width, min(4 * height, 8192))
         self.sil_fbo = ctx.framebuffer([ctx.renderbuffer(self._atlas_size, 1, dtype="f1")])
         for prog in (self.sil, self.sil_batch):
-            prog["image_size"].value = (float(width), float(height))
-            prog["atlas_size"].value = tuple(float(v) for v in self._atlas_size)
+            _uniform(prog, "image_size").value = (float(width), float(height))
+            _uniform(prog, "atlas_size").value = tuple(float(v) for v in self._atlas_size)
         sky_vbo = ctx.buffer(np.array([-1, -1, 3, -1, -1, 3], "f4").tobytes())
         self.sky_vao = ctx.vertex_array(self.sky, [(sky_vbo, "2f", "in_xy")])
         self._meshes: dict[str, tuple] = {}      # key -> (vbo, texture)
         self._inst: dict[str, _InstanceBuffer] = {}
         self._sil_inst: dict[str, _InstanceBuffer] = {}
-        self._batch_vbo = None
+        self._batch_vbo: Any = None  # moderngl Buffer / VertexArrays of the batched primitives, made by set_batch
+        self._batch_vao: Any = None
+        self._batch_sil: Any = None
         self._batch_cap = 0
         self._batch_n = 0
 
@@ -299,6 +310,7 @@ class Renderer:
         self.ctx.release()
 
     def has_mesh(self, key: str) -> bool:
+        """Whether a mesh was uploaded under ``key``."""
         return key in self._meshes
 
     def add_mesh(self, key: str, mesh: Mesh) -> None:
@@ -322,14 +334,18 @@ class Renderer:
         self._sil_inst[key] = _InstanceBuffer()
 
     def set_batch(self, positions: np.ndarray, normals: np.ndarray, colors: np.ndarray, ids: np.ndarray) -> None:
-        """Upload this frame's batched primitives: ``(N, 3)`` camera-frame positions (three per
-        triangle), normals, RGB colours and ``(N,)`` instance ids; drawn with ``Draw("batch", ...)``."""
+        """Upload this frame's batched primitives.
+
+        Upload this frame's batched primitives: ``(N, 3)`` camera-frame positions (three per
+        triangle), normals, RGB colours and ``(N,)`` instance ids; drawn with ``Draw("batch", ...)``.
+        """
         n = len(positions)
         data = np.concatenate([positions, normals, colors, ids[:, None]], axis=1).astype("f4")
         if n > self._batch_cap:
             cap = max(4096, 2 * n)
             self._batch_vbo = self.ctx.buffer(reserve=cap * 40, dynamic=True)
-            self._batch_vao = self.ctx.vertex_array(self.batch_prog, [(self._batch_vbo, "3f 3f 3f 1f", "in_pos", "in_nrm", "in_col", "in_id")])
+            self._batch_vao = self.ctx.vertex_array(
+                self.batch_prog, [(self._batch_vbo, "3f 3f 3f 1f", "in_pos", "in_nrm", "in_col", "in_id")])
             self._batch_sil = self.ctx.vertex_array(self.sil_batch, [(self._batch_vbo, "3f 28x", "in_pos")])
             self._batch_cap = cap
         if n:
@@ -357,8 +373,11 @@ class Renderer:
 
     def render(self, draws: list[Draw], light_cam: np.ndarray, ambient: float, sky_top, sky_horizon,
                fog_color=(0.75, 0.8, 0.85), fog_density: float = 0.002) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Render draws; returns ``image (H, W, 3) uint8``, ``depth (H, W) float32`` camera z in
-        metres (inf where only sky), ``instance (H, W) int32``."""
+        """Render draws into colour, depth and instance images.
+
+        Render draws; returns ``image (H, W, 3) uint8``, ``depth (H, W) float32`` camera z in
+        metres (inf where only sky), ``instance (H, W) int32``.
+        """
         import moderngl
 
         ctx = self.ctx
@@ -368,10 +387,10 @@ class Renderer:
         ctx.depth_func = "<="
         self.fbo.clear(0.0, 0.0, 0.0, 1.0, depth=1.0)
         for prog in (self.prog, self.batch_prog):
-            prog["light"].value = tuple(float(v) for v in light_cam)
-            prog["ambient"].value = float(ambient)
-            prog["fog_color"].value = tuple(float(v) for v in fog_color)
-            prog["fog_density"].value = float(fog_density)
+            _uniform(prog, "light").value = tuple(float(v) for v in light_cam)
+            _uniform(prog, "ambient").value = float(ambient)
+            _uniform(prog, "fog_color").value = tuple(float(v) for v in fog_color)
+            _uniform(prog, "fog_density").value = float(fog_density)
         by_mesh: dict[str, list[Draw]] = {}
         for d in draws:
             if d.mesh_key == "batch":
@@ -392,14 +411,14 @@ class Renderer:
             ], axis=1)
             vao = self._instances(key, rows, sil=False)
             _, tex, _ = self._meshes[key]
-            self.prog["use_tex"].value = tex is not None
+            _uniform(self.prog, "use_tex").value = tex is not None
             if tex is not None:
                 tex.use(0)
-                self.prog["tex"].value = 0
+                _uniform(self.prog, "tex").value = 0
             vao.render(moderngl.TRIANGLES, instances=len(ds))
-        self.sky["top"].value = tuple(float(v) for v in sky_top)
-        self.sky["horizon"].value = tuple(float(v) for v in sky_horizon)
-        self.sky["v_horizon"].value = float(2 * (self.K[1, 2] + 0.5) / self.height - 1)
+        _uniform(self.sky, "top").value = tuple(float(v) for v in sky_top)
+        _uniform(self.sky, "horizon").value = tuple(float(v) for v in sky_horizon)
+        _uniform(self.sky, "v_horizon").value = float(2 * (self.K[1, 2] + 0.5) / self.height - 1)
         self.sky_vao.render(moderngl.TRIANGLES)
         W, H = self.width, self.height
         img = np.frombuffer(self.fbo.read(components=3, attachment=0), np.uint8).reshape(H, W, 3)
@@ -408,7 +427,9 @@ class Renderer:
         return img, depth, inst
 
     def silhouettes(self, groups: list[list[Draw]], rects: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
-        """Full (unoccluded) masks of each group of draws inside its pixel rect ``(x0, y0, x1, y1)``
+        """Unoccluded masks of groups of draws inside their pixel rects.
+
+        Full (unoccluded) masks of each group of draws inside its pixel rect ``(x0, y0, x1, y1)``
         (exclusive end); returns one bool array ``(y1 - y0, x1 - x0)`` per group.
 
         Rects are packed into shelves of an atlas framebuffer; every draw is shifted to its tile
@@ -453,8 +474,8 @@ class Renderer:
                 tile = (tx, ty, tx + x1 - x0, ty + y1 - y0)
                 for d in groups[k]:
                     if d.mesh_key == "batch":
-                        self.sil_batch["shift"].value = tuple(float(v) for v in shift)
-                        self.sil_batch["tile"].value = tuple(float(v) for v in tile)
+                        _uniform(self.sil_batch, "shift").value = tuple(float(v) for v in shift)
+                        _uniform(self.sil_batch, "tile").value = tuple(float(v) for v in tile)
                         self._batch_sil.render(moderngl.TRIANGLES, vertices=d.count, first=d.first)
                     else:
                         T = np.asarray(d.T_cam_model, np.float64)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ba_perception.data.world.config import WorldConfig
 from ba_perception.data.world import meshes as M
+from ba_perception.data.world.config import WorldConfig
 
 CAR_SIZE_RANGE = ((0.95, 1.3), (1.0, 1.15), (0.95, 1.15))  # per-axis scale of the meshes (l, w, h)
 PED_SIZE = np.array([0.8, 0.6, 1.75])
@@ -114,6 +115,7 @@ class Scene:
     sky_horizon: np.ndarray
 
     def s_at(self, agent: Agent, t: np.ndarray) -> np.ndarray:
+        """Arc length of ``agent`` along the road at times ``t`` (interpolated), metres."""
         return np.interp(t, self.t_grid, agent.s_t)
 
     def agent_pose_odom(self, agent: Agent, t: float) -> np.ndarray:
@@ -121,7 +123,7 @@ class Scene:
         x, y, yaw = self._planar(agent, t)
         T = np.eye(4)
         c, s = math.cos(yaw), math.sin(yaw)
-        T[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
+        T[:3, :3] = [[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]
         T[:3, 3] = [x, y, agent.size[2] / 2]
         return T
 
@@ -244,7 +246,9 @@ def _speed_profile(rng: np.random.Generator, t: np.ndarray, v_range: tuple[float
 
 def _follow(t: np.ndarray, members: list[tuple[Agent, np.ndarray, int]], lane_width: float,
             crossers: list[Agent] | None = None, dt_sim: float = 0.05) -> None:
-    """Car following (IDM) along the road: rewrites ``s_t`` of same-direction movers so nobody
+    """Car following (IDM) of movers along the road.
+
+    Car following (IDM) along the road: rewrites ``s_t`` of same-direction movers so nobody
     drives through the vehicle ahead in its lane (lane changers count in both lanes), and movers
     stop for crossing pedestrians that are in or next to their lane.
 
@@ -333,7 +337,8 @@ def _road(rng: np.random.Generator, length: float, p: _PresetParams, s_start: fl
     return Road(s, x, y, heading, p.lane_width, p.lanes, p.parking, p.sidewalk)
 
 
-def _strip(road: Road, d0: float, d1: float, z: float, color, s_lo: float | None = None, s_hi: float | None = None, step: int = 2) -> M.Mesh:
+def _strip(road: Road, d0: float, d1: float, z: float, color, s_lo: float | None = None, s_hi: float | None = None,
+           step: int = 2) -> M.Mesh:
     """Flat quad strip between lateral offsets d0 < d1 at height z."""
     idx = np.arange(0, len(road.s), step)
     if s_lo is not None:
@@ -349,28 +354,23 @@ def _strip(road: Road, d0: float, d1: float, z: float, color, s_lo: float | None
         np.stack([A[:-1], A[1:], B[1:]], 1), np.stack([A[:-1], B[1:], B[:-1]], 1)
     ]).reshape(-1, 3)
     n = len(tris)
-    return M.Mesh(tris.astype(np.float32), np.tile(np.float32([0, 0, 1]), (n, 1)),
+    return M.Mesh(tris.astype(np.float32), np.tile(np.array([0, 0, 1], np.float32), (n, 1)),
                   np.zeros((n, 2), np.float32), np.tile(np.asarray(color, np.float32), (n, 1)))
 
 
 def _place(mesh: M.Mesh, x: float, y: float, yaw: float, z: float = 0.0) -> M.Mesh:
     T = np.eye(4)
     c, s = math.cos(yaw), math.sin(yaw)
-    T[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
+    T[:3, :3] = [[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]
     T[:3, 3] = [x, y, z]
     return M.transformed(mesh, T)
 
 
-def _scenery(rng: np.random.Generator, road: Road, p: _PresetParams, preset: str) -> M.Mesh:
+def _road_markings(road: Road, preset: str) -> list[M.Mesh]:
+    """Lane markings: solid edge lines, dashed lane separators, the centre line and (parking lot) bay lines."""
     parts: list[M.Mesh] = []
-    lw, n = road.lane_width, road.lanes
-    asphalt = np.array([0.33, 0.33, 0.35]) * rng.uniform(0.85, 1.15)
-    grass = np.array([0.30, 0.42, 0.22]) * rng.uniform(0.8, 1.1)
-    # Ground far around the road, slightly below it.
-    parts.append(_strip(road, -400, 400, -0.02, grass, step=10))
-    parts.append(_strip(road, -road.edge, road.edge, 0.0, asphalt))
     white, yellow = (0.92, 0.92, 0.9), (0.9, 0.75, 0.15)
-    # Lane markings: solid edge lines, dashed lane separators, centre line.
+    lw, n = road.lane_width, road.lanes
     for sgn in (-1, 1):
         e = sgn * n * lw
         parts.append(_strip(road, min(e, e - sgn * 0.15), max(e, e - sgn * 0.15), 0.01, white))
@@ -389,38 +389,33 @@ def _scenery(rng: np.random.Generator, road: Road, p: _PresetParams, preset: str
             for s0 in np.arange(road.s[0], road.s[-1], 2.9):
                 x, y, h = road.pose(np.array([s0]), np.array([sgn * (n * lw + road.parking / 2)]))
                 parts.append(_place(M.box_mesh((0.12, road.parking, 0.02), color=white), x[0], y[0], h[0]))
-    # Sidewalks (raised 15 cm) and kerbs.
-    sidewalk = np.array([0.62, 0.6, 0.57]) * rng.uniform(0.9, 1.1)
-    if p.sidewalk > 0:
-        for sgn in (-1, 1):
-            a, b = sgn * road.edge, sgn * (road.edge + p.sidewalk)
-            parts.append(_strip(road, min(a, b), max(a, b), 0.15, sidewalk))
-            kerb = _strip(road, min(a, a + sgn * 0.01), max(a, a + sgn * 0.01), 0.15, sidewalk)
-            parts.append(kerb)
-    # Barrier on the highway median, guard posts.
-    if preset == "highway":
-        for s0 in np.arange(road.s[0], road.s[-1] - 6, 6.0):
-            x, y, h = road.pose(np.array([s0 + 3]), np.array([0.0]))
-            parts.append(_place(M.box_mesh((6.0, 0.4, 0.8), (0, 0, 0.4), (0.7, 0.7, 0.68)), x[0], y[0], h[0]))
-    outer = road.edge + p.sidewalk
-    # Buildings behind the sidewalk.
-    if p.buildings:
-        for sgn in (-1, 1):
-            s0 = road.s[0]
-            while s0 < road.s[-1]:
-                length = rng.uniform(8, 25)
-                depth = rng.uniform(8, 15)
-                height = rng.uniform(5, 22)
-                setback = rng.uniform(0.5, 4)
-                d = sgn * (outer + setback + depth / 2)
-                x, y, h = road.pose(np.array([s0 + length / 2]), np.array([d]))
-                col = rng.uniform(0.35, 0.85, 3) * np.array([1.0, 0.95, 0.9])
-                parts.append(_place(M.box_mesh((length, depth, height), (0, 0, height / 2), col), x[0], y[0], h[0]))
-                # Windows: a darker band per floor on the facade facing the road.
-                for fl in np.arange(2.5, height - 1.0, 3.2):
-                    parts.append(_place(M.box_mesh((length * 0.85, depth + 0.06, 1.2), (0, 0, fl + 0.6), col * 0.35), x[0], y[0], h[0]))
-                s0 += length + rng.uniform(0.5, 6)
-    # Trees and poles.
+    return parts
+
+
+def _buildings(rng: np.random.Generator, road: Road, outer: float) -> list[M.Mesh]:
+    """Buildings on both sides, ``outer`` metres (lateral) from the centre line and beyond, with a window band per floor."""
+    parts: list[M.Mesh] = []
+    for sgn in (-1, 1):
+        s0 = road.s[0]
+        while s0 < road.s[-1]:
+            length = rng.uniform(8, 25)
+            depth = rng.uniform(8, 15)
+            height = rng.uniform(5, 22)
+            setback = rng.uniform(0.5, 4)
+            d = sgn * (outer + setback + depth / 2)
+            x, y, h = road.pose(np.array([s0 + length / 2]), np.array([d]))
+            col = rng.uniform(0.35, 0.85, 3) * np.array([1.0, 0.95, 0.9])
+            parts.append(_place(M.box_mesh((length, depth, height), (0, 0, height / 2), col), x[0], y[0], h[0]))
+            # Windows: a darker band per floor on the facade facing the road.
+            for fl in np.arange(2.5, height - 1.0, 3.2):
+                parts.append(_place(M.box_mesh((length * 0.85, depth + 0.06, 1.2), (0, 0, fl + 0.6), col * 0.35), x[0], y[0], h[0]))
+            s0 += length + rng.uniform(0.5, 6)
+    return parts
+
+
+def _trees_and_poles(rng: np.random.Generator, road: Road, p: _PresetParams, outer: float) -> list[M.Mesh]:
+    """Trees (behind the sidewalk or in the open) and lamp poles along both road edges."""
+    parts: list[M.Mesh] = []
     n_trees = int(p.trees_per_100m * (road.s[-1] - road.s[0]) / 100)
     trunk = M.cylinder_mesh(0.15, 2.5, 6, (0.35, 0.25, 0.15))
     for _ in range(n_trees):
@@ -438,6 +433,34 @@ def _scenery(rng: np.random.Generator, road: Road, p: _PresetParams, preset: str
             x, y, h = road.pose(np.array([s0]), np.array([sgn * (outer + 0.3)]))
             parts.append(_place(pole, x[0], y[0], 0.0))
             parts.append(_place(M.box_mesh((0.2, 1.6, 0.12), (0, -sgn * 0.8, 7.0), (0.5, 0.5, 0.52)), x[0], y[0], h[0]))
+    return parts
+
+
+def _scenery(rng: np.random.Generator, road: Road, p: _PresetParams, preset: str) -> M.Mesh:
+    parts: list[M.Mesh] = []
+    asphalt = np.array([0.33, 0.33, 0.35]) * rng.uniform(0.85, 1.15)
+    grass = np.array([0.30, 0.42, 0.22]) * rng.uniform(0.8, 1.1)
+    # Ground far around the road, slightly below it.
+    parts.append(_strip(road, -400, 400, -0.02, grass, step=10))
+    parts.append(_strip(road, -road.edge, road.edge, 0.0, asphalt))
+    parts += _road_markings(road, preset)
+    # Sidewalks (raised 15 cm) and kerbs.
+    sidewalk = np.array([0.62, 0.6, 0.57]) * rng.uniform(0.9, 1.1)
+    if p.sidewalk > 0:
+        for sgn in (-1, 1):
+            a, b = sgn * road.edge, sgn * (road.edge + p.sidewalk)
+            parts.append(_strip(road, min(a, b), max(a, b), 0.15, sidewalk))
+            kerb = _strip(road, min(a, a + sgn * 0.01), max(a, a + sgn * 0.01), 0.15, sidewalk)
+            parts.append(kerb)
+    # Barrier on the highway median, guard posts.
+    if preset == "highway":
+        for s0 in np.arange(road.s[0], road.s[-1] - 6, 6.0):
+            x, y, h = road.pose(np.array([s0 + 3]), np.array([0.0]))
+            parts.append(_place(M.box_mesh((6.0, 0.4, 0.8), (0, 0, 0.4), (0.7, 0.7, 0.68)), x[0], y[0], h[0]))
+    outer = road.edge + p.sidewalk
+    if p.buildings:  # behind the sidewalk
+        parts += _buildings(rng, road, outer)
+    parts += _trees_and_poles(rng, road, p, outer)
     # Reverse: objects above the road first, then markings, asphalt, ground, so that the depth
     # test rejects hidden layers before shading (the renderer draws in buffer order).
     return M.merge(parts[::-1])
@@ -469,6 +492,81 @@ def _car_look(rng: np.random.Generator, allow_box: bool = False) -> tuple[str, n
     size = (hi - lo).astype(np.float64) * scale
     color = _PAINTS[int(rng.integers(len(_PAINTS)))] * rng.uniform(0.85, 1.1)
     return model, size, scale, np.clip(color, 0, 1)
+
+
+CarLook = Callable[[np.random.Generator], tuple[str, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _moving_cars(rng: np.random.Generator, t: np.ndarray, dt: float, p: _PresetParams, span: tuple[float, float],
+                 ego_d: float, rate: float | None, car_look: CarLook, agents: list[Agent],
+                 movers: list[tuple[Agent, np.ndarray, int]]) -> None:
+    """Add moving cars in every lane (both directions with oncoming traffic) to ``agents`` and ``movers``.
+
+    Args:
+        span: ``(lo, hi)`` arc length range they start in, metres.
+        ego_d: the ego's lateral offset (no car starts on top of it).
+        rate: world v3 stops per minute of the preset (traffic stops at half of it); None: world v2 stops.
+    """
+    lo, hi = span
+    for direction in ((1, -1) if p.oncoming else (1,)):
+        for lane in range(p.lanes):
+            d = -direction * (lane + 0.5) * p.lane_width
+            pos = lo + rng.uniform(0, p.traffic_gap[1])
+            while pos < hi:
+                if not (direction > 0 and abs(d - ego_d) < 0.1 and abs(pos) < 12):
+                    model, size, scale, color = car_look(rng)
+                    if rate is not None:  # world v3
+                        v = _speed_profile(rng, t, p.traffic_speed, 0, 0.5 * rate)
+                    else:
+                        v = _speed_profile(rng, t, p.traffic_speed, 1 if (p.stops and rng.random() < 0.3) else 0)
+                    a = Agent(len(agents) + 1, "car", model, size, scale, color, np.full_like(t, pos), d,
+                              yaw_offset=0.0 if direction > 0 else math.pi, phase0=0.0)
+                    movers.append((a, v, direction))
+                    if p.lanes > 1 and rng.random() < p.cut_in_prob:
+                        k2 = lane + 1 if lane == 0 else (lane - 1 if lane == p.lanes - 1 else lane + int(rng.choice([-1, 1])))
+                        a.d1 = -direction * (k2 + 0.5) * p.lane_width
+                        a.dist_change = rng.uniform(0.0, 0.7) * float(_integrate(0.0, v, dt)[-1])
+                        a.change_len = rng.uniform(20.0, 45.0)
+                    agents.append(a)
+                pos += rng.uniform(*p.traffic_gap) + 5
+
+
+def _parked_cars(rng: np.random.Generator, t: np.ndarray, p: _PresetParams, span: tuple[float, float],
+                 car_look: CarLook, agents: list[Agent]) -> None:
+    """Add parked cars (parallel or perpendicular) on both sides, arc length in ``span`` (metres), to ``agents``."""
+    lo, hi = span
+    for sgn in (-1, 1):
+        pos = lo + rng.uniform(0, 5)
+        while pos < hi:
+            if rng.random() < (0.85 if p.perpendicular_parking else 0.75):
+                model, size, scale, color = car_look(rng)
+                if p.perpendicular_parking:
+                    d = sgn * (p.lanes * p.lane_width + p.parking / 2 + rng.uniform(-0.2, 0.2))
+                    yaw = sgn * math.pi / 2 + (math.pi if rng.random() < 0.5 else 0.0) + rng.uniform(-0.06, 0.06)
+                else:
+                    d = sgn * (p.lanes * p.lane_width + p.parking / 2 + rng.uniform(-0.15, 0.1))
+                    yaw = (0.0 if sgn < 0 else math.pi) + rng.uniform(-0.05, 0.05)
+                agents.append(Agent(len(agents) + 1, "car", model, size, scale, color, np.full_like(t, pos), d,
+                                    yaw_offset=yaw, follow_motion=False))
+            pos += rng.uniform(*p.parked_gap) if not p.perpendicular_parking else p.parked_gap[0]
+
+
+def _drop_overlapping(movers: list[tuple[Agent, np.ndarray, int]], agents: list[Agent],
+                      lane_width: float) -> tuple[list[tuple[Agent, np.ndarray, int]], list[Agent]]:
+    """Drop the movers that start overlapping an earlier one in their lane; the movers and agents kept."""
+    kept: list[tuple[Agent, np.ndarray, int]] = []
+    for m in movers:
+        a = m[0]
+        clash = any(
+            k[2] == m[2] and abs(k[0].d0 - a.d0) < 0.75 * lane_width
+            and abs(k[0].s_t[0] - a.s_t[0]) < (k[0].size[0] + a.size[0]) / 2 + 2.0
+            for k in kept
+        )
+        if clash:
+            agents = [x for x in agents if x is not a]
+        else:
+            kept.append(m)
+    return kept, agents
 
 
 def generate(cfg: WorldConfig) -> Scene:
@@ -508,44 +606,9 @@ def generate(cfg: WorldConfig) -> Scene:
     def new_id() -> int:
         return len(agents) + 1
 
-    # Moving cars in every lane, both directions.
-    for direction in ((1, -1) if p.oncoming else (1,)):
-        for lane in range(p.lanes):
-            d = -direction * (lane + 0.5) * p.lane_width
-            pos = lo + rng.uniform(0, p.traffic_gap[1])
-            while pos < hi:
-                if not (direction > 0 and abs(d - ego_d) < 0.1 and abs(pos) < 12):
-                    model, size, scale, color = car_look(rng)
-                    if v3:
-                        v = _speed_profile(rng, t, p.traffic_speed, 0, 0.5 * rate)
-                    else:
-                        v = _speed_profile(rng, t, p.traffic_speed, 1 if (p.stops and rng.random() < 0.3) else 0)
-                    a = Agent(new_id(), "car", model, size, scale, color, np.full_like(t, pos), d,
-                              yaw_offset=0.0 if direction > 0 else math.pi, phase0=0.0)
-                    movers.append((a, v, direction))
-                    if p.lanes > 1 and rng.random() < p.cut_in_prob:
-                        k2 = lane + 1 if lane == 0 else (lane - 1 if lane == p.lanes - 1 else lane + int(rng.choice([-1, 1])))
-                        a.d1 = -direction * (k2 + 0.5) * p.lane_width
-                        a.dist_change = rng.uniform(0.0, 0.7) * float(_integrate(0.0, v, dt)[-1])
-                        a.change_len = rng.uniform(20.0, 45.0)
-                    agents.append(a)
-                pos += rng.uniform(*p.traffic_gap) + 5
-    # Parked cars.
+    _moving_cars(rng, t, dt, p, (lo, hi), ego_d, rate, car_look, agents, movers)
     if p.parked_gap[1] > 0:
-        for sgn in (-1, 1):
-            pos = lo + rng.uniform(0, 5)
-            while pos < hi:
-                if rng.random() < (0.85 if p.perpendicular_parking else 0.75):
-                    model, size, scale, color = car_look(rng)
-                    if p.perpendicular_parking:
-                        d = sgn * (p.lanes * p.lane_width + p.parking / 2 + rng.uniform(-0.2, 0.2))
-                        yaw = sgn * math.pi / 2 + (math.pi if rng.random() < 0.5 else 0.0) + rng.uniform(-0.06, 0.06)
-                    else:
-                        d = sgn * (p.lanes * p.lane_width + p.parking / 2 + rng.uniform(-0.15, 0.1))
-                        yaw = (0.0 if sgn < 0 else math.pi) + rng.uniform(-0.05, 0.05)
-                    agents.append(Agent(new_id(), "car", model, size, scale, color, np.full_like(t, pos), d,
-                                        yaw_offset=yaw, follow_motion=False))
-                pos += rng.uniform(*p.parked_gap) if not p.perpendicular_parking else p.parked_gap[0]
+        _parked_cars(rng, t, p, (lo, hi), car_look, agents)
     span = hi - lo
     # Pedestrians walking along sidewalks (or between parked rows).
     walk_d = p.lanes * p.lane_width + p.parking + max(p.sidewalk, 1.0) / 2
@@ -582,18 +645,7 @@ def generate(cfg: WorldConfig) -> Scene:
                             yaw_offset=0.0 if direction > 0 else math.pi, phase0=rng.uniform(0, 2 * math.pi)))
         movers.append((agents[-1], v, direction))
     # Drop movers that start overlapping another mover in their lane, then simulate following.
-    kept: list[tuple[Agent, np.ndarray, int]] = []
-    for m in movers:
-        a = m[0]
-        clash = any(
-            k[2] == m[2] and abs(k[0].d0 - a.d0) < 0.75 * p.lane_width
-            and abs(k[0].s_t[0] - a.s_t[0]) < (k[0].size[0] + a.size[0]) / 2 + 2.0
-            for k in kept
-        )
-        if clash:
-            agents = [x for x in agents if x is not a]
-        else:
-            kept.append(m)
+    kept, agents = _drop_overlapping(movers, agents, p.lane_width)
     _follow(t, kept, p.lane_width, crossers)
     sun_az, sun_el = rng.uniform(0, 2 * math.pi), rng.uniform(0.25, 1.2)
     light = np.array([math.cos(sun_el) * math.cos(sun_az), math.cos(sun_el) * math.sin(sun_az), math.sin(sun_el)])
@@ -614,7 +666,7 @@ def _part(x: float, y: float, z: float, size, color, pitch: float = 0.0, pivot_t
     """Box part centred at (x, y, z) (or hanging from it when ``pivot_top``), pitched about y."""
     T = np.eye(4)
     c, s = math.cos(pitch), math.sin(pitch)
-    T[:3, :3] = [[c, 0, s], [0, 1, 0], [-s, 0, c]]
+    T[:3, :3] = [[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]]
     off = np.array([0.0, 0.0, -size[2] / 2]) if pivot_top else np.zeros(3)
     T[:3, 3] = np.array([x, y, z]) + T[:3, :3] @ off
     return T, np.asarray(size, np.float64), np.asarray(color, np.float64), rigid

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -79,7 +79,8 @@ class GroundTruth:
         return int(hits[0])
 
     @staticmethod
-    def empty() -> "GroundTruth":
+    def empty() -> GroundTruth:
+        """Ground truth of a frame without objects."""
         z = np.zeros
         return GroundTruth(z(0, np.int64), [], z((0, 3)), z((0, 4, 4)), z((0, 3)), z(0), z((0, 4, 4)), z((0, 3)),
                            z(0), z((0, 3)), z((0, 4)), z((0, 4)), z((0, 4)), z(0), z(0), z(0, np.int64), z(0, np.int64))
@@ -118,8 +119,11 @@ class WorldFrame:
 
 
 def mounting_rotation(pitch_deg: float, roll_deg: float) -> np.ndarray:
-    """Rotation ``(3, 3)`` of the camera body (x fwd, y left, z up) in base_link: ``R = R_y(pitch) @ R_x(roll)``,
-    the REP-103 roll / pitch of ``camera_extrinsics`` (positive pitch looks down, positive roll lowers the right side)."""
+    """Rotation of the camera body in base_link from mounting pitch and roll.
+
+    Rotation ``(3, 3)`` of the camera body (x fwd, y left, z up) in base_link: ``R = R_y(pitch) @ R_x(roll)``,
+    the REP-103 roll / pitch of ``camera_extrinsics`` (positive pitch looks down, positive roll lowers the right side).
+    """
     p, r = math.radians(pitch_deg), math.radians(roll_deg)
     Ry = np.array([[math.cos(p), 0, math.sin(p)], [0, 1, 0], [-math.sin(p), 0, math.cos(p)]])
     Rx = np.array([[1, 0, 0], [0, math.cos(r), -math.sin(r)], [0, math.sin(r), math.cos(r)]])
@@ -176,9 +180,10 @@ class World:
             self.surface[a.track_id] = self._surface_points(a)
 
     def close(self) -> None:
+        """Release the renderer."""
         self.renderer.release()
 
-    def __enter__(self) -> "World":
+    def __enter__(self) -> World:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -382,8 +387,10 @@ class World:
         )
 
     def _postprocess(self, image: np.ndarray, index: int) -> np.ndarray:
-        """Optional exposure / white balance / vignetting, box blur and Gaussian sensor noise (OpenCV
-        RNG seeded per frame: deterministic)."""
+        """Apply exposure / white balance / vignetting, box blur and Gaussian sensor noise.
+
+        All optional; the OpenCV RNG is seeded per frame, so the result is deterministic.
+        """
         cfg = self.cfg
         if cfg.exposure != 1.0 or tuple(cfg.white_balance) != (1.0, 1.0, 1.0) or cfg.vignetting > 0:
             if not hasattr(self, "_gain"):
@@ -404,7 +411,7 @@ class World:
         if cfg.noise_std > 0:
             cv2.setRNGSeed(int(np.random.default_rng([cfg.seed, index, 7]).integers(2**31 - 1)))
             noise = np.empty(img.shape, np.int16)
-            cv2.randn(noise, 0.0, float(cfg.noise_std))
+            cv2.randn(noise, 0.0, float(cfg.noise_std))  # type: ignore[call-overload]  # stub: arrays only; scalars apply to every channel
             img = np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
         return img if img is not image else image.copy()
 
