@@ -61,7 +61,8 @@ class ReconstructOptions:
             of the tracked points when at least ``refine_min_points`` matches, ``refine_min_inliers``
             of them RANSAC inliers (``refine_ransac_px``), agree within ``refine_max_deg``; the
             displacement keeps odometry's length and takes the images' direction when within
-            ``refine_max_dir_deg`` of odometry's. Removes most of a drifting odometry's rotation error.
+            ``refine_max_dir_deg`` of odometry's. Off by default: on clean odometry it costs accuracy
+            (movers and slow ego motion mislead the essential matrix); for drifting odometry. Removes most of a drifting odometry's rotation error.
         exclusive_corners: new corners only where exactly one box covers the pixel (ownership
             of pixels in overlapping boxes is ambiguous; tracked points may enter such regions).
     """
@@ -77,7 +78,7 @@ class ReconstructOptions:
     box_margin_px: float = 0.0
     lk_window: int = 15
     exclusive_corners: bool = False
-    refine_rotation: bool = True
+    refine_rotation: bool = False
     refine_min_points: int = 30
     refine_min_inliers: float = 0.6
     refine_max_deg: float = 2.0
