@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--odom-noise", type=float, nargs=2, metavar=("M", "DEG"), default=None,
                         help="add a random walk of M metres / DEG degrees per frame to the odometry (robustness test)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --odom-noise")
+    parser.add_argument("--refine-poses", action="store_true",
+                        help="refine odometry's frame-to-frame rotation / direction from the tracked points (noisy odometry)")
     parser.add_argument("--no-pictures", action="store_true", help="skip the BEV PNGs")
 
 
@@ -52,20 +54,21 @@ def _labels_for(bag: Path, spec: str, n_bags: int) -> Path | None:
 
 def label_bag(bag: Path, labels2d: Path | None, out: Path, max_frames: int | None = None,
               odom_noise: tuple[float, float] | None = None, seed: int = 0, pictures: bool = True,
-              name: str | None = None) -> dict:
+              name: str | None = None, refine_poses: bool = False) -> dict:
     """Pseudo-label one bag into ``out`` (see the module docstring); returns its manifest entry."""
     from tqdm import tqdm
 
     from ba_perception.pseudo.bag_input import read_labelled_bag
     from ba_perception.pseudo.labels import bev_picture, label_lines, object_record, write_json
     from ba_perception.pseudo.pipeline import label_sequence, track_views
+    from ba_perception.pseudo.reconstruct import ReconstructOptions
 
     name = name or bag.name
     t0 = time.perf_counter()
     frames, truth = read_labelled_bag(bag, labels2d, max_frames, odom_noise, seed)
     t_read = time.perf_counter() - t0
     with tqdm(total=len(frames), unit="frame", desc=f"pseudo-label {name}") as bar:
-        res = label_sequence(frames, progress=bar.update)
+        res = label_sequence(frames, ReconstructOptions(refine_rotation=refine_poses), progress=bar.update)
     views = track_views(frames)
     for sub in ("label_02", "objects", "points", "bev"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -97,6 +100,7 @@ def label_bag(bag: Path, labels2d: Path | None, out: Path, max_frames: int | Non
         "image_wh": list(frames[0].image.shape[1::-1]) if frames else None,
         "points": len(pc), "tracks_2d": len(views), "clusters": len(res.clusters), "fitted": len(res.boxes),
         "accepted": len(accepted), "odom_noise": list(odom_noise) if odom_noise else None, "seed": seed,
+        "refine_poses": refine_poses,
         "seconds": {"read": round(t_read, 2), **{k: round(v, 2) for k, v in res.seconds.items()}},
     }
 
@@ -136,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         labels = _labels_for(bag, args.labels2d, len(bags))
         try:
             entry = label_bag(bag, labels, out, args.max_frames, tuple(args.odom_noise) if args.odom_noise else None,
-                              args.seed, not args.no_pictures, name)
+                              args.seed, not args.no_pictures, name, args.refine_poses)
         except (BagInputError, BagError) as err:
             raise CommandError(str(err)) from err
         manifest["sequences"][name] = entry

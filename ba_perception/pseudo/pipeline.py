@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -70,8 +70,11 @@ def label_sequence(frames: list[LabelFrame], rec: ReconstructOptions | None = No
     t0 = time.perf_counter()
     pc = reconstruct(frames, rec, progress)
     t1 = time.perf_counter()
-    T_odom_cam = np.stack([fr.T_odom_cam for fr in frames])
+    given = np.stack([fr.T_odom_cam for fr in frames])
+    T_odom_cam = pc.T_odom_cam if pc.T_odom_cam is not None else given
     T_odom_base = np.stack([fr.T_odom_base if fr.T_odom_base is not None else np.eye(4) for fr in frames])
+    T_odom_base = T_odom_cam @ np.linalg.inv(given) @ T_odom_base  # the base moves with the refined camera
+    frames = [replace(fr, T_odom_cam=T_odom_cam[i], T_odom_base=T_odom_base[i]) for i, fr in enumerate(frames)]
     clusters = double_clustering(pc, T_odom_cam, T_odom_base, clu)
     t2 = time.perf_counter()
     views = track_views(frames)

@@ -57,6 +57,12 @@ class ReconstructOptions:
         epipolar_max_px: distance of a tracked point to its epipolar line (known relative pose).
         min_views: observations a point needs.  max_reproj_px: mean reprojection error bound.
         min_angle_deg: largest ray angle a point needs.  box_margin_px: boxes grown by this.
+        refine_rotation: replace odometry's frame-to-frame rotation by the essential-matrix rotation
+            of the tracked points when at least ``refine_min_points`` matches, ``refine_min_inliers``
+            of them RANSAC inliers (``refine_ransac_px``), agree within ``refine_max_deg``; the
+            displacement keeps odometry's length and takes the images' direction when within
+            ``refine_max_dir_deg`` of odometry's. Off by default: on clean odometry it costs accuracy
+            (movers and slow ego motion mislead the essential matrix); for drifting odometry. Removes most of a drifting odometry's rotation error.
         exclusive_corners: new corners only where exactly one box covers the pixel (ownership
             of pixels in overlapping boxes is ambiguous; tracked points may enter such regions).
     """
@@ -72,6 +78,12 @@ class ReconstructOptions:
     box_margin_px: float = 0.0
     lk_window: int = 15
     exclusive_corners: bool = False
+    refine_rotation: bool = False
+    refine_min_points: int = 30
+    refine_min_inliers: float = 0.6
+    refine_max_deg: float = 2.0
+    refine_ransac_px: float = 1.0
+    refine_max_dir_deg: float = 30.0
 
 
 @dataclass
@@ -84,6 +96,8 @@ class PointCloud:
         reproj_px: ``(P,)`` mean reprojection error, pixels.  angle_deg: ``(P,)`` largest ray angle.
         obs_point: ``(M,)`` point index of each observation.  obs_frame: ``(M,)`` frame index.
         obs_uv: ``(M, 2)`` pixel of each observation.
+        T_odom_cam: ``(F, 4, 4)`` the camera poses the points were triangulated with (odometry,
+            rotations refined when ``refine_rotation``); None: the frames' own.
     """
 
     xyz: np.ndarray
@@ -93,6 +107,7 @@ class PointCloud:
     obs_point: np.ndarray
     obs_frame: np.ndarray
     obs_uv: np.ndarray
+    T_odom_cam: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.xyz)
@@ -172,6 +187,7 @@ def track_features(frames: list[LabelFrame], opts: ReconstructOptions | None = N
     cur_feat = np.zeros(0, np.int64)
     cur_tid = np.zeros(0, np.int64)
     win = (opts.lk_window, opts.lk_window)
+    poses = np.stack([fr.T_odom_cam for fr in frames])
     for f, fr in enumerate(frames):
         img = fr.image
         gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
@@ -186,7 +202,12 @@ def track_features(frames: list[LabelFrame], opts: ReconstructOptions | None = N
             fb = np.linalg.norm(p0b.reshape(-1, 2) - cur_uv, axis=1)
             ok = (st.ravel() == 1) & (st_b.ravel() == 1) & (fb < opts.fb_max_px)
             ok &= (p1[:, 0] >= 0) & (p1[:, 0] <= W - 1) & (p1[:, 1] >= 0) & (p1[:, 1] <= H - 1)
-            Fm = fundamental_from_poses(frames[f - 1].K, frames[f - 1].T_odom_cam, fr.K, fr.T_odom_cam)
+            # odometry's relative pose, its rotation corrected from the tracked points when they agree
+            T_prev_cur = np.linalg.inv(frames[f - 1].T_odom_cam) @ fr.T_odom_cam
+            if opts.refine_rotation and ok.sum() >= opts.refine_min_points:
+                T_prev_cur = _refine_rotation(cur_uv[ok], p1[ok], frames[f - 1].K, fr.K, T_prev_cur, opts)
+            poses[f] = poses[f - 1] @ T_prev_cur
+            Fm = fundamental_from_poses(frames[f - 1].K, poses[f - 1], fr.K, poses[f])
             ok &= epipolar_distance(Fm, cur_uv.astype(np.float64), p1.astype(np.float64)) < opts.epipolar_max_px
             ok &= inside_own_box(p1.astype(np.float64), cur_tid, boxes, tid_of_box, opts.box_margin_px)
             cur_uv, cur_feat, cur_tid = p1[ok], cur_feat[ok], cur_tid[ok]
@@ -217,7 +238,37 @@ def track_features(frames: list[LabelFrame], opts: ReconstructOptions | None = N
             progress(1)
     cat = (lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape))
     return (cat(feats, 0).astype(np.int64), cat(frs, 0).astype(np.int64), cat(uvs, (0, 2)),
-            cat(tids, 0).astype(np.int64))
+            cat(tids, 0).astype(np.int64), poses)
+
+
+def _refine_rotation(uv_a: np.ndarray, uv_b: np.ndarray, K_a: np.ndarray, K_b: np.ndarray, T_a_b: np.ndarray,
+                     opts: ReconstructOptions) -> np.ndarray:
+    """``T_a_b`` with its rotation replaced by the essential-matrix (RANSAC) rotation of the matches, when that
+    rotation is within ``opts.refine_max_deg`` of odometry's and most matches are inliers; the camera
+    displacement stays odometry's (metric)."""
+    import cv2
+
+    Kinv_a, Kinv_b = np.linalg.inv(K_a), np.linalg.inv(K_b)
+    na = (np.c_[uv_a, np.ones(len(uv_a))] @ Kinv_a.T)[:, :2]
+    nb = (np.c_[uv_b, np.ones(len(uv_b))] @ Kinv_b.T)[:, :2]
+    thr = opts.refine_ransac_px / K_a[0, 0]
+    E, mask = cv2.findEssentialMat(na, nb, np.eye(3), method=cv2.RANSAC, prob=0.999, threshold=thr)
+    if E is None or E.shape != (3, 3) or mask is None or mask.mean() < opts.refine_min_inliers:
+        return T_a_b
+    _, R_b_a, t_b_a, _ = cv2.recoverPose(E, na, nb, np.eye(3), mask=mask)
+    R_a_b = R_b_a.T
+    dR = R_a_b @ T_a_b[:3, :3].T
+    ang = np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1, 1)))
+    if ang > opts.refine_max_deg:
+        return T_a_b
+    out = T_a_b.copy()
+    out[:3, :3] = R_a_b
+    step = np.linalg.norm(T_a_b[:3, 3])
+    c = -(R_a_b @ t_b_a.ravel())  # camera b's centre in a, up to scale
+    c /= max(np.linalg.norm(c), 1e-12)
+    if step > 0 and float(c @ T_a_b[:3, 3]) / step > np.cos(np.radians(opts.refine_max_dir_deg)):
+        out[:3, 3] = step * c  # direction from the images, length from odometry
+    return out
 
 
 def triangulate_tracks(obs_feat: np.ndarray, obs_uv: np.ndarray, P: np.ndarray, n_feat: int,
@@ -290,12 +341,12 @@ def reconstruct(frames: list[LabelFrame], opts: ReconstructOptions | None = None
     for i, fr in enumerate(frames):
         if not (np.isfinite(fr.K).all() and np.isfinite(fr.T_odom_cam).all()):
             raise ReconstructError(f"frame {i}: non-finite intrinsics or camera pose")
-    feat, frame, uv, tids = track_features(frames, opts, progress)
+    feat, frame, uv, tids, poses = track_features(frames, opts, progress)
     n_feat = len(tids)
     counts = np.bincount(feat, minlength=n_feat)
     keep = counts[feat] >= opts.min_views
     feat, frame, uv = feat[keep], frame[keep], uv[keep]
-    Pall = projection_matrices(frames)
+    Pall = np.stack([fr.K for fr in frames]) @ np.linalg.inv(poses)[:, :3]
     # two rounds: drop observations with a large error, then re-solve
     X, err = triangulate_tracks(feat, uv, Pall[frame], n_feat)
     good = err < 3 * opts.max_reproj_px
@@ -304,7 +355,7 @@ def reconstruct(frames: list[LabelFrame], opts: ReconstructOptions | None = None
     counts = np.bincount(feat, minlength=n_feat)
     mean_err = np.bincount(feat, weights=err, minlength=n_feat) / np.maximum(counts, 1)
     # largest ray angle: between the first and the last observation's camera centres
-    centres = np.stack([fr.T_odom_cam[:3, 3] for fr in frames])
+    centres = poses[:, :3, 3]
     first = np.full(n_feat, len(frames), np.int64)
     last = np.full(n_feat, -1, np.int64)
     np.minimum.at(first, feat, frame)
@@ -322,4 +373,4 @@ def reconstruct(frames: list[LabelFrame], opts: ReconstructOptions | None = None
     index[ok] = np.arange(int(ok.sum()))
     o = ok[feat]
     return PointCloud(xyz=X[ok], track_id=tids[ok], reproj_px=mean_err[ok], angle_deg=angle[ok],
-                      obs_point=index[feat[o]], obs_frame=frame[o], obs_uv=uv[o])
+                      obs_point=index[feat[o]], obs_frame=frame[o], obs_uv=uv[o], T_odom_cam=poses)
