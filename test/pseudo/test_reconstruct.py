@@ -61,7 +61,7 @@ def test_box_of_pixels_prefers_the_nearer_box_where_boxes_overlap():
 def tiny_world():
     from ba_perception.data.world import WorldConfig, render_sequence
 
-    return list(render_sequence(WorldConfig(preset="urban", seed=101, width=621, height=188, n_frames=15)))
+    return list(render_sequence(WorldConfig(preset="residential", seed=101, width=621, height=188, n_frames=15)))
 
 
 def test_reconstruct_tiny_rendered_sequence_puts_static_points_on_their_objects(tiny_world):
