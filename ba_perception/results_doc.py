@@ -74,7 +74,8 @@ def _track_cell(d: dict[str, Any]) -> str:
 def _det_cell(d: dict[str, Any]) -> str:
     mode = next(m for m in ("horizon_band", "letterbox") if m in d)
     parts = []
-    for split, label in (("test", "seen rigs and car models"), ("test_cross", "unseen rigs and car models")):
+    for split, label in (("test", "in-distribution: the training rigs and car pool"),
+                         ("test_cross", "cross-domain: held-out rigs and car models")):
         m = d[mode].get(split, {}).get("all")
         if m is None:
             continue

@@ -32,7 +32,7 @@ from ba_perception.eval.detection_ap import (
     substitute_ground_truth,
     valid_gt,
 )
-from ba_perception.eval.results import json_safe
+from ba_perception.eval.results import json_safe, machine_info
 
 Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
@@ -331,7 +331,7 @@ def _run_world(args: argparse.Namespace, be) -> int:
         raise CommandError(str(err)) from err
     res.update({"model": str(args.model), "backend": be.name, "world_version": version, "splits": names,
                 "sequences": {n: len(c) for n, c in splits.items()}, "frames_per_sequence": args.frames_per_sequence,
-                "frame_every": args.frame_every, "difficulty": args.difficulty})
+                "frame_every": args.frame_every, "difficulty": args.difficulty, "machine": machine_info()})
     print(f"detector {args.model} [{be.name}] on world {version} splits {', '.join(names)} "
           f"({', '.join(f'{n}: {len(c)} seq x {args.frames_per_sequence} frames' for n, c in splits.items())}; car, {args.difficulty}; "
           f"recall and depth at score >= {res['recall_score_threshold']:g}, 2D IoU >= 0.5)")
@@ -374,7 +374,7 @@ def run(args: argparse.Namespace) -> int:
     res = evaluate_on_split(lambda x: be(x), split, DecodeConfig(score_threshold=args.score_threshold, flip_test=not args.no_flip_test),
                             batch_size=1, difficulty=args.difficulty, diagnosis=args.diagnose)
     res.update({"model": str(model), "backend": be.name, "split": spec.__dict__ | {"presets": list(spec.presets)},
-                "frames": len(split)})
+                "frames": len(split), "machine": machine_info()})
     print(f"detector {model} [{be.name}] on world split {args.split!r} ({len(split)} frames, {args.difficulty})")
     rows = summary_rows(res) + (diagnosis_rows(res["diagnosis"]) if args.diagnose else [])
     width = max(len(r[0]) for r in rows)
