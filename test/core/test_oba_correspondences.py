@@ -143,6 +143,18 @@ def test_incremental_klt_follows_a_translating_texture_and_restarts_after_a_gap(
     assert klt.step(800, base, []) == {} and not klt._state  # a tracklet that disappeared is forgotten
 
 
+def test_klt_restarts_when_the_image_size_changes():
+    base = _texture()
+    klt = KltTracker(16)
+    box = np.array([80, 60, 240, 180], float)
+    klt.step(0, base, [_tracklet(7, [0], [box])])
+    small = np.ascontiguousarray(base[:48, :64])  # another camera mode: LK between the two would fail
+    out = klt.step(100, small, [_tracklet(7, [0, 100], [box, np.array([2, 2, 60, 40], float)])])
+    uv, mask = out[7]
+    assert not mask[0].any()  # nothing followed across the size change
+    assert klt._prev[1].shape == small.shape
+
+
 def test_shape_mismatch_is_reported():
     from ba_perception.core.oba.correspondences import CorrespondenceError
 

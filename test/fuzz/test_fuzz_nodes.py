@@ -296,11 +296,8 @@ def track_buffer_run():
     return problems
 
 
-OWNED = "owned by the track-buffer refactor"
-
-
 @pytest.mark.parametrize("prop", [
-    pytest.param("exception", marks=pytest.mark.xfail(strict=True, reason=OWNED)),  # KLT on images of another size
+    "exception",
     "accounting",
     "finite",
     "memory",

@@ -337,6 +337,8 @@ class KltTracker:
             ``{tracklet_id: (uv (F, K, 2), mask (F, K))}`` over each updated tracklet's window frames
             (the format :func:`~ba_perception.core.oba.refine.refine_tracklets` takes).
         """
+        if self._prev is not None and self._prev[1].shape != gray.shape:  # another image size: nothing to follow
+            self.reset()
         prev = self._prev
         live = {t.tracklet_id for t in tracks}
         self._state = {k: v for k, v in self._state.items() if k in live}
