@@ -83,7 +83,7 @@ def _tracks(bias: float, seed: int, moving_fraction: float, B: int = 8):
 
 
 def test_fusion_removes_a_15_percent_bias_of_a_static_object_and_moving_ones_follow_the_ground():
-    cfg = RefineConfig(correspondences="oracle", window=10)
+    cfg = RefineConfig(correspondences="oracle", window=10, depth_cues="all")
     for bias in (0.85, 1.15):
         tracks, z, speed = _tracks(bias, seed=1, moving_fraction=0.5)
         boxes = refine_tracklets(tracks, cfg)
@@ -103,5 +103,5 @@ def test_fusion_removes_a_15_percent_bias_of_a_static_object_and_moving_ones_fol
 def test_static_test_calls_a_static_object_static_under_a_15_percent_depth_bias():
     for bias in (0.85, 1.15):
         tracks, _, speed = _tracks(bias, seed=2, moving_fraction=0.0)
-        boxes = refine_tracklets(tracks, RefineConfig(correspondences="oracle", window=10))
+        boxes = refine_tracklets(tracks, RefineConfig(correspondences="oracle", window=10, depth_cues="all"))
         assert all(b.refined and b.is_static for b in boxes), [(b.reason, b.is_static) for b in boxes]

@@ -72,7 +72,9 @@ class RefineConfig:
         depth_cues: which depth sources set each tracklet's depth prior before the BA
             (:mod:`~ba_perception.core.oba.depth_cues`): ``detector`` (the detector's depth alone),
             ``ground`` (+ ground contact), ``triangulation`` (+ triangulation of static objects),
-            ``all``; cues: their uncertainties.
+            ``all``; cues: their uncertainties. The shipped ``detector`` keeps today's behaviour: with
+            an unbiased detector ``all`` made the depth worse on the world test split, while it removes
+            most of an injected detector bias (docs/experiments.md); ``all`` is for a detector on a new camera.
         solver: LM options (iterations, loss, yaw-only, ...).
         device, dtype: where the batch is solved.
         cuda_graph: on CUDA, replay each solve from a CUDA graph (batch padded to a multiple of 16;
@@ -100,7 +102,7 @@ class RefineConfig:
     scene_static: bool = False
     min_baseline_m: float = 0.05
     min_depth_m: float = 0.5
-    depth_cues: str = "all"
+    depth_cues: str = "detector"
     cues: DepthCueConfig = field(default_factory=DepthCueConfig)
     solver: SolverOptions = field(default_factory=SolverOptions)
     cuda_graph: bool = True
