@@ -37,11 +37,12 @@ import numpy as np
 import torch
 
 from ba_perception.core import geometry
+from ba_perception.core.oba.depth_cues import CUE_NAMES, DEPTH_CUES
 from ba_perception.core.oba.stage import TrackBufferConfig
 from ba_perception.eval.detection_ap import FrameBoxes, evaluate_ap
 from ba_perception.eval.results import json_safe, machine_info
 from ba_perception.eval.replay_metrics import gt_boxes
-from ba_perception.eval.world_pipeline import ObaVariant, SequenceData, WorldEvalError, load_split, run_track_buffer
+from ba_perception.eval.world_pipeline import ObaVariant, SequenceData, WorldEvalError, bias_depth, load_split, run_track_buffer
 
 VARIANTS: dict[str, ObaVariant | None] = {
     "single": None,
@@ -54,7 +55,8 @@ VARIANTS: dict[str, ObaVariant | None] = {
 }
 PARKED_MPS, MOVING_MPS = 0.05, 1.0
 RANGE_BINS_M = (0.0, 20.0, 40.0, math.inf)
-TRAVEL_BINS_M = (0.0, 1.0, 4.0, math.inf)
+TRAVEL_BINS_M = (0.0, 1.0, 3.0, math.inf)
+NEAR_M = 40.0  # "all cars within 40 m" of the depth-bias bars
 SPEED_BINS_MPS = (MOVING_MPS, 2.0, 4.0, 8.0, math.inf)
 
 
@@ -70,8 +72,8 @@ def evaluate_sequence(seq: SequenceData, variant: ObaVariant | None, config: Tra
     """Per-detection rows and AP inputs of one variant on one sequence.
 
     Returns:
-        ``{"rows": (N, 10) array [z_gt, z_single, z_out, num_frames, refined, is_static, gt_speed,
-        vel_err, moving_gt, ego_travel_m], "ap_frames": [(gt, pred)], "seconds": per-frame track buffer
+        ``{"rows": (N, 11) array [z_gt, z_single, z_out, num_frames, refined, is_static, gt_speed,
+        vel_err, moving_gt, ego_travel_m, depth_cue (index into CUE_NAMES, -1 none)], "ap_frames": [(gt, pred)], "seconds": per-frame track buffer
         times}``; ``ego_travel_m`` is the camera's travel over the row's last ``num_frames`` frames.
     """
     out = None if variant is None else run_track_buffer(seq, variant, config)
@@ -101,13 +103,13 @@ def evaluate_sequence(seq: SequenceData, variant: ObaVariant | None, config: Tra
             speed = float(np.linalg.norm(v_gt[:2]))
             if b is None:
                 rows.append([gt.center_cam[j, 2], obs[k].center_cam[2], obs[k].center_cam[2], 1, 0, 0, speed, math.nan,
-                             speed > MOVING_MPS, math.nan])
+                             speed > MOVING_MPS, math.nan, -1])
                 continue
             verr = float(np.linalg.norm((np.asarray(b.velocity_odom) - v_gt)[:2])) if b.refined else math.nan
             travel = float(np.linalg.norm(cam[-1] - cam[max(0, i + 1 - b.num_frames)]))
             rows.append([gt.center_cam[j, 2], obs[k].center_cam[2], b.center_cam[2], b.num_frames, b.refined, b.is_static,
-                         speed, verr, speed > MOVING_MPS, travel])
-    return {"rows": np.array(rows, np.float64).reshape(-1, 10), "ap_frames": ap_frames, "seconds": secs}
+                         speed, verr, speed > MOVING_MPS, travel, CUE_NAMES.index(b.depth_cue) if b.depth_cue else -1])
+    return {"rows": np.array(rows, np.float64).reshape(-1, 11), "ap_frames": ap_frames, "seconds": secs}
 
 
 def detector_depth_persistence(seqs: list[SequenceData], window: int, min_frames: int) -> dict:
@@ -185,7 +187,7 @@ def descriptor_match_quality(seqs: list[SequenceData], refine_cfg, good_m: float
 
 def summarize(rows: np.ndarray, ap_frames: list, seconds: list[float], min_frames: int, refined_variant: bool) -> dict:
     """The table's numbers of one variant from :func:`evaluate_sequence` outputs of every sequence."""
-    z, z1, zo, nf, ref, sta, speed, verr, moving, travel = rows.T if len(rows) else [np.zeros(0)] * 10
+    z, z1, zo, nf, ref, sta, speed, verr, moving, travel, cue = rows.T if len(rows) else [np.zeros(0)] * 11
     res: dict[str, Any] = {}
     sel = nf >= min_frames if refined_variant else np.ones(len(z), bool)
     e1, eo = np.abs(z1 - z)[sel], np.abs(zo - z)[sel]
@@ -201,6 +203,9 @@ def summarize(rows: np.ndarray, ap_frames: list, seconds: list[float], min_frame
     for name, m in (("parked", sel & (speed < PARKED_MPS)), ("moving", sel & (moving > 0))):
         res["depth"][name] = split(m)
     res["depth"]["by_range"] = {_bin_name(lo, hi): split(sel & (z >= lo) & (z < hi)) for lo, hi in zip(RANGE_BINS_M, RANGE_BINS_M[1:])}
+    res["signed"] = signed_depth(z, z1, zo, sel, speed, moving, travel)
+    res["depth_cue_share"] = {n: float((cue[sel & (ref > 0)] == i).mean()) if (sel & (ref > 0)).any() else math.nan
+                              for i, n in enumerate(CUE_NAMES)}
     res["depth"]["parked_by_ego_travel"] = {_bin_name(lo, hi): split(sel & (speed < PARKED_MPS) & (travel >= lo) & (travel < hi))
                                             for lo, hi in zip(TRAVEL_BINS_M, TRAVEL_BINS_M[1:])}
     if refined_variant:
@@ -227,6 +232,53 @@ def summarize(rows: np.ndarray, ap_frames: list, seconds: list[float], min_frame
     return res
 
 
+def signed_depth(z, z1, zo, sel, speed, moving, travel) -> dict:
+    """Median signed and absolute relative depth error (``z / z_gt - 1``) single-frame and published, by group.
+
+    Groups: all cars, cars within ``NEAR_M``, parked / moving, parked and all by camera travel over
+    the window, by range.
+    """
+    def stats(m: np.ndarray) -> dict:
+        r1, ro = (z1 / z - 1)[m], (zo / z - 1)[m]
+        f = lambda x: float(np.median(x)) if len(x) else math.nan  # noqa: E731
+        return {"count": int(m.sum()), "single_signed": f(r1), "out_signed": f(ro), "single_abs": f(np.abs(r1)),
+                "out_abs": f(np.abs(ro))}
+
+    parked = sel & (speed < PARKED_MPS)
+    out = {"all": stats(sel), f"within_{NEAR_M:g}m": stats(sel & (z < NEAR_M)), "parked": stats(parked),
+           "moving": stats(sel & (moving > 0))}
+    for lo, hi in zip(TRAVEL_BINS_M, TRAVEL_BINS_M[1:]):
+        out[f"parked_ego_{_bin_name(lo, hi)}"] = stats(parked & (travel >= lo) & (travel < hi))
+        out[f"moving_ego_{_bin_name(lo, hi)}"] = stats(sel & (moving > 0) & (travel >= lo) & (travel < hi))
+        out[f"all_ego_{_bin_name(lo, hi)}"] = stats(sel & (travel >= lo) & (travel < hi))
+    out[f"within_{NEAR_M:g}m_ego_>=3m"] = stats(sel & (z < NEAR_M) & (travel >= 3.0))
+    for lo, hi in zip(RANGE_BINS_M, RANGE_BINS_M[1:]):
+        out[f"z_{_bin_name(lo, hi)}"] = stats(sel & (z >= lo) & (z < hi))
+    return out
+
+
+def format_signed(results: dict[str, dict]) -> str:
+    """Median signed relative depth error single -> published (%), by group."""
+    groups = ["all", f"within_{NEAR_M:g}m", "parked", "parked_ego_>=3m", "parked_ego_1-3m", "parked_ego_0-1m", "moving",
+              f"within_{NEAR_M:g}m_ego_>=3m", "z_0-20m", "z_20-40m", "z_>=40m"]
+    head = f"{'variant':28s} " + " ".join(f"{g:>22s}" for g in groups)
+    lines = [head, "-" * len(head)]
+    for name, r in results.items():
+        cells = []
+        for g in groups:
+            d = r["signed"][g]
+            cells.append(f"{100 * d['single_signed']:+5.1f}->{100 * d['out_signed']:+5.1f} ({d['count']:5d})" if d["count"] else "n/a")
+        lines.append(f"{name:28s} " + " ".join(f"{c:>22s}" for c in cells))
+    lines.append("median |relative depth error| (%) single -> published:")
+    for name, r in results.items():
+        cells = []
+        for g in groups:
+            d = r["signed"][g]
+            cells.append(f"{100 * d['single_abs']:5.1f}->{100 * d['out_abs']:5.1f} ({d['count']:5d})" if d["count"] else "n/a")
+        lines.append(f"{name:28s} " + " ".join(f"{c:>22s}" for c in cells))
+    return "\n".join(lines)
+
+
 def _bin_name(lo: float, hi: float) -> str:
     return f"{lo:g}-{hi:g}m" if math.isfinite(hi) else f">={lo:g}m"
 
@@ -235,14 +287,14 @@ def format_breakdown(results: dict[str, dict]) -> str:
     """Median |dz| single -> out per range bin and, for parked cars, per camera travel over the window."""
     keys = [("by_range", k) for k in results[next(iter(results))]["depth"]["by_range"]]
     keys += [("parked_by_ego_travel", k) for k in results[next(iter(results))]["depth"]["parked_by_ego_travel"]]
-    head = f"{'variant':9s} " + " ".join(f"{('z ' if g == 'by_range' else 'parked, ego ') + k:>17s}" for g, k in keys)
+    head = f"{'variant':28s} " + " ".join(f"{('z ' if g == 'by_range' else 'parked, ego ') + k:>17s}" for g, k in keys)
     lines = [head, "-" * len(head)]
     for name, r in results.items():
         cells = []
         for g, k in keys:
             d = r["depth"][g][k]
             cells.append(f"{d['single_abs_median_m']:5.2f}->{d['out_abs_median_m']:5.2f} ({d['count']:4d})" if d["count"] else f"{'n/a':>17s}")
-        lines.append(f"{name:9s} " + " ".join(f"{c:>17s}" for c in cells))
+        lines.append(f"{name:28s} " + " ".join(f"{c:>17s}" for c in cells))
     return "\n".join(lines)
 
 
@@ -254,20 +306,20 @@ def format_motion_state(results: dict[str, dict]) -> str:
         if ms:
             cells = [f"parked, ego {k} {100 * v['correct']:.0f} % ({v['count']})" for k, v in ms["parked_by_ego_travel"].items()]
             cells += [f"moving {k} {100 * v['correct']:.0f} % ({v['count']})" for k, v in ms["moving_by_speed"].items()]
-            lines.append(f"{name:9s} " + ", ".join(cells).replace("nan %", "n/a"))
+            lines.append(f"{name:28s} " + ", ".join(cells).replace("nan %", "n/a"))
     return "\n".join(lines)
 
 
 def format_rows(results: dict[str, dict]) -> str:
     """The ablation table."""
-    head = (f"{'variant':9s} {'n':>6s} {'|dz| single':>11s} {'|dz| out':>9s} {'reduct.':>8s} {'static/mov':>10s} "
+    head = (f"{'variant':28s} {'n':>6s} {'|dz| single':>11s} {'|dz| out':>9s} {'reduct.':>8s} {'static/mov':>10s} "
             f"{'vel err':>8s} {'AP3D.5':>7s} {'AP3D.7':>7s} {'ms/frame':>8s}")
     lines = [head, "-" * len(head)]
     for name, r in results.items():
         d = r["depth"]
         ms = r.get("motion_state", {}).get("accuracy", math.nan)
         ve = r.get("velocity", {}).get("error_median_mps", math.nan)
-        lines.append(f"{name:9s} {d['count']:6d} {d['single_abs_median_m']:10.2f}m {d['out_abs_median_m']:8.2f}m "
+        lines.append(f"{name:28s} {d['count']:6d} {d['single_abs_median_m']:10.2f}m {d['out_abs_median_m']:8.2f}m "
                      f"{100 * d['reduction']:7.1f}% {100 * ms:9.1f}% {ve:7.2f} {r['ap3d_r40@0.5']:7.1f} "
                      f"{r['ap3d_r40@0.7']:7.1f} {r['track_buffer_ms_p50']:8.1f}".replace("nan%", " n/a").replace(" nan", " n/a"))
     return "\n".join(lines)
@@ -277,6 +329,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI options of `ba-perception eval-oba`."""
     add_world_arguments(parser)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--depth-bias", default="1.0", help="comma-separated factors on the detector's depth (e.g. 0.85,1.0,1.15): "
+                        "each observation's centre moves along its ray, its depth std scales, before the track buffer")
+    parser.add_argument("--cues", default="", help=f"comma-separated depth_cues of the refined variants ({', '.join(DEPTH_CUES)}); "
+                        "default: the parameter file's")
     parser.add_argument("--min-frames", type=int, default=5, help="depth error counts detections whose tracklet spans this many frames")
     parser.add_argument("--out", default="out/eval/oba.json")
 
@@ -336,24 +392,43 @@ def run(args: argparse.Namespace) -> int:
     seqs, params_file = load_world(args)
     cfg = TrackBufferConfig.from_params(stage_params(args, params_file, "track_buffer_node"), args.device)
     tc, rc = cfg.tracklets, cfg.refine
+    from ba_perception.cli import CommandError
+
+    try:
+        biases = [float(b) for b in args.depth_bias.split(",") if b.strip()]
+    except ValueError as err:
+        raise CommandError(f"--depth-bias: comma-separated numbers, got {args.depth_bias!r}") from err
+    cues = [c.strip() for c in args.cues.split(",") if c.strip()] or [None]
+    if not biases or any(not b > 0 for b in biases) or any(c not in DEPTH_CUES for c in cues if c is not None):
+        raise CommandError(f"--depth-bias needs factors > 0 and --cues names from {DEPTH_CUES}")
     results: dict[str, dict] = {}
-    for name in args.variants:
-        t0 = time.perf_counter()
-        parts = [evaluate_sequence(s, VARIANTS[name], cfg, args.min_frames) for s in seqs]
-        results[name] = summarize(np.concatenate([p["rows"] for p in parts]), [f for p in parts for f in p["ap_frames"]],
-                                  [t for p in parts for t in p["seconds"]], args.min_frames, VARIANTS[name] is not None)
-        presets = sorted({s.name.rsplit("_", 1)[0] for s in seqs})
-        if len(presets) > 1:  # the gain depends on the scene (ego speed = baseline, share of parked cars)
-            results[name]["by_preset"] = {
-                pr: summarize(np.concatenate([p["rows"] for s, p in zip(seqs, parts) if s.name.startswith(pr + "_")]),
-                              [], [], args.min_frames, VARIANTS[name] is not None)["depth"] for pr in presets}
-        print(f"  {name}: {time.perf_counter() - t0:.1f} s")
+    for bias in biases:
+        bseqs = [bias_depth(s, bias) for s in seqs]
+        for name in args.variants:
+            base = VARIANTS[name]
+            for cue in cues if base is not None else [None]:
+                variant = None if base is None else ObaVariant(base.correspondences, base.scene_static, cue)
+                key = name + (f"|{cue}" if cue else "") + (f"|x{bias:g}" if len(biases) > 1 or bias != 1.0 else "")
+                t0 = time.perf_counter()
+                parts = [evaluate_sequence(s, variant, cfg, args.min_frames) for s in bseqs]
+                results[key] = summarize(np.concatenate([p["rows"] for p in parts]), [f for p in parts for f in p["ap_frames"]],
+                                         [t for p in parts for t in p["seconds"]], args.min_frames, variant is not None)
+                results[key]["depth_bias"], results[key]["depth_cues"] = bias, cue or rc.depth_cues
+                presets = sorted({s.name.rsplit("_", 1)[0] for s in seqs})
+                if len(presets) > 1:  # the gain depends on the scene (ego speed = baseline, share of parked cars)
+                    by = {pr: summarize(np.concatenate([p["rows"] for s, p in zip(seqs, parts) if s.name.startswith(pr + "_")]),
+                                        [], [], args.min_frames, variant is not None) for pr in presets}
+                    results[key]["by_preset"] = {pr: r["depth"] for pr, r in by.items()}
+                    results[key]["signed_by_preset"] = {pr: r["signed"] for pr, r in by.items()}
+                print(f"  {key}: {time.perf_counter() - t0:.1f} s", flush=True)
     print(f"object BA on world split {args.split!r} ({len(seqs)} sequences, {sum(len(s) for s in seqs)} frames), cars, "
           f"tracklets >= {args.min_frames} frames; window {rc.window} (static test {tc.window}), {rc.num_points} points, "
           f"{rc.solver.max_iterations} iterations, {str(rc.dtype).replace('torch.', '')}, {args.device}")
     print(format_rows(results))
     print("median |dz| (m) single -> refined (count), by range and, for parked cars, by camera travel over the window:")
     print(format_breakdown(results))
+    print("median signed relative depth error (%) single -> published (count), by group:")
+    print(format_signed(results))
     print("static/moving right, parked cars by camera travel over the window, moving cars by speed:")
     print(format_motion_state(results))
     dp = detector_depth_persistence(seqs, rc.window, args.min_frames)

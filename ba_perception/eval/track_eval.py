@@ -38,6 +38,7 @@ from ba_perception.eval.tracking_compare import VARIANTS as TRACKER_VARIANTS
 from ba_perception.eval.world_pipeline import (
     ObaVariant,
     SequenceData,
+    bias_depth,
     observations_to_detections,
     run_track_buffer,
     run_tracker,
@@ -153,6 +154,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--upstream", nargs="+", choices=UPSTREAMS, default=list(UPSTREAMS),
                         help="tracker input: object BA output (ba) or single-frame detections (none)")
+    parser.add_argument("--depth-bias", type=float, default=1.0, help="factor on the detector's depth before the track "
+                        "buffer and the single-frame upstream (as eval-oba --depth-bias)")
     parser.add_argument("--max-range", type=float, default=60.0, help="ground truth and tracks within this camera z, m")
     parser.add_argument("--kitti-gt", type=Path, default=None, help="score KITTI tracking files: folder of label <seq>.txt")
     parser.add_argument("--kitti-results", type=Path, default=None, help="folder of result <seq>.txt (with --kitti-gt)")
@@ -173,12 +176,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"KITTI tracking files {args.kitti_results} vs {args.kitti_gt}")
     else:
         seqs, params_file = load_world(args)
+        if not args.depth_bias > 0:
+            raise CommandError(f"--depth-bias must be > 0, got {args.depth_bias}")
+        seqs = [bias_depth(s, args.depth_bias) for s in seqs]
         cfg = TrackBufferConfig.from_params(stage_params(args, params_file, "track_buffer_node"), args.device)
         base = TrackerConfig.from_params(stage_params(args, params_file, "tracker_node"))
         rows = evaluate_world(seqs, base, cfg, args.methods, args.upstream, args.max_range, args.write_kitti)
         meta |= {"split": args.split, "presets": args.presets, "sequences": [s.name for s in seqs],
                  "frames": sum(len(s) for s in seqs), "max_range_m": args.max_range, "params_file": str(params_file),
-                 "model": args.model}
+                 "model": args.model, "depth_bias": args.depth_bias}
         print(f"tracking on world split {args.split!r} ({len(seqs)} sequences, {meta['frames']} frames, "
               f"GT within {args.max_range:.0f} m)")
     print_tables(rows)

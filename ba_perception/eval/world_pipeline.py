@@ -240,6 +240,20 @@ def load_split(split: str, presets: Sequence[str] | None, sequences: int | None,
     return [prepare_sequence(c, det, mh, cache_dir, log) for c in cfgs]
 
 
+def bias_depth(seq: SequenceData, factor: float) -> SequenceData:
+    """The sequence with the detector's depth scaled by ``factor`` (a detector biased as on another camera).
+
+    Every observation's centre moves along its viewing ray to ``factor`` times its distance and its
+    ``depth_std`` scales with it; the 2D box, orientation, size and feature samples stay. ``1`` returns
+    the sequence itself.
+    """
+    if factor == 1.0:
+        return seq
+    obs = [[replace(o, center_cam=np.asarray(o.center_cam, np.float64) * factor, depth_std=float(o.depth_std) * factor)
+            for o in frame] for frame in seq.observations]
+    return replace(seq, name=seq.name, observations=obs)
+
+
 # ------------------------------------------------------------------------------------------------
 # track buffer
 # ------------------------------------------------------------------------------------------------
@@ -250,10 +264,12 @@ class ObaVariant:
     Attributes:
         correspondences: ``descriptor`` (learned), ``orb``, ``klt``, ``oracle`` or ``none``.
         scene_static: one pose for all frames of every object (scene-level BA, no object motion).
+        depth_cues: the refinement's ``depth_cues`` (None: the configuration's).
     """
 
     correspondences: str = "descriptor"
     scene_static: bool = False
+    depth_cues: str | None = None
 
 
 @dataclass
@@ -318,6 +334,8 @@ def run_track_buffer(seq: SequenceData, variant: ObaVariant, config: TrackBuffer
     observations carry the true surface points' ids) and ``scene_static``.
     """
     rc = replace(config.refine, correspondences=variant.correspondences, scene_static=variant.scene_static)
+    if variant.depth_cues is not None:
+        rc = replace(rc, depth_cues=variant.depth_cues)
     orb = OrbPointTracker(seq, rc.num_points) if variant.correspondences == "orb" else None
     stage = TrackBufferStage(replace(config, refine=rc), point_tracker=orb)
     out = []

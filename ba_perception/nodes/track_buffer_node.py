@@ -22,6 +22,7 @@ import torch
 
 from ba_perception.core.ego_motion import EgoMotionError
 from ba_perception.core.geometry import valid_intrinsics
+from ba_perception.core.oba.depth_cues import DEPTH_CUES
 from ba_perception.core.oba.refine import RefinedBox, publishable_boxes
 from ba_perception.core.oba.stage import DTYPES, TrackBufferConfig, TrackBufferStage, dtype_name
 from ba_perception.core.oba.tracklets import Observation, observations_from_arrays
@@ -108,6 +109,10 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("static_track_noise_px", _R.static_track_noise_px, "point-track noise, px: static when the tracks "
                   "triangulate as fixed points to within 4x this; 0 = by correspondences (klt 0.1, descriptor 0.75; "
                   "raise for real cameras)", min=0.0),
+        ParamSpec("depth_cues", _R.depth_cues, "depth sources fused into each tracklet's depth before the BA: the "
+                  "detector's alone, + ground contact (camera mounting + road plane odom z=0), + triangulation of "
+                  "static objects over the ego motion, or all (diagnostics count the dominant cue: depth_cue.<name>)",
+                  choices=DEPTH_CUES),
         ParamSpec("static_depth_log_std", _R.static_depth_log_std, "detector's relative depth error in the static "
                   "test: a static triangulation whose depth disagrees by more than 4 sigma is moving", min=0.0),
         ParamSpec("covariance_scale", _R.covariance_scale, "factor on the published pose and velocity covariances "
@@ -206,6 +211,8 @@ class TrackBufferNode(PerceptionNode):
         if res.solved:
             for b in res.boxes:
                 self.count("refined" if b.refined else f"unrefined.{b.reason.split(':')[0].replace(' ', '_')}")
+                if b.depth_cue:  # which depth source dominated the refined box's depth (depth_cues)
+                    self.count(f"depth_cue.{b.depth_cue}")
         out = Detection3DArray(camera_pose=matrix_to_pose(T_odom_cam), image_width=msg.image_width,
                                image_height=msg.image_height, k=list(msg.k))
         out.header.stamp, out.header.frame_id = msg.header.stamp, self.p["odom_frame"]

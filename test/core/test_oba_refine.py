@@ -194,7 +194,8 @@ def test_ba_window_takes_the_newest_frames_and_the_static_test_the_whole_history
     import ba_perception.core.oba.refine as refine_module
 
     sb, tracks = scene
-    cfg = _cfg(correspondences="oracle", static_track_noise_px=SCENE_NOISE_PX)
+    # detector depth only: the depth cues' triangulation rightly differs between 10 and 6 frames of history
+    cfg = _cfg(correspondences="oracle", static_track_noise_px=SCENE_NOISE_PX, depth_cues="detector")
     seen = []
     real_evidence = refine_module.static_evidence
     monkeypatch.setattr(refine_module, "static_evidence", lambda p, *a, **k: seen.append(p.shape[1]) or real_evidence(p, *a, **k))

@@ -17,6 +17,7 @@ from ba_perception.core.oba.correspondences import (
     oracle_tracks,
 )
 from ba_perception.core.oba.cuda_graph import GraphSolveCache
+from ba_perception.core.oba.depth_cues import DEPTH_CUES, DepthCueConfig, apply_depth_cues
 from ba_perception.core.oba.motion_state import static_evidence
 from ba_perception.core.oba.solver import (
     OBAProblem,
@@ -82,6 +83,12 @@ class RefineConfig:
             (the static-world assumption of classic SfM; the ablation BA-Det compares against).
         min_baseline_m: camera travel below which the window is degenerate (zero baseline).
         min_depth_m: detections nearer than this (or behind the camera) are dropped.
+        depth_cues: which depth sources set each tracklet's depth prior before the BA
+            (:mod:`~ba_perception.core.oba.depth_cues`): ``detector`` (the detector's depth alone),
+            ``ground`` (+ ground contact), ``triangulation`` (+ triangulation of static objects),
+            ``all``; cues: their uncertainties. The shipped ``detector`` keeps today's behaviour: with
+            an unbiased detector ``all`` made the depth worse on the world test split, while it removes
+            most of an injected detector bias (docs/experiments.md); ``all`` is for a detector on a new camera.
         solver: LM options (iterations, loss, yaw-only, ...).
         device, dtype: where the batch is solved.
         cuda_graph: on CUDA, replay each solve from a CUDA graph (batch padded to a multiple of 16;
@@ -109,6 +116,8 @@ class RefineConfig:
     scene_static: bool = False
     min_baseline_m: float = 0.05
     min_depth_m: float = 0.5
+    depth_cues: str = "detector"
+    cues: DepthCueConfig = field(default_factory=DepthCueConfig)
     solver: SolverOptions = field(default_factory=SolverOptions)
     cuda_graph: bool = True
     device: str = "cpu"
@@ -125,6 +134,8 @@ class RefineConfig:
                               f"{self.static_track_noise_px}, {self.static_depth_log_std}")
         if self.window < 0:
             raise RefineError(f"window must be >= 0 (0 = every frame of the tracklet), got {self.window}")
+        if self.depth_cues not in DEPTH_CUES:
+            raise RefineError(f"depth_cues must be one of {DEPTH_CUES}, got {self.depth_cues!r}")
 
     def track_noise_px(self) -> float:
         """The point-track noise of the static test: ``static_track_noise_px``, or its source's default."""
@@ -152,6 +163,8 @@ class RefinedBox:
         is_static: speed below ``static_speed_mps``.
         num_frames, num_points: frames in the window and point tracks used.
         cost, iterations: solver's final cost and LM iterations.
+        depth_cue: the depth source that dominated the refined box's depth prior (``detector``,
+            ``ground``, ``triangulation``); empty when unrefined or with ``depth_cues: detector``.
     """
 
     tracklet_id: int
@@ -175,6 +188,7 @@ class RefinedBox:
     num_points: int = 0
     cost: float = float("nan")
     iterations: int = 0
+    depth_cue: str = ""
 
 
 @dataclass
@@ -491,6 +505,7 @@ def refine_tracklets(
     batch = build_batch(tracks, cfg, point_tracks)
     out: dict[int, RefinedBox] = {t.tracklet_id: _box(t, r, cfg) for t, r in batch.excluded}
     if batch.problem is not None:
+        batch, cues = apply_depth_cues(batch, cfg)  # depth cues: the fused depth replaces the detector's in the priors
         history = batch.problem  # every kept frame: what the static test triangulates over
         if 0 < cfg.window < history.shape[1]:
             batch = _newest_frames(batch, cfg.window)
@@ -501,6 +516,7 @@ def refine_tracklets(
             v, vcov = _velocity(res.state.t_odom_obj, p.stamps_s, p.frame_mask, res.pose_covariance)
             _write_back(batch, res, torch.zeros_like(v), vcov, res.valid.clone(), replace(cfg, static_resolve=True), out,
                         one_pose=True)
+            _note_cues(batch, cues, out)
             return [out[t.tracklet_id] for t in tracks]
         res = _solve(cfg, p, batch.init, batch.initial_lambda)
         v, vcov = _velocity(res.state.t_odom_obj, p.stamps_s, p.frame_mask, res.pose_covariance)
@@ -511,7 +527,16 @@ def refine_tracklets(
                                                            cfg.min_points_for_selection)
             static = res.valid & (speed < cfg.static_candidate_mps) & torch.where(decided, by_points, static)
         _write_back(batch, res, v, vcov, static, cfg, out)
+        _note_cues(batch, cues, out)
     return [out[t.tracklet_id] for t in tracks]
+
+
+def _note_cues(batch: RefineBatch, cues, out: dict) -> None:
+    """Depth cues: the dominant cue's name on each refined box."""
+    if cues is not None:
+        for t, name in zip(batch.tracks, cues.names()):
+            if out[t.tracklet_id].refined:
+                out[t.tracklet_id].depth_cue = name
 
 
 _GRAPHS = GraphSolveCache()

@@ -104,7 +104,7 @@ class TrackBufferConfig:
         names = {f.name for f in fields(TrackletConfig)} | {f.name for f in fields(RefineConfig)}
         names |= set(SOLVER_PARAMS) | {"static_window", "dtype"}
         names |= {f.name for f in fields(TrackBufferConfig)}
-        return names - {"tracklets", "refine", "solver", "device"}
+        return names - {"tracklets", "refine", "solver", "device", "cues"}
 
 
 class PointTracker(Protocol):
