@@ -311,6 +311,7 @@ def fit_box(cluster: ObjectCluster, views: TrackViews, cls: str = "car", opts: F
                             args=(sub, cluster.ground_z, prior, c_xy, axis, opts, edge_w))
         if best is None or res.cost < best.cost:
             best = res
+    assert best is not None  # the loop ran for both axes
     cx, cy, yaw, l, w, h = best.x
     center = np.array([cx, cy, cluster.ground_z + h / 2])
     size = np.array([l, w, h])
