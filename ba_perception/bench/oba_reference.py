@@ -39,7 +39,7 @@ class ReferenceResult:
 def have_pycolmap() -> bool:
     """True when pycolmap can be imported."""
     try:
-        import pycolmap  # noqa: F401
+        import pycolmap  # noqa: F401  # imported only to test that it is installed
     except ImportError:
         return False
     return True

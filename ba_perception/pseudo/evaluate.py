@@ -130,7 +130,10 @@ def summarise(rows: list[dict]) -> dict:
         lab = [r for r in el if r["labelled"]]
         mov = [r for r in sel if r["state"] == "moving"]
         mov_lab = [r for r in mov if r["labelled"]]
-        med = (lambda k: float(np.median([r[k] for r in lab])) if lab else None)  # noqa: E731
+
+        def med(k: str) -> float | None:
+            return float(np.median([r[k] for r in lab])) if lab else None
+
         return {
             "eligible_parked": len(el), "labelled": len(lab),
             "coverage": len(lab) / len(el) if el else None,
