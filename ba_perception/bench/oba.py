@@ -24,6 +24,7 @@ import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,12 +32,13 @@ import torch
 from ba_perception.bench.oba_reference import have_pycolmap, solve_with_pycolmap
 from ba_perception.core.oba.cuda_graph import CapturedSolve
 from ba_perception.core.oba.refine import RefineConfig, refine_tracklets
-from ba_perception.core.oba.solver import OBAProblem, SolverOptions, solve
+from ba_perception.core.oba.solver import OBAProblem, OBAState, SolverOptions, solve
 from ba_perception.data.oba_problems import make_batch, make_tracklets
 from ba_perception.eval.results import machine_info
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``bench oba`` options to the subcommand's parser."""
     parser.add_argument("--tracklets", type=int, default=64, help="problems per batch on CUDA")
     parser.add_argument("--cpu-tracklets", type=int, default=16, help="problems per batch on the CPU")
     parser.add_argument("--frames", type=int, default=16)
@@ -44,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=20, help="timed solves per configuration")
     parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: OpenMP spin-waits hurt on a loaded 2-core machine); Ceres uses 1")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: OpenMP spin-waits hurt on a loaded 2-core machine); Ceres uses 1")
     parser.add_argument("--check", type=int, default=20, help="problems for the Ceres agreement check (0: skip)")
     parser.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
     parser.add_argument("--compile", action="store_true",
@@ -54,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out/bench/oba.json", help="JSON output path")
 
 
-def _problem(B: int, F: int, K: int, seed: int, dtype: torch.dtype, full: bool) -> tuple[OBAProblem, object]:
+def _problem(B: int, F: int, K: int, seed: int, dtype: torch.dtype, full: bool) -> tuple[OBAProblem, OBAState]:
     if full:
         sb = make_batch(B, F, K, seed=seed, noise_px=1.0, with_prior=True, dtype=torch.float64)
         sb.problem.motion_sqrt_info = torch.tensor([1 / 3.0] * 3 + [1.0] * 3, dtype=torch.float64).expand(B, 6).clone()
@@ -63,7 +66,7 @@ def _problem(B: int, F: int, K: int, seed: int, dtype: torch.dtype, full: bool) 
     return sb.problem, sb.init
 
 
-def _time_solve(problem: OBAProblem, init, options: SolverOptions, device: str, dtype: torch.dtype, repeats: int,
+def _time_solve(problem: OBAProblem, init: OBAState, options: SolverOptions, device: str, dtype: torch.dtype, repeats: int,
                 graph: bool = False) -> dict:
     p = problem.to(device=device, dtype=dtype)
     st = type(init)(*(x.to(device=device, dtype=dtype) for x in (init.R_odom_obj, init.t_odom_obj, init.points_obj)))
@@ -118,9 +121,12 @@ def _write_profile(device: str, args: argparse.Namespace, F: int, K: int, option
     print(f"  profile ({device}, {kernels} GPU kernels per solve) -> {path}", flush=True)
 
 
-def count_solve_ops(problem: OBAProblem, init, options: SolverOptions) -> int:
-    """Non-view aten ops one solve dispatches (on CUDA eager, about one kernel launch each): the
-    number a CUDA graph still replays kernel by kernel, so it is what fusion has to cut. Any device."""
+def count_solve_ops(problem: OBAProblem, init: OBAState, options: SolverOptions) -> int:
+    """Non-view aten ops one solve dispatches (on CUDA eager, about one kernel launch each).
+
+    That is the number a CUDA graph still replays kernel by kernel, so it is what fusion has to cut.
+    Any device.
+    """
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class _Count(TorchDispatchMode):
@@ -136,12 +142,10 @@ def count_solve_ops(problem: OBAProblem, init, options: SolverOptions) -> int:
     return _Count.n
 
 
-def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(max(1, args.threads))
-    F, K, it = args.frames, args.points, args.iterations
+def _solver_rows(args: argparse.Namespace, devices: list[str], timed: SolverOptions) -> list[dict]:
+    """Measurement 1 and our half of 2: timed solves per device, problem kind, dtype and CUDA variant."""
+    F, K = args.frames, args.points
     dtypes = {"float32": [torch.float32], "float64": [torch.float64], "both": [torch.float32, torch.float64]}[args.dtype]
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
-    timed = SolverOptions(loss="cauchy", loss_scale_px=2.0, max_iterations=it, sync_every=0, compute_covariance=False)
     rows: list[dict] = []
     for device in devices:
         B = args.cpu_tracklets if device == "cpu" else args.tracklets
@@ -161,14 +165,12 @@ def run(args: argparse.Namespace) -> int:
                     rows.append(r)
                     print(f"  solved {device}{'+graph' if graph else ''}{'+compiled' if compiled else ''} {r['dtype']} "
                           f"{r['problem']}: p50 {r['p50_ms']:.2f} ms", flush=True)
+    return rows
 
-    if args.profile:
-        _write_profile(devices[-1], args, F, K, timed)
-    problem, init = _problem(args.tracklets, F, K, seed=1, dtype=torch.float32, full=True)
-    ops = count_solve_ops(problem, init, timed)
-    print(f"  aten ops per float32 prior+motion solve ({it} iterations, non-view): {ops} ({ops / it:.0f} per iteration)", flush=True)
 
-    # end to end: refine_tracklets (packing, descriptor matching, the solve, the static triangulation test, boxes)
+def _refine_rows(args: argparse.Namespace, devices: list[str]) -> list[dict]:
+    """Measurement 4: ``refine_tracklets`` end to end (packing, matching, the solve, the static test, boxes)."""
+    F, K, it = args.frames, args.points, args.iterations
     refine_rows = []
     for device in devices:
         B = args.cpu_tracklets if device == "cpu" else args.tracklets
@@ -185,43 +187,51 @@ def run(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             refine_tracklets(tr, cfg)
             ts.append(1e3 * (time.perf_counter() - t0))
-        refine_rows.append({"device": device, "dtype": "float32", "tracklets": B, "frames": F, "p50_ms": statistics.median(ts)})
+        refine_rows.append({"device": device, "dtype": "float32", "tracklets": B, "frames": F,
+                            "p50_ms": statistics.median(ts)})
         print(f"  refine_tracklets {device}: p50 {statistics.median(ts):.1f} ms", flush=True)
+    return refine_rows
 
+
+def _ceres_rows(args: argparse.Namespace, rows: list[dict]) -> dict:
+    """Measurements 2 (pycolmap's half; adds the speed-up to the reprojection ``rows``) and 3 (agreement)."""
+    F, K, it = args.frames, args.points, args.iterations
     ceres: dict = {"available": have_pycolmap()}
-    if ceres["available"]:
-        # the same pure-reprojection problems as the CPU rows, one after another, same iteration cap
-        B = args.cpu_tracklets
-        problem, init = _problem(B, F, K, seed=1, dtype=torch.float64, full=False)
-        ref = solve_with_pycolmap(problem, init, loss="cauchy", loss_scale_px=2.0, max_iterations=it, tight=False, num_threads=1)
-        per = ref.solve_s * 1e3
-        obs = int(problem.obs_mask.sum()) / B
-        ceres.update(
-            problems=B, mean_solve_ms_per_problem=float(per.mean()), total_solve_ms=float(per.sum()),
-            total_with_build_ms=float((ref.solve_s + ref.build_s).sum() * 1e3), mean_ceres_iterations=float(ref.iterations.mean()),
-            observations_per_problem=obs,
-        )
-        for r in (r for r in rows if r["problem"] == "reprojection"):
-            # scale pycolmap's total to the batch size that row solved
-            total_same = float(per.mean()) * r["tracklets"]
-            r["pycolmap_sequential_ms"] = total_same
-            r["speedup_vs_pycolmap"] = total_same / r["p50_ms"]
-        if args.check > 0:
-            sb = make_batch(args.check, 8, 24, seed=21, noise_px=1.0, with_prior=False, fixed_frames=(0, 1))
-            cref = solve_with_pycolmap(sb.problem, sb.init, loss="trivial", max_iterations=500)
-            cres = solve(sb.problem, sb.init, SolverOptions(loss="trivial", max_iterations=500))
-            rel = np.abs(cres.cost.numpy() - cref.cost) / cref.cost
-            ceres.update(check_problems=args.check, check_max_rel_cost_diff=float(rel.max()), check_median_rel_cost_diff=float(np.median(rel)),
-                         check_pass_1e6=bool(rel.max() < 1e-6))
+    if not ceres["available"]:
+        return ceres
+    # the same pure-reprojection problems as the CPU rows, one after another, same iteration cap
+    B = args.cpu_tracklets
+    problem, init = _problem(B, F, K, seed=1, dtype=torch.float64, full=False)
+    ref = solve_with_pycolmap(problem, init, loss="cauchy", loss_scale_px=2.0, max_iterations=it, tight=False,
+                              num_threads=1)
+    per = ref.solve_s * 1e3
+    obs = int(problem.obs_mask.sum()) / B
+    ceres.update(
+        problems=B, mean_solve_ms_per_problem=float(per.mean()), total_solve_ms=float(per.sum()),
+        total_with_build_ms=float((ref.solve_s + ref.build_s).sum() * 1e3),
+        mean_ceres_iterations=float(ref.iterations.mean()), observations_per_problem=obs,
+    )
+    for r in (r for r in rows if r["problem"] == "reprojection"):
+        # scale pycolmap's total to the batch size that row solved
+        total_same = float(per.mean()) * r["tracklets"]
+        r["pycolmap_sequential_ms"] = total_same
+        r["speedup_vs_pycolmap"] = total_same / r["p50_ms"]
+    if args.check > 0:
+        sb = make_batch(args.check, 8, 24, seed=21, noise_px=1.0, with_prior=False, fixed_frames=(0, 1))
+        cref = solve_with_pycolmap(sb.problem, sb.init, loss="trivial", max_iterations=500)
+        cres = solve(sb.problem, sb.init, SolverOptions(loss="trivial", max_iterations=500))
+        rel = np.abs(cres.cost.numpy() - cref.cost) / cref.cost
+        ceres.update(check_problems=args.check, check_max_rel_cost_diff=float(rel.max()),
+                     check_median_rel_cost_diff=float(np.median(rel)), check_pass_1e6=bool(rel.max() < 1e-6))
+    return ceres
 
-    out = {
-        "machine": {**machine_info(), "torch_threads": torch.get_num_threads()},
-        "config": {"frames": F, "points": K, "iterations": it, "repeats": args.repeats, "loss": "cauchy(2px)",
-                   "cuda_measured": "cuda" in devices},
-        "solver": rows, "refine_tracklets": refine_rows, "pycolmap": ceres, "ops_per_solve": ops,
-    }
+
+def _print_summary(out: dict[str, Any], devices: list[str], it: int) -> None:
+    """The result table of ``out`` (the JSON written by :func:`run`) on stdout."""
+    rows, refine_rows, ceres = out["solver"], out["refine_tracklets"], out["pycolmap"]
     print()
-    print(f"{'device':20s} {'dtype':8s} {'problem':13s} {'B':>4s} {'F':>3s} {'K':>3s} {'p50 ms':>9s} {'p90 ms':>9s} {'vs pycolmap':>12s}")
+    print(f"{'device':20s} {'dtype':8s} {'problem':13s} {'B':>4s} {'F':>3s} {'K':>3s} {'p50 ms':>9s} {'p90 ms':>9s} "
+          f"{'vs pycolmap':>12s}")
     for r in rows:
         sp = f"{r['speedup_vs_pycolmap']:.1f}x" if "speedup_vs_pycolmap" in r else "-"
         dev = r["device"] + ("+graph" if r["cuda_graph"] else "") + ("+compiled" if r["compiled"] else "")
@@ -241,6 +251,37 @@ def run(args: argparse.Namespace) -> int:
     load = out["machine"]["loadavg"]
     if load:
         print(f"load average during the run: {load[0]:.2f} (shared machine: timings are noisy)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``bench oba``: the four measurements of the module docstring; prints a table and writes ``--out``.
+
+    Returns:
+        The exit status (0).
+    """
+    torch.set_num_threads(max(1, args.threads))
+    F, K, it = args.frames, args.points, args.iterations
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
+    timed = SolverOptions(loss="cauchy", loss_scale_px=2.0, max_iterations=it, sync_every=0, compute_covariance=False)
+    rows = _solver_rows(args, devices, timed)
+
+    if args.profile:
+        _write_profile(devices[-1], args, F, K, timed)
+    problem, init = _problem(args.tracklets, F, K, seed=1, dtype=torch.float32, full=True)
+    ops = count_solve_ops(problem, init, timed)
+    print(f"  aten ops per float32 prior+motion solve ({it} iterations, non-view): {ops} ({ops / it:.0f} per iteration)",
+          flush=True)
+
+    refine_rows = _refine_rows(args, devices)
+    ceres = _ceres_rows(args, rows)
+
+    out: dict[str, Any] = {
+        "machine": {**machine_info(), "torch_threads": torch.get_num_threads()},
+        "config": {"frames": F, "points": K, "iterations": it, "repeats": args.repeats, "loss": "cauchy(2px)",
+                   "cuda_measured": "cuda" in devices},
+        "solver": rows, "refine_tracklets": refine_rows, "pycolmap": ceres, "ops_per_solve": ops,
+    }
+    _print_summary(out, devices, it)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))

@@ -39,7 +39,7 @@ class ReferenceResult:
 def have_pycolmap() -> bool:
     """True when pycolmap can be imported."""
     try:
-        import pycolmap  # noqa: F401
+        import pycolmap  # noqa: F401  # imported only to test that it is installed
     except ImportError:
         return False
     return True
@@ -107,8 +107,8 @@ def solve_with_pycolmap(
         kp_index: dict[tuple[int, int], int] = {}
         for f in frames:
             ks = np.nonzero(mask[b, f])[0]
-            for i, k in enumerate(ks):
-                kp_index[(f, int(k))] = i
+            for i, k_obs in enumerate(ks):
+                kp_index[(f, int(k_obs))] = i
             img = pycolmap.Image(name=str(f), keypoints=uv[b, f, ks].astype(np.float64), camera_id=1, image_id=f + 1)
             cam_from_obj = T_co[b, f] @ T_oo[b, f]
             rec.add_image_with_trivial_frame(img, pycolmap.Rigid3d(cam_from_obj[:3, :4]))
@@ -145,6 +145,7 @@ def solve_with_pycolmap(
         t1 = time.perf_counter()
         summary = ba.solve()
         t2 = time.perf_counter()
+        assert isinstance(summary, pycolmap.CeresBundleAdjustmentSummary)  # the default adjuster is Ceres'
         cs = summary.ceres_summary
         cost[b], cost0[b] = cs.final_cost, cs.initial_cost
         iters[b] = cs.num_successful_steps + cs.num_unsuccessful_steps

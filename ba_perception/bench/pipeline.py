@@ -184,10 +184,10 @@ def load_frames(args: argparse.Namespace, n: int, need_world: bool) -> tuple[lis
         raise PipelineBenchError(str(err)) from err
     t0 = time.perf_counter()
     with World(cfg) as world:
-        frames = [world.render(i) for i in range(n)]
+        rendered = [world.render(i) for i in range(n)]
     print(f"rendered {n} frames {args.width}x{args.height} ({args.preset}, seed {args.seed}) "
           f"in {time.perf_counter() - t0:.1f} s")
-    return frames, {"world": {"preset": args.preset, "seed": args.seed, "width": args.width, "height": args.height}}
+    return rendered, {"world": {"preset": args.preset, "seed": args.seed, "width": args.width, "height": args.height}}
 
 
 def make_backend(args: argparse.Namespace) -> tuple[Any, str]:
@@ -342,7 +342,8 @@ def run(args: argparse.Namespace) -> int:
         "input": source, "image_wh": [int(frames[0].image.shape[1]), int(frames[0].image.shape[0])],
         "network_input_hw": list(backend.input_hw), "frames": args.frames, "warmup": args.warmup,
         "objects_max": args.objects, "score_threshold": threshold, "params_file": str(params_file),
-        "refine": {"window": rf_cfg.window, "static_window": tb.tracklets.window, "num_points": rf_cfg.num_points, "correspondences": rf_cfg.correspondences,
+        "refine": {"window": rf_cfg.window, "static_window": tb.tracklets.window, "num_points": rf_cfg.num_points,
+                   "correspondences": rf_cfg.correspondences,
                    "max_iterations": rf_cfg.solver.max_iterations, "dtype": str(rf_cfg.dtype),
                    "cuda_graph": rf_cfg.cuda_graph, "compiled": rf_cfg.solver.compiled},
         "tracker": {"method": tr_cfg.method, "solver": tr_cfg.solver},

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ba_perception.core.geometry import R_BODY_OPTICAL, invert_pose, make_pose, rot_z, so3_exp
 from ba_perception.core.oba.solver import OBAProblem, OBAState
+
+if TYPE_CHECKING:
+    from ba_perception.core.oba.tracklets import ObjectTrack
 
 CAMERA_HEIGHT_M = 1.6
 IMAGE_WH = (1280, 720)
@@ -157,11 +161,13 @@ def make_batch(
     return SyntheticBatch(problem=problem, truth=truth, init=OBAState(R_init, t_init, p_init), speed_mps=speed, size_lwh=size)
 
 
-def make_tracklets(batch: SyntheticBatch, descriptor_dim: int = 32, descriptor_noise: float = 0.05, seed: int = 0, start_id: int = 1):
-    """One :class:`~ba_perception.core.oba.tracklets.ObjectTrack` per problem of a batch made with
-    ``with_prior=True``: detector boxes from the (noisy) prior, feature samples at the observed
-    pixels with per-point descriptors (a fixed random unit vector per surface point plus noise),
-    shuffled per frame, and the true point ids for the oracle path.
+def make_tracklets(batch: SyntheticBatch, descriptor_dim: int = 32, descriptor_noise: float = 0.05, seed: int = 0,
+                   start_id: int = 1) -> list[ObjectTrack]:
+    """One :class:`~ba_perception.core.oba.tracklets.ObjectTrack` per problem of a batch made with ``with_prior=True``.
+
+    Each has detector boxes from the (noisy) prior, feature samples at the observed pixels with
+    per-point descriptors (a fixed random unit vector per surface point plus noise), shuffled per
+    frame, and the true point ids for the oracle path.
     """
     from collections import deque
 
@@ -173,6 +179,8 @@ def make_tracklets(batch: SyntheticBatch, descriptor_dim: int = 32, descriptor_n
     p = batch.problem
     if p.prior_T_odom_obj is None:
         raise ValueError("make_tracklets needs a batch made with with_prior=True")
+    stamps_s = p.stamps_s
+    assert stamps_s is not None  # make_batch always sets the stamps
     B, F, K = p.shape
     g = torch.Generator().manual_seed(seed)
     base = torch.nn.functional.normalize(torch.randn(B, K, descriptor_dim, generator=g, dtype=torch.float64), dim=-1)
@@ -181,13 +189,14 @@ def make_tracklets(batch: SyntheticBatch, descriptor_dim: int = 32, descriptor_n
     ray_depth = T_cam_obj[..., :3, 3].norm(dim=-1)
     tracks = []
     for b in range(B):
-        frames = deque(maxlen=F)
+        frames: deque[TrackletFrame] = deque(maxlen=F)
         emb = torch.nn.functional.normalize(torch.randn(16, generator=g, dtype=torch.float64), dim=0).numpy()
         for f in range(F):
             m = p.obs_mask[b, f]
             ks = torch.nonzero(m)[:, 0]
             ks = ks[torch.randperm(len(ks), generator=g)]
-            d = torch.nn.functional.normalize(base[b, ks] + descriptor_noise * torch.randn(len(ks), descriptor_dim, generator=g, dtype=torch.float64), dim=-1)
+            noise = descriptor_noise * torch.randn(len(ks), descriptor_dim, generator=g, dtype=torch.float64)
+            d = torch.nn.functional.normalize(base[b, ks] + noise, dim=-1)
             Rc, c = T_cam_obj[b, f, :3, :3], T_cam_obj[b, f, :3, 3]
             uv_c = project_points(box_corners(Rc, c, batch.size_lwh[b]), p.K[b])
             box = torch.cat([uv_c.amin(0), uv_c.amax(0)]).numpy()
@@ -197,6 +206,7 @@ def make_tracklets(batch: SyntheticBatch, descriptor_dim: int = 32, descriptor_n
                 embedding=emb, sample_uv=p.obs_uv[b, f, ks].numpy(), descriptors=d.numpy().astype(np.float32),
                 sample_point_ids=ks.numpy(),
             )
-            frames.append(TrackletFrame(int(round(float(p.stamps_s[b, f]) * 1e9)), obs, T_odom_cam[b, f].numpy(), p.K[b].numpy()))
+            stamp_ns = int(round(float(stamps_s[b, f]) * 1e9))
+            frames.append(TrackletFrame(stamp_ns, obs, T_odom_cam[b, f].numpy(), p.K[b].numpy()))
         tracks.append(ObjectTrack(start_id + b, "car", frames, emb))
     return tracks

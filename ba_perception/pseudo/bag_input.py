@@ -9,13 +9,21 @@ stamp) and the ``/tf_static`` mounting, never from ground truth.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ba_perception.core.geometry import matrix_from_quaternion
 from ba_perception.data.bag import (
-    TOPIC_GT, TOPIC_IMAGE, TOPIC_INFO, TOPIC_ODOM, camera_mount, ground_truth_from_message, open_reader, typestore,
+    TOPIC_GT,
+    TOPIC_IMAGE,
+    TOPIC_INFO,
+    TOPIC_ODOM,
+    camera_mount,
+    ground_truth_from_message,
+    open_reader,
+    typestore,
 )
 from ba_perception.pseudo.reconstruct import LabelFrame
 
@@ -53,7 +61,8 @@ def read_kitti_boxes(path: str | Path) -> dict[int, tuple[np.ndarray, np.ndarray
 
 
 def read_labelled_bag(path: str | Path, labels2d: str | Path | None = None, max_frames: int | None = None,
-                      odom_noise: tuple[float, float] | None = None, seed: int = 0):
+                      odom_noise: tuple[float, float] | None = None, seed: int = 0
+                      ) -> tuple[list[LabelFrame], list[Any]]:
     """Frames of a bag with their 2D labels, and the ground truth when the bag has it.
 
     Args:
@@ -68,46 +77,11 @@ def read_labelled_bag(path: str | Path, labels2d: str | Path | None = None, max_
     Raises:
         BagInputError: missing images, camera_info, odometry or mounting, or no 2D labels.
     """
-    store = typestore()
     T_base_cam = camera_mount(path)
     if T_base_cam is None:
         raise BagInputError(f"{path}: no base_link -> camera transform in /tf_static (camera mounting unknown)")
     kitti = read_kitti_boxes(labels2d) if labels2d else None
-    reader = open_reader(path)
-    images: list = []
-    infos: dict[int, np.ndarray] = {}
-    odoms: list[tuple[int, np.ndarray]] = []
-    gts: dict[int, object] = {}
-    try:
-        topics = {TOPIC_IMAGE, TOPIC_INFO, TOPIC_ODOM, TOPIC_GT}
-        conns = [c for c in reader.connections if c.topic in topics]
-        present = {c.topic for c in conns}
-        for need in (TOPIC_IMAGE, TOPIC_INFO, TOPIC_ODOM):
-            if need not in present:
-                raise BagInputError(f"{path}: no {need} topic")
-        if kitti is None and TOPIC_GT not in present:
-            raise BagInputError(f"{path}: no {TOPIC_GT} topic; give the 2D labels with --labels2d FILE")
-        for conn, _, raw in reader.messages(connections=conns):
-            msg = store.deserialize_cdr(raw, conn.msgtype)
-            st = _stamp(msg)
-            if conn.topic == TOPIC_IMAGE:
-                if max_frames is not None and len(images) >= max_frames:
-                    continue
-                if msg.encoding not in ("rgb8", "bgr8", "mono8"):
-                    raise BagInputError(f"{path}: image encoding {msg.encoding!r}; rgb8, bgr8 or mono8 supported")
-                ch = 1 if msg.encoding == "mono8" else 3
-                img = np.asarray(msg.data, np.uint8).reshape(msg.height, msg.step)[:, : msg.width * ch]
-                img = img.reshape(msg.height, msg.width, ch)
-                img = img[:, :, 0] if ch == 1 else (img[:, :, ::-1] if msg.encoding == "bgr8" else img)
-                images.append((st, np.ascontiguousarray(img)))
-            elif conn.topic == TOPIC_INFO:
-                infos[st] = np.asarray(msg.k, np.float64).reshape(3, 3)
-            elif conn.topic == TOPIC_ODOM:
-                odoms.append((st, _pose(msg.pose.pose)))
-            else:
-                gts[st] = msg
-    finally:
-        reader.close()
+    images, infos, odoms, gts = _read_messages(path, kitti is not None, max_frames)
     if not images or not odoms or not infos:
         raise BagInputError(f"{path}: no frames with image, camera_info and odometry")
     o_st = np.array([s for s, _ in odoms])
@@ -132,6 +106,65 @@ def read_labelled_bag(path: str | Path, labels2d: str | Path | None = None, max_
         frames.append(LabelFrame(img, K, o_T[j] @ T_base_cam, boxes, tids, cls, o_T[j]))
         truth.append(gt)
     return frames, truth
+
+
+def _read_messages(path: str | Path, have_labels: bool, max_frames: int | None
+                   ) -> tuple[list[tuple[int, np.ndarray]], dict[int, np.ndarray], list[tuple[int, np.ndarray]], dict[int, Any]]:
+    """The bag's images, intrinsics, odometry and ground-truth messages, each keyed by its stamp (ns).
+
+    Args:
+        path: rosbag2 folder.  have_labels: 2D labels come from a file (the ground-truth topic is optional).
+        max_frames: images after this many are skipped.
+
+    Returns:
+        ``(images, infos, odoms, gts)``: ``[(stamp, RGB or mono image)]``, ``{stamp: K (3, 3)}``,
+        ``[(stamp, T_odom_base (4, 4))]`` and ``{stamp: ground-truth message}``.
+
+    Raises:
+        BagInputError: a needed topic is missing, or an unsupported image encoding.
+    """
+    store = typestore()
+    reader = open_reader(path)
+    images: list[tuple[int, np.ndarray]] = []
+    infos: dict[int, np.ndarray] = {}
+    odoms: list[tuple[int, np.ndarray]] = []
+    gts: dict[int, Any] = {}
+    try:
+        topics = {TOPIC_IMAGE, TOPIC_INFO, TOPIC_ODOM, TOPIC_GT}
+        conns = [c for c in reader.connections if c.topic in topics]
+        present = {c.topic for c in conns}
+        for need in (TOPIC_IMAGE, TOPIC_INFO, TOPIC_ODOM):
+            if need not in present:
+                raise BagInputError(f"{path}: no {need} topic")
+        if not have_labels and TOPIC_GT not in present:
+            raise BagInputError(f"{path}: no {TOPIC_GT} topic; give the 2D labels with --labels2d FILE")
+        for conn, _, raw in reader.messages(connections=conns):
+            msg: Any = store.deserialize_cdr(raw, conn.msgtype)
+            st = _stamp(msg)
+            if conn.topic == TOPIC_IMAGE:
+                if max_frames is not None and len(images) >= max_frames:
+                    continue
+                images.append((st, _image(msg, path)))
+            elif conn.topic == TOPIC_INFO:
+                infos[st] = np.asarray(msg.k, np.float64).reshape(3, 3)
+            elif conn.topic == TOPIC_ODOM:
+                odoms.append((st, _pose(msg.pose.pose)))
+            else:
+                gts[st] = msg
+    finally:
+        reader.close()
+    return images, infos, odoms, gts
+
+
+def _image(msg: Any, path: str | Path) -> np.ndarray:
+    """The ``(H, W, 3)`` RGB or ``(H, W)`` mono uint8 image of a sensor_msgs/Image (rgb8, bgr8 or mono8)."""
+    if msg.encoding not in ("rgb8", "bgr8", "mono8"):
+        raise BagInputError(f"{path}: image encoding {msg.encoding!r}; rgb8, bgr8 or mono8 supported")
+    ch = 1 if msg.encoding == "mono8" else 3
+    img = np.asarray(msg.data, np.uint8).reshape(msg.height, msg.step)[:, : msg.width * ch]
+    img = img.reshape(msg.height, msg.width, ch)
+    img = img[:, :, 0] if ch == 1 else (img[:, :, ::-1] if msg.encoding == "bgr8" else img)
+    return np.ascontiguousarray(img)
 
 
 def _noisy_odometry(T: np.ndarray, sigma_m: float, sigma_deg: float, seed: int) -> np.ndarray:

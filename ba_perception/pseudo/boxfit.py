@@ -176,8 +176,12 @@ def iou_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     lt = np.maximum(a[:, :2], b[:, :2])
     rb = np.minimum(a[:, 2:], b[:, 2:])
     inter = np.clip(rb - lt, 0, None).prod(1)
-    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+    return inter / np.maximum(_box_area(a) + _box_area(b) - inter, 1e-9)
+
+
+def _box_area(x: np.ndarray) -> np.ndarray:
+    """Area (pixels^2) of ``(N, 4)`` boxes ``(x1, y1, x2, y2)``; 0 for inverted ones."""
+    return np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)
 
 
 def complete_box(xy: np.ndarray, axis_yaw: float, cams_xy: np.ndarray, prior_lw: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -311,6 +315,7 @@ def fit_box(cluster: ObjectCluster, views: TrackViews, cls: str = "car", opts: F
                             args=(sub, cluster.ground_z, prior, c_xy, axis, opts, edge_w))
         if best is None or res.cost < best.cost:
             best = res
+    assert best is not None  # the loop ran for both axes
     cx, cy, yaw, l, w, h = best.x
     center = np.array([cx, cy, cluster.ground_z + h / 2])
     size = np.array([l, w, h])

@@ -20,6 +20,7 @@ import numpy as np
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``pseudo-label`` options to the subcommand's parser."""
     parser.add_argument("bags", nargs="+", help="rosbag2 folders with camera, camera_info, /odom and /tf_static")
     parser.add_argument("--labels2d", default="gt",
                         help="'gt' (the bag's /ground_truth/objects 2D boxes), a KITTI tracking label file (one bag) "
@@ -121,6 +122,14 @@ def report_markdown(manifest: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pseudo-label``: label every bag into ``--out``, update its manifest and write the report.
+
+    Returns:
+        The exit status (0).
+
+    Raises:
+        CommandError: a bag lacks what labelling needs, or the 2D labels are not found.
+    """
     import json
 
     from ba_perception.cli import CommandError

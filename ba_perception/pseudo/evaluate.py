@@ -29,6 +29,7 @@ RANGE_BINS = ((0.0, 15.0), (15.0, 30.0), (30.0, 1e9))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``eval-pseudo`` options to the subcommand's parser."""
     parser.add_argument("dir", help="pseudo-label output folder (with manifest.json)")
     parser.add_argument("--compare", default=None, help="a second output folder (e.g. --odom-noise) to compare with")
     parser.add_argument("--min-frames", type=int, default=10, help="2D-labelled frames an eligible car needs")
@@ -129,7 +130,10 @@ def summarise(rows: list[dict]) -> dict:
         lab = [r for r in el if r["labelled"]]
         mov = [r for r in sel if r["state"] == "moving"]
         mov_lab = [r for r in mov if r["labelled"]]
-        med = (lambda k: float(np.median([r[k] for r in lab])) if lab else None)  # noqa: E731
+
+        def med(k: str) -> float | None:
+            return float(np.median([r[k] for r in lab])) if lab else None
+
         return {
             "eligible_parked": len(el), "labelled": len(lab),
             "coverage": len(lab) / len(el) if el else None,
@@ -188,6 +192,11 @@ def format_table(table: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``eval-pseudo``: print the quality table (and the ``--compare`` one) and write the result JSON.
+
+    Returns:
+        The exit status (0).
+    """
     from ba_perception.pseudo.labels import write_json
 
     out = Path(args.dir)

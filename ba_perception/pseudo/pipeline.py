@@ -86,11 +86,11 @@ def label_sequence(frames: list[LabelFrame], rec: ReconstructOptions | None = No
         if cls not in CLASS_PRIORS or t not in views:
             continue
         v = views[t]
-        c = refine_with_boxes(c, v.boxes, v.K, v.T_cam_odom, v.image_wh, clu.box_share, clu.min_points)
-        if c is None:
+        refined = refine_with_boxes(c, v.boxes, v.K, v.T_cam_odom, v.image_wh, clu.box_share, clu.min_points)
+        if refined is None:
             continue
-        clusters[t] = c
-        b = fit_box(c, views[t], cls, fit)
+        clusters[t] = refined
+        b = fit_box(refined, views[t], cls, fit)
         if b is not None:
             boxes[t] = b
     t3 = time.perf_counter()

@@ -62,7 +62,8 @@ class ReconstructOptions:
             of them RANSAC inliers (``refine_ransac_px``), agree within ``refine_max_deg``; the
             displacement keeps odometry's length and takes the images' direction when within
             ``refine_max_dir_deg`` of odometry's. Off by default: on clean odometry it costs accuracy
-            (movers and slow ego motion mislead the essential matrix); for drifting odometry. Removes most of a drifting odometry's rotation error.
+            (movers and slow ego motion mislead the essential matrix); for drifting odometry. Removes
+            most of a drifting odometry's rotation error.
         exclusive_corners: new corners only where exactly one box covers the pixel (ownership
             of pixels in overlapping boxes is ambiguous; tracked points may enter such regions).
     """
@@ -170,12 +171,13 @@ def epipolar_distance(F: np.ndarray, uv_a: np.ndarray, uv_b: np.ndarray) -> np.n
 
 
 def track_features(frames: list[LabelFrame], opts: ReconstructOptions | None = None,
-                   progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                   progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """KLT feature tracks inside the label boxes of a sequence.
 
     Returns:
-        ``(feat, frame, uv, track_id)``: per observation the feature index ``(M,)``, frame index
-        ``(M,)``, pixel ``(M, 2)`` and, per feature, the label track id ``(Nf,)``.
+        ``(feat, frame, uv, track_id, poses)``: per observation the feature index ``(M,)``, frame index
+        ``(M,)``, pixel ``(M, 2)``; per feature, the label track id ``(Nf,)``; per frame the camera
+        pose ``T_odom_cam`` ``(F, 4, 4)`` (odometry's, its rotation refined when ``opts.refine_rotation``).
     """
     import cv2
 
@@ -196,8 +198,10 @@ def track_features(frames: list[LabelFrame], opts: ReconstructOptions | None = N
         tid_of_box = np.asarray(fr.track_ids, np.int64)
         if prev_gray is not None and len(cur_uv):
             p0 = cur_uv.reshape(-1, 1, 2)
-            p1, st, _ = cv2.calcOpticalFlowPyrLK(prev_gray, gray, p0, None, winSize=win, maxLevel=3)
-            p0b, st_b, _ = cv2.calcOpticalFlowPyrLK(gray, prev_gray, p1, None, winSize=win, maxLevel=3)
+            p1, st, _ = cv2.calcOpticalFlowPyrLK(  # type: ignore[call-overload]  # nextPts=None is valid (OpenCV allocates it); the stubs lack it
+                prev_gray, gray, p0, None, winSize=win, maxLevel=3)
+            p0b, st_b, _ = cv2.calcOpticalFlowPyrLK(  # type: ignore[call-overload]  # as above
+                gray, prev_gray, p1, None, winSize=win, maxLevel=3)
             p1 = p1.reshape(-1, 2)
             fb = np.linalg.norm(p0b.reshape(-1, 2) - cur_uv, axis=1)
             ok = (st.ravel() == 1) & (st_b.ravel() == 1) & (fb < opts.fb_max_px)
@@ -236,16 +240,22 @@ def track_features(frames: list[LabelFrame], opts: ReconstructOptions | None = N
         prev_gray = gray
         if progress is not None:
             progress(1)
-    cat = (lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape))
-    return (cat(feats, 0).astype(np.int64), cat(frs, 0).astype(np.int64), cat(uvs, (0, 2)),
-            cat(tids, 0).astype(np.int64), poses)
+    return (_concat(feats, 0).astype(np.int64), _concat(frs, 0).astype(np.int64), _concat(uvs, (0, 2)),
+            _concat(tids, 0).astype(np.int64), poses)
+
+
+def _concat(xs: list[np.ndarray], empty_shape: int | tuple[int, ...]) -> np.ndarray:
+    """``np.concatenate(xs)``, or zeros of ``empty_shape`` when ``xs`` is empty."""
+    return np.concatenate(xs) if xs else np.zeros(empty_shape)
 
 
 def _refine_rotation(uv_a: np.ndarray, uv_b: np.ndarray, K_a: np.ndarray, K_b: np.ndarray, T_a_b: np.ndarray,
                      opts: ReconstructOptions) -> np.ndarray:
-    """``T_a_b`` with its rotation replaced by the essential-matrix (RANSAC) rotation of the matches, when that
-    rotation is within ``opts.refine_max_deg`` of odometry's and most matches are inliers; the camera
-    displacement stays odometry's (metric)."""
+    """``T_a_b`` with its rotation replaced by the essential-matrix (RANSAC) rotation of the matches.
+
+    The rotation is replaced only when it is within ``opts.refine_max_deg`` of odometry's and most
+    matches are inliers; the camera displacement stays odometry's (metric).
+    """
     import cv2
 
     Kinv_a, Kinv_b = np.linalg.inv(K_a), np.linalg.inv(K_b)
@@ -265,7 +275,7 @@ def _refine_rotation(uv_a: np.ndarray, uv_b: np.ndarray, K_a: np.ndarray, K_b: n
     out[:3, :3] = R_a_b
     step = np.linalg.norm(T_a_b[:3, 3])
     c = -(R_a_b @ t_b_a.ravel())  # camera b's centre in a, up to scale
-    c /= max(np.linalg.norm(c), 1e-12)
+    c /= max(float(np.linalg.norm(c)), 1e-12)
     if step > 0 and float(c @ T_a_b[:3, 3]) / step > np.cos(np.radians(opts.refine_max_dir_deg)):
         out[:3, 3] = step * c  # direction from the images, length from odometry
     return out
