@@ -164,6 +164,7 @@ class TrackBufferNode(PerceptionNode):
             self.images[stamp_ns(msg)] = msg
             while len(self.images) > 2 * self.stage.config.tracklets.window + 8:
                 self.images.popitem(last=False)
+        self.count("images_in")
 
     def _gray(self, stamp: int) -> np.ndarray | None:
         """The grayscale image with the observations' stamp; None (priors only for this frame) when missing or bad."""

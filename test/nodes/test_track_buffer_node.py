@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -174,7 +176,9 @@ def test_node_over_dds_equals_the_in_process_stage(ros_env):
     from ba_perception.ros.observations import msg_to_observations
     from ba_perception_msgs.msg import Detection3D, Detection3DArray, ObjectObservationArray
 
-    n_frames, overrides = 12, {"device": "cpu", "ego_wait_s": 0.5}
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    n_frames, overrides = 12, {"device": "cpu", "ego_wait_s": 0.5, "diagnostics_period_s": 0.05}
     rng = np.random.default_rng(11)
     points_obj = rng.uniform(-0.5, 0.5, (25, 3)) * SIZE
     desc = rng.normal(size=(25, 16))
@@ -191,6 +195,14 @@ def test_node_over_dds_equals_the_in_process_stage(ros_env):
     img_pub = node.create_publisher(Image, "/camera/image_raw", 10)
     out: list = []
     node.create_subscription(Detection3DArray, "/ba_perception/detections", out.append, 50)
+    images_in = [0]  # images the node has received (its diagnostics): a frame's image must be there first
+
+    def on_diag(msg):
+        for st in msg.status:
+            if st.hardware_id == "track_buffer_node":
+                images_in[0] = max(images_in[0], *(int(kv.value) for kv in st.values if kv.key == "images_in"), 0)
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
     spin = ros_env.spinner()
     proc = ros_env.start("track_buffer_node", overrides)
     wait_for(lambda: obs_pub.get_subscription_count() and odom_pub.get_subscription_count()
@@ -203,11 +215,22 @@ def test_node_over_dds_equals_the_in_process_stage(ros_env):
     threads = torch.get_num_threads()
     torch.set_num_threads(params["threads"])  # as the node: the same summation order
     try:
+        def send_image(img):
+            """Publish until the node has it: the first images can be lost to best-effort delivery while
+            the node's side of the match is still being made (it then runs its frame on priors only)."""
+            deadline, seen = time.monotonic() + 30, images_in[0]
+            while images_in[0] == seen:
+                assert time.monotonic() < deadline, "the node receives no images"
+                img_pub.publish(img)
+                end = time.monotonic() + 1.0
+                while images_in[0] == seen and time.monotonic() < end:
+                    spin()
+
         for k in range(2):
-            img_pub.publish(images[k])
+            send_image(images[k])
         for k in range(n_frames):
             if k + 2 < n_frames:  # images go two frames ahead of their observations
-                img_pub.publish(images[k + 2])
+                send_image(images[k + 2])
             _publish_odom(odom_pub, k)
             odom = Odometry()
             odom.pose.pose.position.x, odom.pose.pose.orientation.w = 1.0 * k, 1.0
