@@ -47,17 +47,22 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def _change(reduction: float) -> str:
+    """A relative reduction as "x % lower" or "x % higher"."""
+    return f"{_pct(abs(reduction))} {'lower' if reduction >= 0 else 'higher'}"
+
+
 def _oba_cell(d: dict[str, Any]) -> str:
     single, klt = d["results"]["single"], d["results"]["klt"]
     oracle = d["results"].get("oracle")
     dz = klt["depth"]
     text = (f"median \\|depth error\\| {dz['single_abs_median_m']:.2f} -> {dz['out_abs_median_m']:.2f} m "
-            f"(**{_pct(dz['reduction'])} lower**), static/moving right **{_pct(klt['motion_state']['accuracy'])}**, "
+            f"(**{_change(dz['reduction'])}**), static/moving right **{_pct(klt['motion_state']['accuracy'])}**, "
             f"moving-car velocity error {klt['velocity']['error_median_mps']:.2f} m/s, car AP3D@0.5 "
             f"{single['ap3d_r40@0.5']:.1f} -> {klt['ap3d_r40@0.5']:.1f}")
     if oracle is not None:
-        text += (f"; oracle correspondences (ceiling): {_pct(oracle['depth']['reduction'])}, "
-                 f"{_pct(oracle['motion_state']['accuracy'])}")
+        text += (f"; oracle correspondences (ceiling): depth {_change(oracle['depth']['reduction'])}, "
+                 f"static/moving {_pct(oracle['motion_state']['accuracy'])}")
     return text
 
 
