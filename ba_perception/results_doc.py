@@ -67,13 +67,13 @@ def _oba_cell(d: dict[str, Any]) -> str:
 
 
 def _track_cell(d: dict[str, Any]) -> str:
-    rows = {(r["method"], r.get("upstream", "ba")): r for r in d["results"]}
     parts = []
     for method, label in (("hungarian_iou", "Hungarian 2D IoU"), ("hungarian_3d", "Hungarian 3D"), ("graph", "graph matching")):
-        r = rows.get((method, "ba"))
+        r = d["results"].get(f"{method}+ba")
         if r is not None:
-            parts.append(f"{label} {r['HOTA']:.1f} / {r['IDSW']}")
-    return "HOTA / ID switches, object BA upstream: " + ", ".join(parts)
+            m = r["3d"]["all"]
+            parts.append(f"{label} {100 * m['HOTA']:.1f} / {m['IDSW']}")
+    return "HOTA / ID switches (3D, all classes), object BA upstream: " + ", ".join(parts)
 
 
 def _det_cell(d: dict[str, Any]) -> str:
@@ -141,6 +141,8 @@ def table(results_dir: Path = RESULTS_DIR) -> str:
             raise ResultsError(f"{path}: no {err} for the row {row.what!r}") from err
         m = _machine(data)
         where = f"{str(m.get('date', '?'))[:10]}, {m.get('cpu_count', '?')}-core CPU" + (f", {m['gpu']}" if m.get("gpu") else "")
+        if m.get("loadavg"):  # the shared machine's speed varies with its load
+            where += f", load {m['loadavg'][0]:.1f}"
         lines.append(f"| {row.what} | `{row.command}` | {cell} | {where} |")
     lines += ["", END]
     return "\n".join(lines)
