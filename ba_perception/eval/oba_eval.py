@@ -40,8 +40,8 @@ from ba_perception.core import geometry
 from ba_perception.core.oba.depth_cues import CUE_NAMES, DEPTH_CUES
 from ba_perception.core.oba.stage import TrackBufferConfig
 from ba_perception.eval.detection_ap import FrameBoxes, evaluate_ap
-from ba_perception.eval.results import json_safe, machine_info
 from ba_perception.eval.replay_metrics import gt_boxes
+from ba_perception.eval.results import json_safe, machine_info
 from ba_perception.eval.world_pipeline import ObaVariant, SequenceData, WorldEvalError, bias_depth, load_split, run_track_buffer
 
 VARIANTS: dict[str, ObaVariant | None] = {
@@ -73,8 +73,8 @@ def evaluate_sequence(seq: SequenceData, variant: ObaVariant | None, config: Tra
 
     Returns:
         ``{"rows": (N, 11) array [z_gt, z_single, z_out, num_frames, refined, is_static, gt_speed,
-        vel_err, moving_gt, ego_travel_m, depth_cue (index into CUE_NAMES, -1 none)], "ap_frames": [(gt, pred)], "seconds": per-frame track buffer
-        times}``; ``ego_travel_m`` is the camera's travel over the row's last ``num_frames`` frames.
+        vel_err, moving_gt, ego_travel_m, depth_cue (index into CUE_NAMES, -1 none)], "ap_frames": [(gt, pred)],
+        "seconds": per-frame track buffer times}``; ``ego_travel_m`` is the camera's travel over the row's last ``num_frames`` frames.
     """
     out = None if variant is None else run_track_buffer(seq, variant, config)
     rows, ap_frames, secs = [], [], []
@@ -293,7 +293,8 @@ def format_breakdown(results: dict[str, dict]) -> str:
         cells = []
         for g, k in keys:
             d = r["depth"][g][k]
-            cells.append(f"{d['single_abs_median_m']:5.2f}->{d['out_abs_median_m']:5.2f} ({d['count']:4d})" if d["count"] else f"{'n/a':>17s}")
+            cells.append(f"{d['single_abs_median_m']:5.2f}->{d['out_abs_median_m']:5.2f} ({d['count']:4d})" if d["count"]
+                         else f"{'n/a':>17s}")
         lines.append(f"{name:28s} " + " ".join(f"{c:>17s}" for c in cells))
     return "\n".join(lines)
 
@@ -346,7 +347,8 @@ def add_world_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="models/detector.onnx")
     parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--score-threshold", type=float, default=None, help="detector threshold (default: detector_node's; other decode settings: --set detector_node.NAME:=V)")
+    parser.add_argument("--score-threshold", type=float, default=None,
+                        help="detector threshold (default: detector_node's; other decode settings: --set detector_node.NAME:=V)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="object BA device")
     parser.add_argument("--params-file", default="", help="node parameters (default: the package's config/stack.yaml)")
     parser.add_argument("--cache-dir", default="data/eval_cache", help="rendered + detected sequences are kept here")

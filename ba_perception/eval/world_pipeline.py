@@ -31,7 +31,7 @@ from ba_perception.core import geometry
 from ba_perception.core.detection.backends import file_sha256
 from ba_perception.core.oba.refine import RefinedBox
 from ba_perception.core.oba.stage import TrackBufferConfig, TrackBufferStage
-from ba_perception.core.oba.tracklets import MAX_WINDOW, Observation, ObjectTrack, observations_from_detections
+from ba_perception.core.oba.tracklets import MAX_WINDOW, ObjectTrack, Observation, observations_from_detections
 from ba_perception.core.tracking import Detections, Tracker, TrackerConfig, TrackOutput
 from ba_perception.core.tracking.matching import hungarian
 from ba_perception.eval.detection_ap import iou_2d
@@ -96,7 +96,8 @@ def match_to_gt(boxes: np.ndarray, labels: Sequence[str], gt: Any, min_iou: floa
     """One-to-one match of 2D boxes to ground truth (``box_full``, same class) by IoU; -1 unmatched.
 
     Only pairs with IoU >= ``min_iou`` compete (maximising the summed IoU over all pairs first
-    could leave a clear match unmatched for two weak ones)."""
+    could leave a clear match unmatched for two weak ones).
+    """
     out = np.full(len(boxes), -1, np.int64)
     gb = np.asarray(gt.box_full, np.float64).reshape(-1, 4)
     if not len(boxes) or not len(gb):
@@ -177,7 +178,7 @@ def prepare_sequence(world_cfg: Any, detector: Any, model_hash: str, cache_dir: 
             obs = observations_from_detections(res.detections, res.class_names)
             g = match_to_gt(np.array([o.box_2d for o in obs]).reshape(-1, 4), [o.class_label for o in obs], fr.objects)
             uvs, ids = [], []
-            for o, j in zip(obs, g):
+            for j in g:  # g: one GT index (or -1) per observation
                 if j >= 0 and int(fr.objects.track_id[j]) in fr.surface_points:
                     u, k = oracle_samples(fr, int(fr.objects.track_id[j]))
                 else:
@@ -299,9 +300,17 @@ class OrbPointTracker:
         self.cache: dict = {}
 
     def reset(self) -> None:
+        """Forget every cached image and feature set (the stream restarted)."""
         self.cache = {}
 
     def step(self, stamp_ns: int, gray: np.ndarray, tracks: list[ObjectTrack]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Point tracks over the window of each tracklet with two or more frames, by tracklet id.
+
+        Args:
+            stamp_ns: stamp of the newest frame (one of the sequence's frames).
+            gray: the newest frame's grayscale image.
+            tracks: the tracklets after association of the newest frame.
+        """
         from ba_perception.core.oba.correspondences import orb_features, orb_tracks
 
         cache, out = self.cache, {}

@@ -89,8 +89,9 @@ def _pad_batch(x: torch.Tensor | None, n: int) -> torch.Tensor | None:
 
 
 class GraphSolveCache:
-    """CUDA-graph solves for batches of varying size: the batch is padded to a multiple of ``bucket``
-    with disabled problems, and one :class:`CapturedSolve` is kept per padded shape (at most
+    """CUDA-graph solves for batches of varying size.
+
+    The batch is padded to a multiple of ``bucket`` with disabled problems, and one :class:`CapturedSolve` is kept per padded shape (at most
     ``max_graphs``, least recently used dropped). CPU problems are solved eagerly.
 
     The result is cut back to the caller's batch and cloned, so it stays valid after later calls.

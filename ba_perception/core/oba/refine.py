@@ -352,8 +352,11 @@ def _point_tracks(tracks: list[ObjectTrack], windows: list[list[int]], pk: _Pack
 
 def _warm_start(tracks: list[ObjectTrack], windows: list[list[int]], R_prior: torch.Tensor, t_prior: torch.Tensor,
                 cfg: RefineConfig, dev: Callable[[Any], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Initial poses ``(R0, t0)`` and damping ``(B,)``: the previous solve's where it covered a frame
-    (``track.warm``), the detector's box elsewhere; written in one indexed assignment each."""
+    """Initial poses ``(R0, t0)`` and damping ``(B,)`` of the batch.
+
+    The previous solve's where it covered a frame (``track.warm``), the detector's box elsewhere; written in
+    one indexed assignment each.
+    """
     R0, t0 = R_prior.clone(), t_prior.clone()
     lam = np.full(len(tracks), cfg.solver.initial_lambda)
     bi, fi, Rw, tw = [], [], [], []
@@ -601,8 +604,11 @@ def publishable_boxes(boxes: list[RefinedBox]) -> tuple[list[RefinedBox], Counte
 
 
 def tracker_detections(boxes: list[RefinedBox]) -> Detections:
-    """Refined boxes -> the tracker's input in odom: what tracker_node makes of the track buffer's
-    Detection3DArray (the :func:`publishable_boxes`, through :meth:`Detections.from_boxes`)."""
+    """Refined boxes -> the tracker's input in odom.
+
+    What tracker_node makes of the track buffer's Detection3DArray (the :func:`publishable_boxes`, through
+    :meth:`Detections.from_boxes`).
+    """
     boxes, _ = publishable_boxes(boxes)
     R = np.stack([b.R_odom_obj for b in boxes]) if boxes else np.zeros((0, 3, 3))
     return Detections.from_boxes(

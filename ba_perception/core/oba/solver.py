@@ -256,8 +256,11 @@ def _robust(s: torch.Tensor, options: SolverOptions) -> tuple[torch.Tensor, torc
 
 
 def reprojection_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
-    """Weighted reprojection residuals ``(B, F, K, 2)`` (zero where masked), camera depths, and
-    optionally Jacobians wrt the frame's pose increment ``(B,F,K,2,6)`` and the point ``(B,F,K,2,3)``."""
+    """Weighted reprojection residuals ``(B, F, K, 2)`` (zero where masked) and camera depths.
+
+    Optionally also Jacobians wrt the frame's pose increment ``(B,F,K,2,6)`` and the point
+    ``(B,F,K,2,3)``.
+    """
     R, t = _frame_poses(prep, state)
     R_cf = prep.R_co @ R
     t_cf = (prep.R_co @ t[..., None])[..., 0] + prep.t_co
@@ -299,8 +302,10 @@ def prior_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
 
 
 def motion_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
-    """Constant-velocity residuals ``(B, F-2, 6)`` on slots (a, b, c) = (f, f+1, f+2) and Jacobians
-    ``(B, F-2, 3, 6, 6)`` ``[slot a|b|c, residual, dof]``."""
+    """Constant-velocity residuals ``(B, F-2, 6)`` on slots (a, b, c) = (f, f+1, f+2), and Jacobians.
+
+    The Jacobians are ``(B, F-2, 3, 6, 6)`` ``[slot a|b|c, residual, dof]``.
+    """
     R, t = state.R_odom_obj, state.t_odom_obj
     # the relative rotation of each consecutive pair, once: (a, b) pairs are [:, :-1], (b, c) pairs [:, 1:]
     M = R[:, :-1].transpose(-1, -2) @ R[:, 1:]  # (B, F-1, 3, 3)
@@ -347,8 +352,11 @@ def problem_cost(problem: OBAProblem, state: OBAState, options: SolverOptions | 
 
 
 def effective_observation_mask(problem: OBAProblem, state: OBAState, options: SolverOptions | None = None) -> torch.Tensor:
-    """``(B, F, K)`` bool: the observations the solver uses from ``state`` (present, finite, in a
-    present frame, in front of the camera, of a point seen at least twice, in a valid problem)."""
+    """``(B, F, K)`` bool: the observations the solver uses from ``state``.
+
+    Used means present, finite, in a present frame, in front of the camera, of a point seen at least twice,
+    in a valid problem.
+    """
     prep = _prepare(problem, state, options or SolverOptions())
     return prep.m > 0
 
@@ -358,8 +366,10 @@ def effective_observation_mask(problem: OBAProblem, state: OBAState, options: So
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Broadcast product of tiny matrices ``(*, n, m) @ (*, m, p)`` as multiply-and-sum (faster than
-    batched GEMM for 2x3 / 3x3 / 6x3 blocks on CPU; one elementwise kernel on CUDA)."""
+    """Broadcast product of tiny matrices ``(*, n, m) @ (*, m, p)`` as multiply-and-sum.
+
+    Faster than batched GEMM for 2x3 / 3x3 / 6x3 blocks on CPU; one elementwise kernel on CUDA.
+    """
     out = a[..., :, 0, None] * b[..., None, 0, :]
     for m in range(1, a.shape[-1]):  # contraction length 2-3: unrolled
         out = out + a[..., :, m, None] * b[..., None, m, :]
@@ -437,8 +447,10 @@ def _select_normal(mask: torch.Tensor, a: _Normal, b: _Normal) -> _Normal:
 
 
 def _solve_damped(ne: _Normal, prep: _Prep, lam: torch.Tensor, options: SolverOptions):
-    """Solve ``(H + lam D) delta = -g`` by the Schur complement on points; returns
-    ``(dx (B,P,6), dp (B,K,3), ok (B,), predicted decrease (B,), L (B,6P,6P))``."""
+    """Solve ``(H + lam D) delta = -g`` by the Schur complement on points.
+
+    Returns ``(dx (B,P,6), dp (B,K,3), ok (B,), predicted decrease (B,), L (B,6P,6P))``.
+    """
     B, K, P = ne.W.shape[0], ne.W.shape[1], ne.W.shape[2] // 6
     dt = ne.g.dtype
     free = prep.free
@@ -524,8 +536,10 @@ _COMPILED: dict[str, object] = {}
 
 
 def _compiled(name: str):
-    """``torch.compile``d solver pieces (``SolverOptions.compiled``): elementwise chains fused into
-    few kernels; compiled once per process on first use (tens of seconds), then per new shape."""
+    """``torch.compile``d solver pieces (``SolverOptions.compiled``).
+
+    Elementwise chains fused into few kernels; compiled once per process on first use (tens of seconds), then per new shape.
+    """
     if name not in _COMPILED:
         fn = {"lm_iteration": _lm_iteration, "normal_equations": _normal_equations}[name]
         _COMPILED[name] = torch.compile(fn, dynamic=False)
@@ -555,7 +569,8 @@ def solve(
     options = options or SolverOptions()
     B, F, K = problem.shape
     dt, dev = problem.obs_uv.dtype, problem.obs_uv.device
-    if tuple(init.R_odom_obj.shape) != (B, F, 3, 3) or tuple(init.t_odom_obj.shape) != (B, F, 3) or tuple(init.points_obj.shape) != (B, K, 3):
+    if (tuple(init.R_odom_obj.shape) != (B, F, 3, 3) or tuple(init.t_odom_obj.shape) != (B, F, 3)
+            or tuple(init.points_obj.shape) != (B, K, 3)):
         raise OBASolverError("init state shapes must be (B,F,3,3), (B,F,3), (B,K,3) matching the problem")
     state = OBAState(*(x.to(device=dev, dtype=dt) for x in (init.R_odom_obj, init.t_odom_obj, init.points_obj)))
     prep = _prepare(problem, state, options)
