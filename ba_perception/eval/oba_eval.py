@@ -38,6 +38,7 @@ import torch
 
 from ba_perception.core import geometry
 from ba_perception.core.oba.depth_cues import CUE_NAMES, DEPTH_CUES
+from ba_perception.core.oba.refine import RefinedBox
 from ba_perception.core.oba.stage import TrackBufferConfig
 from ba_perception.eval.detection_ap import FrameBoxes, evaluate_ap
 from ba_perception.eval.replay_metrics import gt_boxes
@@ -78,6 +79,7 @@ def evaluate_sequence(seq: SequenceData, variant: ObaVariant | None, config: Tra
     """
     out = None if variant is None else run_track_buffer(seq, variant, config)
     rows, ap_frames, secs = [], [], []
+    items: list[tuple[int, RefinedBox | None]]  # (observation index, its refined box; None: the detector's box)
     for i in range(len(seq)):
         obs, gt = seq.observations[i], seq.gt[i]
         T_cam_odom = np.linalg.inv(seq.T_odom_cam[i])
@@ -142,7 +144,7 @@ def detector_depth_persistence(seqs: list[SequenceData], window: int, min_frames
                     single.append(abs(rel) * z)
                     avg.append(abs(float(np.mean(win))) * z)
     p = np.asarray(pairs, np.float64).reshape(-1, 2)
-    return {"lag1_correlation": float(np.corrcoef(p.T)[0, 1]) if len(p) > 2 else math.nan, "pairs": len(p),
+    return {"lag1_correlation": float(np.asarray(np.corrcoef(p.T))[0, 1]) if len(p) > 2 else math.nan, "pairs": len(p),
             "window": window, "count": len(single),
             "single_abs_median_m": float(np.median(single)) if single else math.nan,
             "ideal_average_abs_median_m": float(np.median(avg)) if avg else math.nan}

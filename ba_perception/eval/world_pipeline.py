@@ -17,6 +17,7 @@ the detector is trained and scored by ``eval-det``.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import pickle
 import time
 from collections.abc import Callable, Sequence
@@ -86,7 +87,10 @@ class SequenceData:
         """Grayscale ``uint8`` image of frame ``i``."""
         import cv2
 
-        return cv2.imdecode(np.frombuffer(self.gray_png[i], np.uint8), cv2.IMREAD_GRAYSCALE)
+        img = cv2.imdecode(np.frombuffer(self.gray_png[i], np.uint8), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            raise WorldEvalError(f"{self.name}: frame {i}'s cached grayscale PNG does not decode (delete the cache)")
+        return img
 
 
 # ------------------------------------------------------------------------------------------------
@@ -102,7 +106,7 @@ def match_to_gt(boxes: np.ndarray, labels: Sequence[str], gt: Any, min_iou: floa
     gb = np.asarray(gt.box_full, np.float64).reshape(-1, 4)
     if not len(boxes) or not len(gb):
         return out
-    ok = np.isfinite(gb).all(1)
+    ok = np.asarray(np.isfinite(gb).all(1))  # (G,) bool; asarray: numpy types .all(1) as scalar-or-array
     iou = iou_2d(np.asarray(boxes, np.float64).reshape(-1, 4), np.where(ok[:, None], gb, 0.0))
     same = np.asarray(labels, dtype=object)[:, None] == np.asarray(gt.class_label, dtype=object)[None, :]
     r, c = hungarian(iou, same & ok[None] & (iou >= min_iou))
@@ -141,7 +145,7 @@ def _code_hash() -> str:
 
     h = hashlib.sha1()
     for mod in (decode, detector, preprocess):
-        h.update(Path(mod.__file__).read_bytes())
+        h.update(Path(inspect.getfile(mod)).read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -228,9 +232,10 @@ def load_split(split: str, presets: Sequence[str] | None, sequences: int | None,
         raise WorldEvalError(f"unknown preset {bad[0]!r}; choose from {', '.join(PRESETS)}")
     if not model.is_file():
         raise WorldEvalError(f"model {model} not found (the shipped one is models/detector.onnx)")
-    kw = {"checkpoint": model} if model.suffix == ".pt" else {"onnx_path": model}
+    is_checkpoint = model.suffix == ".pt"
     try:
-        be = create_backend(backend, threads=threads, **kw)
+        be = create_backend(backend, threads=threads, checkpoint=model if is_checkpoint else None,
+                            onnx_path=None if is_checkpoint else model)
     except BackendError as err:
         raise WorldEvalError(str(err)) from err
     torch.set_num_threads(max(1, threads))
