@@ -54,7 +54,9 @@ Observability (why the scale and the object's motion are determined):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -175,7 +177,7 @@ def _prepare(problem: OBAProblem, state: OBAState, options: SolverOptions) -> _P
     prep.w = torch.where(m, w, torch.zeros_like(w))
     prep.point_active = pa.to(dt)
 
-    if problem.prior_T_odom_obj is not None:
+    if problem.prior_T_odom_obj is not None and problem.prior_sqrt_info is not None:  # given together (_check)
         pm = fm.clone() if problem.prior_mask is None else problem.prior_mask.bool() & fm
         pm = pm & _finite_rows(problem.prior_T_odom_obj, 2) & _finite_rows(problem.prior_sqrt_info, 2)
         eye6 = torch.eye(6, dtype=dt, device=dev)
@@ -290,6 +292,8 @@ def reprojection_residuals(prep: _Prep, state: OBAState, jacobians: bool = False
 
 def prior_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
     """Pose prior residuals ``(B, F, 6)`` and Jacobians ``(B, F, 6, 6)`` wrt the frame's pose increment."""
+    assert prep.prior_R is not None and prep.prior_t is not None and prep.prior_L is not None and prep.prior_m is not None, \
+        "_prepare sets the prior fields together; callers check prior_m"
     R, t = _frame_poses(prep, state)
     phi = so3_log(prep.prior_R.transpose(-1, -2) @ R)
     e = torch.cat([t - prep.prior_t, phi], -1)
@@ -306,6 +310,8 @@ def motion_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
 
     The Jacobians are ``(B, F-2, 3, 6, 6)`` ``[slot a|b|c, residual, dof]``.
     """
+    assert (prep.mot_m is not None and prep.mot_dt0 is not None and prep.mot_dt1 is not None and prep.mot_dtm is not None
+            and prep.mot_w is not None and prep.mot_Jt is not None), "_prepare sets the motion fields together; callers check mot_m"
     R, t = state.R_odom_obj, state.t_odom_obj
     # the relative rotation of each consecutive pair, once: (a, b) pairs are [:, :-1], (b, c) pairs [:, 1:]
     M = R[:, :-1].transpose(-1, -2) @ R[:, 1:]  # (B, F-1, 3, 3)
@@ -430,6 +436,7 @@ def _normal_equations(prep: _Prep, state: OBAState, options: SolverOptions) -> _
     H.view(B, F, 6, F, 6).diagonal(dim1=1, dim2=3).add_(Hs.permute(0, 2, 3, 1))
     if prep.mot_m is not None:
         rm, Jm = motion_residuals(prep, state, jacobians=True)
+        assert prep.mot_hidx is not None and prep.mot_gidx is not None, "_prepare sets them with mot_m"
         cost = cost + 0.5 * (rm * rm).flatten(1).sum(-1)
         # every triplet's 3x3 grid of 6x6 blocks (and 3 gradient blocks) added into the band in one op each
         H.view(B, -1).index_add_(1, prep.mot_hidx, torch.einsum("btiro,btjrp->btijop", Jm, Jm).reshape(B, -1))
@@ -469,6 +476,7 @@ def _solve_damped(ne: _Normal, prep: _Prep, lam: torch.Tensor, options: SolverOp
     f = free.reshape(B, 6 * P)
     S.diagonal(dim1=-2, dim2=-1).add_(lam[:, None] * Dp.reshape(B, 6 * P))
     # held / unused dofs: identity rows and columns, zero right-hand side -> zero step
+    assert prep.free_outer is not None, "_prepare sets it"
     S.mul_(prep.free_outer).diagonal(dim1=-2, dim2=-1).add_(1 - f)
     gp = ne.gp * pa[..., None]
     rhs = (-ne.g.reshape(B, 6 * P) + torch.einsum("bkpj,bkj->bp", Y, gp)) * f
@@ -541,7 +549,8 @@ def _compiled(name: str):
     Elementwise chains fused into few kernels; compiled once per process on first use (tens of seconds), then per new shape.
     """
     if name not in _COMPILED:
-        fn = {"lm_iteration": _lm_iteration, "normal_equations": _normal_equations}[name]
+        fns: dict[str, Callable[..., Any]] = {"lm_iteration": _lm_iteration, "normal_equations": _normal_equations}
+        fn = fns[name]
         _COMPILED[name] = torch.compile(fn, dynamic=False)
     return _COMPILED[name]
 
