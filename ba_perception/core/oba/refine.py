@@ -212,6 +212,12 @@ class RefineBatch:
     excluded: list[tuple[ObjectTrack, str]]
     initial_lambda: torch.Tensor | None = None
 
+    def inputs(self) -> tuple[OBAProblem, OBAState]:
+        """The solver's inputs ``(problem, init)`` of a batch with problems (both set together by :func:`build_batch`)."""
+        if self.problem is None or self.init is None:
+            raise ValueError("the batch has no problem to solve (every tracklet was excluded)")
+        return self.problem, self.init
+
 
 def _project_so3(R: np.ndarray) -> np.ndarray:
     U, _, Vt = np.linalg.svd(R)
@@ -509,19 +515,20 @@ def refine_tracklets(
     out: dict[int, RefinedBox] = {t.tracklet_id: _box(t, r, cfg) for t, r in batch.excluded}
     if batch.problem is not None:
         batch, cues = apply_depth_cues(batch, cfg)  # depth cues: the fused depth replaces the detector's in the priors
-        history = batch.problem  # every kept frame: what the static test triangulates over
+        history, _ = batch.inputs()  # every kept frame: what the static test triangulates over
         if 0 < cfg.window < history.shape[1]:
             batch = _newest_frames(batch, cfg.window)
-        p = batch.problem
+        p, init = batch.inputs()
+        assert p.stamps_s is not None, "build_batch sets the stamps"
         if cfg.scene_static:
-            ps, init_s = _static_problem(p, batch.init)
+            ps, init_s = _static_problem(p, init)
             res = _solve(cfg, ps, init_s, batch.initial_lambda)
             v, vcov = _velocity(res.state.t_odom_obj, p.stamps_s, p.frame_mask, res.pose_covariance)
             _write_back(batch, res, torch.zeros_like(v), vcov, res.valid.clone(), replace(cfg, static_resolve=True), out,
                         one_pose=True)
             _note_cues(batch, cues, out)
             return [out[t.tracklet_id] for t in tracks]
-        res = _solve(cfg, p, batch.init, batch.initial_lambda)
+        res = _solve(cfg, p, init, batch.initial_lambda)
         v, vcov = _velocity(res.state.t_odom_obj, p.stamps_s, p.frame_mask, res.pose_covariance)
         speed = v.norm(dim=-1)
         static = (speed < cfg.static_speed_mps) & res.valid
@@ -546,7 +553,7 @@ _GRAPHS = GraphSolveCache()
 
 def _newest_frames(batch: RefineBatch, n: int) -> RefineBatch:
     """The batch cut to each problem's newest ``n`` packed frames (the BA window of a longer history)."""
-    problem, state = newest_frames(batch.problem, batch.init, n)
+    problem, state = newest_frames(*batch.inputs(), n)
     return replace(batch, problem=problem, init=state, frame_index=[ii[-n:] for ii in batch.frame_index])
 
 
@@ -560,6 +567,7 @@ def _solve(cfg: RefineConfig, problem: OBAProblem, init: OBAState, initial_lambd
 def _static_problem(p: OBAProblem, init: OBAState) -> tuple[OBAProblem, OBAState]:
     """The same problems with one pose for all frames (static-scene BA), started at the window mean."""
     B = p.frame_mask.shape[0]
+    assert p.motion_sqrt_info is not None, "build_batch sets the motion prior"
     ps = OBAProblem(**{**p.__dict__, "static": torch.ones(B, dtype=torch.bool, device=p.obs_uv.device),
                        "motion_sqrt_info": torch.zeros_like(p.motion_sqrt_info)})
     nf = p.frame_mask.sum(1).clamp(min=1)[:, None].to(init.t_odom_obj.dtype)
@@ -586,13 +594,14 @@ def publishable_boxes(boxes: list[RefinedBox]) -> tuple[list[RefinedBox], Counte
     and an unknown or non-finite covariance the ``-1`` diagonal of "unknown", so no non-finite
     number is ever published.
     """
-    out, dropped = [], Counter()
+    out: list[RefinedBox] = []
+    dropped: Counter[str] = Counter()
     for b in boxes:
         why = _box_problem(b)
         if why:
             dropped[why] += 1
             continue
-        fix = {}
+        fix: dict[str, Any] = {}  # RefinedBox fields to replace (arrays of different shapes)
         if not np.isfinite(b.velocity_odom).all():
             fix |= {"velocity_odom": np.zeros(3), "velocity_covariance": -np.eye(3)}
         if not np.isfinite(b.pose_covariance).all():
@@ -645,7 +654,7 @@ def heading_from_velocity(R_odom_obj: np.ndarray, velocity_odom: np.ndarray, mov
 def _write_back(batch: RefineBatch, res: OBAResult, v, vcov, static, cfg: RefineConfig, out: dict,
                 one_pose: bool = False) -> None:
     """Refined boxes of the batch into ``out``; ``one_pose``: every problem was solved with one pose (slot 0)."""
-    p = batch.problem
+    p, _ = batch.inputs()
     nfr = p.frame_mask.sum(1) - 1  # newest packed frame
     B = len(batch.tracks)
     ar = torch.arange(B, device=nfr.device)
