@@ -37,7 +37,8 @@ import torch
 from ba_perception.core.oba.motion_state import static_evidence
 
 if TYPE_CHECKING:
-    from ba_perception.core.oba.refine import RefineBatch, RefineConfig
+    from ba_perception.core.oba.refine import RefineBatch
+    from ba_perception.core.oba.refine_config import RefineConfig
     from ba_perception.core.oba.solver import OBAProblem
 
 DEPTH_CUES = ("detector", "ground", "triangulation", "all")
