@@ -31,7 +31,8 @@ import torch
 
 from ba_perception.bench.oba_reference import have_pycolmap, solve_with_pycolmap
 from ba_perception.core.oba.cuda_graph import CapturedSolve
-from ba_perception.core.oba.refine import RefineConfig, refine_tracklets
+from ba_perception.core.oba.refine import refine_tracklets
+from ba_perception.core.oba.refine_config import RefineConfig
 from ba_perception.core.oba.solver import OBAProblem, OBAState, SolverOptions, solve
 from ba_perception.data.oba_problems import make_batch, make_tracklets
 from ba_perception.eval.results import machine_info

@@ -38,10 +38,11 @@ import torch
 
 from ba_perception.core import geometry
 from ba_perception.core.oba.depth_cues import CUE_NAMES, DEPTH_CUES
+from ba_perception.core.oba.refine import RefinedBox
 from ba_perception.core.oba.stage import TrackBufferConfig
 from ba_perception.eval.detection_ap import FrameBoxes, evaluate_ap
-from ba_perception.eval.results import json_safe, machine_info
 from ba_perception.eval.replay_metrics import gt_boxes
+from ba_perception.eval.results import json_safe, machine_info
 from ba_perception.eval.world_pipeline import ObaVariant, SequenceData, WorldEvalError, bias_depth, load_split, run_track_buffer
 
 VARIANTS: dict[str, ObaVariant | None] = {
@@ -73,11 +74,12 @@ def evaluate_sequence(seq: SequenceData, variant: ObaVariant | None, config: Tra
 
     Returns:
         ``{"rows": (N, 11) array [z_gt, z_single, z_out, num_frames, refined, is_static, gt_speed,
-        vel_err, moving_gt, ego_travel_m, depth_cue (index into CUE_NAMES, -1 none)], "ap_frames": [(gt, pred)], "seconds": per-frame track buffer
-        times}``; ``ego_travel_m`` is the camera's travel over the row's last ``num_frames`` frames.
+        vel_err, moving_gt, ego_travel_m, depth_cue (index into CUE_NAMES, -1 none)], "ap_frames": [(gt, pred)],
+        "seconds": per-frame track buffer times}``; ``ego_travel_m`` is the camera's travel over the row's last ``num_frames`` frames.
     """
     out = None if variant is None else run_track_buffer(seq, variant, config)
     rows, ap_frames, secs = [], [], []
+    items: list[tuple[int, RefinedBox | None]]  # (observation index, its refined box; None: the detector's box)
     for i in range(len(seq)):
         obs, gt = seq.observations[i], seq.gt[i]
         T_cam_odom = np.linalg.inv(seq.T_odom_cam[i])
@@ -142,7 +144,7 @@ def detector_depth_persistence(seqs: list[SequenceData], window: int, min_frames
                     single.append(abs(rel) * z)
                     avg.append(abs(float(np.mean(win))) * z)
     p = np.asarray(pairs, np.float64).reshape(-1, 2)
-    return {"lag1_correlation": float(np.corrcoef(p.T)[0, 1]) if len(p) > 2 else math.nan, "pairs": len(p),
+    return {"lag1_correlation": float(np.asarray(np.corrcoef(p.T))[0, 1]) if len(p) > 2 else math.nan, "pairs": len(p),
             "window": window, "count": len(single),
             "single_abs_median_m": float(np.median(single)) if single else math.nan,
             "ideal_average_abs_median_m": float(np.median(avg)) if avg else math.nan}
@@ -293,7 +295,8 @@ def format_breakdown(results: dict[str, dict]) -> str:
         cells = []
         for g, k in keys:
             d = r["depth"][g][k]
-            cells.append(f"{d['single_abs_median_m']:5.2f}->{d['out_abs_median_m']:5.2f} ({d['count']:4d})" if d["count"] else f"{'n/a':>17s}")
+            cells.append(f"{d['single_abs_median_m']:5.2f}->{d['out_abs_median_m']:5.2f} ({d['count']:4d})" if d["count"]
+                         else f"{'n/a':>17s}")
         lines.append(f"{name:28s} " + " ".join(f"{c:>17s}" for c in cells))
     return "\n".join(lines)
 
@@ -346,7 +349,8 @@ def add_world_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="models/detector.onnx")
     parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--score-threshold", type=float, default=None, help="detector threshold (default: detector_node's; other decode settings: --set detector_node.NAME:=V)")
+    parser.add_argument("--score-threshold", type=float, default=None,
+                        help="detector threshold (default: detector_node's; other decode settings: --set detector_node.NAME:=V)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="object BA device")
     parser.add_argument("--params-file", default="", help="node parameters (default: the package's config/stack.yaml)")
     parser.add_argument("--cache-dir", default="data/eval_cache", help="rendered + detected sequences are kept here")

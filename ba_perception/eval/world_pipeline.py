@@ -17,6 +17,7 @@ the detector is trained and scored by ``eval-det``.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import pickle
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from ba_perception.core import geometry
 from ba_perception.core.detection.backends import file_sha256
 from ba_perception.core.oba.refine import RefinedBox
 from ba_perception.core.oba.stage import TrackBufferConfig, TrackBufferStage
-from ba_perception.core.oba.tracklets import MAX_WINDOW, Observation, ObjectTrack, observations_from_detections
+from ba_perception.core.oba.tracklets import MAX_WINDOW, ObjectTrack, Observation, observations_from_detections
 from ba_perception.core.tracking import Detections, Tracker, TrackerConfig, TrackOutput
 from ba_perception.core.tracking.matching import hungarian
 from ba_perception.eval.detection_ap import iou_2d
@@ -86,7 +87,10 @@ class SequenceData:
         """Grayscale ``uint8`` image of frame ``i``."""
         import cv2
 
-        return cv2.imdecode(np.frombuffer(self.gray_png[i], np.uint8), cv2.IMREAD_GRAYSCALE)
+        img = cv2.imdecode(np.frombuffer(self.gray_png[i], np.uint8), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            raise WorldEvalError(f"{self.name}: frame {i}'s cached grayscale PNG does not decode (delete the cache)")
+        return img
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,12 +100,13 @@ def match_to_gt(boxes: np.ndarray, labels: Sequence[str], gt: Any, min_iou: floa
     """One-to-one match of 2D boxes to ground truth (``box_full``, same class) by IoU; -1 unmatched.
 
     Only pairs with IoU >= ``min_iou`` compete (maximising the summed IoU over all pairs first
-    could leave a clear match unmatched for two weak ones)."""
+    could leave a clear match unmatched for two weak ones).
+    """
     out = np.full(len(boxes), -1, np.int64)
     gb = np.asarray(gt.box_full, np.float64).reshape(-1, 4)
     if not len(boxes) or not len(gb):
         return out
-    ok = np.isfinite(gb).all(1)
+    ok = np.asarray(np.isfinite(gb).all(1))  # (G,) bool; asarray: numpy types .all(1) as scalar-or-array
     iou = iou_2d(np.asarray(boxes, np.float64).reshape(-1, 4), np.where(ok[:, None], gb, 0.0))
     same = np.asarray(labels, dtype=object)[:, None] == np.asarray(gt.class_label, dtype=object)[None, :]
     r, c = hungarian(iou, same & ok[None] & (iou >= min_iou))
@@ -140,7 +145,7 @@ def _code_hash() -> str:
 
     h = hashlib.sha1()
     for mod in (decode, detector, preprocess):
-        h.update(Path(mod.__file__).read_bytes())
+        h.update(Path(inspect.getfile(mod)).read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -177,7 +182,7 @@ def prepare_sequence(world_cfg: Any, detector: Any, model_hash: str, cache_dir: 
             obs = observations_from_detections(res.detections, res.class_names)
             g = match_to_gt(np.array([o.box_2d for o in obs]).reshape(-1, 4), [o.class_label for o in obs], fr.objects)
             uvs, ids = [], []
-            for o, j in zip(obs, g):
+            for j in g:  # g: one GT index (or -1) per observation
                 if j >= 0 and int(fr.objects.track_id[j]) in fr.surface_points:
                     u, k = oracle_samples(fr, int(fr.objects.track_id[j]))
                 else:
@@ -227,9 +232,10 @@ def load_split(split: str, presets: Sequence[str] | None, sequences: int | None,
         raise WorldEvalError(f"unknown preset {bad[0]!r}; choose from {', '.join(PRESETS)}")
     if not model.is_file():
         raise WorldEvalError(f"model {model} not found (the shipped one is models/detector.onnx)")
-    kw = {"checkpoint": model} if model.suffix == ".pt" else {"onnx_path": model}
+    is_checkpoint = model.suffix == ".pt"
     try:
-        be = create_backend(backend, threads=threads, **kw)
+        be = create_backend(backend, threads=threads, checkpoint=model if is_checkpoint else None,
+                            onnx_path=None if is_checkpoint else model)
     except BackendError as err:
         raise WorldEvalError(str(err)) from err
     torch.set_num_threads(max(1, threads))
@@ -299,9 +305,17 @@ class OrbPointTracker:
         self.cache: dict = {}
 
     def reset(self) -> None:
+        """Forget every cached image and feature set (the stream restarted)."""
         self.cache = {}
 
     def step(self, stamp_ns: int, gray: np.ndarray, tracks: list[ObjectTrack]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Point tracks over the window of each tracklet with two or more frames, by tracklet id.
+
+        Args:
+            stamp_ns: stamp of the newest frame (one of the sequence's frames).
+            gray: the newest frame's grayscale image.
+            tracks: the tracklets after association of the newest frame.
+        """
         from ba_perception.core.oba.correspondences import orb_features, orb_tracks
 
         cache, out = self.cache, {}

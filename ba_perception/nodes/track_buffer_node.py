@@ -181,6 +181,7 @@ class TrackBufferNode(PerceptionNode):
             return None
 
     def on_input(self, item: tuple[int, Any]) -> None:
+        """Refine one observation message (``(received_ns, msg)``) and publish the refined boxes in odom."""
         from ba_perception_msgs.msg import Detection3DArray
 
         received, msg = item
@@ -223,6 +224,7 @@ class TrackBufferNode(PerceptionNode):
         self.count("frames_out")
 
     def close(self) -> None:
+        """Stop the input worker."""
         self.worker.close()
 
 

@@ -163,7 +163,7 @@ def orb_features(image: np.ndarray, box: np.ndarray, max_features: int = 64) -> 
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     roi = np.zeros_like(image, np.uint8)
     roi[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] = 255
-    orb = cv2.ORB_create(nfeatures=max_features, edgeThreshold=8, patchSize=15)
+    orb = cv2.ORB.create(nfeatures=max_features, edgeThreshold=8, patchSize=15)
     kps, desc = orb.detectAndCompute(image, roi)
     if desc is None:
         return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
@@ -276,8 +276,8 @@ class KltTracker:
         if not follow:
             return
         cur = np.concatenate([st.pts for st, _ in follow])[:, None].astype(np.float32)
-        nxt, ok, _ = cv2.calcOpticalFlowPyrLK(prev, gray, cur, None)
-        back, ok2, _ = cv2.calcOpticalFlowPyrLK(gray, prev, nxt, None)
+        nxt, ok, _ = cv2.calcOpticalFlowPyrLK(prev, gray, cur, None)  # type: ignore[call-overload]  # cv2 stubs omit nextPts=None (output only)
+        back, ok2, _ = cv2.calcOpticalFlowPyrLK(gray, prev, nxt, None)  # type: ignore[call-overload]  # as above
         alive = (ok[:, 0] == 1) & (ok2[:, 0] == 1) & (np.linalg.norm(back - cur, axis=-1)[:, 0] < self.fb_max_px)
         start = 0
         for st, box in follow:
@@ -314,7 +314,7 @@ class KltTracker:
             A, _ = cv2.estimateAffine2D(st.seed_pts[g], st.pts[g], method=cv2.LMEDS)
             if A is None:
                 continue
-            A_roi = A.copy()
+            A_roi = np.asarray(A, np.float64).copy()  # estimateAffine2D's 2x3 CV_64F matrix (the stubs allow integers)
             A_roi[:, 2] -= off
             warped = cv2.warpAffine(img, A_roi, (x2 - x1, y2 - y1), flags=cv2.INTER_LINEAR)
             src = (st.seed_pts[g] @ A[:, :2].T + A[:, 2] - off).astype(np.float32)[:, None]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
+from typing import TypeVar
 
 import torch
 
@@ -14,6 +15,8 @@ from ba_perception.core.oba.problem import (
     SolverOptions,
 )
 from ba_perception.core.oba.solver import _check, solve
+
+_OptionalTensor = TypeVar("_OptionalTensor", torch.Tensor, None)  # an optional OBAProblem field: None stays None
 
 
 class CapturedSolve:
@@ -39,8 +42,7 @@ class CapturedSolve:
                                         "sync_every": 0, "assume_static": True})
         dev, dt = problem.obs_uv.device, problem.obs_uv.dtype
         self.problem = problem.to(device=dev, dtype=dt)
-        self.problem = OBAProblem(**{f.name: (None if v is None else v.clone())
-                                     for f in fields(OBAProblem) for v in [getattr(self.problem, f.name)]})
+        self.problem = replace(self.problem, **{f.name: _clone(getattr(self.problem, f.name)) for f in fields(OBAProblem)})
         self.init = OBAState(*(x.to(device=dev, dtype=dt).clone() for x in (init.R_odom_obj, init.t_odom_obj, init.points_obj)))
         self.initial_lambda = torch.full((problem.shape[0],), self.options.initial_lambda, dtype=dt, device=dev)
         stream = torch.cuda.Stream(device=dev)
@@ -81,16 +83,22 @@ class CapturedSolve:
         return self.result
 
 
-def _pad_batch(x: torch.Tensor | None, n: int) -> torch.Tensor | None:
-    """``x`` with ``n`` zero rows appended along the batch dimension."""
+def _clone(x: _OptionalTensor) -> _OptionalTensor:
+    """A copy of ``x`` (None stays None)."""
+    return None if x is None else x.clone()
+
+
+def _pad_batch(x: _OptionalTensor, n: int) -> _OptionalTensor:
+    """``x`` with ``n`` zero rows appended along the batch dimension (None stays None)."""
     if x is None or n == 0:
         return x
     return torch.cat([x, x.new_zeros((n, *x.shape[1:]))])
 
 
 class GraphSolveCache:
-    """CUDA-graph solves for batches of varying size: the batch is padded to a multiple of ``bucket``
-    with disabled problems, and one :class:`CapturedSolve` is kept per padded shape (at most
+    """CUDA-graph solves for batches of varying size.
+
+    The batch is padded to a multiple of ``bucket`` with disabled problems, and one :class:`CapturedSolve` is kept per padded shape (at most
     ``max_graphs``, least recently used dropped). CPU problems are solved eagerly.
 
     The result is cut back to the caller's batch and cloned, so it stays valid after later calls.
@@ -109,7 +117,7 @@ class GraphSolveCache:
         B = problem.shape[0]
         n = -B % self.bucket
         mask = problem.problem_mask if problem.problem_mask is not None else torch.ones(B, dtype=torch.bool, device=problem.obs_uv.device)
-        padded = OBAProblem(**{f.name: _pad_batch(getattr(problem, f.name), n) for f in fields(OBAProblem)})
+        padded = replace(problem, **{f.name: _pad_batch(getattr(problem, f.name), n) for f in fields(OBAProblem)})
         padded.problem_mask = _pad_batch(mask, n)
         state = OBAState(*(_pad_batch(x, n) for x in (init.R_odom_obj, init.t_odom_obj, init.points_obj)))
         lam = None if initial_lambda is None else torch.cat([initial_lambda, initial_lambda.new_full((n,), options.initial_lambda)])
@@ -123,7 +131,11 @@ class GraphSolveCache:
             graph = CapturedSolve(padded, state, options)
         self._graphs[key] = graph  # most recently used last
         r = graph(padded, state, lam)
-        cut = lambda x: None if x is None else x[:B].clone()  # noqa: E731
-        return OBAResult(OBAState(cut(r.state.R_odom_obj), cut(r.state.t_odom_obj), cut(r.state.points_obj)),
-                         cut(r.cost), cut(r.initial_cost), cut(r.iterations), cut(r.converged), cut(r.valid), cut(r.lam),
-                         cut(r.pose_covariance), cut(r.num_obs))
+        return OBAResult(OBAState(_cut(r.state.R_odom_obj, B), _cut(r.state.t_odom_obj, B), _cut(r.state.points_obj, B)),
+                         _cut(r.cost, B), _cut(r.initial_cost, B), _cut(r.iterations, B), _cut(r.converged, B), _cut(r.valid, B),
+                         _cut(r.lam, B), None if r.pose_covariance is None else _cut(r.pose_covariance, B), _cut(r.num_obs, B))
+
+
+def _cut(x: torch.Tensor, B: int) -> torch.Tensor:
+    """A copy of the first ``B`` rows of ``x`` (the caller's batch, without the padding)."""
+    return x[:B].clone()

@@ -37,7 +37,8 @@ import torch
 from ba_perception.core.oba.motion_state import static_evidence
 
 if TYPE_CHECKING:
-    from ba_perception.core.oba.refine import RefineBatch, RefineConfig
+    from ba_perception.core.oba.refine import RefineBatch
+    from ba_perception.core.oba.refine_config import RefineConfig
     from ba_perception.core.oba.solver import OBAProblem
 
 DEPTH_CUES = ("detector", "ground", "triangulation", "all")
@@ -47,7 +48,7 @@ _BOTTOM_SIGNS = (  # the box's four bottom corners in the object frame (x forwar
 
 
 class DepthCueError(ValueError):
-    """An invalid depth-cue setting."""
+    """An invalid depth-cue setting, or a problem without the detector priors that the cues correct."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,13 @@ class CueResult:
         return [CUE_NAMES[i] for i in self.dominant.tolist()]
 
 
+def _prior_pose(problem: OBAProblem) -> torch.Tensor:
+    """``(B, F, 4, 4)`` detector box poses in odom (``prior_T_odom_obj``), which every cue needs."""
+    if problem.prior_T_odom_obj is None:
+        raise DepthCueError("depth cues need the problem's detector priors (prior_T_odom_obj)")
+    return problem.prior_T_odom_obj
+
+
 def _camera_depth(T_cam_odom: torch.Tensor, x_odom: torch.Tensor) -> torch.Tensor:
     """Camera-frame ``z`` of odom points ``(..., 3)`` (``T_cam_odom`` ``(..., 4, 4)``)."""
     return (T_cam_odom[..., 2, :3] * x_odom).sum(-1) + T_cam_odom[..., 2, 3]
@@ -137,7 +145,8 @@ def ground_cue(problem: OBAProblem, box_bottom_v: torch.Tensor, size_lwh: torch.
     T_co = problem.T_cam_odom.to(dt)
     T_oc = torch.linalg.inv(T_co)
     K = problem.K.to(dt)
-    R, t = problem.prior_T_odom_obj[..., :3, :3].to(dt), problem.prior_T_odom_obj[..., :3, 3].to(dt)
+    prior = _prior_pose(problem)
+    R, t = prior[..., :3, :3].to(dt), prior[..., :3, 3].to(dt)
     signs = torch.tensor(_BOTTOM_SIGNS, dtype=dt, device=t.device)
     local = 0.5 * signs * size_lwh.to(dt)[:, None, :]  # (B, 4, 3)
     off = torch.einsum("bfij,bkj->bfki", R, local)  # (B, F, 4, 3) bottom corners - centre, odom
@@ -221,7 +230,8 @@ def triangulation_cue(problem: OBAProblem, size_lwh: torch.Tensor, noise_px: flo
     rays = torch.einsum("bfij,bjk,bfnk->bfni", T_oc[..., :3, :3], torch.linalg.inv(Km),
                         torch.cat([uv, torch.ones_like(uv[..., :1])], -1))
     rays = rays / rays.norm(dim=-1, keepdim=True)
-    t = problem.prior_T_odom_obj[..., :3, 3].to(dt)
+    prior = _prior_pose(problem)
+    t = prior[..., :3, 3].to(dt)
     z = _camera_depth(T_co, t).clamp(min=1.0)
     w = (Km[:, 0, 0, None] / z)[..., None] ** 2 * mask.to(dt)  # (B, F, K)
     eye = torch.eye(3, dtype=dt, device=mask.device)
@@ -234,7 +244,7 @@ def triangulation_cue(problem: OBAProblem, size_lwh: torch.Tensor, noise_px: flo
     last = (mask.to(dt) * torch.arange(F, dtype=dt, device=mask.device)[:, None]).argmax(1)  # (B, K)
     take = lambda x: torch.gather(x, 1, last.view(B, 1, K, *([1] * (x.dim() - 3))).expand(B, 1, K, *x.shape[3:]))[:, 0]  # noqa: E731
     C_l = take(C[:, :, None, :].expand(B, F, K, 3))
-    R_l = take(problem.prior_T_odom_obj[..., :3, :3].to(dt)[:, :, None].expand(B, F, K, 3, 3))
+    R_l = take(prior[..., :3, :3].to(dt)[:, :, None].expand(B, F, K, 3, 3))
     t_l = take(t[:, :, None, :].expand(B, F, K, 3))
     dvec = X - C_l
     dist = dvec.norm(dim=-1).clamp(min=1e-6)
@@ -260,11 +270,14 @@ def scale_priors(problem: OBAProblem, log_scale: torch.Tensor) -> OBAProblem:
     The along-ray std scales by ``s`` too: with ``A = I + (s - 1) r r^T`` the prior's covariance
     becomes ``A Sigma A^T``, i.e. its square-root information ``L A^{-1}``.
     """
-    dt = problem.prior_T_odom_obj.dtype
+    prior = _prior_pose(problem)
+    if problem.prior_sqrt_info is None:
+        raise DepthCueError("depth cues need the problem's prior square-root information (prior_sqrt_info)")
+    dt = prior.dtype
     s = torch.exp(log_scale).to(dt)[:, None]  # (B, 1)
     T_oc = torch.linalg.inv(problem.T_cam_odom)
     C = T_oc[..., :3, 3]
-    T = problem.prior_T_odom_obj.clone()
+    T = prior.clone()
     d = T[..., :3, 3] - C
     T[..., :3, 3] = C + s[..., None] * d
     r = d / d.norm(dim=-1, keepdim=True).clamp(min=1e-9)
@@ -330,8 +343,8 @@ def apply_depth_cues(batch: RefineBatch, config: RefineConfig) -> tuple[RefineBa
     q_all = scale_priors(p, log_s)
     init = batch.init
     if init is not None:  # initial poses that were the detector's boxes move with them (warm starts stay)
-        same = (init.t_odom_obj - p.prior_T_odom_obj[..., :3, 3]).abs().amax(-1) < 1e-6
-        t0 = torch.where(same[..., None], q_all.prior_T_odom_obj[..., :3, 3], init.t_odom_obj)
+        same = (init.t_odom_obj - _prior_pose(p)[..., :3, 3]).abs().amax(-1) < 1e-6
+        t0 = torch.where(same[..., None], _prior_pose(q_all)[..., :3, 3], init.t_odom_obj)
         k = torch.exp(log_s).to(init.points_obj.dtype)[:, None, None]
         pts = torch.where(same.all(1)[:, None, None], init.points_obj * k, init.points_obj)
         init = replace(init, t_odom_obj=t0, points_obj=pts)

@@ -75,8 +75,11 @@ PER_FRAME_FIELDS = ("obs_uv", "obs_mask", "T_cam_odom", "frame_mask", "stamps_s"
 
 
 def newest_frames(problem: OBAProblem, state: OBAState, n: int) -> tuple[OBAProblem, OBAState]:
-    """Problems and state cut to each problem's newest ``n`` present frames (frames packed oldest
-    first, padding last, as :func:`~ba_perception.core.oba.refine.build_batch` packs them); points are kept."""
+    """Problems and state cut to each problem's newest ``n`` present frames.
+
+    Frames are packed oldest first, padding last, as :func:`~ba_perception.core.oba.refine.build_batch` packs
+    them; points are kept.
+    """
     B, F, _ = problem.shape
     nf = problem.frame_mask.sum(1)
     j = torch.arange(n, device=nf.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,129 +17,19 @@ from ba_perception.core.oba.correspondences import (
     oracle_tracks,
 )
 from ba_perception.core.oba.cuda_graph import GraphSolveCache
-from ba_perception.core.oba.depth_cues import DEPTH_CUES, DepthCueConfig, apply_depth_cues
+from ba_perception.core.oba.depth_cues import apply_depth_cues
 from ba_perception.core.oba.motion_state import static_evidence
+from ba_perception.core.oba.refine_config import RefineConfig
+from ba_perception.core.oba.refine_config import RefineError as RefineError  # re-exported: refine callers catch it from here
 from ba_perception.core.oba.solver import (
     OBAProblem,
     OBAResult,
     OBAState,
-    SolverOptions,
     newest_frames,
     solve,
 )
 from ba_perception.core.oba.tracklets import ObjectTrack
 from ba_perception.core.tracking.types import Detections
-
-CORRESPONDENCES = ("descriptor", "klt", "orb", "oracle", "none")
-# Point-track noise (px) the static test assumes per correspondence source when
-# ``static_track_noise_px`` is 0 (chosen on the world val split: docs/experiments.md). Larger values
-# call more slow movers static, which zeroes their velocity.
-TRACK_NOISE_PX = {"descriptor": 0.75, "klt": 0.1, "orb": 0.2, "oracle": 0.1, "none": 0.1}
-
-
-class RefineError(ValueError):
-    """Raised on an invalid refinement configuration."""
-
-
-@dataclass
-class RefineConfig:
-    """Settings of the window refinement.
-
-    Attributes:
-        window: BA frames: the newest ``window`` usable frames of each tracklet (0 = all it keeps).
-            A tracklet that keeps more frames (``static_window``) gives its older ones to the
-            static test only, which triangulates the point tracks over all of them.
-        num_points: K point tracks per tracklet.
-        correspondences: ``descriptor`` (mutual NN of learned descriptors), ``klt`` / ``orb`` (KLT
-            or ORB tracks on the images, passed in as ``point_tracks`` by the caller, e.g. its
-            ``KltTracker``), ``oracle`` (ground truth sample ids), ``none`` (priors and motion only).
-        match_ratio: Lowe ratio on cosine distance; match_min_similarity: cosine floor.
-        klt_realign: with ``klt``, re-align each KLT point against its seed patch warped by the
-            tracklet's affine image motion every frame (:class:`KltTracker` ``realign``).
-        pixel_std: assumed reprojection noise, pixels (sets the residual weights and hence the
-            covariance scale; the robust loss scale is in these whitened units).
-        roll_pitch_std: prior std of roll and pitch about the detector's upright box, radians.
-        accel_std: constant-velocity prior, m/s^2 (translation) and angular_accel_std rad/s^2.
-        static_speed_mps: without enough point tracks, objects slower than this are static.
-        static_resolve: decide static vs moving per object. An object slower than
-            ``static_candidate_mps`` (free-pose solve) is static when its point tracks triangulate
-            as static points (:mod:`~ba_perception.core.oba.motion_state`: median reprojection
-            residual below 4 ``static_track_noise_px`` (0: ``TRACK_NOISE_PX`` of the
-            ``correspondences``), depth within 4 sigma of the detector's,
-            ``static_depth_log_std`` being the detector's relative depth error); objects with
-            fewer than ``min_points_for_selection`` tracks are static below ``static_speed_mps``.
-            Static objects get zero velocity.
-        covariance_scale: factor on the published pose and velocity covariances of refined boxes.
-            The solver's covariance treats the detector's depth errors as independent from frame to
-            frame while they persist, so it is overconfident (docs/experiments.md); consumers (the
-            tracker's gate and Kalman filter) see the scaled one.
-        heading_from_velocity_mps: a refined moving object at least this fast (m/s, horizontal)
-            gets its yaw from its velocity direction (of the two headings along it, the one nearer
-            the solved yaw, so a detector's flipped box stays flipped and reversing is allowed), roll
-            and pitch zero: vehicles move along their heading and the window's velocity is a steadier
-            yaw cue than the per-frame box. 0 turns it off. The published pose covariance is the
-            solver's (it does not shrink the yaw variance).
-        scene_static: scene-level BA: every object gets one pose for all frames of its window
-            (the static-world assumption of classic SfM; the ablation BA-Det compares against).
-        min_baseline_m: camera travel below which the window is degenerate (zero baseline).
-        min_depth_m: detections nearer than this (or behind the camera) are dropped.
-        depth_cues: which depth sources set each tracklet's depth prior before the BA
-            (:mod:`~ba_perception.core.oba.depth_cues`): ``detector`` (the detector's depth alone),
-            ``ground`` (+ ground contact), ``triangulation`` (+ triangulation of static objects),
-            ``all``; cues: their uncertainties. The shipped ``detector`` keeps today's behaviour: with
-            an unbiased detector ``all`` made the depth worse on the world test split, while it removes
-            most of an injected detector bias (docs/experiments.md); ``all`` is for a detector on a new camera.
-        solver: LM options (iterations, loss, yaw-only, ...).
-        device, dtype: where the batch is solved.
-        cuda_graph: on CUDA, replay each solve from a CUDA graph (batch padded to a multiple of 16;
-            one graph per padded shape is captured on first use and kept).
-    """
-
-    window: int = 8
-    num_points: int = 16
-    correspondences: str = "klt"
-    match_ratio: float = 0.9
-    match_min_similarity: float = 0.5
-    klt_realign: bool = True
-    pixel_std: float = 1.0
-    roll_pitch_std: float = 0.05
-    accel_std: float = 3.0
-    angular_accel_std: float = 1.0
-    static_speed_mps: float = 0.5
-    static_resolve: bool = True
-    static_candidate_mps: float = 8.0
-    static_track_noise_px: float = 0.0
-    static_depth_log_std: float = 0.15
-    min_points_for_selection: int = 4
-    covariance_scale: float = 1.0
-    heading_from_velocity_mps: float = 2.0
-    scene_static: bool = False
-    min_baseline_m: float = 0.05
-    min_depth_m: float = 0.5
-    depth_cues: str = "detector"
-    cues: DepthCueConfig = field(default_factory=DepthCueConfig)
-    solver: SolverOptions = field(default_factory=SolverOptions)
-    cuda_graph: bool = True
-    device: str = "cpu"
-    dtype: torch.dtype = torch.float32
-
-    def __post_init__(self) -> None:
-        if self.correspondences not in CORRESPONDENCES:
-            raise RefineError(f"correspondences must be one of {CORRESPONDENCES}, got {self.correspondences!r}")
-        if not self.covariance_scale > 0 or not self.heading_from_velocity_mps >= 0:
-            raise RefineError(f"covariance_scale must be > 0 and heading_from_velocity_mps >= 0; got "
-                              f"{self.covariance_scale}, {self.heading_from_velocity_mps}")
-        if not self.static_track_noise_px >= 0 or not self.static_depth_log_std >= 0:
-            raise RefineError(f"static_track_noise_px and static_depth_log_std must be >= 0; got "
-                              f"{self.static_track_noise_px}, {self.static_depth_log_std}")
-        if self.window < 0:
-            raise RefineError(f"window must be >= 0 (0 = every frame of the tracklet), got {self.window}")
-        if self.depth_cues not in DEPTH_CUES:
-            raise RefineError(f"depth_cues must be one of {DEPTH_CUES}, got {self.depth_cues!r}")
-
-    def track_noise_px(self) -> float:
-        """The point-track noise of the static test: ``static_track_noise_px``, or its source's default."""
-        return self.static_track_noise_px or TRACK_NOISE_PX[self.correspondences]
 
 
 @dataclass
@@ -211,6 +101,12 @@ class RefineBatch:
     sizes: np.ndarray
     excluded: list[tuple[ObjectTrack, str]]
     initial_lambda: torch.Tensor | None = None
+
+    def inputs(self) -> tuple[OBAProblem, OBAState]:
+        """The solver's inputs ``(problem, init)`` of a batch with problems (both set together by :func:`build_batch`)."""
+        if self.problem is None or self.init is None:
+            raise ValueError("the batch has no problem to solve (every tracklet was excluded)")
+        return self.problem, self.init
 
 
 def _project_so3(R: np.ndarray) -> np.ndarray:
@@ -352,8 +248,11 @@ def _point_tracks(tracks: list[ObjectTrack], windows: list[list[int]], pk: _Pack
 
 def _warm_start(tracks: list[ObjectTrack], windows: list[list[int]], R_prior: torch.Tensor, t_prior: torch.Tensor,
                 cfg: RefineConfig, dev: Callable[[Any], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Initial poses ``(R0, t0)`` and damping ``(B,)``: the previous solve's where it covered a frame
-    (``track.warm``), the detector's box elsewhere; written in one indexed assignment each."""
+    """Initial poses ``(R0, t0)`` and damping ``(B,)`` of the batch.
+
+    The previous solve's where it covered a frame (``track.warm``), the detector's box elsewhere; written in
+    one indexed assignment each.
+    """
     R0, t0 = R_prior.clone(), t_prior.clone()
     lam = np.full(len(tracks), cfg.solver.initial_lambda)
     bi, fi, Rw, tw = [], [], [], []
@@ -506,19 +405,20 @@ def refine_tracklets(
     out: dict[int, RefinedBox] = {t.tracklet_id: _box(t, r, cfg) for t, r in batch.excluded}
     if batch.problem is not None:
         batch, cues = apply_depth_cues(batch, cfg)  # depth cues: the fused depth replaces the detector's in the priors
-        history = batch.problem  # every kept frame: what the static test triangulates over
+        history, _ = batch.inputs()  # every kept frame: what the static test triangulates over
         if 0 < cfg.window < history.shape[1]:
             batch = _newest_frames(batch, cfg.window)
-        p = batch.problem
+        p, init = batch.inputs()
+        assert p.stamps_s is not None, "build_batch sets the stamps"
         if cfg.scene_static:
-            ps, init_s = _static_problem(p, batch.init)
+            ps, init_s = _static_problem(p, init)
             res = _solve(cfg, ps, init_s, batch.initial_lambda)
             v, vcov = _velocity(res.state.t_odom_obj, p.stamps_s, p.frame_mask, res.pose_covariance)
             _write_back(batch, res, torch.zeros_like(v), vcov, res.valid.clone(), replace(cfg, static_resolve=True), out,
                         one_pose=True)
             _note_cues(batch, cues, out)
             return [out[t.tracklet_id] for t in tracks]
-        res = _solve(cfg, p, batch.init, batch.initial_lambda)
+        res = _solve(cfg, p, init, batch.initial_lambda)
         v, vcov = _velocity(res.state.t_odom_obj, p.stamps_s, p.frame_mask, res.pose_covariance)
         speed = v.norm(dim=-1)
         static = (speed < cfg.static_speed_mps) & res.valid
@@ -543,7 +443,7 @@ _GRAPHS = GraphSolveCache()
 
 def _newest_frames(batch: RefineBatch, n: int) -> RefineBatch:
     """The batch cut to each problem's newest ``n`` packed frames (the BA window of a longer history)."""
-    problem, state = newest_frames(batch.problem, batch.init, n)
+    problem, state = newest_frames(*batch.inputs(), n)
     return replace(batch, problem=problem, init=state, frame_index=[ii[-n:] for ii in batch.frame_index])
 
 
@@ -557,6 +457,7 @@ def _solve(cfg: RefineConfig, problem: OBAProblem, init: OBAState, initial_lambd
 def _static_problem(p: OBAProblem, init: OBAState) -> tuple[OBAProblem, OBAState]:
     """The same problems with one pose for all frames (static-scene BA), started at the window mean."""
     B = p.frame_mask.shape[0]
+    assert p.motion_sqrt_info is not None, "build_batch sets the motion prior"
     ps = OBAProblem(**{**p.__dict__, "static": torch.ones(B, dtype=torch.bool, device=p.obs_uv.device),
                        "motion_sqrt_info": torch.zeros_like(p.motion_sqrt_info)})
     nf = p.frame_mask.sum(1).clamp(min=1)[:, None].to(init.t_odom_obj.dtype)
@@ -583,13 +484,14 @@ def publishable_boxes(boxes: list[RefinedBox]) -> tuple[list[RefinedBox], Counte
     and an unknown or non-finite covariance the ``-1`` diagonal of "unknown", so no non-finite
     number is ever published.
     """
-    out, dropped = [], Counter()
+    out: list[RefinedBox] = []
+    dropped: Counter[str] = Counter()
     for b in boxes:
         why = _box_problem(b)
         if why:
             dropped[why] += 1
             continue
-        fix = {}
+        fix: dict[str, Any] = {}  # RefinedBox fields to replace (arrays of different shapes)
         if not np.isfinite(b.velocity_odom).all():
             fix |= {"velocity_odom": np.zeros(3), "velocity_covariance": -np.eye(3)}
         if not np.isfinite(b.pose_covariance).all():
@@ -601,8 +503,11 @@ def publishable_boxes(boxes: list[RefinedBox]) -> tuple[list[RefinedBox], Counte
 
 
 def tracker_detections(boxes: list[RefinedBox]) -> Detections:
-    """Refined boxes -> the tracker's input in odom: what tracker_node makes of the track buffer's
-    Detection3DArray (the :func:`publishable_boxes`, through :meth:`Detections.from_boxes`)."""
+    """Refined boxes -> the tracker's input in odom.
+
+    What tracker_node makes of the track buffer's Detection3DArray (the :func:`publishable_boxes`, through
+    :meth:`Detections.from_boxes`).
+    """
     boxes, _ = publishable_boxes(boxes)
     R = np.stack([b.R_odom_obj for b in boxes]) if boxes else np.zeros((0, 3, 3))
     return Detections.from_boxes(
@@ -639,7 +544,7 @@ def heading_from_velocity(R_odom_obj: np.ndarray, velocity_odom: np.ndarray, mov
 def _write_back(batch: RefineBatch, res: OBAResult, v, vcov, static, cfg: RefineConfig, out: dict,
                 one_pose: bool = False) -> None:
     """Refined boxes of the batch into ``out``; ``one_pose``: every problem was solved with one pose (slot 0)."""
-    p = batch.problem
+    p, _ = batch.inputs()
     nfr = p.frame_mask.sum(1) - 1  # newest packed frame
     B = len(batch.tracks)
     ar = torch.arange(B, device=nfr.device)

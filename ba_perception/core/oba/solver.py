@@ -54,7 +54,9 @@ Observability (why the scale and the object's motion are determined):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -175,7 +177,7 @@ def _prepare(problem: OBAProblem, state: OBAState, options: SolverOptions) -> _P
     prep.w = torch.where(m, w, torch.zeros_like(w))
     prep.point_active = pa.to(dt)
 
-    if problem.prior_T_odom_obj is not None:
+    if problem.prior_T_odom_obj is not None and problem.prior_sqrt_info is not None:  # given together (_check)
         pm = fm.clone() if problem.prior_mask is None else problem.prior_mask.bool() & fm
         pm = pm & _finite_rows(problem.prior_T_odom_obj, 2) & _finite_rows(problem.prior_sqrt_info, 2)
         eye6 = torch.eye(6, dtype=dt, device=dev)
@@ -256,8 +258,11 @@ def _robust(s: torch.Tensor, options: SolverOptions) -> tuple[torch.Tensor, torc
 
 
 def reprojection_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
-    """Weighted reprojection residuals ``(B, F, K, 2)`` (zero where masked), camera depths, and
-    optionally Jacobians wrt the frame's pose increment ``(B,F,K,2,6)`` and the point ``(B,F,K,2,3)``."""
+    """Weighted reprojection residuals ``(B, F, K, 2)`` (zero where masked) and camera depths.
+
+    Optionally also Jacobians wrt the frame's pose increment ``(B,F,K,2,6)`` and the point
+    ``(B,F,K,2,3)``.
+    """
     R, t = _frame_poses(prep, state)
     R_cf = prep.R_co @ R
     t_cf = (prep.R_co @ t[..., None])[..., 0] + prep.t_co
@@ -287,6 +292,8 @@ def reprojection_residuals(prep: _Prep, state: OBAState, jacobians: bool = False
 
 def prior_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
     """Pose prior residuals ``(B, F, 6)`` and Jacobians ``(B, F, 6, 6)`` wrt the frame's pose increment."""
+    assert prep.prior_R is not None and prep.prior_t is not None and prep.prior_L is not None and prep.prior_m is not None, \
+        "_prepare sets the prior fields together; callers check prior_m"
     R, t = _frame_poses(prep, state)
     phi = so3_log(prep.prior_R.transpose(-1, -2) @ R)
     e = torch.cat([t - prep.prior_t, phi], -1)
@@ -299,8 +306,12 @@ def prior_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
 
 
 def motion_residuals(prep: _Prep, state: OBAState, jacobians: bool = False):
-    """Constant-velocity residuals ``(B, F-2, 6)`` on slots (a, b, c) = (f, f+1, f+2) and Jacobians
-    ``(B, F-2, 3, 6, 6)`` ``[slot a|b|c, residual, dof]``."""
+    """Constant-velocity residuals ``(B, F-2, 6)`` on slots (a, b, c) = (f, f+1, f+2), and Jacobians.
+
+    The Jacobians are ``(B, F-2, 3, 6, 6)`` ``[slot a|b|c, residual, dof]``.
+    """
+    assert (prep.mot_m is not None and prep.mot_dt0 is not None and prep.mot_dt1 is not None and prep.mot_dtm is not None
+            and prep.mot_w is not None and prep.mot_Jt is not None), "_prepare sets the motion fields together; callers check mot_m"
     R, t = state.R_odom_obj, state.t_odom_obj
     # the relative rotation of each consecutive pair, once: (a, b) pairs are [:, :-1], (b, c) pairs [:, 1:]
     M = R[:, :-1].transpose(-1, -2) @ R[:, 1:]  # (B, F-1, 3, 3)
@@ -347,8 +358,11 @@ def problem_cost(problem: OBAProblem, state: OBAState, options: SolverOptions | 
 
 
 def effective_observation_mask(problem: OBAProblem, state: OBAState, options: SolverOptions | None = None) -> torch.Tensor:
-    """``(B, F, K)`` bool: the observations the solver uses from ``state`` (present, finite, in a
-    present frame, in front of the camera, of a point seen at least twice, in a valid problem)."""
+    """``(B, F, K)`` bool: the observations the solver uses from ``state``.
+
+    Used means present, finite, in a present frame, in front of the camera, of a point seen at least twice,
+    in a valid problem.
+    """
     prep = _prepare(problem, state, options or SolverOptions())
     return prep.m > 0
 
@@ -358,8 +372,10 @@ def effective_observation_mask(problem: OBAProblem, state: OBAState, options: So
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Broadcast product of tiny matrices ``(*, n, m) @ (*, m, p)`` as multiply-and-sum (faster than
-    batched GEMM for 2x3 / 3x3 / 6x3 blocks on CPU; one elementwise kernel on CUDA)."""
+    """Broadcast product of tiny matrices ``(*, n, m) @ (*, m, p)`` as multiply-and-sum.
+
+    Faster than batched GEMM for 2x3 / 3x3 / 6x3 blocks on CPU; one elementwise kernel on CUDA.
+    """
     out = a[..., :, 0, None] * b[..., None, 0, :]
     for m in range(1, a.shape[-1]):  # contraction length 2-3: unrolled
         out = out + a[..., :, m, None] * b[..., None, m, :]
@@ -420,6 +436,7 @@ def _normal_equations(prep: _Prep, state: OBAState, options: SolverOptions) -> _
     H.view(B, F, 6, F, 6).diagonal(dim1=1, dim2=3).add_(Hs.permute(0, 2, 3, 1))
     if prep.mot_m is not None:
         rm, Jm = motion_residuals(prep, state, jacobians=True)
+        assert prep.mot_hidx is not None and prep.mot_gidx is not None, "_prepare sets them with mot_m"
         cost = cost + 0.5 * (rm * rm).flatten(1).sum(-1)
         # every triplet's 3x3 grid of 6x6 blocks (and 3 gradient blocks) added into the band in one op each
         H.view(B, -1).index_add_(1, prep.mot_hidx, torch.einsum("btiro,btjrp->btijop", Jm, Jm).reshape(B, -1))
@@ -437,8 +454,10 @@ def _select_normal(mask: torch.Tensor, a: _Normal, b: _Normal) -> _Normal:
 
 
 def _solve_damped(ne: _Normal, prep: _Prep, lam: torch.Tensor, options: SolverOptions):
-    """Solve ``(H + lam D) delta = -g`` by the Schur complement on points; returns
-    ``(dx (B,P,6), dp (B,K,3), ok (B,), predicted decrease (B,), L (B,6P,6P))``."""
+    """Solve ``(H + lam D) delta = -g`` by the Schur complement on points.
+
+    Returns ``(dx (B,P,6), dp (B,K,3), ok (B,), predicted decrease (B,), L (B,6P,6P))``.
+    """
     B, K, P = ne.W.shape[0], ne.W.shape[1], ne.W.shape[2] // 6
     dt = ne.g.dtype
     free = prep.free
@@ -457,6 +476,7 @@ def _solve_damped(ne: _Normal, prep: _Prep, lam: torch.Tensor, options: SolverOp
     f = free.reshape(B, 6 * P)
     S.diagonal(dim1=-2, dim2=-1).add_(lam[:, None] * Dp.reshape(B, 6 * P))
     # held / unused dofs: identity rows and columns, zero right-hand side -> zero step
+    assert prep.free_outer is not None, "_prepare sets it"
     S.mul_(prep.free_outer).diagonal(dim1=-2, dim2=-1).add_(1 - f)
     gp = ne.gp * pa[..., None]
     rhs = (-ne.g.reshape(B, 6 * P) + torch.einsum("bkpj,bkj->bp", Y, gp)) * f
@@ -524,10 +544,13 @@ _COMPILED: dict[str, object] = {}
 
 
 def _compiled(name: str):
-    """``torch.compile``d solver pieces (``SolverOptions.compiled``): elementwise chains fused into
-    few kernels; compiled once per process on first use (tens of seconds), then per new shape."""
+    """``torch.compile``d solver pieces (``SolverOptions.compiled``).
+
+    Elementwise chains fused into few kernels; compiled once per process on first use (tens of seconds), then per new shape.
+    """
     if name not in _COMPILED:
-        fn = {"lm_iteration": _lm_iteration, "normal_equations": _normal_equations}[name]
+        fns: dict[str, Callable[..., Any]] = {"lm_iteration": _lm_iteration, "normal_equations": _normal_equations}
+        fn = fns[name]
         _COMPILED[name] = torch.compile(fn, dynamic=False)
     return _COMPILED[name]
 
@@ -555,7 +578,8 @@ def solve(
     options = options or SolverOptions()
     B, F, K = problem.shape
     dt, dev = problem.obs_uv.dtype, problem.obs_uv.device
-    if tuple(init.R_odom_obj.shape) != (B, F, 3, 3) or tuple(init.t_odom_obj.shape) != (B, F, 3) or tuple(init.points_obj.shape) != (B, K, 3):
+    if (tuple(init.R_odom_obj.shape) != (B, F, 3, 3) or tuple(init.t_odom_obj.shape) != (B, F, 3)
+            or tuple(init.points_obj.shape) != (B, K, 3)):
         raise OBASolverError("init state shapes must be (B,F,3,3), (B,F,3), (B,K,3) matching the problem")
     state = OBAState(*(x.to(device=dev, dtype=dt) for x in (init.R_odom_obj, init.t_odom_obj, init.points_obj)))
     prep = _prepare(problem, state, options)

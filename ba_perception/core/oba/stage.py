@@ -21,7 +21,8 @@ import torch
 from ba_perception.core.config import config_from_params
 from ba_perception.core.geometry import valid_intrinsics
 from ba_perception.core.oba.correspondences import KltTracker
-from ba_perception.core.oba.refine import RefineConfig, RefinedBox, refine_tracklets
+from ba_perception.core.oba.refine import RefinedBox, refine_tracklets
+from ba_perception.core.oba.refine_config import RefineConfig
 from ba_perception.core.oba.tracklets import (
     ObjectTrack,
     Observation,

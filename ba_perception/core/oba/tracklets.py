@@ -178,8 +178,11 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def observation_problem(o: Observation) -> str:
-    """Why an observation cannot be used (``nonfinite_box``, ``nonfinite_pose``, ``nonfinite_size``,
-    ``nonfinite_std``, ``nonfinite_score``, ``nonfinite_features``), or ``""`` when it can."""
+    """Why an observation cannot be used, or ``""`` when it can.
+
+    The reasons are ``nonfinite_box``, ``nonfinite_pose``, ``nonfinite_size``, ``nonfinite_std``,
+    ``nonfinite_score``, ``nonfinite_features``.
+    """
     checks = (("box", (o.box_2d,)), ("pose", (o.center_cam, o.R_cam_obj)), ("size", (o.size_lwh,)),
               ("std", ([o.depth_std, o.lateral_std, o.yaw_std],)), ("score", ([o.score],)),
               ("features", (o.embedding, o.sample_uv, o.descriptors)))
@@ -257,7 +260,8 @@ class TrackletBuffer:
         for i, o in enumerate(observations):
             if i not in ok_obs:
                 continue
-            frame = TrackletFrame(int(stamp_ns), o, None if T_odom_cam is None else np.asarray(T_odom_cam, np.float64), np.asarray(K, np.float64))
+            frame = TrackletFrame(int(stamp_ns), o, None if T_odom_cam is None else np.asarray(T_odom_cam, np.float64),
+                                  np.asarray(K, np.float64))
             if assignment[i] != -1:
                 t = self.tracks[assignment[i]]
                 t.frames.append(frame)
@@ -266,7 +270,8 @@ class TrackletBuffer:
                     m = cfg.embedding_momentum
                     t.embedding = _unit(m * t.embedding + (1 - m) * _unit(np.asarray(o.embedding, np.float64)))
             else:
-                t = ObjectTrack(self._next_id, o.class_label, deque([frame], maxlen=self.window), _unit(np.asarray(o.embedding, np.float64)))
+                t = ObjectTrack(self._next_id, o.class_label, deque([frame], maxlen=self.window),
+                                _unit(np.asarray(o.embedding, np.float64)))
                 self.tracks[t.tracklet_id] = t
                 assignment[i] = t.tracklet_id
                 self._next_id += 1
@@ -334,9 +339,11 @@ def observation_from_box(
     """An :class:`Observation` whose 2D box is the projection of the 3D box (tests, synthetic data)."""
     from ba_perception.core.geometry import box_corners, project_points
 
-    corners = box_corners(torch.as_tensor(R_cam_obj, dtype=torch.float64), torch.as_tensor(center_cam, dtype=torch.float64), torch.as_tensor(size_lwh, dtype=torch.float64))
+    corners = box_corners(torch.as_tensor(R_cam_obj, dtype=torch.float64), torch.as_tensor(center_cam, dtype=torch.float64),
+                          torch.as_tensor(size_lwh, dtype=torch.float64))
     uv = project_points(corners, torch.as_tensor(K, dtype=torch.float64))
     box = torch.cat([uv.amin(0), uv.amax(0)]).numpy()
     if not math.isfinite(float(box.sum())):
         raise TrackletError("box is not in front of the camera")
-    return Observation(box_2d=box, center_cam=np.asarray(center_cam, np.float64), R_cam_obj=np.asarray(R_cam_obj, np.float64), size_lwh=np.asarray(size_lwh, np.float64), **kwargs)
+    return Observation(box_2d=box, center_cam=np.asarray(center_cam, np.float64), R_cam_obj=np.asarray(R_cam_obj, np.float64),
+                       size_lwh=np.asarray(size_lwh, np.float64), **kwargs)
