@@ -123,9 +123,9 @@ class TrackBufferNode(PerceptionNode):
         ParamSpec("dtype", dtype_name(_R.dtype), "solver precision", choices=tuple(DTYPES)),
         ParamSpec("threads", 1, "torch CPU threads for the solve (more threads thrash next to the detector)", min=1),
         ParamSpec("solve_every_n", _C.solve_every_n, "run the BA every N frames (others publish the last refinement)", min=1),
-        ParamSpec("max_stamp_jump_s", _C.max_stamp_jump_s, "a frame stamped more than this ahead of the last one is "
-                  "skipped (rejected.stamp_jump) unless the next frame continues from it; a stamp going back resets "
-                  "the tracklets (a bag loop)", min=1e-3),
+        ParamSpec("max_stamp_jump_s", _C.max_stamp_jump_s, "a frame stamped more than this after the last one "
+                  "(rejected.stamp_gap), or before it (rejected.stamp_backwards: a bag loop), resets the tracklets; "
+                  "the frame itself is used", min=1e-3),
         ParamSpec("qos", "reliable", "input/output QoS", choices=("reliable", "sensor_data", "best_effort")),
         ParamSpec("qos_depth", 10, "queue depth", min=1),
     )
@@ -199,11 +199,11 @@ class TrackBufferNode(PerceptionNode):
         gray = self._gray(stamp) if self.stage.needs_images else None
         res = self.stage.step(stamp, to_observations(frame), T_odom_cam, frame.K, gray)
         if res.rejected:
-            self.reject(res.rejected, f"input stamp jumped more than {self.stage.config.max_stamp_jump_s} s ahead; "
-                        "frame skipped until the next frame confirms the jump")
+            self.reject(res.rejected, "frame not used by the track buffer")
             return
-        if res.reset:
-            self.reject("stamp_backwards", "input stamp went backwards; tracklets reset (bag looped?)")
+        if res.reset:  # the frame is used; the tracklets before it were dropped
+            self.reject(res.reset, "input stamp went backwards (bag looped?) or jumped more than "
+                        f"{self.stage.config.max_stamp_jump_s} s ahead: tracklets reset")
         boxes, unpublishable = publishable_boxes(res.boxes)
         for kind, drops in (("object", res.dropped), ("box", unpublishable)):  # per object, counted each
             for why, n in drops.items():

@@ -471,3 +471,27 @@ def test_d7_tracker_side_an_absurd_future_stamp_does_not_cost_the_next_frame(ctx
     h.feed("/obs", observations(3, rng))  # counted as stamp_backwards, but its odometry is still there
     assert node.counters["rejected.stamp_backwards"] == 1 and node.counters["rejected.missing_ego_motion"] == 1
     assert len(out) == 4 and out[-1].header.stamp == stamp(3)
+
+
+def test_d7_track_buffer_an_absurd_stamp_costs_no_frame_and_a_gap_is_used_at_once(ctx):
+    from ba_perception.nodes.track_buffer_node import TrackBufferNode
+
+    node = ctx.create(TrackBufferNode, correspondences="none", ego_wait_s=0.0)
+    h = Harness(node, node.on_input, node.worker)
+    rng = np.random.default_rng(0)
+    out = h.published[node.p["output_topic"]]
+    for k in range(3):
+        h.feed("/odom", odometry(k))
+        h.feed(node.p["input_topic"], observations(k, rng))
+    absurd = observations(3, rng)
+    absurd.header.stamp.sec = 2**31 - 1
+    h.feed(node.p["input_topic"], absurd)  # no odometry there: rejected before the tracklets see it
+    h.feed("/odom", odometry(3))
+    h.feed(node.p["input_topic"], observations(3, rng))
+    assert node.counters["rejected.missing_ego_motion"] == 1 and node.counters.get("rejected.stamp_backwards", 0) == 0
+    assert len(out) == 4 and max(d.num_frames for d in out[-1].detections) == 4  # the tracklets went on
+    # a replay paused for an hour (odometry with it): the first frame after the gap is published at once
+    h.feed("/odom", odometry(36000))
+    h.feed(node.p["input_topic"], observations(36000, rng))
+    assert node.counters["rejected.stamp_gap"] == 1 and len(out) == 5
+    assert max(d.num_frames for d in out[-1].detections) == 1  # new tracklets

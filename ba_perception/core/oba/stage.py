@@ -54,8 +54,8 @@ class TrackBufferConfig:
         refine: the object BA; its ``window`` is the BA window (the node's ``window``).
         solve_every_n: run the BA every N-th frame; other frames publish each tracklet's last
             refinement (a new tracklet is always solved).
-        max_stamp_jump_s: a stamp more than this ahead of the last accepted frame is a jump, like
-            a stamp going back: see :meth:`TrackBufferStage.step`.
+        max_stamp_jump_s: a stamp more than this after the last frame starts a new stream, like a
+            stamp going back: see :meth:`TrackBufferStage.step`.
     """
 
     tracklets: TrackletConfig = field(default_factory=TrackletConfig)
@@ -127,9 +127,10 @@ class StepResult:
             the detection and the reason); empty when the frame was rejected.
         assignment: per input observation the tracklet id it went to; -1 when the observation was
             dropped (see ``dropped``) or the frame rejected.
-        rejected: empty, or why the whole frame was not used (``intrinsics``, ``stamp_jump``);
+        rejected: empty, or why the whole frame was not used (``intrinsics``);
             the stage's state is then untouched.
-        reset: the stamp went back (a bag loop): every tracklet was dropped before this frame.
+        reset: empty, or why every tracklet was dropped before this frame: ``stamp_backwards`` (a bag
+            loop) or ``stamp_gap`` (more than ``max_stamp_jump_s`` since the last frame).
         solved: the BA ran in this frame (``solve_every_n``).
         dropped: observations left out, by reason (``TrackletBuffer.last_dropped``).
         seconds: wall time of ``associate`` (tracklets + point tracks) and ``refine`` (the BA).
@@ -138,7 +139,7 @@ class StepResult:
     boxes: list[RefinedBox] = field(default_factory=list)
     assignment: list[int] = field(default_factory=list)
     rejected: str = ""
-    reset: bool = False
+    reset: str = ""
     solved: bool = False
     dropped: Counter = field(default_factory=Counter)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -176,30 +177,25 @@ class TrackBufferStage:
         if self.point_tracker is not None:
             self.point_tracker.reset()
         self.last_stamp_ns: int | None = None
-        self._jump_ns: int | None = None
         self._frames = 0
         self._last_refined: dict[int, RefinedBox] = {}
 
-    def _check_stamp(self, stamp_ns: int) -> tuple[str, bool]:
-        """``(rejected, reset)`` for a new frame's stamp (see :meth:`step`)."""
-        last, jump = self.last_stamp_ns, int(self.config.max_stamp_jump_s * 1e9)
-        if last is None or 0 <= stamp_ns - last <= jump:
-            return "", False
-        if stamp_ns < last:
-            return "", True
-        if self._jump_ns is not None and 0 <= stamp_ns - self._jump_ns <= jump:
-            return "", True  # the stream carries on from the jump: it was real
-        self._jump_ns = stamp_ns
-        return "stamp_jump", False
+    def _check_stamp(self, stamp_ns: int) -> str:
+        """Why the frame at ``stamp_ns`` starts a new stream (``stamp_backwards``, ``stamp_gap``), or ``""``."""
+        last = self.last_stamp_ns
+        if last is None or 0 <= stamp_ns - last <= int(self.config.max_stamp_jump_s * 1e9):
+            return ""
+        return "stamp_backwards" if stamp_ns < last else "stamp_gap"
 
     def step(self, stamp_ns: int, observations: Sequence[Observation], T_odom_cam: np.ndarray | None, K: np.ndarray,
              gray: np.ndarray | None = None) -> StepResult:
         """Advance by one frame.
 
-        A stamp before the last accepted one is a restarted stream (a bag loop): everything is
-        reset, then the frame is used. A stamp more than ``max_stamp_jump_s`` ahead is rejected
-        (``stamp_jump``) unless the next frame continues from it, so one absurd stamp neither
-        resets the tracklets nor makes the following frames look as if time went back.
+        A stamp before the last one (a bag loop) or more than ``max_stamp_jump_s`` after it (a pause,
+        a restamped replay) starts a new stream: every tracklet is dropped, then the frame is used
+        (a frame is never held back waiting for the next one: a lockstep player waits for its
+        output). A single absurd stamp is the caller's to refuse: track_buffer_node rejects a frame
+        without odometry at its stamp before it reaches the stage.
 
         Args:
             stamp_ns: capture time, nanoseconds.
@@ -214,12 +210,10 @@ class TrackBufferStage:
         """
         if not valid_intrinsics(K):
             return StepResult(assignment=[-1] * len(observations), rejected="intrinsics")
-        rejected, reset = self._check_stamp(int(stamp_ns))
-        if rejected:
-            return StepResult(assignment=[-1] * len(observations), rejected=rejected)
+        reset = self._check_stamp(int(stamp_ns))
         if reset:
             self.reset()
-        self.last_stamp_ns, self._jump_ns = int(stamp_ns), None
+        self.last_stamp_ns = int(stamp_ns)
         t0 = self.clock()
         tracks, assignment = self.buffer.update(int(stamp_ns), list(observations), T_odom_cam, K)
         point_tracks = None
