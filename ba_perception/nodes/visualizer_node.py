@@ -19,7 +19,7 @@ import torch
 
 from ba_perception.core import geometry
 from ba_perception.core.overlay import draw_boxes
-from ba_perception.ros.convert import MAX_COORD_M, k_problem, pose_problem, pose_to_matrix
+from ba_perception.ros.convert import box_problem, k_problem, pose_problem, pose_to_matrix
 from ba_perception.ros.image import MAX_DECODED_PIXELS, ImageError, image_to_rgb, numpy_to_image
 from ba_perception.ros.markers import box_marker_array
 from ba_perception.ros.node import PerceptionNode, run_node
@@ -27,21 +27,6 @@ from ba_perception.ros.params import ParamSpec, qos_profile
 from ba_perception.ros.sync import subscribe_synchronized
 
 MAX_SPEED_MPS = 1e3  # a faster velocity is not drawn
-
-
-def box_problem(o: Any) -> str | None:
-    """Say why one Track3D / Detection3D cannot be drawn.
-
-    Why one Track3D / Detection3D cannot be drawn (None when it can): a bad pose or a size that is not
-    finite, positive and below ``MAX_COORD_M``.
-    """
-    why = pose_problem(o.pose)
-    if why is not None:
-        return why
-    size = (o.size.x, o.size.y, o.size.z)
-    if not all(np.isfinite(v) and 0 < v <= MAX_COORD_M for v in size):
-        return f"size must be finite and > 0, got {size}"
-    return None
 
 
 def boxes_of(msg: Any, items: list | None = None) -> tuple[np.ndarray, np.ndarray, list[int], list[str], np.ndarray]:

@@ -68,6 +68,21 @@ def pose_problem(pose: Pose) -> str | None:
     return None
 
 
+def box_problem(o: Any) -> str | None:
+    """Why a box message (Track3D, Detection3D, ObjectObservation) is unusable (None when it is fine).
+
+    Unusable: a bad pose (:func:`pose_problem`) or a size that is not finite, positive and below
+    :data:`MAX_COORD_M`.
+    """
+    why = pose_problem(o.pose)
+    if why is not None:
+        return why
+    size = (o.size.x, o.size.y, o.size.z)
+    if not all(math.isfinite(v) and 0 < v <= MAX_COORD_M for v in size):
+        return f"size must be finite and > 0, got {size}"
+    return None
+
+
 def k_problem(K: np.ndarray) -> str | None:
     """Say why a 3x3 intrinsics matrix is unusable.
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ba_perception.core import geometry
-from ba_perception.ros.convert import MAX_COORD_M, matrices_to_poses, pose_problem, pose_to_matrix
+from ba_perception.ros.convert import box_problem, matrices_to_poses, pose_to_matrix
 
 MAX_EMBEDDING_DIM = 4096  # longest appearance embedding accepted per object (longer ones are ignored, counted)
 
@@ -83,12 +83,9 @@ def observation_problem(o: Any) -> str | None:
     :func:`~ba_perception.ros.convert.pose_problem`), a size that is not finite and positive, or a
     non-finite score, 2D box or standard deviation.
     """
-    why = pose_problem(o.pose)
+    why = box_problem(o)
     if why is not None:
         return why
-    size = (o.size.x, o.size.y, o.size.z)
-    if not all(math.isfinite(v) and 0 < v <= MAX_COORD_M for v in size):
-        return f"size must be finite and > 0, got {size}"
     vals = (o.score, o.depth_std, o.lateral_std, o.yaw_std, *o.box_2d)
     if not all(math.isfinite(v) for v in vals):
         return "score, 2D box or standard deviations contain NaN/inf"
