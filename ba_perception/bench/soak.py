@@ -40,6 +40,7 @@ from ba_perception.bench.stack import (
     StackBenchError,
     _spec,
     _wait,
+    add_bag_arguments,
     bag_image_rate,
     ensure_bag,
     host_info,
@@ -62,14 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(tracker_node, track_buffer_node, detector_node)")
     parser.add_argument("--kill-at", type=float, default=60.0, help="seconds into the run of the first kill")
     parser.add_argument("--kill-gap", type=float, default=30.0, help="seconds between kills")
-    parser.add_argument("--bag", default="", help="rosbag2 with camera + odometry topics (default: render one)")
-    parser.add_argument("--frames", type=int, default=100, help="frames of the rendered bag (looped)")
-    parser.add_argument("--preset", default="urban", help="world preset of the rendered bag")
-    parser.add_argument("--seed", type=int, default=11, help="world seed of the rendered bag")
-    parser.add_argument("--width", type=int, default=640, help="rendered image width")
-    parser.add_argument("--height", type=int, default=192, help="rendered image height")
-    parser.add_argument("--checkpoint", default="", help="torch checkpoint when models/detector.onnx is absent")
-    parser.add_argument("--random-objects", type=int, default=30, help="with a random detector: peaks decoded per frame")
+    add_bag_arguments(parser, frames=100, width=640, height=192)  # the bag is looped
     parser.add_argument("--visualizer", action="store_true", help="also run visualizer_node")
     parser.add_argument("--set", action="append", default=[], metavar="NODE.PARAM:=VALUE", help="override a node parameter")
     parser.add_argument("--params-file", default="", help="parameter file (default: the package's config/stack.yaml)")

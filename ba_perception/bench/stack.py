@@ -44,6 +44,19 @@ class StackBenchError(RuntimeError):
     """A run of the graph failed (a node died, discovery timed out, no output)."""
 
 
+def add_bag_arguments(parser: argparse.ArgumentParser, frames: int, width: int, height: int) -> None:
+    """The input options of the graph benches (stack, soak): a bag, or the world sequence rendered into one."""
+    parser.add_argument("--bag", default="", help="rosbag2 with camera + odometry topics (default: render one)")
+    parser.add_argument("--frames", type=int, default=frames, help="frames of the rendered bag")
+    parser.add_argument("--preset", default="urban", help="world preset of the rendered bag")
+    parser.add_argument("--seed", type=int, default=11, help="world seed of the rendered bag")
+    parser.add_argument("--width", type=int, default=width, help="rendered image width")
+    parser.add_argument("--height", type=int, default=height, help="rendered image height")
+    parser.add_argument("--checkpoint", default="", help="torch checkpoint when models/detector.onnx is absent")
+    parser.add_argument("--random-objects", type=int, default=30,
+                        help="with a random (untrained) detector: decode exactly this many peaks per frame")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI options."""
     parser.add_argument("--rates", default="5,10,15", help="comma-separated input rates, Hz")
@@ -53,15 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-limit", type=float, default=0.05, help="a rate is sustained below this dropped fraction")
     parser.add_argument("--peak-steps", type=int, default=3, help="bisection runs of the peak search (0 = off)")
     parser.add_argument("--max-rate", type=float, default=30.0, help="upper end of the peak search, Hz")
-    parser.add_argument("--bag", default="", help="rosbag2 with camera + odometry topics (default: render one)")
-    parser.add_argument("--frames", type=int, default=150, help="frames of the rendered bag")
-    parser.add_argument("--preset", default="urban", help="world preset of the rendered bag")
-    parser.add_argument("--seed", type=int, default=11, help="world seed of the rendered bag")
-    parser.add_argument("--width", type=int, default=1242, help="rendered image width (the shipped input size)")
-    parser.add_argument("--height", type=int, default=375, help="rendered image height")
-    parser.add_argument("--checkpoint", default="", help="torch checkpoint when models/detector.onnx is absent")
-    parser.add_argument("--random-objects", type=int, default=30,
-                        help="with a random (untrained) detector: decode exactly this many peaks per frame")
+    add_bag_arguments(parser, frames=150, width=1242, height=375)
     parser.add_argument("--visualizer", action="store_true", help="also run visualizer_node (markers + overlay image)")
     parser.add_argument("--set", action="append", default=[], metavar="NODE.PARAM:=VALUE",
                         help="override one node parameter, e.g. track_buffer_node.max_iterations:=5")

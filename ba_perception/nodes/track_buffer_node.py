@@ -207,9 +207,8 @@ class TrackBufferNode(PerceptionNode):
         boxes, unpublishable = publishable_boxes(res.boxes)
         for kind, drops in (("object", res.dropped), ("box", unpublishable)):  # per object, counted each
             for why, n in drops.items():
-                for _ in range(n):
-                    self.reject(f"{kind}_{why}", f"{'an observation' if kind == 'object' else 'a refined box'} with a "
-                                f"{why.replace('_', ' ')} value was left out")
+                self.reject(f"{kind}_{why}", f"{'an observation' if kind == 'object' else 'a refined box'} with a "
+                            f"{why.replace('_', ' ')} value was left out", n)
         if res.solved:
             for b in res.boxes:
                 self.count("refined" if b.refined else f"unrefined.{b.reason.split(':')[0].replace(' ', '_')}")
